@@ -1,0 +1,357 @@
+//! Bus configuration: a TOML file, overridden by command-line flags.
+//!
+//! Loading is two-phase like the route table: serde reads the raw form while every unknown key
+//! is collected, then [`BusConfig::validate`] checks values; the caller gets every problem at
+//! once, never only the first.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::Path;
+
+use serde::Deserialize;
+
+/// Everything the `pigeon` binary needs to run.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct BusConfig {
+    /// Kafka connection and client properties.
+    pub kafka: KafkaConfig,
+    /// Where pigeons and dead letters are kept.
+    pub store: StoreConfig,
+    /// The forward path.
+    pub router: RouterConfig,
+    /// The admin HTTP server.
+    pub admin: AdminConfig,
+    /// Topics `pigeon topics ensure` creates.
+    pub topics: TopicsConfig,
+    /// Source topics written by systems that do not use the SDK, by topic name.
+    pub sources: BTreeMap<String, SourceConfig>,
+}
+
+/// Kafka connection; any librdkafka property can be passed through.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default)]
+pub struct KafkaConfig {
+    /// `bootstrap.servers`.
+    pub brokers: String,
+    /// Consumer group of the router role.
+    pub router_group: String,
+    /// librdkafka properties for every client (security settings go here).
+    pub common: BTreeMap<String, String>,
+    /// librdkafka properties for consumers only.
+    pub consumer: BTreeMap<String, String>,
+    /// librdkafka properties for producers only.
+    pub producer: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            brokers: "127.0.0.1:9092".into(),
+            router_group: "pigeon-router".into(),
+            common: BTreeMap::new(),
+            consumer: BTreeMap::new(),
+            producer: BTreeMap::new(),
+        }
+    }
+}
+
+/// The store: `sqlite://PATH` or `mysql://USER:PASSWORD@HOST:PORT/DB` (TiDB speaks MySQL).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default)]
+pub struct StoreConfig {
+    /// Database URL.
+    pub url: String,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            url: "sqlite://pigeon.db".into(),
+        }
+    }
+}
+
+/// Forward-path tuning.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default)]
+pub struct RouterConfig {
+    /// Letters of one partition in flight before the partition pauses.
+    pub max_in_flight_per_partition: usize,
+    /// How often settled offsets are handed to the consumer for its next commit.
+    pub offset_store_interval_ms: u64,
+    /// How long SIGTERM or a revoke waits for in-flight letters to settle.
+    pub drain_timeout_secs: u64,
+}
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        Self {
+            max_in_flight_per_partition: 20_000,
+            offset_store_interval_ms: 100,
+            drain_timeout_secs: 30,
+        }
+    }
+}
+
+/// The admin HTTP server.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default)]
+pub struct AdminConfig {
+    /// Listen address; port 0 picks a free port.
+    pub listen: String,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:7800".into(),
+        }
+    }
+}
+
+/// Topics `pigeon topics ensure` creates.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default)]
+pub struct TopicsConfig {
+    /// Partitions of every topic it creates.
+    pub partitions: i32,
+    /// Replication factor of every topic it creates.
+    pub replication: i32,
+    /// Modules whose `pigeon.module.<name>` topic is created.
+    pub modules: Vec<String>,
+}
+
+impl Default for TopicsConfig {
+    fn default() -> Self {
+        Self {
+            partitions: 16,
+            replication: 3,
+            modules: Vec::new(),
+        }
+    }
+}
+
+/// How to read letters from a source topic that does not carry CloudEvents headers.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct SourceConfig {
+    /// Header holding the tag; default `ce_type`.
+    pub tag_header: Option<String>,
+    /// Top-level JSON field holding the tag (the payload is then parsed).
+    pub tag_field: Option<String>,
+    /// Header holding the letter id; default `ce_id`. Without one, the id is derived from
+    /// topic, partition and offset.
+    pub id_header: Option<String>,
+}
+
+/// Every problem found in a configuration.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<String>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid configuration ({} problem(s)):", self.0.len())?;
+        for error in &self.0 {
+            write!(f, "\n  - {error}")?;
+        }
+        Ok(())
+    }
+}
+
+impl BusConfig {
+    /// Reads and validates a TOML file.
+    pub fn load(path: &Path) -> Result<Self, ConfigErrors> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigErrors(vec![format!("cannot read {}: {e}", path.display())]))?;
+        Self::parse(&text)
+    }
+
+    /// Parses and validates TOML text; unknown keys are errors, all of them listed.
+    pub fn parse(text: &str) -> Result<Self, ConfigErrors> {
+        let mut unknown = Vec::new();
+        let deserializer = toml::Deserializer::new(text);
+        let parsed: Result<BusConfig, _> = serde_ignored::deserialize(deserializer, |path| {
+            unknown.push(format!("unknown key `{path}`"))
+        });
+        let mut errors = unknown;
+        match parsed {
+            Ok(config) => {
+                errors.extend(config.problems());
+                if errors.is_empty() {
+                    Ok(config)
+                } else {
+                    Err(ConfigErrors(errors))
+                }
+            }
+            Err(e) => {
+                errors.push(e.to_string().trim().to_owned());
+                Err(ConfigErrors(errors))
+            }
+        }
+    }
+
+    /// Validates values (after flags were applied); every problem at once.
+    pub fn validate(&self) -> Result<(), ConfigErrors> {
+        let errors = self.problems();
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigErrors(errors))
+        }
+    }
+
+    fn problems(&self) -> Vec<String> {
+        let mut errors = Vec::new();
+        if self.kafka.brokers.trim().is_empty() {
+            errors.push("kafka.brokers is empty".into());
+        }
+        if self.kafka.router_group.trim().is_empty() {
+            errors.push("kafka.router_group is empty".into());
+        }
+        if !(self.store.url.starts_with("sqlite:") || self.store.url.starts_with("mysql:")) {
+            errors.push(format!(
+                "store.url must start with sqlite: or mysql:, got {}",
+                redact_url(&self.store.url)
+            ));
+        }
+        if self.router.max_in_flight_per_partition == 0 {
+            errors.push("router.max_in_flight_per_partition must be at least 1".into());
+        }
+        if self.router.offset_store_interval_ms == 0 {
+            errors.push("router.offset_store_interval_ms must be at least 1".into());
+        }
+        if self.topics.partitions < 1 {
+            errors.push("topics.partitions must be at least 1".into());
+        }
+        if self.topics.replication < 1 {
+            errors.push("topics.replication must be at least 1".into());
+        }
+        for (topic, source) in &self.sources {
+            if source.tag_header.is_some() && source.tag_field.is_some() {
+                errors.push(format!(
+                    "sources.\"{topic}\": set tag_header or tag_field, not both"
+                ));
+            }
+        }
+        errors
+    }
+}
+
+/// Whether a librdkafka property holds a secret that must never be logged.
+pub fn is_secret_property(key: &str) -> bool {
+    const SECRET_PARTS: [&str; 5] = [
+        "password",
+        "secret",
+        "sasl.oauthbearer.config",
+        "ssl.key.pem",
+        "token",
+    ];
+    let key = key.to_ascii_lowercase();
+    SECRET_PARTS.iter().any(|part| key.contains(part))
+}
+
+/// Client properties as a loggable string, secrets replaced by `***`.
+pub fn redact_properties<K: AsRef<str>, V: AsRef<str>>(
+    props: impl IntoIterator<Item = (K, V)>,
+) -> String {
+    props
+        .into_iter()
+        .map(|(k, v)| {
+            let (k, v) = (k.as_ref(), v.as_ref());
+            if is_secret_property(k) {
+                format!("{k}=***")
+            } else {
+                format!("{k}={v}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// A database URL with its password replaced by `***`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some((userinfo, host)) = rest.rsplit_once('@') else {
+        return url.to_owned();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _password)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_file_gives_the_defaults() {
+        let config = BusConfig::parse("").unwrap();
+        assert_eq!(config.kafka.router_group, "pigeon-router");
+        assert_eq!(config.store.url, "sqlite://pigeon.db");
+    }
+
+    #[test]
+    fn every_unknown_key_and_bad_value_is_listed() {
+        let text = r#"
+            colour = "blue"
+            [kafka]
+            brokers = ""
+            bootstrap = "x"
+            [router]
+            max_in_flight_per_partition = 0
+            [sources."live.gift"]
+            tag_header = "type"
+            tag_field = "type"
+            tagfield = "oops"
+        "#;
+        let errors = BusConfig::parse(text).unwrap_err().0;
+        let all = errors.join("\n");
+        for expected in [
+            "unknown key `colour`",
+            "unknown key `kafka.bootstrap`",
+            "unknown key `sources.live.gift.tagfield`",
+            "kafka.brokers is empty",
+            "max_in_flight_per_partition must be at least 1",
+            "set tag_header or tag_field, not both",
+        ] {
+            assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
+        }
+        assert_eq!(errors.len(), 6, "{all}");
+    }
+
+    #[test]
+    fn librdkafka_properties_pass_through() {
+        let config = BusConfig::parse(
+            r#"
+            [kafka.common]
+            "security.protocol" = "SASL_SSL"
+            "sasl.mechanism" = "SCRAM-SHA-512"
+            [kafka.producer]
+            "linger.ms" = "20"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(config.kafka.common["sasl.mechanism"], "SCRAM-SHA-512");
+        assert_eq!(config.kafka.producer["linger.ms"], "20");
+    }
+
+    #[test]
+    fn secrets_are_redacted() {
+        let mut props = BTreeMap::new();
+        props.insert("sasl.password".to_owned(), "hunter2".to_owned());
+        props.insert("ssl.key.password".to_owned(), "hunter3".to_owned());
+        props.insert("sasl.username".to_owned(), "pigeon".to_owned());
+        let shown = redact_properties(&props);
+        assert!(!shown.contains("hunter"), "{shown}");
+        assert!(shown.contains("sasl.username=pigeon"), "{shown}");
+        assert_eq!(
+            redact_url("mysql://root:s3cret@db:4000/pigeon"),
+            "mysql://root:***@db:4000/pigeon"
+        );
+        assert_eq!(redact_url("sqlite://pigeon.db"), "sqlite://pigeon.db");
+    }
+}

@@ -1,0 +1,278 @@
+//! Dead letters: letters that could not be delivered, kept so that nothing is ever lost.
+//!
+//! Writing a dead letter is a letter's terminal outcome for offset commits, so the writer keeps
+//! trying while the store is down: the partition's offset simply does not move (backpressure).
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::message::{Headers, Message};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::router::tracker::PartitionTracker;
+use crate::store::Store;
+
+/// What went wrong; decides whether retrying can help.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// Kafka refused or timed out the output after the client's own retries.
+    Produce,
+    /// The source message cannot be read as a letter (no tag, not JSON where JSON is needed).
+    Malformed,
+}
+
+impl ErrorKind {
+    /// Whether a later attempt may succeed; the others are parked for an operator at once.
+    pub fn retriable(self) -> bool {
+        matches!(self, ErrorKind::Produce)
+    }
+
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Produce => "produce",
+            ErrorKind::Malformed => "malformed",
+        }
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for ErrorKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "produce" => Ok(ErrorKind::Produce),
+            "malformed" => Ok(ErrorKind::Malformed),
+            other => Err(format!("unknown error kind {other:?}")),
+        }
+    }
+}
+
+/// Where a dead letter stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Waiting for its next attempt.
+    Pending,
+    /// Waiting for an operator.
+    Parked,
+}
+
+impl Status {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pending => "pending",
+            Status::Parked => "parked",
+        }
+    }
+}
+
+impl FromStr for Status {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "pending" => Ok(Status::Pending),
+            "parked" => Ok(Status::Parked),
+            other => Err(format!("unknown dead-letter status {other:?}")),
+        }
+    }
+}
+
+/// One Kafka header, kept losslessly: text when it is UTF-8, bytes otherwise.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredHeader {
+    /// Header name.
+    pub name: String,
+    /// The value, when it is UTF-8 text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    /// The value, when it is not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<Vec<u8>>,
+}
+
+impl StoredHeader {
+    /// Keeps a header value whatever its bytes.
+    pub fn new(name: &str, value: Option<&[u8]>) -> Self {
+        let (text, bytes) = match value.map(std::str::from_utf8) {
+            None => (None, None),
+            Some(Ok(text)) => (Some(text.to_owned()), None),
+            Some(Err(_)) => (None, value.map(<[u8]>::to_vec)),
+        };
+        Self {
+            name: name.to_owned(),
+            text,
+            bytes,
+        }
+    }
+
+    /// The value's bytes.
+    pub fn value(&self) -> Option<&[u8]> {
+        self.text
+            .as_deref()
+            .map(str::as_bytes)
+            .or(self.bytes.as_deref())
+    }
+}
+
+/// A failed delivery, about to be stored.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewDeadLetter {
+    /// The letter's id.
+    pub letter_id: String,
+    /// The pigeon that carried it, when one matched.
+    pub pigeon_id: Option<String>,
+    /// That pigeon's version.
+    pub pigeon_version: Option<i64>,
+    /// Where the letter came from.
+    pub source_topic: String,
+    /// Source partition.
+    pub source_partition: i32,
+    /// Source offset.
+    pub source_offset: i64,
+    /// Destination topic, when the failure is about one destination.
+    pub dest_topic: Option<String>,
+    /// Destination tag.
+    pub dest_tag: Option<String>,
+    /// Kafka key.
+    pub key: Option<Vec<u8>>,
+    /// Headers as they were (or would have been) sent.
+    pub headers: Vec<StoredHeader>,
+    /// Payload bytes, untouched.
+    pub payload: Option<Vec<u8>>,
+    /// What went wrong.
+    pub error_kind: ErrorKind,
+    /// Details.
+    pub error_message: String,
+}
+
+impl NewDeadLetter {
+    /// The status a fresh dead letter starts in.
+    pub fn initial_status(&self) -> Status {
+        if self.error_kind.retriable() {
+            Status::Pending
+        } else {
+            Status::Parked
+        }
+    }
+
+    /// Captures a Kafka message (source or output) with the failure.
+    pub fn from_message<M: Message>(
+        message: &M,
+        error_kind: ErrorKind,
+        error_message: String,
+    ) -> Self {
+        let headers = message
+            .headers()
+            .map(|hs| {
+                hs.iter()
+                    .map(|h| StoredHeader::new(h.key, h.value))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Self {
+            letter_id: String::new(),
+            pigeon_id: None,
+            pigeon_version: None,
+            source_topic: message.topic().to_owned(),
+            source_partition: message.partition(),
+            source_offset: message.offset(),
+            dest_topic: None,
+            dest_tag: None,
+            key: message.key().map(<[u8]>::to_vec),
+            headers,
+            payload: message.payload().map(<[u8]>::to_vec),
+            error_kind,
+            error_message,
+        }
+    }
+}
+
+/// A stored dead letter.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DeadLetter {
+    /// Store id.
+    pub id: i64,
+    /// The letter as it failed.
+    pub letter: NewDeadLetter,
+    /// Delivery attempts so far.
+    pub attempts: i32,
+    /// Where it stands.
+    pub status: Status,
+    /// When the retry sweep takes it next (unix ms), if pending.
+    pub next_attempt_at: Option<i64>,
+    /// When it was first stored (unix ms).
+    pub created_at: i64,
+}
+
+/// Filter for listing dead letters.
+#[derive(Clone, Debug, Default)]
+pub struct DeadLetterFilter {
+    /// Only this pigeon's.
+    pub pigeon_id: Option<String>,
+    /// Only in this status.
+    pub status: Option<Status>,
+    /// At most this many, newest first; 0 means 100.
+    pub limit: u32,
+}
+
+/// A dead letter to store, and the in-flight letter it settles once stored.
+pub struct Job {
+    /// The record.
+    pub dead_letter: NewDeadLetter,
+    /// The partition the letter came from.
+    pub tracker: Arc<PartitionTracker>,
+    /// The letter's offset there.
+    pub offset: i64,
+}
+
+/// Stores dead letters as they come, retrying while the store is down, and settles each letter
+/// only once its dead letter is durable. Returns when `jobs` closes or on cancellation (letters
+/// not yet stored then stay unsettled, so their offsets are not committed).
+pub async fn write_dead_letters(
+    store: Arc<dyn Store>,
+    mut jobs: mpsc::UnboundedReceiver<Job>,
+    cancel: CancellationToken,
+) {
+    while let Some(job) = jobs.recv().await {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match store.insert_dead_letter(&job.dead_letter).await {
+                Ok(id) => {
+                    tracing::warn!(
+                        dead_letter = id,
+                        letter = %job.dead_letter.letter_id,
+                        pigeon = job.dead_letter.pigeon_id.as_deref().unwrap_or("-"),
+                        topic = %job.dead_letter.source_topic,
+                        partition = job.dead_letter.source_partition,
+                        offset = job.dead_letter.source_offset,
+                        kind = %job.dead_letter.error_kind,
+                        error = %job.dead_letter.error_message,
+                        "letter dead-lettered"
+                    );
+                    job.tracker.settle(job.offset);
+                    break;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, retry_in = ?backoff, "cannot store dead letter; holding offsets");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = cancel.cancelled() => return,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+}

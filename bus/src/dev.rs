@@ -1,0 +1,117 @@
+//! `pigeon dev`: the whole bus on one machine with embedded defaults and a demo activity.
+//!
+//! An in-process Kafka-protocol broker (librdkafka's mock cluster) and a SQLite file. Anything
+//! that speaks Kafka can produce to and consume from the printed bootstrap servers.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::BusConfig;
+use crate::route::{DestinationSpec, MatchSpec, PigeonSpec};
+use crate::serve;
+
+/// The demo activity's source topic.
+pub const DEMO_SOURCE: &str = "live.gift";
+/// The demo module.
+pub const DEMO_MODULE: &str = "act-toy";
+
+/// The demo pigeon: gifts fill the toy activity's progress bar.
+pub fn demo_pigeon() -> PigeonSpec {
+    PigeonSpec {
+        id: "demo-gift-progress".into(),
+        name: "Gifts fill the progress bar".into(),
+        owner: "demo".into(),
+        enabled: true,
+        action: Default::default(),
+        matcher: MatchSpec {
+            topic: DEMO_SOURCE.into(),
+            tag: "gift.sent".into(),
+        },
+        destinations: vec![DestinationSpec::capability(&format!(
+            "{DEMO_MODULE}/progress.add"
+        ))],
+    }
+}
+
+/// Options of `pigeon dev`.
+#[derive(Debug, Clone)]
+pub struct DevOptions {
+    /// Where the SQLite file lives.
+    pub data_dir: PathBuf,
+    /// Produce a demo gift letter every couple of seconds.
+    pub demo_traffic: bool,
+}
+
+/// Settings that fit a single-machine bus: quick group joins on restart.
+pub fn dev_config(mut config: BusConfig, bootstrap: &str, options: &DevOptions) -> BusConfig {
+    config.kafka.brokers = bootstrap.to_owned();
+    config
+        .kafka
+        .consumer
+        .entry("session.timeout.ms".into())
+        .or_insert_with(|| "6000".into());
+    config
+        .kafka
+        .consumer
+        .entry("heartbeat.interval.ms".into())
+        .or_insert_with(|| "500".into());
+    config.store.url = format!("sqlite://{}", options.data_dir.join("dev.db").display());
+    config.topics.modules.push(DEMO_MODULE.into());
+    config
+}
+
+/// Runs the dev bus until SIGTERM/SIGINT. The mock cluster stays with the caller's thread.
+pub async fn run(config: BusConfig, options: DevOptions) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&options.data_dir)
+        .with_context(|| format!("creating {}", options.data_dir.display()))?;
+    let store = serve::open_store(&config.store.url).await?;
+    let version = store.save_pigeon(&demo_pigeon()).await?;
+    tracing::info!(
+        pigeon = "demo-gift-progress",
+        version,
+        "demo activity seeded"
+    );
+
+    let cancel = CancellationToken::new();
+    if options.demo_traffic {
+        tokio::spawn(demo_traffic(
+            crate::kafka::producer_config(&config.kafka),
+            cancel.clone(),
+        ));
+    }
+    serve::run(config, store, cancel, |url| println!("admin: {url}")).await
+}
+
+/// Produces a gift letter every two seconds, as a live room would.
+async fn demo_traffic(config: rdkafka::ClientConfig, cancel: CancellationToken) {
+    let producer: FutureProducer = match config.create() {
+        Ok(p) => p,
+        Err(e) => return tracing::error!(error = %e, "demo traffic producer"),
+    };
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    for n in 0u64.. {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = cancel.cancelled() => return,
+        }
+        let room = format!("room-{}", n % 3);
+        let letter = pigeon_sdk::Letter::new(
+            "demo",
+            "gift.sent",
+            serde_json::json!({ "userId": 1000 + n % 7, "anchorId": 42, "roomId": room, "giftId": 7, "giftCount": 1 + n % 5 }),
+        )
+        .with_key(room.clone());
+        let payload = letter.payload_bytes();
+        let record = FutureRecord::to(DEMO_SOURCE)
+            .key(&room)
+            .payload(&payload)
+            .headers(letter.headers());
+        if let Err((e, _)) = producer.send(record, Duration::from_secs(5)).await {
+            tracing::warn!(error = %e, "demo gift not sent");
+        }
+    }
+}

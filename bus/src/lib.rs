@@ -1,0 +1,17 @@
+//! Pigeon, the event-routing bus for live-stream activity systems.
+//!
+//! The letter's path, in module order: [`source`] reads a message's tag and id, [`route`]
+//! finds its pigeons, [`router`] forwards it and tracks offsets, [`deadletter`] keeps what
+//! failed in the [`store`]. [`serve`] and [`dev`] run it all; [`admin`] is the HTTP side.
+
+pub mod admin;
+pub mod config;
+pub mod deadletter;
+pub mod dev;
+pub mod kafka;
+pub mod route;
+pub mod router;
+pub mod serve;
+pub mod source;
+pub mod store;
+pub mod topics;

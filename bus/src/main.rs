@@ -1,0 +1,231 @@
+//! The `pigeon` binary: the bus's roles and the operator's tools.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use pigeon_bus::config::BusConfig;
+use pigeon_bus::dev::{self, DevOptions};
+use pigeon_bus::{kafka, serve, topics};
+use rdkafka::mocking::MockCluster;
+use tokio_util::sync::CancellationToken;
+
+/// Pigeon: the event-routing bus for live-stream activity systems.
+#[derive(Parser)]
+#[command(name = "pigeon", version, about)]
+struct Cli {
+    /// Configuration file (TOML); flags override it.
+    #[arg(long, short = 'c', global = true, env = "PIGEON_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run everything on this machine: an in-process Kafka, SQLite, and a demo activity.
+    Dev {
+        /// Where the SQLite file is kept.
+        #[arg(long, default_value = ".pigeon")]
+        data_dir: PathBuf,
+        /// Admin server address (port 0 picks a free one).
+        #[arg(long)]
+        listen: Option<String>,
+        /// Do not produce demo gift letters.
+        #[arg(long)]
+        no_demo_traffic: bool,
+    },
+    /// Run the bus against real Kafka and MySQL/TiDB (or SQLite).
+    Serve {
+        #[command(flatten)]
+        connect: Connect,
+        /// Admin server address (port 0 picks a free one).
+        #[arg(long)]
+        listen: Option<String>,
+    },
+    /// Apply database migrations and exit.
+    Migrate {
+        /// Database URL: sqlite://PATH or mysql://USER:PASSWORD@HOST:PORT/DB.
+        #[arg(long, env = "PIGEON_DATABASE")]
+        database: Option<String>,
+    },
+    /// Manage the bus's Kafka topics.
+    Topics {
+        #[command(subcommand)]
+        command: TopicsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TopicsCommand {
+    /// Create the bus's topics, module topics and pigeon destinations that are missing.
+    Ensure {
+        #[command(flatten)]
+        connect: Connect,
+        /// Partitions per topic (default from config, else 16).
+        #[arg(long)]
+        partitions: Option<i32>,
+        /// Replication factor (default from config, else 3).
+        #[arg(long)]
+        replication: Option<i32>,
+        /// A module whose topic `pigeon.module.<NAME>` to create; repeatable.
+        #[arg(long = "module")]
+        modules: Vec<String>,
+    },
+}
+
+/// Connection flags shared by the commands that talk to Kafka and the store.
+#[derive(Args)]
+struct Connect {
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "PIGEON_BROKERS")]
+    brokers: Option<String>,
+    /// Database URL: sqlite://PATH or mysql://USER:PASSWORD@HOST:PORT/DB.
+    #[arg(long, env = "PIGEON_DATABASE")]
+    database: Option<String>,
+    /// A librdkafka property, KEY=VALUE; prefix KEY with `consumer.` or `producer.` to set it
+    /// on one kind of client only. Repeatable.
+    #[arg(short = 'X', value_name = "KEY=VALUE")]
+    properties: Vec<String>,
+}
+
+impl Connect {
+    fn apply(&self, config: &mut BusConfig) -> anyhow::Result<()> {
+        if let Some(brokers) = &self.brokers {
+            config.kafka.brokers.clone_from(brokers);
+        }
+        if let Some(database) = &self.database {
+            config.store.url.clone_from(database);
+        }
+        for property in &self.properties {
+            let (key, value) = property
+                .split_once('=')
+                .with_context(|| format!("-X {property}: expected KEY=VALUE"))?;
+            let (map, key) = if let Some(key) = key.strip_prefix("consumer.") {
+                (&mut config.kafka.consumer, key)
+            } else if let Some(key) = key.strip_prefix("producer.") {
+                (&mut config.kafka.producer, key)
+            } else {
+                (&mut config.kafka.common, key)
+            };
+            map.insert(key.to_owned(), value.to_owned());
+        }
+        Ok(())
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let mut config = match &cli.config {
+        Some(path) => BusConfig::load(path)?,
+        None => BusConfig::default(),
+    };
+    let runtime = tokio::runtime::Runtime::new()?;
+    match cli.command {
+        Command::Dev {
+            data_dir,
+            listen,
+            no_demo_traffic,
+        } => {
+            if let Some(listen) = listen {
+                config.admin.listen = listen;
+            }
+            // The mock cluster is not Send: it lives here, on the main thread, for the whole run.
+            let mock = MockCluster::new(1).context("starting the in-process Kafka")?;
+            let options = DevOptions {
+                data_dir,
+                demo_traffic: !no_demo_traffic,
+            };
+            let config = dev::dev_config(config, &mock.bootstrap_servers(), &options);
+            config.validate()?;
+            let mut wanted = topics::required_topics(&config.topics.modules, None, &[]);
+            wanted.push(dev::DEMO_SOURCE.into());
+            for topic in &wanted {
+                mock.create_topic(topic, config.topics.partitions, 1)
+                    .with_context(|| format!("creating topic {topic}"))?;
+            }
+            println!("kafka: {}", mock.bootstrap_servers());
+            runtime.block_on(dev::run(config, options))
+        }
+        Command::Serve { connect, listen } => {
+            connect.apply(&mut config)?;
+            if let Some(listen) = listen {
+                config.admin.listen = listen;
+            }
+            config.validate()?;
+            runtime.block_on(async {
+                let store = serve::open_store(&config.store.url).await?;
+                serve::run(config, store, CancellationToken::new(), |url| {
+                    println!("admin: {url}")
+                })
+                .await
+            })
+        }
+        Command::Migrate { database } => {
+            if let Some(database) = database {
+                config.store.url = database;
+            }
+            config.validate()?;
+            runtime.block_on(serve::open_store(&config.store.url))?;
+            println!(
+                "migrations applied to {}",
+                pigeon_bus::config::redact_url(&config.store.url)
+            );
+            Ok(())
+        }
+        Command::Topics {
+            command:
+                TopicsCommand::Ensure {
+                    connect,
+                    partitions,
+                    replication,
+                    modules,
+                },
+        } => {
+            connect.apply(&mut config)?;
+            config.topics.modules.extend(modules);
+            if let Some(p) = partitions {
+                config.topics.partitions = p;
+            }
+            if let Some(r) = replication {
+                config.topics.replication = r;
+            }
+            config.validate()?;
+            runtime.block_on(async {
+                // Destinations and sources of stored pigeons too, when a store is reachable.
+                let table = match serve::open_store(&config.store.url).await {
+                    Ok(store) => Some(serve::load_table(store.as_ref(), &config).await?),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "no store: creating only the bus and module topics");
+                        None
+                    }
+                };
+                let destinations = table.as_ref().map(|t| t.destination_topics()).unwrap_or_default();
+                let wanted = topics::required_topics(&config.topics.modules, table.as_ref(), &destinations);
+                let client = kafka::admin_config(&config.kafka);
+                let done = topics::ensure(&client, &wanted, config.topics.partitions, config.topics.replication).await?;
+                for (topic, what) in done {
+                    println!("{topic}: {}", if what == topics::Ensured::Created { "created" } else { "exists" });
+                }
+                Ok(())
+            })
+        }
+    }
+}

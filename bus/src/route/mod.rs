@@ -1,0 +1,15 @@
+//! Routes ("pigeons"): their raw form, tag patterns, and the compiled, immutable [`RouteTable`]
+//! the router looks letters up in.
+//!
+//! Nothing here knows about Kafka or the store.
+
+pub mod pattern;
+pub mod spec;
+mod table;
+
+pub use pattern::TagPattern;
+pub use spec::{Action, DestinationSpec, MatchSpec, PigeonSpec};
+pub use table::{
+    module_topic, validate, validate_topic, CompileErrors, Destination, Route, RouteTable, Source,
+    TagSource, TopicRoutes, VersionedPigeon,
+};

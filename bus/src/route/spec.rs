@@ -1,0 +1,92 @@
+//! The raw, serde form of a pigeon, as operators write it and the store keeps it.
+
+use serde::{Deserialize, Serialize};
+
+/// A pigeon (route) as written: not yet validated.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PigeonSpec {
+    /// Stable id, `[a-z0-9._-]`, used in headers (`ce_pigeon`) and the API.
+    pub id: String,
+    /// Human name.
+    #[serde(default)]
+    pub name: String,
+    /// Owning team or activity.
+    #[serde(default)]
+    pub owner: String,
+    /// Disabled pigeons are kept but match nothing.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// What the pigeon does with a matching letter.
+    #[serde(default)]
+    pub action: Action,
+    /// Which letters the pigeon takes.
+    #[serde(rename = "match")]
+    pub matcher: MatchSpec,
+    /// Where the letters fly.
+    #[serde(default)]
+    pub destinations: Vec<DestinationSpec>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// What a pigeon does with a letter.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// Re-publish with the destination tag; the payload is not parsed.
+    #[default]
+    Forward,
+}
+
+/// Which letters a pigeon takes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatchSpec {
+    /// Source topic.
+    pub topic: String,
+    /// Tag pattern (see [`super::pattern`]); default `**`, every tag.
+    #[serde(default = "every_tag")]
+    pub tag: String,
+}
+
+fn every_tag() -> String {
+    "**".into()
+}
+
+/// One destination: a module capability, or a raw topic and tag.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DestinationSpec {
+    /// `module/capability`: the module's topic `pigeon.module.<module>`, tag `<capability>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capability: Option<String>,
+    /// A raw topic (with `tag`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
+    /// The tag the letter carries on a raw topic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+}
+
+impl DestinationSpec {
+    /// A destination that is a module capability.
+    pub fn capability(capability: &str) -> Self {
+        Self {
+            capability: Some(capability.into()),
+            topic: None,
+            tag: None,
+        }
+    }
+
+    /// A destination that is a raw topic and tag.
+    pub fn topic(topic: &str, tag: &str) -> Self {
+        Self {
+            capability: None,
+            topic: Some(topic.into()),
+            tag: Some(tag.into()),
+        }
+    }
+}

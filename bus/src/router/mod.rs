@@ -1,0 +1,422 @@
+//! The forward path: consume source topics, look letters up in the route table, re-publish
+//! them to their destinations with the destination tag, at least once.
+//!
+//! Many letters are in flight per partition; a partition's committed offset is its
+//! [`tracker`]'s watermark, the lowest letter not yet fully acknowledged or dead-lettered. A
+//! partition pauses when its in-flight letters reach the cap and resumes below half of it.
+//! Revoked partitions and shutdown drain first, then commit.
+
+pub mod context;
+pub mod tracker;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use self::context::{
+    output_dead_letter, Delivery, RouterConsumerContext, RouterProducerContext, Trackers,
+};
+use self::tracker::{Admission, PartitionTracker};
+use crate::config::RouterConfig;
+use crate::deadletter::{self, ErrorKind, Job, NewDeadLetter};
+use crate::route::{Route, RouteTable};
+use crate::source;
+use crate::store::Store;
+use pigeon_sdk::header;
+
+/// Counters of what the router did, readable while it runs.
+#[derive(Debug, Default)]
+pub struct RouterStats {
+    /// Source letters read.
+    pub letters_in: AtomicU64,
+    /// Outputs handed to the producer.
+    pub letters_out: AtomicU64,
+    /// Letters or outputs dead-lettered by the router itself.
+    pub dead_lettered: AtomicU64,
+}
+
+/// Everything the router runs with.
+pub struct RouterParts {
+    /// Validated routes.
+    pub table: Arc<RouteTable>,
+    /// Router tuning.
+    pub config: RouterConfig,
+    /// Consumer properties (group, brokers, security…).
+    pub consumer: ClientConfig,
+    /// Producer properties.
+    pub producer: ClientConfig,
+    /// Dead letters go here.
+    pub store: Arc<dyn Store>,
+    /// Set once the router consumes.
+    pub ready: Arc<AtomicBool>,
+    /// Counters.
+    pub stats: Arc<RouterStats>,
+}
+
+/// Runs the router until `cancel` fires, then drains, commits and returns.
+pub async fn run(parts: RouterParts, cancel: CancellationToken) -> anyhow::Result<()> {
+    let RouterParts {
+        table,
+        config,
+        consumer,
+        producer,
+        store,
+        ready,
+        stats,
+    } = parts;
+    let topics = table.source_topics();
+    if topics.is_empty() {
+        tracing::warn!("no enabled pigeon: the router has nothing to consume");
+        ready.store(true, Ordering::Release);
+        cancel.cancelled().await;
+        return Ok(());
+    }
+
+    let (dead_tx, dead_rx) = mpsc::unbounded_channel();
+    let writer_stop = CancellationToken::new();
+    let writer = tokio::spawn(deadletter::write_dead_letters(
+        store,
+        dead_rx,
+        writer_stop.clone(),
+    ));
+
+    let drain_timeout = Duration::from_secs(config.drain_timeout_secs);
+    let trackers = Arc::new(Trackers::default());
+    let producer: ThreadedProducer<RouterProducerContext> =
+        producer.create_with_context(RouterProducerContext {
+            dead_letters: dead_tx.clone(),
+        })?;
+    let consumer: StreamConsumer<RouterConsumerContext> =
+        consumer.create_with_context(RouterConsumerContext {
+            trackers: Arc::clone(&trackers),
+            drain_timeout,
+            ready: Arc::clone(&ready),
+        })?;
+    let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&topic_refs)?;
+    tracing::info!(topics = ?topics, pigeons = table.len(), "router subscribed");
+
+    let (resume_tx, mut resume_rx) = mpsc::unbounded_channel::<Arc<PartitionTracker>>();
+    let router = Forwarder {
+        table,
+        cap: config.max_in_flight_per_partition,
+        trackers: Arc::clone(&trackers),
+        resume_tx,
+        producer: &producer,
+        dead_letters: dead_tx,
+        stats,
+    };
+    let mut store_tick =
+        tokio::time::interval(Duration::from_millis(config.offset_store_interval_ms));
+    store_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+    loop {
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => break,
+            Some(tracker) = resume_rx.recv() => {
+                let tpl = partition_list(&tracker, Offset::Invalid);
+                if let Err(e) = consumer.resume(&tpl) {
+                    tracing::debug!(topic = %tracker.topic, partition = tracker.partition, error = %e, "resume");
+                }
+            }
+            _ = store_tick.tick() => store_offsets(&consumer, &trackers),
+            received = consumer.recv() => match received {
+                Ok(message) => {
+                    if router.forward(&message).await == Admission::Pause {
+                        let tpl = partition_list_of(&message);
+                        if let Err(e) = consumer.pause(&tpl) {
+                            tracing::warn!(topic = message.topic(), partition = message.partition(), error = %e, "pause");
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "consumer error"),
+            },
+        }
+    }
+
+    // Drain: stop reading, let every letter in flight settle, commit, then leave the group.
+    tracing::info!("router draining");
+    let pending = trackers.all();
+    let drained = tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + drain_timeout;
+        pending
+            .iter()
+            .all(|t| t.wait_settled(deadline.saturating_duration_since(std::time::Instant::now())))
+    })
+    .await
+    .unwrap_or(false);
+    if !drained {
+        tracing::warn!("drain timed out; unsettled letters will be delivered again after restart");
+    }
+    store_offsets(&consumer, &trackers);
+    match consumer.commit_consumer_state(CommitMode::Sync) {
+        Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+        Err(e) => tracing::warn!(error = %e, "final commit"),
+    }
+    let _ = producer.flush(Duration::from_secs(5));
+    drop(router);
+    drop(consumer);
+    writer_stop.cancel();
+    let _ = writer.await;
+    tracing::info!("router stopped");
+    Ok(())
+}
+
+/// Hands each partition's watermark to the consumer for its next commit.
+fn store_offsets(consumer: &StreamConsumer<RouterConsumerContext>, trackers: &Trackers) {
+    let mut tpl = TopicPartitionList::new();
+    for tracker in trackers.all() {
+        if let Some(watermark) = tracker.watermark() {
+            let _ = tpl.add_partition_offset(
+                &tracker.topic,
+                tracker.partition,
+                Offset::Offset(watermark),
+            );
+        }
+    }
+    if tpl.count() > 0 {
+        if let Err(e) = consumer.store_offsets(&tpl) {
+            // A partition revoked a moment ago cannot be stored; the revoke committed it.
+            tracing::debug!(error = %e, "store offsets");
+        }
+    }
+}
+
+fn partition_list(tracker: &PartitionTracker, offset: Offset) -> TopicPartitionList {
+    let mut tpl = TopicPartitionList::new();
+    let _ = tpl.add_partition_offset(&tracker.topic, tracker.partition, offset);
+    tpl
+}
+
+fn partition_list_of(message: &BorrowedMessage<'_>) -> TopicPartitionList {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(message.topic(), message.partition());
+    tpl
+}
+
+/// The per-letter work of the router.
+struct Forwarder<'p> {
+    table: Arc<RouteTable>,
+    cap: usize,
+    trackers: Arc<Trackers>,
+    resume_tx: mpsc::UnboundedSender<Arc<PartitionTracker>>,
+    producer: &'p ThreadedProducer<RouterProducerContext>,
+    dead_letters: mpsc::UnboundedSender<Job>,
+    stats: Arc<RouterStats>,
+}
+
+impl Forwarder<'_> {
+    async fn forward(&self, message: &BorrowedMessage<'_>) -> Admission {
+        self.stats.letters_in.fetch_add(1, Ordering::Relaxed);
+        let resume_below = (self.cap / 2).max(1);
+        let tracker = self
+            .trackers
+            .get_or_insert(message.topic(), message.partition(), |topic| {
+                PartitionTracker::new(
+                    topic,
+                    message.partition(),
+                    resume_below,
+                    self.resume_tx.clone(),
+                )
+            });
+        let offset = message.offset();
+        let table = Arc::clone(&self.table);
+        let Some(routes) = table.topic(message.topic()) else {
+            return tracker.begin(offset, 0, self.cap);
+        };
+        let meta = match source::read(message, &routes.source) {
+            Ok(meta) => meta,
+            Err(reason) => return self.dead_letter(message, &tracker, reason),
+        };
+        let matched: Vec<&Arc<Route>> = match &meta.tag {
+            Some(tag) => routes.matching(tag).collect(),
+            None => routes.matching_untagged().collect(),
+        };
+        if matched.is_empty() {
+            return match meta.tag {
+                Some(_) => tracker.begin(offset, 0, self.cap),
+                None => self.dead_letter(
+                    message,
+                    &tracker,
+                    format!("no tag: {}", describe_tag_source(routes)),
+                ),
+            };
+        }
+        let outputs: usize = matched.iter().map(|r| r.destinations.len()).sum();
+        // Begin before producing: a delivery report may arrive before `send` returns.
+        let admission = tracker.begin(offset, outputs as u32, self.cap);
+
+        let derived_id;
+        let id = match meta.id {
+            Some(id) => id,
+            None => {
+                let ms = message.timestamp().to_millis().unwrap_or(0).max(0) as u64;
+                derived_id =
+                    pigeon_sdk::LetterId::derived(message.topic(), message.partition(), offset, ms)
+                        .to_string();
+                &derived_id
+            }
+        };
+        for route in matched {
+            for destination in &route.destinations {
+                let headers = output_headers(message, id, &destination.tag, &route.id);
+                let mut record = BaseRecord::with_opaque_to(
+                    &destination.topic,
+                    Box::new(Delivery {
+                        tracker: Arc::clone(&tracker),
+                        offset,
+                        route: Arc::clone(route),
+                    }),
+                )
+                .headers(headers);
+                if let Some(key) = message.key() {
+                    record = record.key(key);
+                }
+                if let Some(payload) = message.payload() {
+                    record = record.payload(payload);
+                }
+                self.send(record).await;
+            }
+        }
+        admission
+    }
+
+    /// Hands an output to the producer, waiting while its queue is full.
+    async fn send(&self, mut record: BaseRecord<'_, [u8], [u8], Box<Delivery>>) {
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => {
+                    self.stats.letters_out.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                Err((error, back)) => {
+                    // Refused before it left (too large, unknown topic…): dead-letter it.
+                    let output = OwnedOutput::from(&back);
+                    let delivery = back.delivery_opaque;
+                    let dead_letter = output_dead_letter(&output.0, &delivery, error.to_string());
+                    self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                    let _ = self.dead_letters.send(Job {
+                        dead_letter,
+                        tracker: delivery.tracker,
+                        offset: delivery.offset,
+                    });
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Dead-letters a source message that cannot be routed at all.
+    fn dead_letter(
+        &self,
+        message: &BorrowedMessage<'_>,
+        tracker: &Arc<PartitionTracker>,
+        reason: String,
+    ) -> Admission {
+        let offset = message.offset();
+        let admission = tracker.begin(offset, 1, self.cap);
+        let mut dead_letter = NewDeadLetter::from_message(message, ErrorKind::Malformed, reason);
+        let ms = message.timestamp().to_millis().unwrap_or(0).max(0) as u64;
+        dead_letter.letter_id =
+            pigeon_sdk::LetterId::derived(message.topic(), message.partition(), offset, ms)
+                .to_string();
+        self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+        let _ = self.dead_letters.send(Job {
+            dead_letter,
+            tracker: Arc::clone(tracker),
+            offset,
+        });
+        admission
+    }
+}
+
+fn describe_tag_source(routes: &crate::route::TopicRoutes) -> String {
+    match &routes.source.tag {
+        crate::route::TagSource::Header(name) => format!("header {name} is missing"),
+        crate::route::TagSource::Field(field) => format!("JSON field {field:?} is missing"),
+    }
+}
+
+/// The output's headers: the input's, with the destination tag, the pigeon, attempt 1, and
+/// the CloudEvents attributes a foreign letter lacks.
+fn output_headers(
+    message: &BorrowedMessage<'_>,
+    id: &str,
+    tag: &str,
+    pigeon: &str,
+) -> OwnedHeaders {
+    let input = message.headers();
+    let count = input.map_or(0, |h| h.count());
+    let mut headers = OwnedHeaders::new_with_capacity(count + 8);
+    let (mut has_spec, mut has_source, mut has_time) = (false, false, false);
+    if let Some(input) = input {
+        for h in input.iter() {
+            match h.key {
+                header::TYPE | header::PIGEON | header::ATTEMPT | header::ID => continue,
+                header::SPECVERSION => has_spec = true,
+                header::SOURCE => has_source = true,
+                header::TIME => has_time = true,
+                _ => {}
+            }
+            headers = headers.insert(Header {
+                key: h.key,
+                value: h.value,
+            });
+        }
+    }
+    headers = headers
+        .insert(text(header::ID, id))
+        .insert(text(header::TYPE, tag))
+        .insert(text(header::PIGEON, pigeon))
+        .insert(text(header::ATTEMPT, "1"));
+    if !has_spec {
+        headers = headers.insert(text(header::SPECVERSION, pigeon_sdk::letter::SPEC_VERSION));
+    }
+    if !has_source {
+        headers = headers.insert(text(header::SOURCE, message.topic()));
+    }
+    if !has_time {
+        if let Some(ms) = message.timestamp().to_millis() {
+            headers = headers.insert(text(header::TIME, &pigeon_sdk::letter::format_time_ms(ms)));
+        }
+    }
+    headers
+}
+
+fn text<'a>(key: &'a str, value: &'a str) -> Header<'a, &'a [u8]> {
+    Header {
+        key,
+        value: Some(value.as_bytes()),
+    }
+}
+
+/// A refused record copied into a message, so it can be dead-lettered like a failed delivery.
+struct OwnedOutput(rdkafka::message::OwnedMessage);
+
+impl From<&BaseRecord<'_, [u8], [u8], Box<Delivery>>> for OwnedOutput {
+    fn from(record: &BaseRecord<'_, [u8], [u8], Box<Delivery>>) -> Self {
+        Self(rdkafka::message::OwnedMessage::new(
+            record.payload.map(<[u8]>::to_vec),
+            record.key.map(<[u8]>::to_vec),
+            record.topic.to_owned(),
+            rdkafka::Timestamp::NotAvailable,
+            -1,
+            -1,
+            record.headers.clone(),
+        ))
+    }
+}

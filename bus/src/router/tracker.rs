@@ -1,0 +1,236 @@
+//! Per-partition bookkeeping of letters in flight.
+//!
+//! Many letters of a partition are in flight at once, and their outputs are acknowledged in any
+//! order. The offset that may be committed is the lowest offset whose outputs are not all
+//! settled (acknowledged by Kafka or stored as dead letters), or, when nothing is pending, the
+//! offset after the last letter seen. Letters that had no output are never recorded: the
+//! watermark covers them.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc::UnboundedSender;
+
+/// One source partition's letters in flight.
+#[derive(Debug)]
+pub struct PartitionTracker {
+    /// Source topic.
+    pub topic: Arc<str>,
+    /// Source partition.
+    pub partition: i32,
+    state: Mutex<State>,
+    settled: Condvar,
+    resume_below: usize,
+    resume: UnboundedSender<Arc<PartitionTracker>>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Letters with unsettled outputs, by ascending offset.
+    pending: VecDeque<Pending>,
+    /// The offset after the last letter begun; `None` before the first.
+    next: Option<i64>,
+    /// Whether the router paused the partition at the cap.
+    paused: bool,
+}
+
+#[derive(Debug)]
+struct Pending {
+    offset: i64,
+    outstanding: u32,
+}
+
+/// What [`PartitionTracker::begin`] asks of the router.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// Keep consuming.
+    Continue,
+    /// The cap is reached: pause the partition until the tracker asks to resume.
+    Pause,
+}
+
+impl PartitionTracker {
+    /// A tracker that asks for a resume on `resume` once fewer than `resume_below` letters are
+    /// in flight after a pause.
+    pub fn new(
+        topic: Arc<str>,
+        partition: i32,
+        resume_below: usize,
+        resume: UnboundedSender<Arc<PartitionTracker>>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            topic,
+            partition,
+            state: Mutex::new(State::default()),
+            settled: Condvar::new(),
+            resume_below: resume_below.max(1),
+            resume,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves consistent state (every update is one step).
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Records a letter at `offset` with `outputs` outputs to settle. Offsets must ascend.
+    pub fn begin(&self, offset: i64, outputs: u32, cap: usize) -> Admission {
+        let mut state = self.lock();
+        debug_assert!(
+            state.next.is_none_or(|next| offset >= next),
+            "offsets go forward"
+        );
+        state.next = Some(offset + 1);
+        if outputs == 0 {
+            return Admission::Continue;
+        }
+        state.pending.push_back(Pending {
+            offset,
+            outstanding: outputs,
+        });
+        if state.pending.len() >= cap && !state.paused {
+            state.paused = true;
+            Admission::Pause
+        } else {
+            Admission::Continue
+        }
+    }
+
+    /// Settles one output of the letter at `offset`.
+    pub fn settle(self: &Arc<Self>, offset: i64) {
+        let mut state = self.lock();
+        let Ok(i) = state.pending.binary_search_by_key(&offset, |p| p.offset) else {
+            debug_assert!(false, "settled an offset that is not pending");
+            return;
+        };
+        let entry = &mut state.pending[i];
+        entry.outstanding = entry.outstanding.saturating_sub(1);
+        if i == 0 {
+            while state.pending.front().is_some_and(|p| p.outstanding == 0) {
+                state.pending.pop_front();
+            }
+        }
+        if state.paused && state.pending.len() < self.resume_below {
+            state.paused = false;
+            // The router may be gone at shutdown; then nobody needs the resume.
+            let _ = self.resume.send(Arc::clone(self));
+        }
+        if state.pending.is_empty() {
+            self.settled.notify_all();
+        }
+    }
+
+    /// The offset to commit: the next letter to read again after a restart.
+    pub fn watermark(&self) -> Option<i64> {
+        let state = self.lock();
+        state.pending.front().map(|p| p.offset).or(state.next)
+    }
+
+    /// Letters in flight.
+    pub fn in_flight(&self) -> usize {
+        self.lock().pending.len()
+    }
+
+    /// Blocks until nothing is in flight or `timeout` passes; returns whether it drained.
+    pub fn wait_settled(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut state = self.lock();
+        while !state.pending.is_empty() {
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            state = self
+                .settled
+                .wait_timeout(state, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::sync::mpsc;
+
+    fn tracker(
+        resume_below: usize,
+    ) -> (
+        Arc<PartitionTracker>,
+        mpsc::UnboundedReceiver<Arc<PartitionTracker>>,
+    ) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (
+            PartitionTracker::new(Arc::from("t"), 0, resume_below, tx),
+            rx,
+        )
+    }
+
+    #[test]
+    fn the_watermark_stops_at_the_lowest_unsettled_letter() {
+        let (t, _rx) = tracker(1);
+        assert_eq!(t.watermark(), None, "nothing seen, nothing to commit");
+        t.begin(10, 2, 100);
+        t.begin(11, 1, 100);
+        t.begin(12, 0, 100); // no output: covered by the watermark
+        t.begin(13, 1, 100);
+        assert_eq!(t.watermark(), Some(10));
+        t.settle(11);
+        t.settle(13);
+        assert_eq!(t.watermark(), Some(10), "later acks do not move it past 10");
+        t.settle(10);
+        assert_eq!(t.watermark(), Some(10), "10 has a second output");
+        t.settle(10);
+        assert_eq!(
+            t.watermark(),
+            Some(14),
+            "all settled: the next offset to read"
+        );
+        assert_eq!(t.in_flight(), 0);
+    }
+
+    #[test]
+    fn offsets_with_gaps_settle_in_any_order() {
+        let (t, _rx) = tracker(1);
+        for offset in [3, 7, 8, 20] {
+            t.begin(offset, 1, 100);
+        }
+        t.settle(20);
+        t.settle(7);
+        assert_eq!(t.watermark(), Some(3));
+        t.settle(3);
+        assert_eq!(t.watermark(), Some(8));
+        t.settle(8);
+        assert_eq!(t.watermark(), Some(21));
+    }
+
+    #[test]
+    fn the_cap_pauses_and_draining_resumes_once() {
+        let (t, mut rx) = tracker(2);
+        assert_eq!(t.begin(0, 1, 3), Admission::Continue);
+        assert_eq!(t.begin(1, 1, 3), Admission::Continue);
+        assert_eq!(t.begin(2, 1, 3), Admission::Pause);
+        t.settle(0);
+        assert!(rx.try_recv().is_err(), "2 in flight is not below 2");
+        t.settle(1);
+        assert!(rx.try_recv().is_ok(), "1 in flight: resume");
+        t.settle(2);
+        assert!(rx.try_recv().is_err(), "resume is asked once");
+    }
+
+    #[test]
+    fn waiting_returns_when_settled_or_at_the_deadline() {
+        let (t, _rx) = tracker(1);
+        t.begin(0, 1, 10);
+        assert!(!t.wait_settled(Duration::from_millis(20)));
+        let t2 = Arc::clone(&t);
+        let handle = std::thread::spawn(move || t2.wait_settled(Duration::from_secs(10)));
+        t.settle(0);
+        assert!(handle.join().unwrap());
+    }
+}

@@ -1,0 +1,261 @@
+//! The store: pigeons with their versions, and dead letters.
+//!
+//! One small trait, one module per backend with its SQL beside it: [`sqlite`] (the embedded
+//! default, WAL mode) and [`mysql`] (MySQL and TiDB; tested on MariaDB). Queries are checked at
+//! run time, and the same conformance suite runs on both. Times are unix milliseconds.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::deadletter::{DeadLetter, DeadLetterFilter, NewDeadLetter, StoredHeader};
+use crate::route::{PigeonSpec, VersionedPigeon};
+
+pub mod mysql;
+pub mod sqlite;
+
+/// A store failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database said no, or could not be reached.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// Migrations failed.
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A stored row could not be read back.
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+    /// The URL names no backend we have.
+    #[error("unsupported store URL (use sqlite:// or mysql://): {0}")]
+    UnsupportedUrl(String),
+}
+
+/// A pigeon as stored.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredPigeon {
+    /// The spec.
+    pub spec: PigeonSpec,
+    /// Its version, bumped by every change.
+    pub version: i64,
+    /// When the current version was saved.
+    pub updated_at: i64,
+}
+
+impl StoredPigeon {
+    /// The spec and version, as the route table compiles them.
+    pub fn versioned(&self) -> VersionedPigeon {
+        VersionedPigeon {
+            spec: self.spec.clone(),
+            version: self.version,
+        }
+    }
+}
+
+/// What the bus keeps in its database.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Applies pending migrations.
+    async fn migrate(&self) -> Result<(), StoreError>;
+
+    /// Saves a pigeon: a new version when the spec changed, the same one otherwise. Returns
+    /// the version now current. The spec must be validated by the caller.
+    async fn save_pigeon(&self, spec: &PigeonSpec) -> Result<i64, StoreError>;
+
+    /// One pigeon.
+    async fn pigeon(&self, id: &str) -> Result<Option<StoredPigeon>, StoreError>;
+
+    /// Every pigeon, by id.
+    async fn pigeons(&self) -> Result<Vec<StoredPigeon>, StoreError>;
+
+    /// Every saved version of a pigeon, oldest first (kept after deletion).
+    async fn pigeon_versions(&self, id: &str) -> Result<Vec<StoredPigeon>, StoreError>;
+
+    /// Deletes a pigeon; returns whether it existed.
+    async fn delete_pigeon(&self, id: &str) -> Result<bool, StoreError>;
+
+    /// Stores a dead letter durably; returns its id.
+    async fn insert_dead_letter(&self, letter: &NewDeadLetter) -> Result<i64, StoreError>;
+
+    /// Dead letters, newest first.
+    async fn dead_letters(&self, filter: &DeadLetterFilter) -> Result<Vec<DeadLetter>, StoreError>;
+}
+
+/// Opens the store a URL names: `sqlite://PATH` or `mysql://…`.
+pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
+    if url.starts_with("sqlite:") {
+        Ok(Arc::new(sqlite::SqliteStore::open(url).await?))
+    } else if url.starts_with("mysql:") {
+        Ok(Arc::new(mysql::MySqlStore::open(url).await?))
+    } else {
+        Err(StoreError::UnsupportedUrl(crate::config::redact_url(url)))
+    }
+}
+
+/// Current time, unix milliseconds.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Row shapes shared by both backends (the SQL differs, the columns do not).
+mod rows {
+    use super::*;
+    use crate::deadletter::{ErrorKind, Status};
+
+    #[derive(sqlx::FromRow)]
+    pub struct PigeonRow {
+        pub spec: String,
+        pub version: i64,
+        pub updated_at: i64,
+    }
+
+    impl TryFrom<PigeonRow> for StoredPigeon {
+        type Error = StoreError;
+        fn try_from(row: PigeonRow) -> Result<Self, StoreError> {
+            let spec = serde_json::from_str(&row.spec)
+                .map_err(|e| StoreError::Corrupt(format!("pigeon spec: {e}")))?;
+            Ok(StoredPigeon {
+                spec,
+                version: row.version,
+                updated_at: row.updated_at,
+            })
+        }
+    }
+
+    pub fn spec_json(spec: &PigeonSpec) -> String {
+        serde_json::to_string(spec).expect("a pigeon spec always serializes")
+    }
+
+    pub fn headers_json(headers: &[StoredHeader]) -> String {
+        serde_json::to_string(headers).expect("headers always serialize")
+    }
+
+    #[derive(sqlx::FromRow)]
+    pub struct DeadLetterRow {
+        pub id: i64,
+        pub letter_id: String,
+        pub pigeon_id: Option<String>,
+        pub pigeon_version: Option<i64>,
+        pub source_topic: String,
+        pub source_partition: i32,
+        pub source_offset: i64,
+        pub dest_topic: Option<String>,
+        pub dest_tag: Option<String>,
+        pub msg_key: Option<Vec<u8>>,
+        pub headers: String,
+        pub payload: Option<Vec<u8>>,
+        pub error_kind: String,
+        pub error_message: String,
+        pub attempts: i32,
+        pub status: String,
+        pub next_attempt_at: Option<i64>,
+        pub created_at: i64,
+    }
+
+    impl TryFrom<DeadLetterRow> for DeadLetter {
+        type Error = StoreError;
+        fn try_from(row: DeadLetterRow) -> Result<Self, StoreError> {
+            let corrupt = |what: &str, e: String| {
+                StoreError::Corrupt(format!("dead letter {}: {what}: {e}", row.id))
+            };
+            let headers = serde_json::from_str(&row.headers)
+                .map_err(|e| corrupt("headers", e.to_string()))?;
+            let error_kind: ErrorKind = row
+                .error_kind
+                .parse()
+                .map_err(|e| corrupt("error kind", e))?;
+            let status: Status = row.status.parse().map_err(|e| corrupt("status", e))?;
+            Ok(DeadLetter {
+                id: row.id,
+                letter: NewDeadLetter {
+                    letter_id: row.letter_id,
+                    pigeon_id: row.pigeon_id,
+                    pigeon_version: row.pigeon_version,
+                    source_topic: row.source_topic,
+                    source_partition: row.source_partition,
+                    source_offset: row.source_offset,
+                    dest_topic: row.dest_topic,
+                    dest_tag: row.dest_tag,
+                    key: row.msg_key,
+                    headers,
+                    payload: row.payload,
+                    error_kind,
+                    error_message: row.error_message,
+                },
+                attempts: row.attempts,
+                status,
+                next_attempt_at: row.next_attempt_at,
+                created_at: row.created_at,
+            })
+        }
+    }
+
+    pub const DEAD_LETTER_COLUMNS: &str = "id, letter_id, pigeon_id, pigeon_version, source_topic, \
+        source_partition, source_offset, dest_topic, dest_tag, msg_key, headers, payload, error_kind, \
+        error_message, attempts, status, next_attempt_at, created_at";
+
+    pub const INSERT_DEAD_LETTER: &str = "INSERT INTO dead_letters (letter_id, pigeon_id, pigeon_version, \
+        source_topic, source_partition, source_offset, dest_topic, dest_tag, msg_key, headers, payload, \
+        error_kind, error_message, attempts, status, next_attempt_at, created_at, updated_at) \
+        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?)";
+
+    /// The `WHERE … ORDER BY … LIMIT` of a dead-letter listing, and whether each filter binds.
+    pub fn dead_letter_query(filter: &DeadLetterFilter) -> String {
+        let mut sql = format!("SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters WHERE 1 = 1");
+        if filter.pigeon_id.is_some() {
+            sql.push_str(" AND pigeon_id = ?");
+        }
+        if filter.status.is_some() {
+            sql.push_str(" AND status = ?");
+        }
+        let limit = if filter.limit == 0 { 100 } else { filter.limit };
+        sql.push_str(&format!(" ORDER BY id DESC LIMIT {limit}"));
+        sql
+    }
+}
+
+/// Binds a [`NewDeadLetter`] to [`rows::INSERT_DEAD_LETTER`], for either backend.
+macro_rules! bind_dead_letter {
+    ($query:expr, $dl:expr, $now:expr) => {{
+        let dl = $dl;
+        let status = dl.initial_status();
+        let next_attempt = (status == $crate::deadletter::Status::Pending).then_some($now);
+        $query
+            .bind(&dl.letter_id)
+            .bind(&dl.pigeon_id)
+            .bind(dl.pigeon_version)
+            .bind(&dl.source_topic)
+            .bind(dl.source_partition)
+            .bind(dl.source_offset)
+            .bind(&dl.dest_topic)
+            .bind(&dl.dest_tag)
+            .bind(&dl.key)
+            .bind($crate::store::rows::headers_json(&dl.headers))
+            .bind(&dl.payload)
+            .bind(dl.error_kind.as_str())
+            .bind(&dl.error_message)
+            .bind(status.as_str())
+            .bind(next_attempt)
+            .bind($now)
+            .bind($now)
+    }};
+}
+pub(crate) use bind_dead_letter;
+
+/// Binds the optional filters of [`rows::dead_letter_query`], in order.
+macro_rules! bind_dead_letter_filter {
+    ($query:expr, $filter:expr) => {{
+        let mut query = $query;
+        if let Some(pigeon) = &$filter.pigeon_id {
+            query = query.bind(pigeon.clone());
+        }
+        if let Some(status) = $filter.status {
+            query = query.bind(status.as_str());
+        }
+        query
+    }};
+}
+pub(crate) use bind_dead_letter_filter;

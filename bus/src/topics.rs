@@ -1,0 +1,82 @@
+//! The topics the bus owns, and creating them.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::types::RDKafkaErrorCode;
+
+use crate::route::{module_topic, RouteTable};
+
+/// Modules fly letters to pigeons here.
+pub const INGRESS: &str = "pigeon.ingress";
+/// SDK registrations and heartbeats, keyed by module.
+pub const REGISTRY: &str = "pigeon.registry";
+/// Handler failures reported by modules.
+pub const FAILED: &str = "pigeon.failed";
+/// Delivery receipts.
+pub const RECEIPTS: &str = "pigeon.receipts";
+/// Configuration-change notices read by every instance.
+pub const CONTROL: &str = "pigeon.control";
+
+/// The topics of the bus itself.
+pub const BUS_TOPICS: [&str; 5] = [INGRESS, REGISTRY, FAILED, RECEIPTS, CONTROL];
+
+/// Every topic the bus needs: its own, the configured modules', and every destination the
+/// pigeons name.
+pub fn required_topics(
+    modules: &[String],
+    table: Option<&RouteTable>,
+    destinations: &[String],
+) -> Vec<String> {
+    let mut topics: BTreeSet<String> = BUS_TOPICS.iter().map(|t| t.to_string()).collect();
+    topics.extend(modules.iter().map(|m| module_topic(m)));
+    topics.extend(destinations.iter().cloned());
+    if let Some(table) = table {
+        topics.extend(table.source_topics());
+    }
+    topics.into_iter().collect()
+}
+
+/// What happened to one topic.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Ensured {
+    /// It was created.
+    Created,
+    /// It was there already.
+    Existed,
+}
+
+/// Creates topics through the Kafka admin API; topics that exist are left as they are.
+pub async fn ensure(
+    client: &ClientConfig,
+    topics: &[String],
+    partitions: i32,
+    replication: i32,
+) -> anyhow::Result<Vec<(String, Ensured)>> {
+    let admin: AdminClient<DefaultClientContext> = client.create()?;
+    let new: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(replication)))
+        .collect();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let results = admin.create_topics(&new, &options).await?;
+    let mut out = Vec::new();
+    let mut errors = Vec::new();
+    for result in results {
+        match result {
+            Ok(topic) => out.push((topic, Ensured::Created)),
+            Err((topic, RDKafkaErrorCode::TopicAlreadyExists)) => {
+                out.push((topic, Ensured::Existed))
+            }
+            Err((topic, code)) => errors.push(format!("{topic}: {code}")),
+        }
+    }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        anyhow::bail!("could not create topics: {}", errors.join("; "))
+    }
+}
