@@ -66,9 +66,7 @@ pub struct StoreConfig {
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        Self {
-            url: "sqlite://pigeon.db".into(),
-        }
+        Self { url: "sqlite://pigeon.db".into() }
     }
 }
 
@@ -86,11 +84,7 @@ pub struct RouterConfig {
 
 impl Default for RouterConfig {
     fn default() -> Self {
-        Self {
-            max_in_flight_per_partition: 20_000,
-            offset_store_interval_ms: 100,
-            drain_timeout_secs: 30,
-        }
+        Self { max_in_flight_per_partition: 20_000, offset_store_interval_ms: 100, drain_timeout_secs: 30 }
     }
 }
 
@@ -104,9 +98,7 @@ pub struct AdminConfig {
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        Self {
-            listen: "127.0.0.1:7800".into(),
-        }
+        Self { listen: "127.0.0.1:7800".into() }
     }
 }
 
@@ -124,11 +116,7 @@ pub struct TopicsConfig {
 
 impl Default for TopicsConfig {
     fn default() -> Self {
-        Self {
-            partitions: 16,
-            replication: 3,
-            modules: Vec::new(),
-        }
+        Self { partitions: 16, replication: 3, modules: Vec::new() }
     }
 }
 
@@ -171,9 +159,8 @@ impl BusConfig {
     pub fn parse(text: &str) -> Result<Self, ConfigErrors> {
         let mut unknown = Vec::new();
         let deserializer = toml::Deserializer::new(text);
-        let parsed: Result<BusConfig, _> = serde_ignored::deserialize(deserializer, |path| {
-            unknown.push(format!("unknown key `{path}`"))
-        });
+        let parsed: Result<BusConfig, _> =
+            serde_ignored::deserialize(deserializer, |path| unknown.push(format!("unknown key `{path}`")));
         let mut errors = unknown;
         match parsed {
             Ok(config) => {
@@ -229,9 +216,7 @@ impl BusConfig {
         }
         for (topic, source) in &self.sources {
             if source.tag_header.is_some() && source.tag_field.is_some() {
-                errors.push(format!(
-                    "sources.\"{topic}\": set tag_header or tag_field, not both"
-                ));
+                errors.push(format!("sources.\"{topic}\": set tag_header or tag_field, not both"));
             }
         }
         errors
@@ -240,21 +225,13 @@ impl BusConfig {
 
 /// Whether a librdkafka property holds a secret that must never be logged.
 pub fn is_secret_property(key: &str) -> bool {
-    const SECRET_PARTS: [&str; 5] = [
-        "password",
-        "secret",
-        "sasl.oauthbearer.config",
-        "ssl.key.pem",
-        "token",
-    ];
+    const SECRET_PARTS: [&str; 5] = ["password", "secret", "sasl.oauthbearer.config", "ssl.key.pem", "token"];
     let key = key.to_ascii_lowercase();
     SECRET_PARTS.iter().any(|part| key.contains(part))
 }
 
 /// Client properties as a loggable string, secrets replaced by `***`.
-pub fn redact_properties<K: AsRef<str>, V: AsRef<str>>(
-    props: impl IntoIterator<Item = (K, V)>,
-) -> String {
+pub fn redact_properties<K: AsRef<str>, V: AsRef<str>>(props: impl IntoIterator<Item = (K, V)>) -> String {
     props
         .into_iter()
         .map(|(k, v)| {
@@ -348,10 +325,7 @@ mod tests {
         let shown = redact_properties(&props);
         assert!(!shown.contains("hunter"), "{shown}");
         assert!(shown.contains("sasl.username=pigeon"), "{shown}");
-        assert_eq!(
-            redact_url("mysql://root:s3cret@db:4000/pigeon"),
-            "mysql://root:***@db:4000/pigeon"
-        );
+        assert_eq!(redact_url("mysql://root:s3cret@db:4000/pigeon"), "mysql://root:***@db:4000/pigeon");
         assert_eq!(redact_url("sqlite://pigeon.db"), "sqlite://pigeon.db");
     }
 }

@@ -110,19 +110,12 @@ impl StoredHeader {
             Some(Ok(text)) => (Some(text.to_owned()), None),
             Some(Err(_)) => (None, value.map(<[u8]>::to_vec)),
         };
-        Self {
-            name: name.to_owned(),
-            text,
-            bytes,
-        }
+        Self { name: name.to_owned(), text, bytes }
     }
 
     /// The value's bytes.
     pub fn value(&self) -> Option<&[u8]> {
-        self.text
-            .as_deref()
-            .map(str::as_bytes)
-            .or(self.bytes.as_deref())
+        self.text.as_deref().map(str::as_bytes).or(self.bytes.as_deref())
     }
 }
 
@@ -168,18 +161,10 @@ impl NewDeadLetter {
     }
 
     /// Captures a Kafka message (source or output) with the failure.
-    pub fn from_message<M: Message>(
-        message: &M,
-        error_kind: ErrorKind,
-        error_message: String,
-    ) -> Self {
+    pub fn from_message<M: Message>(message: &M, error_kind: ErrorKind, error_message: String) -> Self {
         let headers = message
             .headers()
-            .map(|hs| {
-                hs.iter()
-                    .map(|h| StoredHeader::new(h.key, h.value))
-                    .collect()
-            })
+            .map(|hs| hs.iter().map(|h| StoredHeader::new(h.key, h.value)).collect())
             .unwrap_or_default();
         Self {
             letter_id: String::new(),
@@ -245,7 +230,14 @@ pub async fn write_dead_letters(
     mut jobs: mpsc::UnboundedReceiver<Job>,
     cancel: CancellationToken,
 ) {
-    while let Some(job) = jobs.recv().await {
+    loop {
+        let job = tokio::select! {
+            job = jobs.recv() => match job {
+                Some(job) => job,
+                None => return,
+            },
+            _ = cancel.cancelled() => return,
+        };
         let mut backoff = Duration::from_millis(100);
         loop {
             match store.insert_dead_letter(&job.dead_letter).await {

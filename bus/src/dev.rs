@@ -27,13 +27,8 @@ pub fn demo_pigeon() -> PigeonSpec {
         owner: "demo".into(),
         enabled: true,
         action: Default::default(),
-        matcher: MatchSpec {
-            topic: DEMO_SOURCE.into(),
-            tag: "gift.sent".into(),
-        },
-        destinations: vec![DestinationSpec::capability(&format!(
-            "{DEMO_MODULE}/progress.add"
-        ))],
+        matcher: MatchSpec { topic: DEMO_SOURCE.into(), tag: "gift.sent".into() },
+        destinations: vec![DestinationSpec::capability(&format!("{DEMO_MODULE}/progress.add"))],
     }
 }
 
@@ -49,16 +44,8 @@ pub struct DevOptions {
 /// Settings that fit a single-machine bus: quick group joins on restart.
 pub fn dev_config(mut config: BusConfig, bootstrap: &str, options: &DevOptions) -> BusConfig {
     config.kafka.brokers = bootstrap.to_owned();
-    config
-        .kafka
-        .consumer
-        .entry("session.timeout.ms".into())
-        .or_insert_with(|| "6000".into());
-    config
-        .kafka
-        .consumer
-        .entry("heartbeat.interval.ms".into())
-        .or_insert_with(|| "500".into());
+    config.kafka.consumer.entry("session.timeout.ms".into()).or_insert_with(|| "6000".into());
+    config.kafka.consumer.entry("heartbeat.interval.ms".into()).or_insert_with(|| "500".into());
     config.store.url = format!("sqlite://{}", options.data_dir.join("dev.db").display());
     config.topics.modules.push(DEMO_MODULE.into());
     config
@@ -70,18 +57,11 @@ pub async fn run(config: BusConfig, options: DevOptions) -> anyhow::Result<()> {
         .with_context(|| format!("creating {}", options.data_dir.display()))?;
     let store = serve::open_store(&config.store.url).await?;
     let version = store.save_pigeon(&demo_pigeon()).await?;
-    tracing::info!(
-        pigeon = "demo-gift-progress",
-        version,
-        "demo activity seeded"
-    );
+    tracing::info!(pigeon = "demo-gift-progress", version, "demo activity seeded");
 
     let cancel = CancellationToken::new();
     if options.demo_traffic {
-        tokio::spawn(demo_traffic(
-            crate::kafka::producer_config(&config.kafka),
-            cancel.clone(),
-        ));
+        tokio::spawn(demo_traffic(crate::kafka::producer_config(&config.kafka), cancel.clone()));
     }
     serve::run(config, store, cancel, |url| println!("admin: {url}")).await
 }
@@ -106,10 +86,7 @@ async fn demo_traffic(config: rdkafka::ClientConfig, cancel: CancellationToken) 
         )
         .with_key(room.clone());
         let payload = letter.payload_bytes();
-        let record = FutureRecord::to(DEMO_SOURCE)
-            .key(&room)
-            .payload(&payload)
-            .headers(letter.headers());
+        let record = FutureRecord::to(DEMO_SOURCE).key(&room).payload(&payload).headers(letter.headers());
         if let Err((e, _)) = producer.send(record, Duration::from_secs(5)).await {
             tracing::warn!(error = %e, "demo gift not sent");
         }

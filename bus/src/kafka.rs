@@ -64,13 +64,9 @@ mod tests {
     #[test]
     fn operator_properties_override_defaults_and_secrets_stay_hidden() {
         let mut kafka = KafkaConfig::default();
-        kafka
-            .common
-            .insert("sasl.password".into(), "hunter2".into());
+        kafka.common.insert("sasl.password".into(), "hunter2".into());
         kafka.producer.insert("linger.ms".into(), "50".into());
-        kafka
-            .consumer
-            .insert("auto.offset.reset".into(), "latest".into());
+        kafka.consumer.insert("auto.offset.reset".into(), "latest".into());
         let producer = producer_config(&kafka);
         assert_eq!(producer.get("linger.ms"), Some("50"));
         assert_eq!(producer.get("enable.idempotence"), Some("true"));
@@ -79,9 +75,6 @@ mod tests {
         assert_eq!(consumer.get("enable.auto.offset.store"), Some("false"));
         assert_eq!(consumer.get("sasl.password"), Some("hunter2"));
         let shown = describe(&consumer);
-        assert!(
-            shown.contains("sasl.password=***") && !shown.contains("hunter2"),
-            "{shown}"
-        );
+        assert!(shown.contains("sasl.password=***") && !shown.contains("hunter2"), "{shown}");
     }
 }

@@ -99,9 +99,8 @@ impl Connect {
             config.store.url.clone_from(database);
         }
         for property in &self.properties {
-            let (key, value) = property
-                .split_once('=')
-                .with_context(|| format!("-X {property}: expected KEY=VALUE"))?;
+            let (key, value) =
+                property.split_once('=').with_context(|| format!("-X {property}: expected KEY=VALUE"))?;
             let (map, key) = if let Some(key) = key.strip_prefix("consumer.") {
                 (&mut config.kafka.consumer, key)
             } else if let Some(key) = key.strip_prefix("producer.") {
@@ -139,20 +138,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     };
     let runtime = tokio::runtime::Runtime::new()?;
     match cli.command {
-        Command::Dev {
-            data_dir,
-            listen,
-            no_demo_traffic,
-        } => {
+        Command::Dev { data_dir, listen, no_demo_traffic } => {
             if let Some(listen) = listen {
                 config.admin.listen = listen;
             }
             // The mock cluster is not Send: it lives here, on the main thread, for the whole run.
             let mock = MockCluster::new(1).context("starting the in-process Kafka")?;
-            let options = DevOptions {
-                data_dir,
-                demo_traffic: !no_demo_traffic,
-            };
+            let options = DevOptions { data_dir, demo_traffic: !no_demo_traffic };
             let config = dev::dev_config(config, &mock.bootstrap_servers(), &options);
             config.validate()?;
             let mut wanted = topics::required_topics(&config.topics.modules, None, &[]);
@@ -172,10 +164,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             config.validate()?;
             runtime.block_on(async {
                 let store = serve::open_store(&config.store.url).await?;
-                serve::run(config, store, CancellationToken::new(), |url| {
-                    println!("admin: {url}")
-                })
-                .await
+                serve::run(config, store, CancellationToken::new(), |url| println!("admin: {url}")).await
             })
         }
         Command::Migrate { database } => {
@@ -184,21 +173,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             config.validate()?;
             runtime.block_on(serve::open_store(&config.store.url))?;
-            println!(
-                "migrations applied to {}",
-                pigeon_bus::config::redact_url(&config.store.url)
-            );
+            println!("migrations applied to {}", pigeon_bus::config::redact_url(&config.store.url));
             Ok(())
         }
-        Command::Topics {
-            command:
-                TopicsCommand::Ensure {
-                    connect,
-                    partitions,
-                    replication,
-                    modules,
-                },
-        } => {
+        Command::Topics { command: TopicsCommand::Ensure { connect, partitions, replication, modules } } => {
             connect.apply(&mut config)?;
             config.topics.modules.extend(modules);
             if let Some(p) = partitions {
@@ -220,9 +198,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 let destinations = table.as_ref().map(|t| t.destination_topics()).unwrap_or_default();
                 let wanted = topics::required_topics(&config.topics.modules, table.as_ref(), &destinations);
                 let client = kafka::admin_config(&config.kafka);
-                let done = topics::ensure(&client, &wanted, config.topics.partitions, config.topics.replication).await?;
+                let done =
+                    topics::ensure(&client, &wanted, config.topics.partitions, config.topics.replication)
+                        .await?;
                 for (topic, what) in done {
-                    println!("{topic}: {}", if what == topics::Ensured::Created { "created" } else { "exists" });
+                    println!(
+                        "{topic}: {}",
+                        if what == topics::Ensured::Created { "created" } else { "exists" }
+                    );
                 }
                 Ok(())
             })

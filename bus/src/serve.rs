@@ -15,21 +15,14 @@ use crate::store::{self, Store};
 
 /// Opens the store and applies migrations.
 pub async fn open_store(url: &str) -> anyhow::Result<Arc<dyn Store>> {
-    let store = store::open(url)
-        .await
-        .with_context(|| format!("opening store {}", redact_url(url)))?;
+    let store = store::open(url).await.with_context(|| format!("opening store {}", redact_url(url)))?;
     store.migrate().await.context("applying migrations")?;
     Ok(store)
 }
 
 /// Compiles the stored pigeons; every invalid pigeon is reported at once.
 pub async fn load_table(store: &dyn Store, config: &BusConfig) -> anyhow::Result<RouteTable> {
-    let pigeons: Vec<VersionedPigeon> = store
-        .pigeons()
-        .await?
-        .iter()
-        .map(|p| p.versioned())
-        .collect();
+    let pigeons: Vec<VersionedPigeon> = store.pigeons().await?.iter().map(|p| p.versioned()).collect();
     Ok(RouteTable::compile(&pigeons, &config.sources)?)
 }
 
@@ -51,29 +44,16 @@ pub async fn run(
         .with_context(|| format!("binding the admin server to {}", config.admin.listen))?;
     let url = format!("http://{}", listener.local_addr()?);
     on_listening(&url);
-    let app = admin::app(AppState {
-        ready: Arc::clone(&ready),
-        stats: Arc::clone(&stats),
-    });
+    let app = admin::app(AppState { ready: Arc::clone(&ready), stats: Arc::clone(&stats) });
     let http_cancel = cancel.clone();
     let http = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(http_cancel.cancelled_owned())
-            .await
+        axum::serve(listener, app).with_graceful_shutdown(http_cancel.cancelled_owned()).await
     });
 
     let consumer = kafka::consumer_config(&config.kafka, &config.kafka.router_group);
     let producer = kafka::producer_config(&config.kafka);
     tracing::info!(consumer = %kafka::describe(&consumer), producer = %kafka::describe(&producer), "kafka clients");
-    let parts = RouterParts {
-        table,
-        config: config.router.clone(),
-        consumer,
-        producer,
-        store,
-        ready,
-        stats,
-    };
+    let parts = RouterParts { table, config: config.router.clone(), consumer, producer, store, ready, stats };
     let router = tokio::spawn(router::run(parts, cancel.clone()));
 
     tokio::spawn(cancel_on_signal(cancel.clone()));
@@ -86,10 +66,8 @@ pub async fn run(
 /// Fires `cancel` on SIGTERM or SIGINT.
 pub async fn cancel_on_signal(cancel: CancellationToken) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
         tracing::error!("cannot listen for signals");
         return;
     };

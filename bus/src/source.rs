@@ -38,8 +38,8 @@ pub fn read<'a, M: Message>(message: &'a M, source: &Source) -> Result<Meta<'a>,
                 continue;
             }
             let Some(value) = header.value else { continue };
-            let text = std::str::from_utf8(value)
-                .map_err(|_| format!("header {} is not UTF-8", header.key))?;
+            let text =
+                std::str::from_utf8(value).map_err(|_| format!("header {} is not UTF-8", header.key))?;
             if is_tag {
                 tag = Some(Cow::Borrowed(text));
             }
@@ -67,10 +67,7 @@ struct FieldSeed<'f> {
 impl<'de> DeserializeSeed<'de> for FieldSeed<'_> {
     type Value = Option<String>;
 
-    fn deserialize<D: de::Deserializer<'de>>(
-        self,
-        deserializer: D,
-    ) -> Result<Self::Value, D::Error> {
+    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
         deserializer.deserialize_map(self)
     }
 }
@@ -113,102 +110,47 @@ mod tests {
     fn message(headers: &[(&str, &[u8])], payload: &[u8]) -> OwnedMessage {
         let mut hs = OwnedHeaders::new();
         for (key, value) in headers {
-            hs = hs.insert(Header {
-                key,
-                value: Some(*value),
-            });
+            hs = hs.insert(Header { key, value: Some(*value) });
         }
-        OwnedMessage::new(
-            Some(payload.to_vec()),
-            None,
-            "t".into(),
-            Timestamp::NotAvailable,
-            0,
-            0,
-            Some(hs),
-        )
+        OwnedMessage::new(Some(payload.to_vec()), None, "t".into(), Timestamp::NotAvailable, 0, 0, Some(hs))
     }
 
     fn header_source(tag: &str) -> Source {
-        Source {
-            tag: TagSource::Header(tag.into()),
-            id_header: "ce_id".into(),
-        }
+        Source { tag: TagSource::Header(tag.into()), id_header: "ce_id".into() }
     }
 
     fn field_source(field: &str) -> Source {
-        Source {
-            tag: TagSource::Field(field.into()),
-            id_header: "msg_id".into(),
-        }
+        Source { tag: TagSource::Field(field.into()), id_header: "msg_id".into() }
     }
 
     #[test]
     fn cloudevents_headers_give_tag_and_id_without_the_payload() {
-        let m = message(
-            &[
-                ("ce_type", b"gift.sent"),
-                ("ce_id", b"abc"),
-                ("x-other", b"\xff"),
-            ],
-            b"not json",
-        );
+        let m = message(&[("ce_type", b"gift.sent"), ("ce_id", b"abc"), ("x-other", b"\xff")], b"not json");
         let meta = read(&m, &header_source("ce_type")).unwrap();
-        assert_eq!(
-            meta,
-            Meta {
-                tag: Some(Cow::Borrowed("gift.sent")),
-                id: Some("abc")
-            }
-        );
+        assert_eq!(meta, Meta { tag: Some(Cow::Borrowed("gift.sent")), id: Some("abc") });
     }
 
     #[test]
     fn a_message_without_headers_has_no_tag_and_no_id() {
-        let m = OwnedMessage::new(
-            Some(b"{}".to_vec()),
-            None,
-            "t".into(),
-            Timestamp::NotAvailable,
-            0,
-            0,
-            None,
-        );
-        assert_eq!(
-            read(&m, &header_source("ce_type")).unwrap(),
-            Meta {
-                tag: None,
-                id: None
-            }
-        );
+        let m =
+            OwnedMessage::new(Some(b"{}".to_vec()), None, "t".into(), Timestamp::NotAvailable, 0, 0, None);
+        assert_eq!(read(&m, &header_source("ce_type")).unwrap(), Meta { tag: None, id: None });
     }
 
     #[test]
     fn a_configured_header_holds_the_tag() {
         let m = message(&[("event", b"follow.new"), ("ce_type", b"ignored")], b"");
-        assert_eq!(
-            read(&m, &header_source("event")).unwrap().tag.as_deref(),
-            Some("follow.new")
-        );
+        assert_eq!(read(&m, &header_source("event")).unwrap().tag.as_deref(), Some("follow.new"));
     }
 
     #[test]
     fn a_json_field_holds_the_tag() {
-        let m = message(
-            &[("msg_id", b"m-1")],
-            br#"{"a":{"type":"nested"},"type":"gift.sent","z":[1,2]}"#,
-        );
+        let m = message(&[("msg_id", b"m-1")], br#"{"a":{"type":"nested"},"type":"gift.sent","z":[1,2]}"#);
         let meta = read(&m, &field_source("type")).unwrap();
         assert_eq!(meta.tag.as_deref(), Some("gift.sent"));
         assert_eq!(meta.id, Some("m-1"));
         let numeric = message(&[], br#"{"type": 42}"#);
-        assert_eq!(
-            read(&numeric, &field_source("type"))
-                .unwrap()
-                .tag
-                .as_deref(),
-            Some("42")
-        );
+        assert_eq!(read(&numeric, &field_source("type")).unwrap().tag.as_deref(), Some("42"));
         let missing = message(&[], br#"{"kind": "x"}"#);
         assert_eq!(read(&missing, &field_source("type")).unwrap().tag, None);
     }
@@ -216,20 +158,12 @@ mod tests {
     #[test]
     fn unreadable_messages_are_explained() {
         let not_json = message(&[], b"\x00\x01binary");
-        assert!(read(&not_json, &field_source("type"))
-            .unwrap_err()
-            .contains("not a JSON object"));
+        assert!(read(&not_json, &field_source("type")).unwrap_err().contains("not a JSON object"));
         let array = message(&[], b"[1,2]");
-        assert!(read(&array, &field_source("type"))
-            .unwrap_err()
-            .contains("not a JSON object"));
+        assert!(read(&array, &field_source("type")).unwrap_err().contains("not a JSON object"));
         let object_tag = message(&[], br#"{"type": {"x": 1}}"#);
-        assert!(read(&object_tag, &field_source("type"))
-            .unwrap_err()
-            .contains("not a tag"));
+        assert!(read(&object_tag, &field_source("type")).unwrap_err().contains("not a tag"));
         let bad_header = message(&[("ce_type", b"\xff\xfe")], b"");
-        assert!(read(&bad_header, &header_source("ce_type"))
-            .unwrap_err()
-            .contains("not UTF-8"));
+        assert!(read(&bad_header, &header_source("ce_type")).unwrap_err().contains("not UTF-8"));
     }
 }

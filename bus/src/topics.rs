@@ -57,10 +57,8 @@ pub async fn ensure(
     replication: i32,
 ) -> anyhow::Result<Vec<(String, Ensured)>> {
     let admin: AdminClient<DefaultClientContext> = client.create()?;
-    let new: Vec<NewTopic<'_>> = topics
-        .iter()
-        .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(replication)))
-        .collect();
+    let new: Vec<NewTopic<'_>> =
+        topics.iter().map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(replication))).collect();
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     let results = admin.create_topics(&new, &options).await?;
     let mut out = Vec::new();
@@ -68,9 +66,7 @@ pub async fn ensure(
     for result in results {
         match result {
             Ok(topic) => out.push((topic, Ensured::Created)),
-            Err((topic, RDKafkaErrorCode::TopicAlreadyExists)) => {
-                out.push((topic, Ensured::Existed))
-            }
+            Err((topic, RDKafkaErrorCode::TopicAlreadyExists)) => out.push((topic, Ensured::Existed)),
             Err((topic, code)) => errors.push(format!("{topic}: {code}")),
         }
     }

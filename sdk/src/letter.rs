@@ -133,11 +133,7 @@ pub struct Letter {
 
 impl Letter {
     /// A new letter with a fresh id, stamped now.
-    pub fn new(
-        source: impl Into<String>,
-        tag: impl Into<String>,
-        payload: serde_json::Value,
-    ) -> Self {
+    pub fn new(source: impl Into<String>, tag: impl Into<String>, payload: serde_json::Value) -> Self {
         Self {
             id: LetterId::new(),
             source: source.into(),
@@ -213,29 +209,22 @@ impl Letter {
                     header::REPLAYOF => letter.replay_of = Some(text()?.to_owned()),
                     header::TRACEPARENT => letter.traceparent = Some(text()?.to_owned()),
                     header::ATTEMPT => {
-                        letter.attempt =
-                            text()?.parse().map_err(|_| LetterError::InvalidHeader {
-                                name: header::ATTEMPT,
-                                reason: "not a positive integer".into(),
-                            })?
+                        letter.attempt = text()?.parse().map_err(|_| LetterError::InvalidHeader {
+                            name: header::ATTEMPT,
+                            reason: "not a positive integer".into(),
+                        })?
                     }
                     _ => {}
                 }
             }
         }
         let id = id.ok_or(LetterError::MissingHeader(header::ID))?;
-        letter.id = id
-            .parse()
-            .map_err(|e: uuid::Error| LetterError::InvalidHeader {
-                name: header::ID,
-                reason: e.to_string(),
-            })?;
-        letter.source = source
-            .ok_or(LetterError::MissingHeader(header::SOURCE))?
-            .to_owned();
-        letter.tag = tag
-            .ok_or(LetterError::MissingHeader(header::TYPE))?
-            .to_owned();
+        letter.id = id.parse().map_err(|e: uuid::Error| LetterError::InvalidHeader {
+            name: header::ID,
+            reason: e.to_string(),
+        })?;
+        letter.source = source.ok_or(LetterError::MissingHeader(header::SOURCE))?.to_owned();
+        letter.tag = tag.ok_or(LetterError::MissingHeader(header::TYPE))?.to_owned();
         if let Some(time) = time {
             letter.time = parse_time(time).ok_or_else(|| LetterError::InvalidHeader {
                 name: header::TIME,
@@ -245,19 +234,14 @@ impl Letter {
         letter.key = message.key().map(<[u8]>::to_vec);
         letter.payload = match message.payload() {
             None => serde_json::Value::Null,
-            Some(bytes) => {
-                serde_json::from_slice(bytes).map_err(|e| LetterError::Payload(e.to_string()))?
-            }
+            Some(bytes) => serde_json::from_slice(bytes).map_err(|e| LetterError::Payload(e.to_string()))?,
         };
         Ok(letter)
     }
 }
 
 fn h<'a>(key: &'a str, value: &'a str) -> Header<'a, &'a str> {
-    Header {
-        key,
-        value: Some(value),
-    }
+    Header { key, value: Some(value) }
 }
 
 fn static_name(key: &str) -> &'static str {
@@ -318,23 +302,13 @@ mod tests {
         letter.attempt = 3;
         letter.replay_of = Some(LetterId::new().to_string());
         letter.traceparent = Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into());
-        let wire = message(
-            letter.headers(),
-            letter.key.as_deref(),
-            &letter.payload_bytes(),
-        );
+        let wire = message(letter.headers(), letter.key.as_deref(), &letter.payload_bytes());
 
         let back = Letter::from_message(&wire).expect("decodes");
         // The wire keeps milliseconds; everything else is exact.
         let ms = |t: SystemTime| t.duration_since(UNIX_EPOCH).unwrap().as_millis();
         assert_eq!(ms(back.time), ms(letter.time));
-        assert_eq!(
-            Letter {
-                time: letter.time,
-                ..back
-            },
-            letter
-        );
+        assert_eq!(Letter { time: letter.time, ..back }, letter);
     }
 
     #[test]
@@ -368,10 +342,7 @@ mod tests {
             .insert(h(header::SOURCE, "x"))
             .insert(h(header::TYPE, "t"));
         let err = Letter::from_message(&message(bad_id, None, b"{}")).unwrap_err();
-        assert!(
-            matches!(err, LetterError::InvalidHeader { name: "ce_id", .. }),
-            "{err}"
-        );
+        assert!(matches!(err, LetterError::InvalidHeader { name: "ce_id", .. }), "{err}");
 
         let ok_headers = Letter::new("x", "t", serde_json::json!(1)).headers();
         let err = Letter::from_message(&message(ok_headers, None, b"not json")).unwrap_err();
@@ -392,22 +363,10 @@ mod tests {
     #[test]
     fn derived_ids_are_stable_and_sort_by_message_time() {
         let a = LetterId::derived("live.gift", 3, 1000, 1_700_000_000_000);
-        assert_eq!(
-            a,
-            LetterId::derived("live.gift", 3, 1000, 1_700_000_000_000)
-        );
-        assert_ne!(
-            a,
-            LetterId::derived("live.gift", 3, 1001, 1_700_000_000_000)
-        );
-        assert_ne!(
-            a,
-            LetterId::derived("live.gift", 4, 1000, 1_700_000_000_000)
-        );
-        assert_ne!(
-            a,
-            LetterId::derived("live.view", 3, 1000, 1_700_000_000_000)
-        );
+        assert_eq!(a, LetterId::derived("live.gift", 3, 1000, 1_700_000_000_000));
+        assert_ne!(a, LetterId::derived("live.gift", 3, 1001, 1_700_000_000_000));
+        assert_ne!(a, LetterId::derived("live.gift", 4, 1000, 1_700_000_000_000));
+        assert_ne!(a, LetterId::derived("live.view", 3, 1000, 1_700_000_000_000));
         let later = LetterId::derived("live.gift", 0, 0, 1_700_000_000_001);
         assert!(later > a, "a later message sorts after an earlier one");
         assert_eq!(a.as_uuid().get_version_num(), 7);

@@ -1,1 +1,11 @@
-fn main() {}
+//! Integration tests: one binary, shared helpers in `support`.
+//!
+//! Kafka tests own an in-process mock cluster and run the router as a child process (`pigeon
+//! serve`), so it can be killed like a real one. Store tests run the same suite on SQLite and
+//! on the local MariaDB.
+
+mod cli;
+mod faults;
+mod forward;
+mod store;
+mod support;

@@ -43,35 +43,23 @@ impl TagPattern {
                 "" => return Err(format!("tag pattern {text:?} has an empty segment")),
                 "*" => Segment::One,
                 "**" if i + 1 == parts.len() => Segment::Rest,
-                "**" => {
-                    return Err(format!(
-                        "tag pattern {text:?}: `**` may only be the last segment"
-                    ))
-                }
+                "**" => return Err(format!("tag pattern {text:?}: `**` may only be the last segment")),
                 p if p.contains('*') => {
                     return Err(format!("tag pattern {text:?}: `*` must be a whole segment"))
                 }
                 p if !p.chars().all(is_tag_char) => {
-                    return Err(format!(
-                        "tag pattern {text:?}: segments use letters, digits, `_` and `-`"
-                    ))
+                    return Err(format!("tag pattern {text:?}: segments use letters, digits, `_` and `-`"))
                 }
                 p => Segment::Literal(p.to_owned()),
             };
             segments.push(segment);
         }
-        Ok(Self {
-            text: text.to_owned(),
-            segments,
-        })
+        Ok(Self { text: text.to_owned(), segments })
     }
 
     /// The exact tag, when the pattern has no wildcard.
     pub fn as_exact(&self) -> Option<&str> {
-        self.segments
-            .iter()
-            .all(|s| matches!(s, Segment::Literal(_)))
-            .then_some(self.text.as_str())
+        self.segments.iter().all(|s| matches!(s, Segment::Literal(_))).then_some(self.text.as_str())
     }
 
     /// Whether `tag` matches.
@@ -115,13 +103,8 @@ pub fn validate_tag(tag: &str) -> Result<(), String> {
     if tag.is_empty() {
         return Err("tag is empty".into());
     }
-    if tag
-        .split('.')
-        .any(|s| s.is_empty() || !s.chars().all(is_tag_char))
-    {
-        return Err(format!(
-            "tag {tag:?} must be dot-separated segments of letters, digits, `_` and `-`"
-        ));
+    if tag.split('.').any(|s| s.is_empty() || !s.chars().all(is_tag_char)) {
+        return Err(format!("tag {tag:?} must be dot-separated segments of letters, digits, `_` and `-`"));
     }
     Ok(())
 }
@@ -159,10 +142,7 @@ mod tests {
 
     #[test]
     fn exact_patterns_are_recognised() {
-        assert_eq!(
-            TagPattern::parse("gift.sent").unwrap().as_exact(),
-            Some("gift.sent")
-        );
+        assert_eq!(TagPattern::parse("gift.sent").unwrap().as_exact(), Some("gift.sent"));
         assert_eq!(TagPattern::parse("gift.*").unwrap().as_exact(), None);
     }
 

@@ -74,19 +74,11 @@ pub struct DestinationSpec {
 impl DestinationSpec {
     /// A destination that is a module capability.
     pub fn capability(capability: &str) -> Self {
-        Self {
-            capability: Some(capability.into()),
-            topic: None,
-            tag: None,
-        }
+        Self { capability: Some(capability.into()), topic: None, tag: None }
     }
 
     /// A destination that is a raw topic and tag.
     pub fn topic(topic: &str, tag: &str) -> Self {
-        Self {
-            capability: None,
-            topic: Some(topic.into()),
-            tag: Some(tag.into()),
-        }
+        Self { capability: None, topic: Some(topic.into()), tag: Some(tag.into()) }
     }
 }

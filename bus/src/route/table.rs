@@ -65,12 +65,7 @@ impl Source {
             (None, Some(header)) => TagSource::Header(header),
             (None, None) => TagSource::Header(pigeon_sdk::header::TYPE.into()),
         };
-        Self {
-            tag,
-            id_header: config
-                .id_header
-                .unwrap_or_else(|| pigeon_sdk::header::ID.into()),
-        }
+        Self { tag, id_header: config.id_header.unwrap_or_else(|| pigeon_sdk::header::ID.into()) }
     }
 
     /// Whether reading this source's letters needs the payload parsed.
@@ -92,20 +87,13 @@ impl TopicRoutes {
     /// The routes a tag matches: one hash probe, then only this topic's pattern pigeons.
     pub fn matching<'a>(&'a self, tag: &'a str) -> impl Iterator<Item = &'a Arc<Route>> + 'a {
         let exact = self.exact.get(tag).into_iter().flatten();
-        let patterns = self
-            .patterns
-            .iter()
-            .filter(move |(pattern, _)| pattern.matches(tag))
-            .map(|(_, r)| r);
+        let patterns = self.patterns.iter().filter(move |(pattern, _)| pattern.matches(tag)).map(|(_, r)| r);
         exact.chain(patterns)
     }
 
     /// Whether any route could match a letter without a tag (only `**` pigeons do not care).
     pub fn matching_untagged(&self) -> impl Iterator<Item = &Arc<Route>> {
-        self.patterns
-            .iter()
-            .filter(|(p, _)| p.as_str() == "**")
-            .map(|(_, r)| r)
+        self.patterns.iter().filter(|(p, _)| p.as_str() == "**").map(|(_, r)| r)
     }
 }
 
@@ -160,14 +148,11 @@ impl RouteTable {
                 continue;
             }
             let topic = pigeon.spec.matcher.topic.clone();
-            let routes = table
-                .topics
-                .entry(topic.clone())
-                .or_insert_with(|| TopicRoutes {
-                    source: Source::from_config(sources.get(&topic)),
-                    exact: HashMap::new(),
-                    patterns: Vec::new(),
-                });
+            let routes = table.topics.entry(topic.clone()).or_insert_with(|| TopicRoutes {
+                source: Source::from_config(sources.get(&topic)),
+                exact: HashMap::new(),
+                patterns: Vec::new(),
+            });
             match pattern.as_exact() {
                 Some(tag) => routes.exact.entry(tag.to_owned()).or_default().push(route),
                 None => routes.patterns.push((pattern, route)),
@@ -198,12 +183,7 @@ impl RouteTable {
         let mut topics: Vec<String> = self
             .topics
             .values()
-            .flat_map(|t| {
-                t.exact
-                    .values()
-                    .flatten()
-                    .chain(t.patterns.iter().map(|(_, r)| r))
-            })
+            .flat_map(|t| t.exact.values().flatten().chain(t.patterns.iter().map(|(_, r)| r)))
             .flat_map(|r| r.destinations.iter().map(|d| d.topic.clone()))
             .collect();
         topics.sort();
@@ -224,12 +204,7 @@ impl RouteTable {
 
 /// Checks one pigeon; every problem, each prefixed with the pigeon's id.
 pub fn validate(spec: &PigeonSpec) -> Result<(), CompileErrors> {
-    compile_one(&VersionedPigeon {
-        spec: spec.clone(),
-        version: 1,
-    })
-    .map(|_| ())
-    .map_err(CompileErrors)
+    compile_one(&VersionedPigeon { spec: spec.clone(), version: 1 }).map(|_| ()).map_err(CompileErrors)
 }
 
 fn compile_one(pigeon: &VersionedPigeon) -> Result<(Arc<Route>, TagPattern), Vec<String>> {
@@ -239,11 +214,7 @@ fn compile_one(pigeon: &VersionedPigeon) -> Result<(Arc<Route>, TagPattern), Vec
 
     if spec.id.is_empty() || spec.id.len() > 128 {
         error("id must be 1 to 128 characters".into());
-    } else if !spec
-        .id
-        .chars()
-        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c))
-    {
+    } else if !spec.id.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c)) {
         error("id may use only lower-case letters, digits, `.`, `_` and `-`".into());
     }
     if let Err(e) = validate_topic(&spec.matcher.topic) {
@@ -269,10 +240,7 @@ fn compile_one(pigeon: &VersionedPigeon) -> Result<(Arc<Route>, TagPattern), Vec
                     }
                 }
                 if destinations.contains(&d) {
-                    error(format!(
-                        "destinations[{i}]: {}/{} is listed twice",
-                        d.topic, d.tag
-                    ));
+                    error(format!("destinations[{i}]: {}/{} is listed twice", d.topic, d.tag));
                 }
                 destinations.push(d);
             }
@@ -299,28 +267,16 @@ fn resolve(dest: &DestinationSpec) -> Result<Destination, String> {
             let (module, capability) = cap
                 .split_once('/')
                 .ok_or_else(|| format!("capability {cap:?} must be written module/capability"))?;
-            if module.is_empty()
-                || !module
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "_-".contains(c))
-            {
-                return Err(format!(
-                    "capability {cap:?}: module name uses letters, digits, `_` and `-`"
-                ));
+            if module.is_empty() || !module.chars().all(|c| c.is_ascii_alphanumeric() || "_-".contains(c)) {
+                return Err(format!("capability {cap:?}: module name uses letters, digits, `_` and `-`"));
             }
             validate_tag(capability).map_err(|e| format!("capability {cap:?}: {e}"))?;
-            Ok(Destination {
-                topic: module_topic(module),
-                tag: capability.to_owned(),
-            })
+            Ok(Destination { topic: module_topic(module), tag: capability.to_owned() })
         }
         (None, Some(topic), Some(tag)) => {
             validate_topic(topic)?;
             validate_tag(tag)?;
-            Ok(Destination {
-                topic: topic.clone(),
-                tag: tag.clone(),
-            })
+            Ok(Destination { topic: topic.clone(), tag: tag.clone() })
         }
         (None, Some(_), None) => Err("a topic destination needs a tag".into()),
         (None, None, _) => Err("set capability, or topic and tag".into()),
@@ -333,15 +289,9 @@ pub fn validate_topic(topic: &str) -> Result<(), String> {
     if topic.is_empty() || topic.len() > 249 {
         return Err(format!("topic {topic:?} must be 1 to 249 characters"));
     }
-    if topic == "."
-        || topic == ".."
-        || !topic
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+    if topic == "." || topic == ".." || !topic.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
     {
-        return Err(format!(
-            "topic {topic:?} may use only letters, digits, `.`, `_` and `-`"
-        ));
+        return Err(format!("topic {topic:?} may use only letters, digits, `.`, `_` and `-`"));
     }
     Ok(())
 }
@@ -359,10 +309,7 @@ mod tests {
                 owner: String::new(),
                 enabled: true,
                 action: Action::Forward,
-                matcher: MatchSpec {
-                    topic: topic.into(),
-                    tag: tag.into(),
-                },
+                matcher: MatchSpec { topic: topic.into(), tag: tag.into() },
                 destinations: dests,
             },
             version: 1,
@@ -385,18 +332,8 @@ mod tests {
                     "gift.sent",
                     vec![DestinationSpec::capability("act-toy/progress.add")],
                 ),
-                pigeon(
-                    "wild",
-                    "live.gift",
-                    "gift.*",
-                    vec![DestinationSpec::topic("lane.gifts", "gift")],
-                ),
-                pigeon(
-                    "all",
-                    "live.gift",
-                    "**",
-                    vec![DestinationSpec::capability("audit/record")],
-                ),
+                pigeon("wild", "live.gift", "gift.*", vec![DestinationSpec::topic("lane.gifts", "gift")]),
+                pigeon("all", "live.gift", "**", vec![DestinationSpec::capability("audit/record")]),
                 pigeon(
                     "views",
                     "live.view",
@@ -412,36 +349,20 @@ mod tests {
         assert_eq!(ids(gifts.matching("gift.combo")), ["all", "wild"]);
         assert_eq!(ids(gifts.matching("follow.new")), ["all"]);
         assert_eq!(ids(gifts.matching_untagged()), ["all"]);
-        assert!(table
-            .topic("live.view")
-            .unwrap()
-            .matching("gift.sent")
-            .next()
-            .is_none());
+        assert!(table.topic("live.view").unwrap().matching("gift.sent").next().is_none());
         assert!(table.topic("live.like").is_none());
         assert_eq!(table.source_topics(), ["live.gift", "live.view"]);
 
-        let exact = gifts
-            .matching("gift.sent")
-            .find(|r| &*r.id == "exact")
-            .unwrap();
+        let exact = gifts.matching("gift.sent").find(|r| &*r.id == "exact").unwrap();
         assert_eq!(
             exact.destinations,
-            [Destination {
-                topic: "pigeon.module.act-toy".into(),
-                tag: "progress.add".into()
-            }]
+            [Destination { topic: "pigeon.module.act-toy".into(), tag: "progress.add".into() }]
         );
     }
 
     #[test]
     fn disabled_pigeons_match_nothing() {
-        let mut p = pigeon(
-            "p",
-            "live.gift",
-            "gift.sent",
-            vec![DestinationSpec::capability("m/c")],
-        );
+        let mut p = pigeon("p", "live.gift", "gift.sent", vec![DestinationSpec::capability("m/c")]);
         p.spec.enabled = false;
         let table = RouteTable::compile(&[p], &BTreeMap::new()).unwrap();
         assert!(table.topic("live.gift").is_none());
@@ -453,25 +374,12 @@ mod tests {
         let mut sources = BTreeMap::new();
         sources.insert(
             "legacy.gift".to_owned(),
-            SourceConfig {
-                tag_field: Some("event".into()),
-                ..Default::default()
-            },
+            SourceConfig { tag_field: Some("event".into()), ..Default::default() },
         );
         let table = RouteTable::compile(
             &[
-                pigeon(
-                    "a",
-                    "legacy.gift",
-                    "gift",
-                    vec![DestinationSpec::capability("m/c")],
-                ),
-                pigeon(
-                    "b",
-                    "live.gift",
-                    "gift",
-                    vec![DestinationSpec::capability("m/c")],
-                ),
+                pigeon("a", "legacy.gift", "gift", vec![DestinationSpec::capability("m/c")]),
+                pigeon("b", "live.gift", "gift", vec![DestinationSpec::capability("m/c")]),
             ],
             &sources,
         )
@@ -502,26 +410,13 @@ mod tests {
                     "gift",
                     vec![
                         DestinationSpec::capability("no-slash"),
-                        DestinationSpec {
-                            capability: None,
-                            topic: Some("t".into()),
-                            tag: None,
-                        },
-                        DestinationSpec {
-                            capability: None,
-                            topic: None,
-                            tag: None,
-                        },
+                        DestinationSpec { capability: None, topic: Some("t".into()), tag: None },
+                        DestinationSpec { capability: None, topic: None, tag: None },
                         DestinationSpec::capability("m/c"),
                         DestinationSpec::capability("m/c"),
                     ],
                 ),
-                pigeon(
-                    "loop",
-                    "live.gift",
-                    "gift",
-                    vec![DestinationSpec::capability("m/c")],
-                ),
+                pigeon("loop", "live.gift", "gift", vec![DestinationSpec::capability("m/c")]),
             ],
             &BTreeMap::new(),
         )

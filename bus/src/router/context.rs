@@ -37,10 +37,8 @@ impl Trackers {
         if let Some(Some(tracker)) = map.get(topic).and_then(|v| v.get(partition as usize)) {
             return Arc::clone(tracker);
         }
-        let key: Arc<str> = map
-            .get_key_value(topic)
-            .map(|(k, _)| Arc::clone(k))
-            .unwrap_or_else(|| Arc::from(topic));
+        let key: Arc<str> =
+            map.get_key_value(topic).map(|(k, _)| Arc::clone(k)).unwrap_or_else(|| Arc::from(topic));
         let slots = map.entry(Arc::clone(&key)).or_default();
         let index = partition as usize;
         if slots.len() <= index {
@@ -51,10 +49,7 @@ impl Trackers {
 
     /// Forgets a partition (it was revoked).
     pub fn remove(&self, topic: &str, partition: i32) -> Option<Arc<PartitionTracker>> {
-        self.lock()
-            .get_mut(topic)
-            .and_then(|v| v.get_mut(partition as usize))
-            .and_then(Option::take)
+        self.lock().get_mut(topic).and_then(|v| v.get_mut(partition as usize)).and_then(Option::take)
     }
 
     /// Every tracked partition.
@@ -103,11 +98,7 @@ impl ProducerContext for RouterProducerContext {
 }
 
 /// A dead letter for an output that Kafka would not take.
-pub fn output_dead_letter<M: Message>(
-    output: &M,
-    delivery: &Delivery,
-    error: String,
-) -> NewDeadLetter {
+pub fn output_dead_letter<M: Message>(output: &M, delivery: &Delivery, error: String) -> NewDeadLetter {
     let mut dead = NewDeadLetter::from_message(output, ErrorKind::Produce, error);
     let header = |name: &str| {
         output

@@ -22,10 +22,8 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use self::context::{
-    output_dead_letter, Delivery, RouterConsumerContext, RouterProducerContext, Trackers,
-};
-use self::tracker::{Admission, PartitionTracker};
+use self::context::{output_dead_letter, Delivery, RouterConsumerContext, RouterProducerContext, Trackers};
+use self::tracker::{Admission, Begun, PartitionTracker};
 use crate::config::RouterConfig;
 use crate::deadletter::{self, ErrorKind, Job, NewDeadLetter};
 use crate::route::{Route, RouteTable};
@@ -42,6 +40,8 @@ pub struct RouterStats {
     pub letters_out: AtomicU64,
     /// Letters or outputs dead-lettered by the router itself.
     pub dead_lettered: AtomicU64,
+    /// The most letters one partition had in flight at once.
+    pub in_flight_peak: AtomicU64,
 }
 
 /// Everything the router runs with.
@@ -64,15 +64,7 @@ pub struct RouterParts {
 
 /// Runs the router until `cancel` fires, then drains, commits and returns.
 pub async fn run(parts: RouterParts, cancel: CancellationToken) -> anyhow::Result<()> {
-    let RouterParts {
-        table,
-        config,
-        consumer,
-        producer,
-        store,
-        ready,
-        stats,
-    } = parts;
+    let RouterParts { table, config, consumer, producer, store, ready, stats } = parts;
     let topics = table.source_topics();
     if topics.is_empty() {
         tracing::warn!("no enabled pigeon: the router has nothing to consume");
@@ -83,18 +75,12 @@ pub async fn run(parts: RouterParts, cancel: CancellationToken) -> anyhow::Resul
 
     let (dead_tx, dead_rx) = mpsc::unbounded_channel();
     let writer_stop = CancellationToken::new();
-    let writer = tokio::spawn(deadletter::write_dead_letters(
-        store,
-        dead_rx,
-        writer_stop.clone(),
-    ));
+    let writer = tokio::spawn(deadletter::write_dead_letters(store, dead_rx, writer_stop.clone()));
 
     let drain_timeout = Duration::from_secs(config.drain_timeout_secs);
     let trackers = Arc::new(Trackers::default());
     let producer: ThreadedProducer<RouterProducerContext> =
-        producer.create_with_context(RouterProducerContext {
-            dead_letters: dead_tx.clone(),
-        })?;
+        producer.create_with_context(RouterProducerContext { dead_letters: dead_tx.clone() })?;
     let consumer: StreamConsumer<RouterConsumerContext> =
         consumer.create_with_context(RouterConsumerContext {
             trackers: Arc::clone(&trackers),
@@ -115,8 +101,7 @@ pub async fn run(parts: RouterParts, cancel: CancellationToken) -> anyhow::Resul
         dead_letters: dead_tx,
         stats,
     };
-    let mut store_tick =
-        tokio::time::interval(Duration::from_millis(config.offset_store_interval_ms));
+    let mut store_tick = tokio::time::interval(Duration::from_millis(config.offset_store_interval_ms));
     store_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     loop {
@@ -149,9 +134,7 @@ pub async fn run(parts: RouterParts, cancel: CancellationToken) -> anyhow::Resul
     let pending = trackers.all();
     let drained = tokio::task::spawn_blocking(move || {
         let deadline = std::time::Instant::now() + drain_timeout;
-        pending
-            .iter()
-            .all(|t| t.wait_settled(deadline.saturating_duration_since(std::time::Instant::now())))
+        pending.iter().all(|t| t.wait_settled(deadline.saturating_duration_since(std::time::Instant::now())))
     })
     .await
     .unwrap_or(false);
@@ -166,6 +149,7 @@ pub async fn run(parts: RouterParts, cancel: CancellationToken) -> anyhow::Resul
     let _ = producer.flush(Duration::from_secs(5));
     drop(router);
     drop(consumer);
+    drop(producer);
     writer_stop.cancel();
     let _ = writer.await;
     tracing::info!("router stopped");
@@ -177,11 +161,7 @@ fn store_offsets(consumer: &StreamConsumer<RouterConsumerContext>, trackers: &Tr
     let mut tpl = TopicPartitionList::new();
     for tracker in trackers.all() {
         if let Some(watermark) = tracker.watermark() {
-            let _ = tpl.add_partition_offset(
-                &tracker.topic,
-                tracker.partition,
-                Offset::Offset(watermark),
-            );
+            let _ = tpl.add_partition_offset(&tracker.topic, tracker.partition, Offset::Offset(watermark));
         }
     }
     if tpl.count() > 0 {
@@ -219,20 +199,13 @@ impl Forwarder<'_> {
     async fn forward(&self, message: &BorrowedMessage<'_>) -> Admission {
         self.stats.letters_in.fetch_add(1, Ordering::Relaxed);
         let resume_below = (self.cap / 2).max(1);
-        let tracker = self
-            .trackers
-            .get_or_insert(message.topic(), message.partition(), |topic| {
-                PartitionTracker::new(
-                    topic,
-                    message.partition(),
-                    resume_below,
-                    self.resume_tx.clone(),
-                )
-            });
+        let tracker = self.trackers.get_or_insert(message.topic(), message.partition(), |topic| {
+            PartitionTracker::new(topic, message.partition(), resume_below, self.resume_tx.clone())
+        });
         let offset = message.offset();
         let table = Arc::clone(&self.table);
         let Some(routes) = table.topic(message.topic()) else {
-            return tracker.begin(offset, 0, self.cap);
+            return tracker.begin(offset, 0, self.cap).admission;
         };
         let meta = match source::read(message, &routes.source) {
             Ok(meta) => meta,
@@ -244,26 +217,24 @@ impl Forwarder<'_> {
         };
         if matched.is_empty() {
             return match meta.tag {
-                Some(_) => tracker.begin(offset, 0, self.cap),
-                None => self.dead_letter(
-                    message,
-                    &tracker,
-                    format!("no tag: {}", describe_tag_source(routes)),
-                ),
+                Some(_) => tracker.begin(offset, 0, self.cap).admission,
+                None => {
+                    self.dead_letter(message, &tracker, format!("no tag: {}", describe_tag_source(routes)))
+                }
             };
         }
         let outputs: usize = matched.iter().map(|r| r.destinations.len()).sum();
         // Begin before producing: a delivery report may arrive before `send` returns.
-        let admission = tracker.begin(offset, outputs as u32, self.cap);
+        let Begun { admission, in_flight } = tracker.begin(offset, outputs as u32, self.cap);
+        self.stats.in_flight_peak.fetch_max(in_flight as u64, Ordering::Relaxed);
 
         let derived_id;
         let id = match meta.id {
             Some(id) => id,
             None => {
                 let ms = message.timestamp().to_millis().unwrap_or(0).max(0) as u64;
-                derived_id =
-                    pigeon_sdk::LetterId::derived(message.topic(), message.partition(), offset, ms)
-                        .to_string();
+                derived_id = pigeon_sdk::LetterId::derived(message.topic(), message.partition(), offset, ms)
+                    .to_string();
                 &derived_id
             }
         };
@@ -272,11 +243,7 @@ impl Forwarder<'_> {
                 let headers = output_headers(message, id, &destination.tag, &route.id);
                 let mut record = BaseRecord::with_opaque_to(
                     &destination.topic,
-                    Box::new(Delivery {
-                        tracker: Arc::clone(&tracker),
-                        offset,
-                        route: Arc::clone(route),
-                    }),
+                    Box::new(Delivery { tracker: Arc::clone(&tracker), offset, route: Arc::clone(route) }),
                 )
                 .headers(headers);
                 if let Some(key) = message.key() {
@@ -328,18 +295,13 @@ impl Forwarder<'_> {
         reason: String,
     ) -> Admission {
         let offset = message.offset();
-        let admission = tracker.begin(offset, 1, self.cap);
+        let admission = tracker.begin(offset, 1, self.cap).admission;
         let mut dead_letter = NewDeadLetter::from_message(message, ErrorKind::Malformed, reason);
         let ms = message.timestamp().to_millis().unwrap_or(0).max(0) as u64;
         dead_letter.letter_id =
-            pigeon_sdk::LetterId::derived(message.topic(), message.partition(), offset, ms)
-                .to_string();
+            pigeon_sdk::LetterId::derived(message.topic(), message.partition(), offset, ms).to_string();
         self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
-        let _ = self.dead_letters.send(Job {
-            dead_letter,
-            tracker: Arc::clone(tracker),
-            offset,
-        });
+        let _ = self.dead_letters.send(Job { dead_letter, tracker: Arc::clone(tracker), offset });
         admission
     }
 }
@@ -353,12 +315,7 @@ fn describe_tag_source(routes: &crate::route::TopicRoutes) -> String {
 
 /// The output's headers: the input's, with the destination tag, the pigeon, attempt 1, and
 /// the CloudEvents attributes a foreign letter lacks.
-fn output_headers(
-    message: &BorrowedMessage<'_>,
-    id: &str,
-    tag: &str,
-    pigeon: &str,
-) -> OwnedHeaders {
+fn output_headers(message: &BorrowedMessage<'_>, id: &str, tag: &str, pigeon: &str) -> OwnedHeaders {
     let input = message.headers();
     let count = input.map_or(0, |h| h.count());
     let mut headers = OwnedHeaders::new_with_capacity(count + 8);
@@ -372,10 +329,7 @@ fn output_headers(
                 header::TIME => has_time = true,
                 _ => {}
             }
-            headers = headers.insert(Header {
-                key: h.key,
-                value: h.value,
-            });
+            headers = headers.insert(Header { key: h.key, value: h.value });
         }
     }
     headers = headers
@@ -398,10 +352,7 @@ fn output_headers(
 }
 
 fn text<'a>(key: &'a str, value: &'a str) -> Header<'a, &'a [u8]> {
-    Header {
-        key,
-        value: Some(value.as_bytes()),
-    }
+    Header { key, value: Some(value.as_bytes()) }
 }
 
 /// A refused record copied into a message, so it can be dead-lettered like a failed delivery.

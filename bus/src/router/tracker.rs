@@ -50,6 +50,15 @@ pub enum Admission {
     Pause,
 }
 
+/// The outcome of [`PartitionTracker::begin`].
+#[derive(Debug, PartialEq, Eq)]
+pub struct Begun {
+    /// Whether to pause.
+    pub admission: Admission,
+    /// Letters of the partition in flight now.
+    pub in_flight: usize,
+}
+
 impl PartitionTracker {
     /// A tracker that asks for a resume on `resume` once fewer than `resume_below` letters are
     /// in flight after a pause.
@@ -71,32 +80,25 @@ impl PartitionTracker {
 
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock leaves consistent state (every update is one step).
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Records a letter at `offset` with `outputs` outputs to settle. Offsets must ascend.
-    pub fn begin(&self, offset: i64, outputs: u32, cap: usize) -> Admission {
+    pub fn begin(&self, offset: i64, outputs: u32, cap: usize) -> Begun {
         let mut state = self.lock();
-        debug_assert!(
-            state.next.is_none_or(|next| offset >= next),
-            "offsets go forward"
-        );
+        debug_assert!(state.next.is_none_or(|next| offset >= next), "offsets go forward");
         state.next = Some(offset + 1);
-        if outputs == 0 {
-            return Admission::Continue;
+        if outputs > 0 {
+            state.pending.push_back(Pending { offset, outstanding: outputs });
         }
-        state.pending.push_back(Pending {
-            offset,
-            outstanding: outputs,
-        });
-        if state.pending.len() >= cap && !state.paused {
+        let in_flight = state.pending.len();
+        let admission = if outputs > 0 && in_flight >= cap && !state.paused {
             state.paused = true;
             Admission::Pause
         } else {
             Admission::Continue
-        }
+        };
+        Begun { admission, in_flight }
     }
 
     /// Settles one output of the letter at `offset`.
@@ -143,11 +145,7 @@ impl PartitionTracker {
             if now >= deadline {
                 return false;
             }
-            state = self
-                .settled
-                .wait_timeout(state, deadline - now)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
+            state = self.settled.wait_timeout(state, deadline - now).unwrap_or_else(|p| p.into_inner()).0;
         }
         true
     }
@@ -160,15 +158,9 @@ mod tests {
 
     fn tracker(
         resume_below: usize,
-    ) -> (
-        Arc<PartitionTracker>,
-        mpsc::UnboundedReceiver<Arc<PartitionTracker>>,
-    ) {
+    ) -> (Arc<PartitionTracker>, mpsc::UnboundedReceiver<Arc<PartitionTracker>>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        (
-            PartitionTracker::new(Arc::from("t"), 0, resume_below, tx),
-            rx,
-        )
+        (PartitionTracker::new(Arc::from("t"), 0, resume_below, tx), rx)
     }
 
     #[test]
@@ -186,11 +178,7 @@ mod tests {
         t.settle(10);
         assert_eq!(t.watermark(), Some(10), "10 has a second output");
         t.settle(10);
-        assert_eq!(
-            t.watermark(),
-            Some(14),
-            "all settled: the next offset to read"
-        );
+        assert_eq!(t.watermark(), Some(14), "all settled: the next offset to read");
         assert_eq!(t.in_flight(), 0);
     }
 
@@ -212,9 +200,9 @@ mod tests {
     #[test]
     fn the_cap_pauses_and_draining_resumes_once() {
         let (t, mut rx) = tracker(2);
-        assert_eq!(t.begin(0, 1, 3), Admission::Continue);
-        assert_eq!(t.begin(1, 1, 3), Admission::Continue);
-        assert_eq!(t.begin(2, 1, 3), Admission::Pause);
+        assert_eq!(t.begin(0, 1, 3), Begun { admission: Admission::Continue, in_flight: 1 });
+        assert_eq!(t.begin(1, 1, 3), Begun { admission: Admission::Continue, in_flight: 2 });
+        assert_eq!(t.begin(2, 1, 3), Begun { admission: Admission::Pause, in_flight: 3 });
         t.settle(0);
         assert!(rx.try_recv().is_err(), "2 in flight is not below 2");
         t.settle(1);

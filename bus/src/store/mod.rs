@@ -45,10 +45,7 @@ pub struct StoredPigeon {
 impl StoredPigeon {
     /// The spec and version, as the route table compiles them.
     pub fn versioned(&self) -> VersionedPigeon {
-        VersionedPigeon {
-            spec: self.spec.clone(),
-            version: self.version,
-        }
+        VersionedPigeon { spec: self.spec.clone(), version: self.version }
     }
 }
 
@@ -117,11 +114,7 @@ mod rows {
         fn try_from(row: PigeonRow) -> Result<Self, StoreError> {
             let spec = serde_json::from_str(&row.spec)
                 .map_err(|e| StoreError::Corrupt(format!("pigeon spec: {e}")))?;
-            Ok(StoredPigeon {
-                spec,
-                version: row.version,
-                updated_at: row.updated_at,
-            })
+            Ok(StoredPigeon { spec, version: row.version, updated_at: row.updated_at })
         }
     }
 
@@ -158,15 +151,11 @@ mod rows {
     impl TryFrom<DeadLetterRow> for DeadLetter {
         type Error = StoreError;
         fn try_from(row: DeadLetterRow) -> Result<Self, StoreError> {
-            let corrupt = |what: &str, e: String| {
-                StoreError::Corrupt(format!("dead letter {}: {what}: {e}", row.id))
-            };
-            let headers = serde_json::from_str(&row.headers)
-                .map_err(|e| corrupt("headers", e.to_string()))?;
-            let error_kind: ErrorKind = row
-                .error_kind
-                .parse()
-                .map_err(|e| corrupt("error kind", e))?;
+            let corrupt =
+                |what: &str, e: String| StoreError::Corrupt(format!("dead letter {}: {what}: {e}", row.id));
+            let headers =
+                serde_json::from_str(&row.headers).map_err(|e| corrupt("headers", e.to_string()))?;
+            let error_kind: ErrorKind = row.error_kind.parse().map_err(|e| corrupt("error kind", e))?;
             let status: Status = row.status.parse().map_err(|e| corrupt("status", e))?;
             Ok(DeadLetter {
                 id: row.id,

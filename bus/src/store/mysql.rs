@@ -104,10 +104,7 @@ impl Store for MySqlStore {
     }
 
     async fn delete_pigeon(&self, id: &str) -> Result<bool, StoreError> {
-        let done = sqlx::query("DELETE FROM pigeons WHERE id = ?")
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
+        let done = sqlx::query("DELETE FROM pigeons WHERE id = ?").bind(id).execute(&self.pool).await?;
         Ok(done.rows_affected() > 0)
     }
 
@@ -119,11 +116,6 @@ impl Store for MySqlStore {
     async fn dead_letters(&self, filter: &DeadLetterFilter) -> Result<Vec<DeadLetter>, StoreError> {
         let sql = rows::dead_letter_query(filter);
         let query = bind_dead_letter_filter!(sqlx::query_as::<_, DeadLetterRow>(&sql), filter);
-        query
-            .fetch_all(&self.pool)
-            .await?
-            .into_iter()
-            .map(TryInto::try_into)
-            .collect()
+        query.fetch_all(&self.pool).await?.into_iter().map(TryInto::try_into).collect()
     }
 }

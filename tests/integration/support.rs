@@ -1,0 +1,327 @@
+//! Helpers shared by the integration tests.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pigeon_bus::route::{DestinationSpec, MatchSpec, PigeonSpec};
+use pigeon_bus::store::Store;
+use pigeon_sdk::Letter;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message, OwnedMessage};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::{Offset, TopicPartitionList};
+
+/// How long any wait in a test may take before it fails.
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
+/// A mock Kafka cluster owned by one test.
+pub struct Kafka {
+    pub cluster: MockCluster<'static, DefaultProducerContext>,
+    pub bootstrap: String,
+}
+
+impl Kafka {
+    pub fn new(brokers: i32) -> Self {
+        let cluster = MockCluster::new(brokers).expect("mock cluster");
+        let bootstrap = cluster.bootstrap_servers();
+        Self { cluster, bootstrap }
+    }
+
+    pub fn topic(&self, name: &str, partitions: i32) {
+        self.cluster.create_topic(name, partitions, 1).expect("create topic");
+    }
+
+    /// Produces messages in order and waits until all are acknowledged.
+    pub fn produce(&self, topic: &str, messages: impl IntoIterator<Item = Outgoing>) {
+        produce(&self.bootstrap, topic, messages, None);
+    }
+
+    /// Reads a topic from the beginning until `count` messages arrived (or `extra` more after
+    /// that, to catch duplicates), failing at the deadline.
+    pub fn collect(&self, topic: &str, count: usize, extra: Duration) -> Vec<OwnedMessage> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            .set("group.id", format!("collector-{}", uuid::Uuid::new_v4()))
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("consumer");
+        let metadata = consumer.fetch_metadata(Some(topic), DEADLINE).expect("metadata");
+        let partitions = metadata.topics()[0].partitions().len() as i32;
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..partitions {
+            tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
+        }
+        consumer.assign(&tpl).expect("assign");
+        let mut out = Vec::new();
+        let deadline = Instant::now() + DEADLINE;
+        let mut settle: Option<Instant> = None;
+        loop {
+            if out.len() >= count && settle.is_none() {
+                settle = Some(Instant::now() + extra);
+            }
+            if settle.is_some_and(|s| Instant::now() >= s) {
+                return out;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{topic}: {} of {count} messages arrived before the deadline",
+                out.len()
+            );
+            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+                out.push(m.detach());
+            }
+        }
+    }
+
+    /// The offset the router's group committed for a partition (-1001 when none).
+    pub fn committed(&self, group: &str, topic: &str, partition: i32) -> i64 {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            .set("group.id", group)
+            .create()
+            .expect("consumer");
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(topic, partition);
+        let committed = consumer.committed_offsets(tpl, Duration::from_secs(10)).expect("committed");
+        match committed.find_partition(topic, partition).map(|e| e.offset()) {
+            Some(Offset::Offset(o)) => o,
+            _ => -1001,
+        }
+    }
+}
+
+/// Produces messages in order (pausing 20 ms after every `pace` of them, to stream rather
+/// than burst) and waits until all are acknowledged. Needs no mock handle, so any thread can.
+pub fn produce(
+    bootstrap: &str,
+    topic: &str,
+    messages: impl IntoIterator<Item = Outgoing>,
+    pace: Option<usize>,
+) {
+    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .create()
+        .expect("producer");
+    for (i, m) in messages.into_iter().enumerate() {
+        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).headers(m.headers);
+        if let Some(key) = &m.key {
+            record = record.key(key.as_slice());
+        }
+        if let Some(payload) = &m.payload {
+            record = record.payload(payload.as_slice());
+        }
+        while let Err((_, back)) = producer.send(record) {
+            record = back;
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if pace.is_some_and(|p| i % p == p - 1) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    producer.flush(DEADLINE).expect("flush");
+}
+
+/// A message a test produces.
+pub struct Outgoing {
+    pub key: Option<Vec<u8>>,
+    pub headers: rdkafka::message::OwnedHeaders,
+    pub payload: Option<Vec<u8>>,
+}
+
+impl From<&Letter> for Outgoing {
+    fn from(letter: &Letter) -> Self {
+        Self { key: letter.key.clone(), headers: letter.headers(), payload: Some(letter.payload_bytes()) }
+    }
+}
+
+/// A header's value as text.
+pub fn header(message: &OwnedMessage, name: &str) -> Option<String> {
+    message
+        .headers()?
+        .iter()
+        .find(|h| h.key == name)
+        .and_then(|h| h.value)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
+/// A forward pigeon.
+pub fn pigeon(id: &str, topic: &str, tag: &str, destinations: Vec<DestinationSpec>) -> PigeonSpec {
+    PigeonSpec {
+        id: id.into(),
+        name: format!("test pigeon {id}"),
+        owner: "tests".into(),
+        enabled: true,
+        action: Default::default(),
+        matcher: MatchSpec { topic: topic.into(), tag: tag.into() },
+        destinations,
+    }
+}
+
+/// A SQLite store in a temporary folder, with pigeons saved in it.
+pub struct Db {
+    pub dir: tempfile::TempDir,
+    pub url: String,
+}
+
+impl Db {
+    pub async fn with_pigeons(pigeons: &[PigeonSpec]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("bus.db").display());
+        let store = pigeon_bus::serve::open_store(&url).await.expect("store");
+        for p in pigeons {
+            store.save_pigeon(p).await.expect("save pigeon");
+        }
+        Self { dir, url }
+    }
+
+    pub async fn store(&self) -> Arc<dyn Store> {
+        pigeon_bus::store::open(&self.url).await.expect("store")
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+/// The `pigeon` binary under test.
+pub fn pigeon_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_pigeon")
+}
+
+/// A `pigeon serve` child process.
+pub struct Bus {
+    child: Child,
+    pub admin: String,
+    pub stderr: PathBuf,
+}
+
+/// Quick group joins and failure detection, as every test router needs.
+pub const FAST_GROUP: [&str; 4] =
+    ["-X", "consumer.session.timeout.ms=6000", "-X", "consumer.heartbeat.interval.ms=500"];
+
+impl Bus {
+    /// Starts `pigeon serve` and waits until it prints its admin URL.
+    pub fn start(kafka: &Kafka, db: &Db, extra: &[&str]) -> Self {
+        let stderr = db.path(&format!("router-{}.log", uuid::Uuid::new_v4()));
+        let mut child = Command::new(pigeon_bin())
+            .args(["serve", "--brokers", &kafka.bootstrap, "--database", &db.url, "--listen", "127.0.0.1:0"])
+            .args(FAST_GROUP)
+            .args(extra)
+            .env("RUST_LOG", "info,librdkafka=warn")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .expect("spawn pigeon serve");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let admin = loop {
+            match lines.next() {
+                Some(Ok(line)) => {
+                    if let Some(url) = line.strip_prefix("admin: ") {
+                        break url.to_owned();
+                    }
+                }
+                _ => panic!("pigeon serve exited before listening:\n{}", read(&stderr)),
+            }
+        };
+        // Keep draining stdout so the child never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        let bus = Self { child, admin, stderr };
+        bus.wait_healthy();
+        bus
+    }
+
+    pub fn wait_healthy(&self) {
+        let deadline = Instant::now() + DEADLINE;
+        while http_get(&self.admin, "/healthz").map(|(s, _)| s) != Some(200) {
+            assert!(Instant::now() < deadline, "router never became healthy:\n{}", read(&self.stderr));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The router's counters from `/metrics`.
+    pub fn metrics(&self) -> HashMap<String, u64> {
+        let (_, body) = http_get(&self.admin, "/metrics").expect("metrics");
+        body.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.split_once(' '))
+            .map(|(k, v)| (k.to_owned(), v.trim().parse().unwrap()))
+            .collect()
+    }
+
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), signal).expect("signal");
+    }
+
+    /// Sends SIGTERM and waits for a clean exit.
+    pub fn stop(mut self) -> String {
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+        let status = wait_with_deadline(&mut self.child);
+        let log = read(&self.stderr);
+        assert!(status.success(), "pigeon serve exited with {status}:\n{log}");
+        log
+    }
+
+    /// SIGKILL: no drain, no commit.
+    pub fn kill(mut self) {
+        self.signal(nix::sys::signal::Signal::SIGKILL);
+        wait_with_deadline(&mut self.child);
+    }
+
+    pub fn log(&self) -> String {
+        read(&self.stderr)
+    }
+}
+
+impl Drop for Bus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_with_deadline(child: &mut Child) -> std::process::ExitStatus {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "process did not exit in time");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+/// A plain HTTP/1.1 GET on loopback: status and body.
+pub fn http_get(base: &str, path: &str) -> Option<(u16, String)> {
+    let addr = base.strip_prefix("http://")?;
+    let mut stream = TcpStream::connect(addr).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    Some((status, body))
+}
+
+/// Waits for a condition, failing with `what` at the deadline.
+pub fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + DEADLINE;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
