@@ -272,6 +272,21 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_example_is_valid_and_shows_the_defaults() {
+        let example = BusConfig::parse(include_str!("../../deploy/pigeon.example.toml")).unwrap();
+        let defaults = BusConfig::default();
+        assert_eq!(example.kafka.brokers, defaults.kafka.brokers);
+        assert_eq!(example.kafka.router_group, defaults.kafka.router_group);
+        assert_eq!(example.store.url, defaults.store.url);
+        assert_eq!(example.router.max_in_flight_per_partition, defaults.router.max_in_flight_per_partition);
+        assert_eq!(example.router.offset_store_interval_ms, defaults.router.offset_store_interval_ms);
+        assert_eq!(example.router.drain_timeout_secs, defaults.router.drain_timeout_secs);
+        assert_eq!(example.admin.listen, defaults.admin.listen);
+        assert_eq!(example.topics.partitions, defaults.topics.partitions);
+        assert_eq!(example.topics.replication, defaults.topics.replication);
+    }
+
+    #[test]
     fn every_unknown_key_and_bad_value_is_listed() {
         let text = r#"
             colour = "blue"

@@ -15,14 +15,17 @@ use super::tracker::PartitionTracker;
 use crate::deadletter::{ErrorKind, Job, NewDeadLetter};
 use crate::route::Route;
 
+/// Trackers of one topic's partitions, indexed by partition.
+type TopicTrackers = Vec<Option<Arc<PartitionTracker>>>;
+
 /// The partitions the router holds, with their trackers.
 #[derive(Debug, Default)]
 pub struct Trackers {
-    by_topic: Mutex<HashMap<Arc<str>, Vec<Option<Arc<PartitionTracker>>>>>,
+    by_topic: Mutex<HashMap<Arc<str>, TopicTrackers>>,
 }
 
 impl Trackers {
-    fn lock(&self) -> MutexGuard<'_, HashMap<Arc<str>, Vec<Option<Arc<PartitionTracker>>>>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<Arc<str>, TopicTrackers>> {
         self.by_topic.lock().unwrap_or_else(|p| p.into_inner())
     }
 
