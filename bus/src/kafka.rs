@@ -77,4 +77,24 @@ mod tests {
         let shown = describe(&consumer);
         assert!(shown.contains("sasl.password=***") && !shown.contains("hunter2"), "{shown}");
     }
+
+    #[test]
+    fn tls_and_sasl_scram_are_built_in() {
+        // librdkafka refuses unknown mechanisms or protocols at client creation, before any
+        // connection: creating the client proves the build has OpenSSL and SCRAM.
+        let mut kafka = KafkaConfig::default();
+        for (k, v) in [
+            ("security.protocol", "SASL_SSL"),
+            ("sasl.mechanism", "SCRAM-SHA-512"),
+            ("sasl.username", "pigeon"),
+            ("sasl.password", "secret"),
+        ] {
+            kafka.common.insert(k.into(), v.into());
+        }
+        let producer: Result<rdkafka::producer::BaseProducer, _> = producer_config(&kafka).create();
+        assert!(producer.is_ok(), "{:?}", producer.err());
+        kafka.common.insert("sasl.mechanism".into(), "NOT-A-MECHANISM".into());
+        let refused: Result<rdkafka::producer::BaseProducer, _> = producer_config(&kafka).create();
+        assert!(refused.is_err(), "an unknown mechanism must be refused");
+    }
 }

@@ -59,8 +59,11 @@ pub async fn ensure(
     let admin: AdminClient<DefaultClientContext> = client.create()?;
     let new: Vec<NewTopic<'_>> =
         topics.iter().map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(replication))).collect();
-    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-    let results = admin.create_topics(&new, &options).await?;
+    let timeout = Duration::from_secs(30);
+    let options = AdminOptions::new().operation_timeout(Some(timeout)).request_timeout(Some(timeout));
+    let results = tokio::time::timeout(timeout + Duration::from_secs(5), admin.create_topics(&new, &options))
+        .await
+        .map_err(|_| anyhow::anyhow!("the brokers did not answer CreateTopics within {timeout:?}"))??;
     let mut out = Vec::new();
     let mut errors = Vec::new();
     for result in results {
@@ -74,5 +77,46 @@ pub async fn ensure(
         Ok(out)
     } else {
         anyhow::bail!("could not create topics: {}", errors.join("; "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::route::{DestinationSpec, MatchSpec, PigeonSpec, VersionedPigeon};
+
+    #[test]
+    fn the_bus_modules_sources_and_destinations_are_required() {
+        let spec = PigeonSpec {
+            id: "p".into(),
+            name: String::new(),
+            owner: String::new(),
+            enabled: true,
+            action: Default::default(),
+            matcher: MatchSpec { topic: "live.gift".into(), tag: "gift".into() },
+            destinations: vec![
+                DestinationSpec::capability("chest/drop"),
+                DestinationSpec::topic("lane.x", "t"),
+            ],
+        };
+        let table =
+            RouteTable::compile(&[VersionedPigeon { spec, version: 1 }], &Default::default()).unwrap();
+        let destinations = table.destination_topics();
+        assert_eq!(destinations, ["lane.x", "pigeon.module.chest"]);
+        let topics = required_topics(&["act-toy".into()], Some(&table), &destinations);
+        assert_eq!(
+            topics,
+            [
+                "lane.x",
+                "live.gift",
+                "pigeon.control",
+                "pigeon.failed",
+                "pigeon.ingress",
+                "pigeon.module.act-toy",
+                "pigeon.module.chest",
+                "pigeon.receipts",
+                "pigeon.registry",
+            ]
+        );
     }
 }

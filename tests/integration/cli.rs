@@ -11,14 +11,16 @@ use crate::support::*;
 #[tokio::test(flavor = "multi_thread")]
 async fn pigeon_dev_runs_the_demo_activity_end_to_end() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(pigeon_bin())
-        .args(["dev", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.path())
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(dir.path().join("dev.log")).unwrap())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut child = KillOnDrop(
+        Command::new(pigeon_bin())
+            .args(["dev", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(dir.path().join("dev.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let mut lines = BufReader::new(child.0.stdout.take().unwrap()).lines();
     let mut kafka = None;
     let mut admin = None;
     while admin.is_none() {
@@ -32,6 +34,19 @@ async fn pigeon_dev_runs_the_demo_activity_end_to_end() {
     }
     let (kafka, admin) = (kafka.expect("kafka: line first"), admin.unwrap());
     eventually("healthz 200", || http_get(&admin, "/healthz").map(|r| r.0) == Some(200));
+
+    // The bus's own topics and the module topic exist with the configured partitions.
+    use rdkafka::producer::Producer;
+    let probe: rdkafka::producer::BaseProducer =
+        rdkafka::ClientConfig::new().set("bootstrap.servers", &kafka).create().unwrap();
+    let metadata = probe.client().fetch_metadata(None, DEADLINE).unwrap();
+    let partitions =
+        |name: &str| metadata.topics().iter().find(|t| t.name() == name).map(|t| t.partitions().len());
+    for topic in ["pigeon.ingress", "pigeon.registry", "pigeon.failed", "pigeon.receipts", "pigeon.control"] {
+        assert_eq!(partitions(topic), Some(16), "{topic}");
+    }
+    assert_eq!(partitions("pigeon.module.act-toy"), Some(16));
+    assert_eq!(partitions("live.gift"), Some(16));
 
     // Any Kafka client can watch the demo: gifts arrive as progress.add on the module topic.
     let consumer: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
@@ -54,9 +69,22 @@ async fn pigeon_dev_runs_the_demo_activity_end_to_end() {
     let letter = pigeon_sdk::Letter::from_message(&message).unwrap();
     assert!(letter.payload["giftId"].is_number());
 
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM)
-        .unwrap();
-    assert!(child.wait().unwrap().success());
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.0.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(child.0.wait().unwrap().success(), "pigeon dev drains and exits cleanly on SIGTERM");
+}
+
+/// Kills a child process the test leaves behind when it fails.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 #[test]

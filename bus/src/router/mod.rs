@@ -114,7 +114,9 @@ pub async fn run(parts: RouterParts, cancel: CancellationToken) -> anyhow::Resul
                     tracing::debug!(topic = %tracker.topic, partition = tracker.partition, error = %e, "resume");
                 }
             }
-            _ = store_tick.tick() => store_offsets(&consumer, &trackers),
+            _ = store_tick.tick() => {
+                store_offsets(&consumer, &trackers);
+            }
             received = consumer.recv() => match received {
                 Ok(message) => {
                     if router.forward(&message).await == Admission::Pause {
@@ -141,10 +143,15 @@ pub async fn run(parts: RouterParts, cancel: CancellationToken) -> anyhow::Resul
     if !drained {
         tracing::warn!("drain timed out; unsettled letters will be delivered again after restart");
     }
-    store_offsets(&consumer, &trackers);
-    match consumer.commit_consumer_state(CommitMode::Sync) {
-        Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
-        Err(e) => tracing::warn!(error = %e, "final commit"),
+    {
+        // Scoped: a partition list holds references into the consumer, whose destruction
+        // below waits for them.
+        let offsets = store_offsets(&consumer, &trackers);
+        if offsets.count() > 0 {
+            if let Err(e) = consumer.commit(&offsets, CommitMode::Sync) {
+                tracing::warn!(error = %e, "final commit");
+            }
+        }
     }
     let _ = producer.flush(Duration::from_secs(5));
     drop(router);
@@ -156,8 +163,11 @@ pub async fn run(parts: RouterParts, cancel: CancellationToken) -> anyhow::Resul
     Ok(())
 }
 
-/// Hands each partition's watermark to the consumer for its next commit.
-fn store_offsets(consumer: &StreamConsumer<RouterConsumerContext>, trackers: &Trackers) {
+/// Hands each partition's watermark to the consumer for its next commit; returns them.
+fn store_offsets(
+    consumer: &StreamConsumer<RouterConsumerContext>,
+    trackers: &Trackers,
+) -> TopicPartitionList {
     let mut tpl = TopicPartitionList::new();
     for tracker in trackers.all() {
         if let Some(watermark) = tracker.watermark() {
@@ -170,6 +180,7 @@ fn store_offsets(consumer: &StreamConsumer<RouterConsumerContext>, trackers: &Tr
             tracing::debug!(error = %e, "store offsets");
         }
     }
+    tpl
 }
 
 fn partition_list(tracker: &PartitionTracker, offset: Offset) -> TopicPartitionList {
