@@ -56,8 +56,8 @@ pub async fn run(config: BusConfig, options: DevOptions) -> anyhow::Result<()> {
     std::fs::create_dir_all(&options.data_dir)
         .with_context(|| format!("creating {}", options.data_dir.display()))?;
     let store = serve::open_store(&config.store.url).await?;
-    let version = store.save_pigeon(&demo_pigeon()).await?;
-    tracing::info!(pigeon = "demo-gift-progress", version, "demo activity seeded");
+    let saved = store.save_pigeon(&demo_pigeon(), "pigeon dev").await?;
+    tracing::info!(pigeon = "demo-gift-progress", version = saved.version, "demo activity seeded");
 
     let cancel = CancellationToken::new();
     if options.demo_traffic {

@@ -14,4 +14,5 @@ pub mod router;
 pub mod serve;
 pub mod source;
 pub mod store;
+pub mod token;
 pub mod topics;

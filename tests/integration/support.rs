@@ -178,7 +178,7 @@ impl Db {
         let url = format!("sqlite://{}", dir.path().join("bus.db").display());
         let store = pigeon_bus::serve::open_store(&url).await.expect("store");
         for p in pigeons {
-            store.save_pigeon(p).await.expect("save pigeon");
+            store.save_pigeon(p, "tests").await.expect("save pigeon");
         }
         Self { dir, url }
     }

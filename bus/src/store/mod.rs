@@ -10,8 +10,10 @@ use async_trait::async_trait;
 
 use crate::deadletter::{DeadLetter, DeadLetterFilter, NewDeadLetter, StoredHeader};
 use crate::route::{PigeonSpec, VersionedPigeon};
+use crate::token::Role;
 
 pub mod mysql;
+mod sql;
 pub mod sqlite;
 
 /// A store failure.
@@ -26,6 +28,9 @@ pub enum StoreError {
     /// A stored row could not be read back.
     #[error("corrupt row: {0}")]
     Corrupt(String),
+    /// The change conflicts with what is stored.
+    #[error("conflict: {0}")]
+    Conflict(String),
     /// The URL names no backend we have.
     #[error("unsupported store URL (use sqlite:// or mysql://): {0}")]
     UnsupportedUrl(String),
@@ -49,15 +54,77 @@ impl StoredPigeon {
     }
 }
 
-/// What the bus keeps in its database.
+/// The outcome of saving a pigeon.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Saved {
+    /// The version now current.
+    pub version: i64,
+    /// Whether anything changed (an identical spec is not a new version).
+    pub changed: bool,
+}
+
+/// A token to store: its hash, never its value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewToken {
+    /// Unique name; it names the actor in the audit log.
+    pub name: String,
+    /// What it may do.
+    pub role: Role,
+    /// SHA-256 of the value, hex.
+    pub hash: String,
+}
+
+/// A stored token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Token {
+    /// Name.
+    pub name: String,
+    /// Role.
+    pub role: Role,
+    /// When it was created (unix ms).
+    pub created_at: i64,
+    /// Who created it.
+    pub created_by: String,
+    /// When it was revoked, if it was.
+    pub revoked_at: Option<i64>,
+}
+
+/// One recorded mutation.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AuditEntry {
+    /// Increasing id.
+    pub id: i64,
+    /// When (unix ms).
+    pub at: i64,
+    /// Who: a token name, or the local tool that acted.
+    pub actor: String,
+    /// What, e.g. `pigeon.update`.
+    pub action: String,
+    /// On what, e.g. `pigeon/gift-progress`.
+    pub target: String,
+    /// The thing before, if it existed.
+    pub before: Option<serde_json::Value>,
+    /// The thing after, if it still exists.
+    pub after: Option<serde_json::Value>,
+}
+
+/// What the bus keeps in its database. Every mutation is audited in its own transaction.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Applies pending migrations.
     async fn migrate(&self) -> Result<(), StoreError>;
 
-    /// Saves a pigeon: a new version when the spec changed, the same one otherwise. Returns
-    /// the version now current. The spec must be validated by the caller.
-    async fn save_pigeon(&self, spec: &PigeonSpec) -> Result<i64, StoreError>;
+    /// Saves a pigeon: a new version when the spec changed, the same one otherwise. The spec
+    /// must be validated by the caller. `actor` is recorded in the audit log.
+    async fn save_pigeon(&self, spec: &PigeonSpec, actor: &str) -> Result<Saved, StoreError>;
+
+    /// Saves and deletes pigeons in one transaction: all or nothing.
+    async fn apply_pigeons(
+        &self,
+        save: &[PigeonSpec],
+        delete: &[String],
+        actor: &str,
+    ) -> Result<Vec<Saved>, StoreError>;
 
     /// One pigeon.
     async fn pigeon(&self, id: &str) -> Result<Option<StoredPigeon>, StoreError>;
@@ -69,13 +136,28 @@ pub trait Store: Send + Sync + 'static {
     async fn pigeon_versions(&self, id: &str) -> Result<Vec<StoredPigeon>, StoreError>;
 
     /// Deletes a pigeon; returns whether it existed.
-    async fn delete_pigeon(&self, id: &str) -> Result<bool, StoreError>;
+    async fn delete_pigeon(&self, id: &str, actor: &str) -> Result<bool, StoreError>;
 
     /// Stores a dead letter durably; returns its id.
     async fn insert_dead_letter(&self, letter: &NewDeadLetter) -> Result<i64, StoreError>;
 
     /// Dead letters, newest first.
     async fn dead_letters(&self, filter: &DeadLetterFilter) -> Result<Vec<DeadLetter>, StoreError>;
+
+    /// Stores a new token; a name is never reused.
+    async fn create_token(&self, token: &NewToken, actor: &str) -> Result<(), StoreError>;
+
+    /// The unrevoked token with this hash.
+    async fn token_by_hash(&self, hash: &str) -> Result<Option<Token>, StoreError>;
+
+    /// Every token, revoked ones included, by name.
+    async fn tokens(&self) -> Result<Vec<Token>, StoreError>;
+
+    /// Revokes a token; returns whether an active one had that name.
+    async fn revoke_token(&self, name: &str, actor: &str) -> Result<bool, StoreError>;
+
+    /// Audit entries older than `before_id` (all when `None`), newest first.
+    async fn audit(&self, before_id: Option<i64>, limit: u32) -> Result<Vec<AuditEntry>, StoreError>;
 }
 
 /// Opens the store a URL names: `sqlite://PATH` or `mysql://…`.
@@ -181,6 +263,69 @@ mod rows {
             })
         }
     }
+
+    #[derive(sqlx::FromRow)]
+    pub struct TokenRow {
+        pub name: String,
+        pub role: String,
+        pub created_at: i64,
+        pub created_by: String,
+        pub revoked_at: Option<i64>,
+    }
+
+    impl TryFrom<TokenRow> for Token {
+        type Error = StoreError;
+        fn try_from(row: TokenRow) -> Result<Self, StoreError> {
+            let role = row.role.parse().map_err(StoreError::Corrupt)?;
+            Ok(Token {
+                name: row.name,
+                role,
+                created_at: row.created_at,
+                created_by: row.created_by,
+                revoked_at: row.revoked_at,
+            })
+        }
+    }
+
+    pub const SELECT_TOKEN_BY_HASH: &str =
+        "SELECT name, role, created_at, created_by, revoked_at FROM tokens \
+        WHERE hash = ? AND revoked_at IS NULL";
+    pub const SELECT_TOKENS: &str =
+        "SELECT name, role, created_at, created_by, revoked_at FROM tokens ORDER BY name";
+
+    #[derive(sqlx::FromRow)]
+    pub struct AuditRow {
+        pub id: i64,
+        pub at: i64,
+        pub actor: String,
+        pub action: String,
+        pub target: String,
+        pub before_json: Option<String>,
+        pub after_json: Option<String>,
+    }
+
+    impl TryFrom<AuditRow> for AuditEntry {
+        type Error = StoreError;
+        fn try_from(row: AuditRow) -> Result<Self, StoreError> {
+            let parse = |text: Option<String>| {
+                text.map(|t| serde_json::from_str(&t))
+                    .transpose()
+                    .map_err(|e| StoreError::Corrupt(format!("audit {}: {e}", row.id)))
+            };
+            Ok(AuditEntry {
+                id: row.id,
+                at: row.at,
+                before: parse(row.before_json)?,
+                after: parse(row.after_json)?,
+                actor: row.actor,
+                action: row.action,
+                target: row.target,
+            })
+        }
+    }
+
+    pub const INSERT_AUDIT: &str =
+        "INSERT INTO audit (at, actor, action, target, before_json, after_json) VALUES (?, ?, ?, ?, ?, ?)";
 
     pub const DEAD_LETTER_COLUMNS: &str = "id, letter_id, pigeon_id, pigeon_version, source_topic, \
         source_partition, source_offset, dest_topic, dest_tag, msg_key, headers, payload, error_kind, \
