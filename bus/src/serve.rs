@@ -44,7 +44,11 @@ pub async fn run(
         .with_context(|| format!("binding the admin server to {}", config.admin.listen))?;
     let url = format!("http://{}", listener.local_addr()?);
     on_listening(&url);
-    let app = admin::app(AppState { ready: Arc::clone(&ready), stats: Arc::clone(&stats) });
+    let app = admin::app(AppState {
+        store: Arc::clone(&store),
+        ready: Arc::clone(&ready),
+        stats: Arc::clone(&stats),
+    });
     let http_cancel = cancel.clone();
     let http = tokio::spawn(async move {
         axum::serve(listener, app).with_graceful_shutdown(http_cancel.cancelled_owned()).await

@@ -1,27 +1,123 @@
-//! The admin HTTP server. For now: health. The admin API grows here under `/api/v1`.
+//! The admin HTTP server: health and metrics, and the admin API under `/api/v1` with its
+//! OpenAPI document at `/api/v1/openapi.json`.
+//!
+//! Every API route is mounted through `utoipa_axum::routes!`, which documents it from the same
+//! handler, so the document and the router cannot drift apart.
+
+pub mod audit;
+pub mod auth;
+pub mod error;
+pub mod pigeons;
+pub mod tokens;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, State};
 use axum::http::StatusCode;
 use axum::routing::get;
-use axum::Router;
+use axum::{Json, Router};
+use serde::Serialize;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{OpenApi, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
+use self::error::ApiError;
 use crate::router::RouterStats;
+use crate::store::Store;
+
+/// Largest request body the API reads.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
 /// What the HTTP handlers can see.
 #[derive(Clone)]
 pub struct AppState {
+    /// The store.
+    pub store: Arc<dyn Store>,
     /// Set once the router consumes.
     pub ready: Arc<AtomicBool>,
     /// Router counters.
     pub stats: Arc<RouterStats>,
 }
 
+/// One page of a list, and the cursor of the next (absent on the last page).
+#[derive(Debug, Serialize, serde::Deserialize, ToSchema)]
+pub struct Page<T> {
+    /// The items.
+    pub items: Vec<T>,
+    /// Pass as `cursor` to get the next page.
+    pub next_cursor: Option<String>,
+}
+
+/// Validates a requested page size.
+pub fn page_limit(limit: Option<u32>) -> Result<usize, ApiError> {
+    match limit.unwrap_or(50) {
+        n @ 1..=500 => Ok(n as usize),
+        n => Err(ApiError::bad_request(format!("limit must be 1 to 500, got {n}"))),
+    }
+}
+
+/// JSON body whose rejections use the API's error shape.
+#[derive(FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+pub struct ApiJson<T>(pub T);
+
+/// Query string whose rejections use the API's error shape.
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub struct ApiQuery<T>(pub T);
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Pigeon admin API", description = "Manage the Pigeon event-routing bus."),
+    modifiers(&BearerAuth),
+    tags((name = "pigeons", description = "Routes"), (name = "tokens", description = "API tokens"),
+         (name = "audit", description = "Who changed what"))
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme("token", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)));
+    }
+}
+
+/// The API routes and their OpenAPI document, from one source.
+pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    let v1 = OpenApiRouter::new()
+        .routes(routes!(pigeons::list, pigeons::create))
+        .routes(routes!(pigeons::validate))
+        .routes(routes!(pigeons::apply))
+        .routes(routes!(pigeons::get, pigeons::update, pigeons::delete))
+        .routes(routes!(pigeons::enable))
+        .routes(routes!(pigeons::disable))
+        .routes(routes!(pigeons::versions))
+        .routes(routes!(tokens::list, tokens::create))
+        .routes(routes!(tokens::revoke))
+        .routes(routes!(audit::list));
+    OpenApiRouter::with_openapi(ApiDoc::openapi()).nest("/api/v1", v1).split_for_parts()
+}
+
 /// The HTTP application.
 pub fn app(state: AppState) -> Router {
-    Router::new().route("/healthz", get(healthz)).route("/metrics", get(metrics)).with_state(state)
+    let (api, doc) = api();
+    let doc = Arc::new(doc);
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/api/v1/openapi.json", get(move || async move { Json(doc.as_ref().clone()) }))
+        .merge(api)
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError::not_found(format!("route {}", uri.path()))
 }
 
 /// Router counters in the Prometheus text format.
@@ -51,34 +147,4 @@ async fn healthz(State(state): State<AppState>) -> (StatusCode, &'static str) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use axum::body::Body;
-    use axum::http::Request;
-    use tower::ServiceExt;
-
-    #[tokio::test]
-    async fn healthz_answers_once_the_router_consumes() {
-        let state = AppState { ready: Arc::new(AtomicBool::new(false)), stats: Arc::default() };
-        let request = || Request::get("/healthz").body(Body::empty()).unwrap();
-        let response = app(state.clone()).oneshot(request()).await.unwrap();
-        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
-        state.ready.store(true, Ordering::Release);
-        let response = app(state).oneshot(request()).await.unwrap();
-        assert_eq!(response.status(), StatusCode::OK);
-    }
-
-    #[tokio::test]
-    async fn metrics_show_the_router_counters() {
-        let state = AppState { ready: Arc::new(AtomicBool::new(true)), stats: Arc::default() };
-        state.stats.letters_in.store(7, Ordering::Relaxed);
-        state.stats.in_flight_peak.store(3, Ordering::Relaxed);
-        let response =
-            app(state).oneshot(Request::get("/metrics").body(Body::empty()).unwrap()).await.unwrap();
-        assert_eq!(response.status(), StatusCode::OK);
-        let body = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
-        let text = String::from_utf8(body.to_vec()).unwrap();
-        assert!(text.contains("\npigeon_letters_in_total 7\n"), "{text}");
-        assert!(text.contains("# TYPE pigeon_in_flight_peak gauge\npigeon_in_flight_peak 3\n"), "{text}");
-    }
-}
+mod tests;

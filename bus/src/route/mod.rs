@@ -8,7 +8,7 @@ pub mod spec;
 mod table;
 
 pub use pattern::TagPattern;
-pub use spec::{Action, DestinationSpec, MatchSpec, PigeonSpec};
+pub use spec::{parse_spec, Action, DestinationSpec, MatchSpec, PigeonSpec};
 pub use table::{
     module_topic, validate, validate_topic, CompileErrors, Destination, Route, RouteTable, Source, TagSource,
     TopicRoutes, VersionedPigeon,

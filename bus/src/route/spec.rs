@@ -1,10 +1,24 @@
 //! The raw, serde form of a pigeon, as operators write it and the store keeps it.
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// Reads a pigeon from JSON, listing every unknown key and the first type error.
+pub fn parse_spec(value: serde_json::Value) -> Result<PigeonSpec, Vec<String>> {
+    let mut unknown = Vec::new();
+    let parsed = serde_ignored::deserialize(value, |path| unknown.push(format!("unknown key `{path}`")));
+    match parsed {
+        Ok(spec) if unknown.is_empty() => Ok(spec),
+        Ok(_) => Err(unknown),
+        Err(e) => {
+            unknown.push(e.to_string());
+            Err(unknown)
+        }
+    }
+}
 
 /// A pigeon (route) as written: not yet validated.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct PigeonSpec {
     /// Stable id, `[a-z0-9._-]`, used in headers (`ce_pigeon`) and the API.
     pub id: String,
@@ -33,7 +47,7 @@ fn yes() -> bool {
 }
 
 /// What a pigeon does with a letter.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Action {
     /// Re-publish with the destination tag; the payload is not parsed.
@@ -42,8 +56,7 @@ pub enum Action {
 }
 
 /// Which letters a pigeon takes.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct MatchSpec {
     /// Source topic.
     pub topic: String,
@@ -57,8 +70,7 @@ fn every_tag() -> String {
 }
 
 /// One destination: a module capability, or a raw topic and tag.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct DestinationSpec {
     /// `module/capability`: the module's topic `pigeon.module.<module>`, tag `<capability>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]

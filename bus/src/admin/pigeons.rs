@@ -1,0 +1,341 @@
+//! `/api/v1/pigeons`: create, read, update (a new version), enable/disable, delete, list,
+//! validate, and apply a whole set atomically.
+
+use std::collections::BTreeMap;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::auth::Caller;
+use super::error::{ApiError, ErrorBody};
+use super::{ApiJson, ApiQuery, AppState, Page};
+use crate::route::{self, parse_spec, PigeonSpec};
+use crate::store::StoredPigeon;
+use crate::token::Role;
+
+/// A pigeon with its version.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct PigeonView {
+    /// The pigeon as written.
+    #[serde(flatten)]
+    pub spec: PigeonSpec,
+    /// Version, bumped by every change.
+    pub version: i64,
+    /// When this version was saved (unix ms).
+    pub updated_at: i64,
+}
+
+impl From<StoredPigeon> for PigeonView {
+    fn from(p: StoredPigeon) -> Self {
+        Self { spec: p.spec, version: p.version, updated_at: p.updated_at }
+    }
+}
+
+/// Filters and paging of the pigeon list.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct PigeonQuery {
+    /// Only this owner's pigeons.
+    pub owner: Option<String>,
+    /// Only enabled (`true`) or disabled (`false`) pigeons.
+    pub enabled: Option<bool>,
+    /// Only pigeons reading this source topic.
+    pub topic: Option<String>,
+    /// Page size, 1 to 500 (default 50).
+    pub limit: Option<u32>,
+    /// The `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// Parses and validates a pigeon; every problem at once.
+pub fn checked_spec(value: serde_json::Value) -> Result<PigeonSpec, ApiError> {
+    let spec =
+        parse_spec(value).map_err(|d| ApiError::invalid("invalid_pigeon", "the pigeon is invalid", d))?;
+    route::validate(&spec).map_err(|e| ApiError::invalid("invalid_pigeon", "the pigeon is invalid", e.0))?;
+    Ok(spec)
+}
+
+async fn current(state: &AppState, id: &str) -> Result<StoredPigeon, ApiError> {
+    state.store.pigeon(id).await?.ok_or_else(|| ApiError::not_found(format!("pigeon {id:?}")))
+}
+
+/// List pigeons, by id.
+#[utoipa::path(get, path = "/pigeons", tag = "pigeons", params(PigeonQuery),
+    responses((status = 200, body = Page<PigeonView>), (status = 401, body = ErrorBody)),
+    security(("token" = [])))]
+pub async fn list(
+    caller: Caller,
+    State(state): State<AppState>,
+    ApiQuery(q): ApiQuery<PigeonQuery>,
+) -> Result<Json<Page<PigeonView>>, ApiError> {
+    caller.require(Role::Viewer)?;
+    let limit = super::page_limit(q.limit)?;
+    let matching = state.store.pigeons().await?.into_iter().filter(|p| {
+        q.owner.as_ref().is_none_or(|o| &p.spec.owner == o)
+            && q.enabled.is_none_or(|e| p.spec.enabled == e)
+            && q.topic.as_ref().is_none_or(|t| &p.spec.matcher.topic == t)
+            && q.cursor.as_ref().is_none_or(|c| &p.spec.id > c)
+    });
+    let mut items: Vec<PigeonView> = matching.take(limit + 1).map(PigeonView::from).collect();
+    let next_cursor = (items.len() > limit).then(|| {
+        items.truncate(limit);
+        items[limit - 1].spec.id.clone()
+    });
+    Ok(Json(Page { items, next_cursor }))
+}
+
+/// Create a pigeon (409 if the id exists).
+#[utoipa::path(post, path = "/pigeons", tag = "pigeons", request_body = PigeonSpec,
+    responses((status = 201, body = PigeonView), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("token" = [])))]
+pub async fn create(
+    caller: Caller,
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<serde_json::Value>,
+) -> Result<(StatusCode, Json<PigeonView>), ApiError> {
+    caller.require(Role::Operator)?;
+    let spec = checked_spec(body)?;
+    if state.store.pigeon(&spec.id).await?.is_some() {
+        return Err(ApiError::conflict(format!("pigeon {:?} exists; PUT /pigeons/{0} changes it", spec.id)));
+    }
+    state.store.save_pigeon(&spec, &caller.name).await?;
+    Ok((StatusCode::CREATED, Json(current(&state, &spec.id).await?.into())))
+}
+
+/// Validate a pigeon without saving it.
+#[utoipa::path(post, path = "/pigeons/validate", tag = "pigeons", request_body = PigeonSpec,
+    responses((status = 200, description = "valid"), (status = 422, body = ErrorBody)),
+    security(("token" = [])))]
+pub async fn validate(
+    caller: Caller,
+    ApiJson(body): ApiJson<serde_json::Value>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    caller.require(Role::Viewer)?;
+    checked_spec(body)?;
+    Ok(Json(serde_json::json!({ "valid": true })))
+}
+
+/// Read one pigeon.
+#[utoipa::path(get, path = "/pigeons/{id}", tag = "pigeons", params(("id" = String, Path, description = "pigeon id")),
+    responses((status = 200, body = PigeonView), (status = 404, body = ErrorBody)),
+    security(("token" = [])))]
+pub async fn get(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<PigeonView>, ApiError> {
+    caller.require(Role::Viewer)?;
+    Ok(Json(current(&state, &id).await?.into()))
+}
+
+/// Change a pigeon: a new version (the same one if nothing changed).
+#[utoipa::path(put, path = "/pigeons/{id}", tag = "pigeons", request_body = PigeonSpec,
+    params(("id" = String, Path, description = "pigeon id")),
+    responses((status = 200, body = PigeonView), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("token" = [])))]
+pub async fn update(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<serde_json::Value>,
+) -> Result<Json<PigeonView>, ApiError> {
+    caller.require(Role::Operator)?;
+    let spec = checked_spec(body)?;
+    if spec.id != id {
+        return Err(ApiError::invalid(
+            "invalid_pigeon",
+            "the body's id differs from the path's",
+            vec![format!("id {:?} in the body, {id:?} in the path", spec.id)],
+        ));
+    }
+    current(&state, &id).await?;
+    state.store.save_pigeon(&spec, &caller.name).await?;
+    Ok(Json(current(&state, &id).await?.into()))
+}
+
+/// Delete a pigeon (its version history stays).
+#[utoipa::path(delete, path = "/pigeons/{id}", tag = "pigeons", params(("id" = String, Path, description = "pigeon id")),
+    responses((status = 204, description = "deleted"), (status = 404, body = ErrorBody)),
+    security(("token" = [])))]
+pub async fn delete(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    caller.require(Role::Operator)?;
+    if state.store.delete_pigeon(&id, &caller.name).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found(format!("pigeon {id:?}")))
+    }
+}
+
+async fn set_enabled(
+    caller: Caller,
+    state: AppState,
+    id: String,
+    enabled: bool,
+) -> Result<Json<PigeonView>, ApiError> {
+    caller.require(Role::Operator)?;
+    let mut spec = current(&state, &id).await?.spec;
+    spec.enabled = enabled;
+    state.store.save_pigeon(&spec, &caller.name).await?;
+    Ok(Json(current(&state, &id).await?.into()))
+}
+
+/// Enable a pigeon.
+#[utoipa::path(post, path = "/pigeons/{id}/enable", tag = "pigeons", params(("id" = String, Path, description = "pigeon id")),
+    responses((status = 200, body = PigeonView), (status = 404, body = ErrorBody)),
+    security(("token" = [])))]
+pub async fn enable(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<PigeonView>, ApiError> {
+    set_enabled(caller, state, id, true).await
+}
+
+/// Disable a pigeon: kept, but it matches nothing.
+#[utoipa::path(post, path = "/pigeons/{id}/disable", tag = "pigeons", params(("id" = String, Path, description = "pigeon id")),
+    responses((status = 200, body = PigeonView), (status = 404, body = ErrorBody)),
+    security(("token" = [])))]
+pub async fn disable(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<PigeonView>, ApiError> {
+    set_enabled(caller, state, id, false).await
+}
+
+/// Every saved version of a pigeon, oldest first.
+#[utoipa::path(get, path = "/pigeons/{id}/versions", tag = "pigeons", params(("id" = String, Path, description = "pigeon id")),
+    responses((status = 200, body = Vec<PigeonView>), (status = 404, body = ErrorBody)),
+    security(("token" = [])))]
+pub async fn versions(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<PigeonView>>, ApiError> {
+    caller.require(Role::Viewer)?;
+    let versions = state.store.pigeon_versions(&id).await?;
+    if versions.is_empty() {
+        return Err(ApiError::not_found(format!("pigeon {id:?}")));
+    }
+    Ok(Json(versions.into_iter().map(PigeonView::from).collect()))
+}
+
+/// A whole set of pigeons to make true.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct ApplyRequest {
+    /// The pigeons as they should be.
+    #[schema(value_type = Vec<PigeonSpec>)]
+    pub pigeons: Vec<serde_json::Value>,
+    /// Delete stored pigeons that are not in `pigeons`.
+    #[serde(default)]
+    pub prune: bool,
+    /// Only compute the changes.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// What applying does to one pigeon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Change {
+    /// New.
+    Create,
+    /// Changed: a new version.
+    Update,
+    /// Removed (with `prune`).
+    Delete,
+    /// As it is already.
+    Unchanged,
+}
+
+/// One line of the diff.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct PigeonChange {
+    /// Pigeon id.
+    pub id: String,
+    /// What happens to it.
+    pub change: Change,
+    /// The stored version before.
+    pub from_version: Option<i64>,
+}
+
+/// The diff, and whether it was applied.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ApplyResponse {
+    /// Every pigeon's change, by id.
+    pub changes: Vec<PigeonChange>,
+    /// False on a dry run.
+    pub applied: bool,
+}
+
+/// Make a set of pigeons true, atomically: the diff, then (unless a dry run) all of it or none.
+#[utoipa::path(post, path = "/pigeons/apply", tag = "pigeons", request_body = ApplyRequest,
+    responses((status = 200, body = ApplyResponse), (status = 422, body = ErrorBody)),
+    security(("token" = [])))]
+pub async fn apply(
+    caller: Caller,
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<ApplyRequest>,
+) -> Result<Json<ApplyResponse>, ApiError> {
+    caller.require(if request.dry_run { Role::Viewer } else { Role::Operator })?;
+    let mut specs = Vec::new();
+    let mut problems = Vec::new();
+    for (i, value) in request.pigeons.into_iter().enumerate() {
+        match checked_spec(value) {
+            Ok(spec) => specs.push(spec),
+            Err(e) => problems.extend(e.details().iter().map(|d| format!("pigeons[{i}]: {d}"))),
+        }
+    }
+    let mut wanted = BTreeMap::new();
+    for spec in specs {
+        if wanted.contains_key(&spec.id) {
+            problems.push(format!("pigeon {:?} is listed twice", spec.id));
+        }
+        wanted.insert(spec.id.clone(), spec);
+    }
+    if !problems.is_empty() {
+        return Err(ApiError::invalid(
+            "invalid_pigeon",
+            "some pigeons are invalid; nothing was applied",
+            problems,
+        ));
+    }
+    let stored: BTreeMap<String, StoredPigeon> =
+        state.store.pigeons().await?.into_iter().map(|p| (p.spec.id.clone(), p)).collect();
+    let mut changes = Vec::new();
+    let mut save = Vec::new();
+    let mut delete = Vec::new();
+    for (id, spec) in &wanted {
+        let (change, from_version) = match stored.get(id) {
+            None => (Change::Create, None),
+            Some(old) if old.spec == *spec => (Change::Unchanged, Some(old.version)),
+            Some(old) => (Change::Update, Some(old.version)),
+        };
+        if change != Change::Unchanged {
+            save.push(spec.clone());
+        }
+        changes.push(PigeonChange { id: id.clone(), change, from_version });
+    }
+    if request.prune {
+        for (id, old) in stored.iter().filter(|(id, _)| !wanted.contains_key(*id)) {
+            delete.push(id.clone());
+            changes.push(PigeonChange {
+                id: id.clone(),
+                change: Change::Delete,
+                from_version: Some(old.version),
+            });
+        }
+    }
+    changes.sort_by(|a, b| a.id.cmp(&b.id));
+    let applied = !request.dry_run;
+    if applied && !(save.is_empty() && delete.is_empty()) {
+        state.store.apply_pigeons(&save, &delete, &caller.name).await?;
+    }
+    Ok(Json(ApplyResponse { changes, applied }))
+}

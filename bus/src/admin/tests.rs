@@ -1,0 +1,370 @@
+//! The admin API, request by request (`app(state).oneshot(request)`).
+
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+use super::*;
+use crate::store::NewToken;
+use crate::token::{self, Role};
+
+struct Api {
+    state: AppState,
+    _dir: tempfile::TempDir,
+    viewer: String,
+    operator: String,
+    admin: String,
+}
+
+impl Api {
+    async fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("api.db").display());
+        let store = crate::store::open(&url).await.unwrap();
+        store.migrate().await.unwrap();
+        let mut values = Vec::new();
+        for (name, role) in [("ana", Role::Viewer), ("olli", Role::Operator), ("ada", Role::Admin)] {
+            let value = token::generate();
+            store
+                .create_token(&NewToken { name: name.into(), role, hash: token::hash(&value) }, "test")
+                .await
+                .unwrap();
+            values.push(value);
+        }
+        let state = AppState { store, ready: Arc::new(AtomicBool::new(true)), stats: Arc::default() };
+        let [viewer, operator, admin] = values.try_into().unwrap();
+        Self { state, _dir: dir, viewer, operator, admin }
+    }
+
+    async fn raw(&self, method: Method, path: &str, token: Option<&str>, body: Body) -> (StatusCode, Value) {
+        let mut request =
+            Request::builder().method(method).uri(path).header("content-type", "application/json");
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        let response = app(self.state.clone()).oneshot(request.body(body).unwrap()).await.unwrap();
+        let status = response.status();
+        let bytes = axum::body::to_bytes(response.into_body(), 16 << 20).await.unwrap();
+        let value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+        };
+        (status, value)
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let body = body.map_or_else(Body::empty, |b| Body::from(b.to_string()));
+        self.raw(method, path, Some(token), body).await
+    }
+}
+
+fn pigeon(id: &str, owner: &str) -> Value {
+    json!({
+        "id": id, "name": format!("pigeon {id}"), "owner": owner,
+        "match": { "topic": "live.gift", "tag": "gift.sent" },
+        "destinations": [{ "capability": "act-toy/progress.add" }]
+    })
+}
+
+#[tokio::test]
+async fn every_documented_route_is_mounted_and_needs_a_token() {
+    let api = Api::new().await;
+    let (_, doc) = super::api();
+    let mut operations = 0;
+    for (path, item) in &doc.paths.paths {
+        let concrete = path.replace("{id}", "p").replace("{name}", "n");
+        for (method, present) in [
+            (Method::GET, item.get.is_some()),
+            (Method::POST, item.post.is_some()),
+            (Method::PUT, item.put.is_some()),
+            (Method::DELETE, item.delete.is_some()),
+        ] {
+            if !present {
+                continue;
+            }
+            operations += 1;
+            let (status, body) = api.raw(method.clone(), &concrete, None, Body::empty()).await;
+            assert_eq!(
+                status,
+                StatusCode::UNAUTHORIZED,
+                "{method} {path} is documented but answers {status}"
+            );
+            assert_eq!(body["code"], "unauthorized");
+        }
+    }
+    assert_eq!(operations, 14, "documented operations");
+    let (status, served) = api.raw(Method::GET, "/api/v1/openapi.json", None, Body::empty()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(served["paths"]["/api/v1/pigeons/{id}"]["put"].is_object());
+    let (status, body) = api.call(Method::GET, "/api/v1/nope", &api.admin, None).await;
+    assert_eq!((status, body["code"].as_str()), (StatusCode::NOT_FOUND, Some("not_found")));
+}
+
+#[tokio::test]
+async fn roles_gate_reads_mutations_and_token_management() {
+    let api = Api::new().await;
+    let (status, body) = api.raw(Method::GET, "/api/v1/pigeons", Some("pgn_forged"), Body::empty()).await;
+    assert_eq!((status, body["code"].as_str()), (StatusCode::UNAUTHORIZED, Some("unauthorized")));
+
+    assert_eq!(api.call(Method::GET, "/api/v1/pigeons", &api.viewer, None).await.0, StatusCode::OK);
+    let (status, body) = api.call(Method::POST, "/api/v1/pigeons", &api.viewer, Some(pigeon("a", "x"))).await;
+    assert_eq!((status, body["code"].as_str()), (StatusCode::FORBIDDEN, Some("forbidden")));
+    assert!(body["message"].as_str().unwrap().contains("operator"));
+    assert_eq!(
+        api.call(Method::POST, "/api/v1/pigeons", &api.operator, Some(pigeon("a", "x"))).await.0,
+        StatusCode::CREATED
+    );
+    assert_eq!(api.call(Method::GET, "/api/v1/tokens", &api.operator, None).await.0, StatusCode::FORBIDDEN);
+    assert_eq!(api.call(Method::GET, "/api/v1/tokens", &api.admin, None).await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn validation_lists_every_problem_and_saves_nothing() {
+    let api = Api::new().await;
+    let bad = json!({
+        "id": "Bad Id", "colour": "red",
+        "match": { "topic": "live gift", "tag": "gift..x", "extra": 1 },
+        "destinations": []
+    });
+    for path in ["/api/v1/pigeons/validate", "/api/v1/pigeons"] {
+        let (status, body) = api.call(Method::POST, path, &api.operator, Some(bad.clone())).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{path}");
+        assert_eq!(body["code"], "invalid_pigeon");
+        let details: Vec<&str> =
+            body["details"].as_array().unwrap().iter().map(|d| d.as_str().unwrap()).collect();
+        assert_eq!(details.len(), 2, "both unknown keys, reported before the values: {details:?}");
+        assert!(details.contains(&"unknown key `colour`") && details.contains(&"unknown key `match.extra`"));
+    }
+    let (status, body) = api
+        .call(
+            Method::POST,
+            "/api/v1/pigeons/validate",
+            &api.viewer,
+            Some(json!({"id": "Bad Id", "match": {"topic": "live gift", "tag": "gift..x"}, "destinations": []})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(body["details"].as_array().unwrap().len(), 4, "{body}");
+    let (status, body) =
+        api.call(Method::POST, "/api/v1/pigeons/validate", &api.viewer, Some(pigeon("ok", "x"))).await;
+    assert_eq!((status, body["valid"].as_bool()), (StatusCode::OK, Some(true)));
+    assert!(api.state.store.pigeons().await.unwrap().is_empty(), "nothing was saved");
+    let (status, body) =
+        api.raw(Method::POST, "/api/v1/pigeons", Some(&api.operator), Body::from("{not json")).await;
+    assert_eq!((status, body["code"].as_str()), (StatusCode::BAD_REQUEST, Some("bad_request")));
+}
+
+#[tokio::test]
+async fn oversized_bodies_are_refused() {
+    let api = Api::new().await;
+    let mut big = pigeon("big", "x");
+    big["name"] = Value::String("x".repeat(MAX_BODY_BYTES + 1));
+    let (status, body) = api.call(Method::POST, "/api/v1/pigeons", &api.operator, Some(big)).await;
+    assert_eq!((status, body["code"].as_str()), (StatusCode::PAYLOAD_TOO_LARGE, Some("payload_too_large")));
+}
+
+#[tokio::test]
+async fn lists_page_with_cursors_and_filters() {
+    let api = Api::new().await;
+    for (i, owner) in ["a", "b", "a", "a", "b"].iter().enumerate() {
+        let (status, _) = api
+            .call(Method::POST, "/api/v1/pigeons", &api.operator, Some(pigeon(&format!("p{i}"), owner)))
+            .await;
+        assert_eq!(status, StatusCode::CREATED);
+    }
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/api/v1/pigeons?limit=2&cursor={c}"),
+            None => "/api/v1/pigeons?limit=2".into(),
+        };
+        let (status, body) = api.call(Method::GET, &path, &api.viewer, None).await;
+        assert_eq!(status, StatusCode::OK);
+        pages += 1;
+        seen.extend(body["items"].as_array().unwrap().iter().map(|p| p["id"].as_str().unwrap().to_owned()));
+        match body["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!((pages, seen), (3, vec!["p0".to_owned(), "p1".into(), "p2".into(), "p3".into(), "p4".into()]));
+    let (_, body) = api.call(Method::GET, "/api/v1/pigeons?owner=b", &api.viewer, None).await;
+    let ids: Vec<&str> =
+        body["items"].as_array().unwrap().iter().map(|p| p["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["p1", "p4"]);
+    let (status, body) = api.call(Method::GET, "/api/v1/pigeons?limit=0", &api.viewer, None).await;
+    assert_eq!((status, body["code"].as_str()), (StatusCode::BAD_REQUEST, Some("bad_request")));
+    let (status, _) = api.call(Method::GET, "/api/v1/pigeons?enabled=maybe", &api.viewer, None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn a_pigeon_lives_versions_and_every_change_is_audited() {
+    let api = Api::new().await;
+    let path = "/api/v1/pigeons/gift";
+    let (status, created) =
+        api.call(Method::POST, "/api/v1/pigeons", &api.operator, Some(pigeon("gift", "spring"))).await;
+    assert_eq!((status, created["version"].as_i64()), (StatusCode::CREATED, Some(1)));
+    let (status, _) =
+        api.call(Method::POST, "/api/v1/pigeons", &api.operator, Some(pigeon("gift", "spring"))).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+
+    let mut changed = pigeon("gift", "spring");
+    changed["match"]["tag"] = json!("gift.*");
+    let (status, updated) = api.call(Method::PUT, path, &api.operator, Some(changed.clone())).await;
+    assert_eq!((status, updated["version"].as_i64()), (StatusCode::OK, Some(2)));
+    let (_, same) = api.call(Method::PUT, path, &api.operator, Some(changed)).await;
+    assert_eq!(same["version"], 2, "an identical spec is not a new version");
+    let (status, _) = api.call(Method::PUT, path, &api.operator, Some(pigeon("other", "x"))).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "body id must match the path");
+
+    let (_, disabled) = api.call(Method::POST, "/api/v1/pigeons/gift/disable", &api.operator, None).await;
+    assert_eq!((disabled["enabled"].as_bool(), disabled["version"].as_i64()), (Some(false), Some(3)));
+    let (_, enabled) = api.call(Method::POST, "/api/v1/pigeons/gift/enable", &api.operator, None).await;
+    assert_eq!(enabled["enabled"], true);
+    let (_, got) = api.call(Method::GET, path, &api.viewer, None).await;
+    assert_eq!((got["version"].as_i64(), got["match"]["tag"].as_str()), (Some(4), Some("gift.*")));
+    let (_, versions) = api.call(Method::GET, "/api/v1/pigeons/gift/versions", &api.viewer, None).await;
+    assert_eq!(versions.as_array().unwrap().len(), 4);
+
+    assert_eq!(api.call(Method::DELETE, path, &api.operator, None).await.0, StatusCode::NO_CONTENT);
+    assert_eq!(api.call(Method::DELETE, path, &api.operator, None).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(api.call(Method::GET, path, &api.viewer, None).await.0, StatusCode::NOT_FOUND);
+
+    let (_, audit) = api.call(Method::GET, "/api/v1/audit?limit=10", &api.viewer, None).await;
+    let entries: Vec<(&str, &str)> = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["target"] == "pigeon/gift")
+        .map(|e| (e["actor"].as_str().unwrap(), e["action"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        entries,
+        [
+            ("olli", "pigeon.delete"),
+            ("olli", "pigeon.update"),
+            ("olli", "pigeon.update"),
+            ("olli", "pigeon.update"),
+            ("olli", "pigeon.create")
+        ]
+    );
+    let first_update = &audit["items"].as_array().unwrap()[3];
+    assert_eq!(
+        (first_update["before"]["match"]["tag"].as_str(), first_update["after"]["match"]["tag"].as_str()),
+        (Some("gift.sent"), Some("gift.*"))
+    );
+}
+
+#[tokio::test]
+async fn apply_shows_the_diff_then_applies_it_all() {
+    let api = Api::new().await;
+    api.call(Method::POST, "/api/v1/pigeons", &api.operator, Some(pigeon("keep", "x"))).await;
+    api.call(Method::POST, "/api/v1/pigeons", &api.operator, Some(pigeon("stale", "x"))).await;
+    let mut keep = pigeon("keep", "x");
+    keep["name"] = json!("renamed");
+    let request = |dry_run: bool| json!({ "pigeons": [keep.clone(), pigeon("new", "x")], "prune": true, "dry_run": dry_run });
+
+    let (status, dry) =
+        api.call(Method::POST, "/api/v1/pigeons/apply", &api.viewer, Some(request(true))).await;
+    assert_eq!(status, StatusCode::OK, "{dry}");
+    let changes = |body: &Value| -> Vec<(String, String)> {
+        body["changes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| (c["id"].as_str().unwrap().into(), c["change"].as_str().unwrap().into()))
+            .collect()
+    };
+    let expected = [("keep", "update"), ("new", "create"), ("stale", "delete")]
+        .map(|(a, b)| (a.to_owned(), b.to_owned()));
+    assert_eq!(changes(&dry), expected);
+    assert_eq!(dry["applied"], false);
+    assert!(api.state.store.pigeon("stale").await.unwrap().is_some(), "a dry run changes nothing");
+    assert_eq!(
+        api.call(Method::POST, "/api/v1/pigeons/apply", &api.viewer, Some(request(false))).await.0,
+        StatusCode::FORBIDDEN
+    );
+
+    let (_, applied) =
+        api.call(Method::POST, "/api/v1/pigeons/apply", &api.operator, Some(request(false))).await;
+    assert_eq!((changes(&applied), applied["applied"].as_bool()), (expected.to_vec(), Some(true)));
+    let (_, again) =
+        api.call(Method::POST, "/api/v1/pigeons/apply", &api.operator, Some(request(false))).await;
+    assert!(changes(&again).iter().all(|(_, c)| c == "unchanged"), "applying twice is a no-op: {again}");
+
+    let broken = json!({ "pigeons": [pigeon("fine", "x"), {"id": "x"}, pigeon("fine", "x")] });
+    let (status, body) = api.call(Method::POST, "/api/v1/pigeons/apply", &api.operator, Some(broken)).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    let details = body["details"].to_string();
+    assert!(details.contains("pigeons[1]") && details.contains("listed twice"), "{details}");
+    assert!(api.state.store.pigeon("fine").await.unwrap().is_none(), "all or nothing");
+}
+
+#[tokio::test]
+async fn admins_create_and_revoke_tokens() {
+    let api = Api::new().await;
+    let (status, created) = api
+        .call(Method::POST, "/api/v1/tokens", &api.admin, Some(json!({"name": "ci", "role": "operator"})))
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let value = created["token"].as_str().unwrap().to_owned();
+    assert_eq!(
+        api.call(Method::POST, "/api/v1/pigeons", &value, Some(pigeon("by-ci", "x"))).await.0,
+        StatusCode::CREATED
+    );
+    let (_, listed) = api.call(Method::GET, "/api/v1/tokens", &api.admin, None).await;
+    assert!(!listed.to_string().contains(&value), "a listing never shows token values");
+    let (status, _) = api
+        .call(Method::POST, "/api/v1/tokens", &api.admin, Some(json!({"name": "ci", "role": "viewer"})))
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    let (status, body) = api
+        .call(Method::POST, "/api/v1/tokens", &api.admin, Some(json!({"name": "x", "role": "root"})))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(
+        api.call(Method::DELETE, "/api/v1/tokens/ci", &api.admin, None).await.0,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(api.call(Method::GET, "/api/v1/pigeons", &value, None).await.0, StatusCode::UNAUTHORIZED);
+    let (_, audit) = api.call(Method::GET, "/api/v1/audit", &api.admin, None).await;
+    let actions: Vec<&str> =
+        audit["items"].as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
+    assert_eq!(&actions[..3], ["token.revoke", "pigeon.create", "token.create"]);
+}
+
+#[tokio::test]
+async fn healthz_answers_once_the_router_consumes() {
+    let api = Api::new().await;
+    api.state.ready.store(false, Ordering::Release);
+    assert_eq!(
+        api.raw(Method::GET, "/healthz", None, Body::empty()).await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    api.state.ready.store(true, Ordering::Release);
+    assert_eq!(api.raw(Method::GET, "/healthz", None, Body::empty()).await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn metrics_show_the_router_counters() {
+    let api = Api::new().await;
+    api.state.stats.letters_in.store(7, Ordering::Relaxed);
+    api.state.stats.in_flight_peak.store(3, Ordering::Relaxed);
+    let response =
+        app(api.state.clone()).oneshot(Request::get("/metrics").body(Body::empty()).unwrap()).await.unwrap();
+    let text = String::from_utf8(axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap().to_vec())
+        .unwrap();
+    assert!(text.contains("\npigeon_letters_in_total 7\n"), "{text}");
+    assert!(text.contains("# TYPE pigeon_in_flight_peak gauge\npigeon_in_flight_peak 3\n"), "{text}");
+}
