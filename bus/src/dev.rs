@@ -58,6 +58,10 @@ pub async fn run(config: BusConfig, options: DevOptions) -> anyhow::Result<()> {
     let store = serve::open_store(&config.store.url).await?;
     let saved = store.save_pigeon(&demo_pigeon(), "pigeon dev").await?;
     tracing::info!(pigeon = "demo-gift-progress", version = saved.version, "demo activity seeded");
+    let name = format!("dev-{}", crate::store::now_ms());
+    let token =
+        crate::cli::tokens::create(store.as_ref(), &name, crate::token::Role::Admin, "pigeon dev").await?;
+    println!("token: {token}");
 
     let cancel = CancellationToken::new();
     if options.demo_traffic {

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use pigeon_bus::cli::{self, client::Client, routes};
 use pigeon_bus::config::BusConfig;
 use pigeon_bus::dev::{self, DevOptions};
 use pigeon_bus::{kafka, serve, topics};
@@ -55,6 +56,82 @@ enum Command {
         #[command(subcommand)]
         command: TopicsCommand,
     },
+    /// Manage API tokens, directly in the store.
+    Tokens {
+        /// Database URL: sqlite://PATH or mysql://USER:PASSWORD@HOST:PORT/DB.
+        #[arg(long, global = true, env = "PIGEON_DATABASE")]
+        database: Option<String>,
+        #[command(subcommand)]
+        command: TokensCommand,
+    },
+    /// Pigeons as files, through the admin API.
+    Routes {
+        #[command(flatten)]
+        remote: Remote,
+        #[command(subcommand)]
+        command: RoutesCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokensCommand {
+    /// Create a token and print its value (shown only this once).
+    Create {
+        /// Unique name; it is the actor in the audit log.
+        #[arg(long)]
+        name: String,
+        /// viewer (reads), operator (changes) or admin (also tokens).
+        #[arg(long)]
+        role: String,
+    },
+    /// List tokens.
+    List,
+    /// Revoke a token.
+    Revoke {
+        /// The token's name.
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum RoutesCommand {
+    /// List pigeons.
+    List,
+    /// Write every pigeon to a route file (or standard output).
+    Export {
+        /// File to write; its extension picks the format.
+        #[arg(short = 'o', long)]
+        output: Option<PathBuf>,
+        /// yaml or toml (default: from the file name, else yaml).
+        #[arg(long, value_enum)]
+        format: Option<routes::Format>,
+    },
+    /// Show the diff between a route file and the bus, then apply it atomically.
+    Apply {
+        /// The route file (.yaml, .yml or .toml).
+        #[arg(short = 'f', long)]
+        file: PathBuf,
+        /// Show the diff only.
+        #[arg(long)]
+        dry_run: bool,
+        /// Also delete pigeons that the file does not list.
+        #[arg(long)]
+        prune: bool,
+        /// yaml or toml (default: from the file name).
+        #[arg(long, value_enum)]
+        format: Option<routes::Format>,
+    },
+}
+
+/// Where the admin API is, and the token to use.
+#[derive(Args)]
+struct Remote {
+    /// The bus's admin URL.
+    #[arg(long, global = true, env = "PIGEON_URL", default_value = "http://127.0.0.1:7800")]
+    url: String,
+    /// An API token.
+    #[arg(long, global = true, env = "PIGEON_TOKEN", default_value = "", hide_default_value = true)]
+    token: String,
 }
 
 #[derive(Subcommand)]
@@ -176,6 +253,55 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("migrations applied to {}", pigeon_bus::config::redact_url(&config.store.url));
             Ok(())
         }
+        Command::Tokens { database, command } => {
+            if let Some(database) = database {
+                config.store.url = database;
+            }
+            config.validate()?;
+            runtime.block_on(async {
+                let store = serve::open_store(&config.store.url).await?;
+                let actor = cli::local_actor();
+                match command {
+                    TokensCommand::Create { name, role } => {
+                        let role = role.parse().map_err(anyhow::Error::msg)?;
+                        let value = cli::tokens::create(store.as_ref(), &name, role, &actor).await?;
+                        println!("token: {value}");
+                    }
+                    TokensCommand::List => print!("{}", cli::tokens::list(store.as_ref()).await?),
+                    TokensCommand::Revoke { name } => {
+                        cli::tokens::revoke(store.as_ref(), &name, &actor).await?;
+                        println!("revoked {name}");
+                    }
+                }
+                Ok(())
+            })
+        }
+        Command::Routes { remote, command } => runtime.block_on(async {
+            let client = Client::new(&remote.url, &remote.token)?;
+            match command {
+                RoutesCommand::List => print!("{}", routes::list(&client).await?),
+                RoutesCommand::Export { output, format } => {
+                    let format = match (format, &output) {
+                        (Some(f), _) => f,
+                        (None, Some(path)) => routes::Format::of(path)?,
+                        (None, None) => routes::Format::Yaml,
+                    };
+                    let text = routes::export(&client, format).await?;
+                    match output {
+                        Some(path) => {
+                            std::fs::write(&path, text)
+                                .with_context(|| format!("writing {}", path.display()))?;
+                            println!("exported to {}", path.display());
+                        }
+                        None => print!("{text}"),
+                    }
+                }
+                RoutesCommand::Apply { file, dry_run, prune, format } => {
+                    print!("{}", routes::apply(&client, &file, format, dry_run, prune).await?);
+                }
+            }
+            Ok(())
+        }),
         Command::Topics { command: TopicsCommand::Ensure { connect, partitions, replication, modules } } => {
             connect.apply(&mut config)?;
             config.topics.modules.extend(modules);

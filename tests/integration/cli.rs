@@ -10,29 +10,8 @@ use crate::support::*;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn pigeon_dev_runs_the_demo_activity_end_to_end() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut child = KillOnDrop(
-        Command::new(pigeon_bin())
-            .args(["dev", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(dir.path())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(dir.path().join("dev.log")).unwrap())
-            .spawn()
-            .unwrap(),
-    );
-    let mut lines = BufReader::new(child.0.stdout.take().unwrap()).lines();
-    let mut kafka = None;
-    let mut admin = None;
-    while admin.is_none() {
-        let line = lines.next().expect("pigeon dev printed its addresses").unwrap();
-        if let Some(v) = line.strip_prefix("kafka: ") {
-            kafka = Some(v.to_owned());
-        }
-        if let Some(v) = line.strip_prefix("admin: ") {
-            admin = Some(v.to_owned());
-        }
-    }
-    let (kafka, admin) = (kafka.expect("kafka: line first"), admin.unwrap());
+    let dev = Dev::start(&["--listen", "127.0.0.1:0"]);
+    let (kafka, admin) = (dev.kafka.clone(), dev.admin.clone());
     eventually("healthz 200", || http_get(&admin, "/healthz").map(|r| r.0) == Some(200));
 
     // The bus's own topics and the module topic exist with the configured partitions.
@@ -69,22 +48,173 @@ async fn pigeon_dev_runs_the_demo_activity_end_to_end() {
     let letter = pigeon_sdk::Letter::from_message(&message).unwrap();
     assert!(letter.payload["giftId"].is_number());
 
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.0.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    assert!(child.0.wait().unwrap().success(), "pigeon dev drains and exits cleanly on SIGTERM");
+    dev.stop();
 }
 
-/// Kills a child process the test leaves behind when it fails.
-struct KillOnDrop(std::process::Child);
+/// A `pigeon dev` child process and the addresses it printed.
+struct Dev {
+    child: std::process::Child,
+    dir: tempfile::TempDir,
+    kafka: String,
+    admin: String,
+    token: String,
+}
 
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+impl Dev {
+    fn start(args: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = Command::new(pigeon_bin())
+            .arg("dev")
+            .args(args)
+            .arg("--data-dir")
+            .arg(dir.path())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(dir.path().join("dev.log")).unwrap())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let (mut kafka, mut token) = (None, None);
+        let admin = loop {
+            let line = lines.next().expect("pigeon dev printed its addresses").unwrap();
+            if let Some(v) = line.strip_prefix("kafka: ") {
+                kafka = Some(v.to_owned());
+            }
+            if let Some(v) = line.strip_prefix("token: ") {
+                token = Some(v.to_owned());
+            }
+            if let Some(v) = line.strip_prefix("admin: ") {
+                break v.to_owned();
+            }
+        };
+        std::thread::spawn(move || lines.for_each(drop));
+        let (kafka, token) = (kafka.expect("a kafka: line"), token.expect("a token: line"));
+        Self { child, dir, kafka, admin, token }
     }
+
+    /// Runs a `pigeon` command against this bus; returns stdout, failing on a non-zero exit.
+    fn pigeon(&self, args: &[&str]) -> String {
+        let out = Command::new(pigeon_bin())
+            .args(args)
+            .env("PIGEON_URL", &self.admin)
+            .env("PIGEON_TOKEN", &self.token)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "pigeon {args:?} failed:\n{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    }
+
+    /// SIGTERM, a clean exit, and the log it wrote.
+    fn stop(mut self) -> String {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        assert!(self.child.wait().unwrap().success(), "pigeon dev drains and exits cleanly on SIGTERM");
+        read(&self.dir.path().join("dev.log"))
+    }
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn routes_apply_export_apply_round_trips_against_pigeon_dev() {
+    let dev = Dev::start(&["--listen", "127.0.0.1:0", "--no-demo-traffic"]);
+    let routes = dev.dir.path().join("routes.yaml");
+    std::fs::write(
+        &routes,
+        r#"pigeons:
+  - id: demo-gift-progress
+    name: Gifts fill the progress bar
+    owner: demo
+    match: { topic: live.gift, tag: gift.sent }
+    destinations: [{ capability: act-toy/progress.add }]
+  - id: chest-on-full
+    owner: spring
+    match: { topic: pigeon.module.act-toy, tag: progress.full }
+    destinations:
+      - capability: act-chest/chest.drop
+      - { topic: lane.banner, tag: banner.show }
+"#,
+    )
+    .unwrap();
+    let dry = dev.pigeon(&["routes", "apply", "-f", routes.to_str().unwrap(), "--dry-run"]);
+    assert!(dry.contains("+ chest-on-full") && dry.contains("= demo-gift-progress"), "{dry}");
+    assert!(dry.contains("dry run: 1 change(s) not applied"), "{dry}");
+    let listed = dev.pigeon(&["routes", "list"]);
+    assert!(!listed.contains("chest-on-full"), "a dry run applies nothing:\n{listed}");
+
+    let applied = dev.pigeon(&["routes", "apply", "-f", routes.to_str().unwrap()]);
+    assert!(applied.contains("applied 1 change(s)"), "{applied}");
+    let listed = dev.pigeon(&["routes", "list"]);
+    assert!(
+        listed.contains("chest-on-full") && listed.contains("act-chest/chest.drop, lane.banner#banner.show"),
+        "{listed}"
+    );
+
+    for name in ["exported.toml", "exported.yaml"] {
+        let exported = dev.dir.path().join(name);
+        dev.pigeon(&["routes", "export", "-o", exported.to_str().unwrap()]);
+        let again = dev.pigeon(&["routes", "apply", "-f", exported.to_str().unwrap()]);
+        assert!(again.contains("nothing to change"), "apply → export → apply must be a no-op:\n{again}");
+    }
+
+    // A broken file changes nothing and says why.
+    let broken = dev.dir.path().join("broken.yaml");
+    std::fs::write(
+        &broken,
+        "pigeons:\n  - id: Bad\n    match: { topic: t }\n    destinations: []\n    colour: red\n",
+    )
+    .unwrap();
+    let out = Command::new(pigeon_bin())
+        .args(["routes", "apply", "-f", broken.to_str().unwrap(), "--url", &dev.admin, "--token", &dev.token])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("pigeons[0]: unknown key `colour`"), "{err}");
+    let out = Command::new(pigeon_bin())
+        .args(["routes", "list", "--url", &dev.admin, "--token", "pgn_wrong"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown or revoked token"));
+    let token = dev.token.clone();
+    let log = dev.stop();
+    assert!(log.contains("router stopped"), "{log}");
+    assert!(!log.contains(&token), "the token reached the log");
+}
+
+#[test]
+fn tokens_are_created_listed_and_revoked_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("t.db").display());
+    let run =
+        |args: &[&str]| Command::new(pigeon_bin()).args(args).args(["--database", &db]).output().unwrap();
+    let out = run(&["tokens", "create", "--name", "ci", "--role", "operator"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let token = stdout.trim().strip_prefix("token: ").expect("token: line");
+    assert!(token.starts_with("pgn_"));
+    let out = run(&["tokens", "create", "--name", "x", "--role", "root"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("unknown role"));
+    let listed = String::from_utf8_lossy(&run(&["tokens", "list"]).stdout).into_owned();
+    assert!(listed.contains("ci") && listed.contains("operator") && listed.contains("active"), "{listed}");
+    assert!(!listed.contains(token), "listings never show values");
+    assert!(run(&["tokens", "revoke", "ci"]).status.success());
+    let listed = String::from_utf8_lossy(&run(&["tokens", "list"]).stdout).into_owned();
+    assert!(listed.contains("revoked"), "{listed}");
+    assert!(!run(&["tokens", "revoke", "ci"]).status.success(), "revoking twice fails");
 }
 
 #[test]

@@ -5,11 +5,10 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::auth::Caller;
+use super::auth::AsViewer;
 use super::error::{ApiError, ErrorBody};
 use super::{ApiQuery, AppState, Page};
 use crate::store::AuditEntry;
-use crate::token::Role;
 
 /// One recorded mutation.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -58,11 +57,10 @@ pub struct AuditQuery {
     responses((status = 200, body = Page<AuditView>), (status = 401, body = ErrorBody)),
     security(("token" = [])))]
 pub async fn list(
-    caller: Caller,
+    _: AsViewer,
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<AuditQuery>,
 ) -> Result<Json<Page<AuditView>>, ApiError> {
-    caller.require(Role::Viewer)?;
     let limit = super::page_limit(q.limit)?;
     let before = match &q.cursor {
         None => None,

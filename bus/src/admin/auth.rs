@@ -48,3 +48,38 @@ impl FromRequestParts<AppState> for Caller {
         Ok(Caller { name: token.name, role: token.role })
     }
 }
+
+/// Declares an extractor that lets in callers of at least one role, before the body is read.
+macro_rules! role_extractor {
+    ($(#[$doc:meta])* $name:ident, $role:expr) => {
+        $(#[$doc])*
+        #[derive(Clone, Debug)]
+        pub struct $name(pub Caller);
+
+        impl FromRequestParts<AppState> for $name {
+            type Rejection = ApiError;
+
+            async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+                let caller = Caller::from_request_parts(parts, state).await?;
+                caller.require($role)?;
+                Ok(Self(caller))
+            }
+        }
+    };
+}
+
+role_extractor!(
+    /// A caller with at least the viewer role.
+    AsViewer,
+    Role::Viewer
+);
+role_extractor!(
+    /// A caller with at least the operator role.
+    AsOperator,
+    Role::Operator
+);
+role_extractor!(
+    /// A caller with the admin role.
+    AsAdmin,
+    Role::Admin
+);

@@ -9,7 +9,7 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::auth::Caller;
+use super::auth::{AsOperator, AsViewer, Caller};
 use super::error::{ApiError, ErrorBody};
 use super::{ApiJson, ApiQuery, AppState, Page};
 use crate::route::{self, parse_spec, PigeonSpec};
@@ -66,11 +66,10 @@ async fn current(state: &AppState, id: &str) -> Result<StoredPigeon, ApiError> {
     responses((status = 200, body = Page<PigeonView>), (status = 401, body = ErrorBody)),
     security(("token" = [])))]
 pub async fn list(
-    caller: Caller,
+    _: AsViewer,
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<PigeonQuery>,
 ) -> Result<Json<Page<PigeonView>>, ApiError> {
-    caller.require(Role::Viewer)?;
     let limit = super::page_limit(q.limit)?;
     let matching = state.store.pigeons().await?.into_iter().filter(|p| {
         q.owner.as_ref().is_none_or(|o| &p.spec.owner == o)
@@ -91,11 +90,10 @@ pub async fn list(
     responses((status = 201, body = PigeonView), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)),
     security(("token" = [])))]
 pub async fn create(
-    caller: Caller,
+    AsOperator(caller): AsOperator,
     State(state): State<AppState>,
     ApiJson(body): ApiJson<serde_json::Value>,
 ) -> Result<(StatusCode, Json<PigeonView>), ApiError> {
-    caller.require(Role::Operator)?;
     let spec = checked_spec(body)?;
     if state.store.pigeon(&spec.id).await?.is_some() {
         return Err(ApiError::conflict(format!("pigeon {:?} exists; PUT /pigeons/{0} changes it", spec.id)));
@@ -109,10 +107,9 @@ pub async fn create(
     responses((status = 200, description = "valid"), (status = 422, body = ErrorBody)),
     security(("token" = [])))]
 pub async fn validate(
-    caller: Caller,
+    _: AsViewer,
     ApiJson(body): ApiJson<serde_json::Value>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    caller.require(Role::Viewer)?;
     checked_spec(body)?;
     Ok(Json(serde_json::json!({ "valid": true })))
 }
@@ -122,11 +119,10 @@ pub async fn validate(
     responses((status = 200, body = PigeonView), (status = 404, body = ErrorBody)),
     security(("token" = [])))]
 pub async fn get(
-    caller: Caller,
+    _: AsViewer,
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<PigeonView>, ApiError> {
-    caller.require(Role::Viewer)?;
     Ok(Json(current(&state, &id).await?.into()))
 }
 
@@ -136,12 +132,11 @@ pub async fn get(
     responses((status = 200, body = PigeonView), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)),
     security(("token" = [])))]
 pub async fn update(
-    caller: Caller,
+    AsOperator(caller): AsOperator,
     State(state): State<AppState>,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<serde_json::Value>,
 ) -> Result<Json<PigeonView>, ApiError> {
-    caller.require(Role::Operator)?;
     let spec = checked_spec(body)?;
     if spec.id != id {
         return Err(ApiError::invalid(
@@ -160,11 +155,10 @@ pub async fn update(
     responses((status = 204, description = "deleted"), (status = 404, body = ErrorBody)),
     security(("token" = [])))]
 pub async fn delete(
-    caller: Caller,
+    AsOperator(caller): AsOperator,
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    caller.require(Role::Operator)?;
     if state.store.delete_pigeon(&id, &caller.name).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
@@ -178,7 +172,6 @@ async fn set_enabled(
     id: String,
     enabled: bool,
 ) -> Result<Json<PigeonView>, ApiError> {
-    caller.require(Role::Operator)?;
     let mut spec = current(&state, &id).await?.spec;
     spec.enabled = enabled;
     state.store.save_pigeon(&spec, &caller.name).await?;
@@ -190,7 +183,7 @@ async fn set_enabled(
     responses((status = 200, body = PigeonView), (status = 404, body = ErrorBody)),
     security(("token" = [])))]
 pub async fn enable(
-    caller: Caller,
+    AsOperator(caller): AsOperator,
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<PigeonView>, ApiError> {
@@ -202,7 +195,7 @@ pub async fn enable(
     responses((status = 200, body = PigeonView), (status = 404, body = ErrorBody)),
     security(("token" = [])))]
 pub async fn disable(
-    caller: Caller,
+    AsOperator(caller): AsOperator,
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<PigeonView>, ApiError> {
@@ -214,11 +207,10 @@ pub async fn disable(
     responses((status = 200, body = Vec<PigeonView>), (status = 404, body = ErrorBody)),
     security(("token" = [])))]
 pub async fn versions(
-    caller: Caller,
+    _: AsViewer,
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Vec<PigeonView>>, ApiError> {
-    caller.require(Role::Viewer)?;
     let versions = state.store.pigeon_versions(&id).await?;
     if versions.is_empty() {
         return Err(ApiError::not_found(format!("pigeon {id:?}")));
@@ -279,11 +271,13 @@ pub struct ApplyResponse {
     responses((status = 200, body = ApplyResponse), (status = 422, body = ErrorBody)),
     security(("token" = [])))]
 pub async fn apply(
-    caller: Caller,
+    AsViewer(caller): AsViewer,
     State(state): State<AppState>,
     ApiJson(request): ApiJson<ApplyRequest>,
 ) -> Result<Json<ApplyResponse>, ApiError> {
-    caller.require(if request.dry_run { Role::Viewer } else { Role::Operator })?;
+    if !request.dry_run {
+        caller.require(Role::Operator)?;
+    }
     let mut specs = Vec::new();
     let mut problems = Vec::new();
     for (i, value) in request.pigeons.into_iter().enumerate() {

@@ -74,36 +74,69 @@ fn pigeon(id: &str, owner: &str) -> Value {
     })
 }
 
+/// The role each operation needs. Must list exactly the documented operations.
+const ROLES: [(&str, &str, Role); 14] = [
+    ("GET", "/api/v1/pigeons", Role::Viewer),
+    ("POST", "/api/v1/pigeons", Role::Operator),
+    ("POST", "/api/v1/pigeons/validate", Role::Viewer),
+    ("POST", "/api/v1/pigeons/apply", Role::Viewer), // applying (not a dry run) needs operator
+    ("GET", "/api/v1/pigeons/{id}", Role::Viewer),
+    ("PUT", "/api/v1/pigeons/{id}", Role::Operator),
+    ("DELETE", "/api/v1/pigeons/{id}", Role::Operator),
+    ("POST", "/api/v1/pigeons/{id}/enable", Role::Operator),
+    ("POST", "/api/v1/pigeons/{id}/disable", Role::Operator),
+    ("GET", "/api/v1/pigeons/{id}/versions", Role::Viewer),
+    ("GET", "/api/v1/tokens", Role::Admin),
+    ("POST", "/api/v1/tokens", Role::Admin),
+    ("DELETE", "/api/v1/tokens/{name}", Role::Admin),
+    ("GET", "/api/v1/audit", Role::Viewer),
+];
+
 #[tokio::test]
-async fn every_documented_route_is_mounted_and_needs_a_token() {
+async fn every_documented_route_is_mounted_and_guarded_by_its_role() {
     let api = Api::new().await;
     let (_, doc) = super::api();
-    let mut operations = 0;
+    let mut documented = Vec::new();
     for (path, item) in &doc.paths.paths {
-        let concrete = path.replace("{id}", "p").replace("{name}", "n");
         for (method, present) in [
-            (Method::GET, item.get.is_some()),
-            (Method::POST, item.post.is_some()),
-            (Method::PUT, item.put.is_some()),
-            (Method::DELETE, item.delete.is_some()),
+            ("GET", item.get.is_some()),
+            ("POST", item.post.is_some()),
+            ("PUT", item.put.is_some()),
+            ("DELETE", item.delete.is_some()),
         ] {
-            if !present {
-                continue;
+            if present {
+                documented.push((method.to_owned(), path.clone()));
             }
-            operations += 1;
-            let (status, body) = api.raw(method.clone(), &concrete, None, Body::empty()).await;
-            assert_eq!(
-                status,
-                StatusCode::UNAUTHORIZED,
-                "{method} {path} is documented but answers {status}"
-            );
-            assert_eq!(body["code"], "unauthorized");
         }
     }
-    assert_eq!(operations, 14, "documented operations");
+    let mut listed: Vec<(String, String)> =
+        ROLES.iter().map(|(m, p, _)| (m.to_string(), p.to_string())).collect();
+    documented.sort();
+    listed.sort();
+    assert_eq!(documented, listed, "the OpenAPI document and the role table disagree");
+
+    for (method, path, role) in ROLES {
+        let method: Method = method.parse().unwrap();
+        let concrete = path.replace("{id}", "p").replace("{name}", "n");
+        // No token: 401, whatever the body (the token is checked before the body is read).
+        let (status, body) = api.raw(method.clone(), &concrete, None, Body::empty()).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {path} is documented but answers {status}");
+        assert_eq!(body["code"], "unauthorized");
+        // The role just below the one needed: 403.
+        let weaker = match role {
+            Role::Viewer => continue,
+            Role::Operator => &api.viewer,
+            Role::Admin => &api.operator,
+        };
+        let (status, body) = api.raw(method.clone(), &concrete, Some(weaker), Body::empty()).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{method} {path} with a weaker role");
+        assert_eq!(body["code"], "forbidden");
+    }
+
     let (status, served) = api.raw(Method::GET, "/api/v1/openapi.json", None, Body::empty()).await;
     assert_eq!(status, StatusCode::OK);
     assert!(served["paths"]["/api/v1/pigeons/{id}"]["put"].is_object());
+    assert!(served["components"]["securitySchemes"]["token"].is_object());
     let (status, body) = api.call(Method::GET, "/api/v1/nope", &api.admin, None).await;
     assert_eq!((status, body["code"].as_str()), (StatusCode::NOT_FOUND, Some("not_found")));
 }

@@ -6,7 +6,7 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::auth::Caller;
+use super::auth::AsAdmin;
 use super::error::{ApiError, ErrorBody};
 use super::{ApiJson, AppState};
 use crate::store::{NewToken, Token};
@@ -67,8 +67,7 @@ pub struct CreatedToken {
 #[utoipa::path(get, path = "/tokens", tag = "tokens",
     responses((status = 200, body = Vec<TokenView>), (status = 403, body = ErrorBody)),
     security(("token" = [])))]
-pub async fn list(caller: Caller, State(state): State<AppState>) -> Result<Json<Vec<TokenView>>, ApiError> {
-    caller.require(Role::Admin)?;
+pub async fn list(_: AsAdmin, State(state): State<AppState>) -> Result<Json<Vec<TokenView>>, ApiError> {
     Ok(Json(state.store.tokens().await?.into_iter().map(TokenView::from).collect()))
 }
 
@@ -77,11 +76,10 @@ pub async fn list(caller: Caller, State(state): State<AppState>) -> Result<Json<
     responses((status = 201, body = CreatedToken), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)),
     security(("token" = [])))]
 pub async fn create(
-    caller: Caller,
+    AsAdmin(caller): AsAdmin,
     State(state): State<AppState>,
     ApiJson(request): ApiJson<CreateToken>,
 ) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
-    caller.require(Role::Admin)?;
     token::validate_name(&request.name)
         .map_err(|e| ApiError::invalid("invalid_token", e.clone(), vec![e]))?;
     let value = token::generate();
@@ -95,11 +93,10 @@ pub async fn create(
     responses((status = 204, description = "revoked"), (status = 404, body = ErrorBody)),
     security(("token" = [])))]
 pub async fn revoke(
-    caller: Caller,
+    AsAdmin(caller): AsAdmin,
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    caller.require(Role::Admin)?;
     if state.store.revoke_token(&name, &caller.name).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {

@@ -1,0 +1,11 @@
+//! The operator's commands: `pigeon tokens …` (local, on the store) and `pigeon routes …`
+//! (remote, through the admin API).
+
+pub mod client;
+pub mod routes;
+pub mod tokens;
+
+/// Who a local command acts as in the audit log.
+pub fn local_actor() -> String {
+    format!("local:{}", std::env::var("USER").unwrap_or_else(|_| "unknown".into()))
+}
