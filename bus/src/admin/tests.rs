@@ -173,8 +173,9 @@ async fn validation_lists_every_problem_and_saves_nothing() {
         assert_eq!(body["code"], "invalid_pigeon");
         let details: Vec<&str> =
             body["details"].as_array().unwrap().iter().map(|d| d.as_str().unwrap()).collect();
-        assert_eq!(details.len(), 2, "both unknown keys, reported before the values: {details:?}");
+        assert_eq!(details.len(), 6, "two unknown keys and four invalid values: {details:?}");
         assert!(details.contains(&"unknown key `colour`") && details.contains(&"unknown key `match.extra`"));
+        assert!(details.contains(&"pigeon \"Bad Id\": has no destinations"), "{details:?}");
     }
     let (status, body) = api
         .call(

@@ -3,16 +3,25 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-/// Reads a pigeon from JSON, listing every unknown key and the first type error.
+/// Reads a pigeon from JSON and validates it: every unknown key and every invalid value at once
+/// (a value of the wrong type stops the reading, so it is reported alone with the unknown keys).
 pub fn parse_spec(value: serde_json::Value) -> Result<PigeonSpec, Vec<String>> {
-    let mut unknown = Vec::new();
-    let parsed = serde_ignored::deserialize(value, |path| unknown.push(format!("unknown key `{path}`")));
+    let mut problems = Vec::new();
+    let parsed = serde_ignored::deserialize(value, |path| problems.push(format!("unknown key `{path}`")));
     match parsed {
-        Ok(spec) if unknown.is_empty() => Ok(spec),
-        Ok(_) => Err(unknown),
+        Ok(spec) => {
+            if let Err(invalid) = super::validate(&spec) {
+                problems.extend(invalid.0);
+            }
+            if problems.is_empty() {
+                Ok(spec)
+            } else {
+                Err(problems)
+            }
+        }
         Err(e) => {
-            unknown.push(e.to_string());
-            Err(unknown)
+            problems.push(e.to_string());
+            Err(problems)
         }
     }
 }
