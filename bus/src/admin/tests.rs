@@ -293,6 +293,17 @@ async fn a_pigeon_lives_versions_and_every_change_is_audited() {
             ("olli", "pigeon.create")
         ]
     );
+    let (_, page1) = api.call(Method::GET, "/api/v1/audit?limit=2", &api.viewer, None).await;
+    let cursor = page1["next_cursor"].as_str().expect("more pages").to_owned();
+    let (_, page2) =
+        api.call(Method::GET, &format!("/api/v1/audit?limit=2&cursor={cursor}"), &api.viewer, None).await;
+    let ids = |page: &Value| -> Vec<i64> {
+        page["items"].as_array().unwrap().iter().map(|e| e["id"].as_i64().unwrap()).collect()
+    };
+    let all = ids(&audit);
+    assert_eq!([ids(&page1), ids(&page2)].concat(), all[..4], "pages follow each other, newest first");
+    let (status, _) = api.call(Method::GET, "/api/v1/audit?cursor=abc", &api.viewer, None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
     let first_update = &audit["items"].as_array().unwrap()[3];
     assert_eq!(
         (first_update["before"]["match"]["tag"].as_str(), first_update["after"]["match"]["tag"].as_str()),
