@@ -12,6 +12,7 @@ pub mod dev;
 pub mod kafka;
 pub mod route;
 pub mod router;
+pub mod script;
 pub mod serve;
 pub mod source;
 pub mod store;

@@ -8,6 +8,9 @@ use clap::{Args, Parser, Subcommand};
 use pigeon_bus::cli::{self, client::Client, routes};
 use pigeon_bus::config::BusConfig;
 use pigeon_bus::dev::{self, DevOptions};
+use pigeon_bus::route::DestinationSpec;
+use pigeon_bus::script::dryrun::{dry_run, SampleLetter};
+use pigeon_bus::script::{Limits, ScriptEngine};
 use pigeon_bus::{kafka, serve, topics};
 use rdkafka::mocking::MockCluster;
 use tokio_util::sync::CancellationToken;
@@ -64,6 +67,11 @@ enum Command {
         #[command(subcommand)]
         command: TokensCommand,
     },
+    /// Try Rhai cleansing scripts without Kafka.
+    Scripts {
+        #[command(subcommand)]
+        command: ScriptsCommand,
+    },
     /// Pigeons as files, through the admin API.
     Routes {
         #[command(flatten)]
@@ -90,6 +98,24 @@ enum TokensCommand {
     Revoke {
         /// The token's name.
         name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ScriptsCommand {
+    /// Run a script on a sample letter and print the letters it emits (exit 1 on error).
+    Test {
+        /// The Rhai script.
+        #[arg(long)]
+        script: PathBuf,
+        /// A sample letter: JSON with tag, payload and optionally id, source, key, time and
+        /// the pigeon's destinations.
+        #[arg(long)]
+        letter: PathBuf,
+        /// A destination, `module/capability` or `topic#tag`; repeatable. Overrides the
+        /// letter file's destinations.
+        #[arg(long = "dest")]
+        destinations: Vec<String>,
     },
 }
 
@@ -275,6 +301,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 Ok(())
             })
+        }
+        Command::Scripts { command: ScriptsCommand::Test { script, letter, destinations } } => {
+            let source =
+                std::fs::read_to_string(&script).with_context(|| format!("reading {}", script.display()))?;
+            let text =
+                std::fs::read_to_string(&letter).with_context(|| format!("reading {}", letter.display()))?;
+            let sample: SampleLetter = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not a sample letter", letter.display()))?;
+            let destinations = destinations
+                .iter()
+                .map(|d| match d.split_once('#') {
+                    Some((topic, tag)) => DestinationSpec::topic(topic, tag),
+                    None => DestinationSpec::capability(d),
+                })
+                .collect::<Vec<_>>();
+            let engine = ScriptEngine::new(Limits::default());
+            let outputs = dry_run(&engine, &source, &sample, &destinations)?;
+            println!("{}", serde_json::to_string_pretty(&outputs)?);
+            Ok(())
         }
         Command::Routes { remote, command } => runtime.block_on(async {
             let client = Client::new(&remote.url, &remote.token)?;

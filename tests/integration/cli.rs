@@ -265,3 +265,54 @@ fn migrate_applies_to_a_fresh_sqlite_file() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("migrations applied"));
     assert!(dir.path().join("m.db").exists());
 }
+
+#[test]
+fn scripts_test_prints_the_letters_a_script_emits_or_fails() {
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/rhai");
+    let arg = |name: &str| examples.join(name).to_str().unwrap().to_owned();
+    let out = Command::new(pigeon_bin())
+        .args([
+            "scripts",
+            "test",
+            "--script",
+            &arg("gift-to-progress.rhai"),
+            "--letter",
+            &arg("gift-to-progress.letter.json"),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let letters: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(letters[0]["tag"], "progress.add");
+    assert_eq!(letters[0]["payload"]["points"], 30);
+
+    // --dest overrides the letter file's destinations.
+    let out = Command::new(pigeon_bin())
+        .args(["scripts", "test", "--script", &arg("filter-test-rooms.rhai"), "--letter"])
+        .arg(arg("filter-test-rooms.letter.json"))
+        .args(["--dest", "lane.audit#audit.gift"])
+        .output()
+        .unwrap();
+    let letters: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (letters[0]["topic"].as_str(), letters[0]["tag"].as_str()),
+        (Some("lane.audit"), Some("audit.gift"))
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.rhai");
+    std::fs::write(&bad, "let points = payload.giftCount *;\n").unwrap();
+    let out = Command::new(pigeon_bin())
+        .args([
+            "scripts",
+            "test",
+            "--script",
+            bad.to_str().unwrap(),
+            "--letter",
+            &arg("gift-to-progress.letter.json"),
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not compile at line 1"), "{out:?}");
+}

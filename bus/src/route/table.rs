@@ -261,7 +261,8 @@ fn compile_one(pigeon: &VersionedPigeon) -> Result<(Arc<Route>, TagPattern), Vec
     }
 }
 
-fn resolve(dest: &DestinationSpec) -> Result<Destination, String> {
+/// Resolves a destination to its topic and tag.
+pub fn resolve(dest: &DestinationSpec) -> Result<Destination, String> {
     match (&dest.capability, &dest.topic, &dest.tag) {
         (Some(cap), None, None) => {
             let (module, capability) = cap

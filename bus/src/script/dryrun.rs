@@ -1,0 +1,105 @@
+//! Dry runs: a script on a sample letter, without Kafka. Backs `pigeon scripts test` (and the
+//! pigeon test endpoint to come), so what an operator tries is what the router runs.
+
+use serde::{Deserialize, Serialize};
+
+use super::{ScriptDestination, ScriptEngine, ScriptError, ScriptLetter};
+use crate::route::{resolve, DestinationSpec};
+
+/// A sample letter, as written in a JSON file.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SampleLetter {
+    /// Tag.
+    pub tag: String,
+    /// Letter id (default `sample`).
+    #[serde(default = "sample_id")]
+    pub id: String,
+    /// Source (default `sample`).
+    #[serde(default = "sample_id")]
+    pub source: String,
+    /// Partition key.
+    #[serde(default)]
+    pub key: Option<String>,
+    /// `ce_time`.
+    #[serde(default)]
+    pub time: Option<String>,
+    /// The payload.
+    pub payload: serde_json::Value,
+    /// The pigeon's destinations, when the file stands for a whole case.
+    #[serde(default)]
+    pub destinations: Vec<DestinationSpec>,
+}
+
+fn sample_id() -> String {
+    "sample".into()
+}
+
+/// One emitted letter, as a dry run prints it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DryRunOutput {
+    /// The destination, as the pigeon names it.
+    pub dest: String,
+    /// Topic it would go to.
+    pub topic: String,
+    /// Tag there.
+    pub tag: String,
+    /// Partition key.
+    pub key: Option<String>,
+    /// Payload.
+    pub payload: serde_json::Value,
+}
+
+/// Names a destination as operators write it.
+pub fn destination_name(spec: &DestinationSpec) -> String {
+    match (&spec.capability, &spec.topic) {
+        (Some(capability), _) => capability.clone(),
+        (None, Some(topic)) => topic.clone(),
+        _ => String::new(),
+    }
+}
+
+/// The script's view of a pigeon's destinations.
+pub fn script_destinations(specs: &[DestinationSpec]) -> Result<Vec<ScriptDestination>, String> {
+    specs
+        .iter()
+        .map(|spec| {
+            let d = resolve(spec)?;
+            Ok(ScriptDestination { name: destination_name(spec), topic: d.topic, tag: d.tag })
+        })
+        .collect()
+}
+
+/// Compiles and runs `source` on `letter`, sending to `destinations` (or the letter file's own).
+pub fn dry_run(
+    engine: &ScriptEngine,
+    source: &str,
+    letter: &SampleLetter,
+    destinations: &[DestinationSpec],
+) -> Result<Vec<DryRunOutput>, ScriptError> {
+    let specs = if destinations.is_empty() { &letter.destinations } else { destinations };
+    let specs: Vec<DestinationSpec> =
+        if specs.is_empty() { vec![DestinationSpec::topic("dry-run", "dry-run")] } else { specs.to_vec() };
+    let destinations = script_destinations(&specs).map_err(ScriptError::Output)?;
+    let script = engine.compile(source)?;
+    let payload = serde_json::to_vec(&letter.payload).expect("a JSON value serializes");
+    let input = ScriptLetter {
+        id: &letter.id,
+        tag: &letter.tag,
+        source: &letter.source,
+        key: letter.key.as_deref().map(str::as_bytes),
+        time: letter.time.as_deref(),
+        payload: &payload,
+    };
+    let outputs = engine.run(&script, &input, &destinations)?;
+    Ok(outputs
+        .into_iter()
+        .map(|o| DryRunOutput {
+            dest: destinations[o.dest].name.clone(),
+            topic: destinations[o.dest].topic.clone(),
+            tag: o.tag,
+            key: o.key.map(|k| String::from_utf8_lossy(&k).into_owned()),
+            payload: o.payload,
+        })
+        .collect())
+}

@@ -1,0 +1,257 @@
+//! The hardened Rhai engine and the script calling convention.
+
+use std::cell::Cell;
+use std::time::{Duration, Instant};
+
+use rhai::{Dynamic, Engine, Map, Scope};
+
+use super::{CompiledScript, ScriptDestination, ScriptError, ScriptLetter, ScriptOutput};
+
+/// Resource limits of every script run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Rhai operations per letter (about a millisecond of work by default).
+    pub max_operations: u64,
+    /// Wall-clock time per letter, checked while the script runs.
+    pub max_time: Duration,
+    /// Function call depth.
+    pub max_call_levels: usize,
+    /// Expression nesting depth.
+    pub max_expr_depth: usize,
+    /// Bytes in one string.
+    pub max_string_size: usize,
+    /// Items in one array.
+    pub max_array_size: usize,
+    /// Entries in one map.
+    pub max_map_size: usize,
+    /// Letters one run may emit.
+    pub max_outputs: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_operations: 50_000,
+            max_time: Duration::from_millis(50),
+            max_call_levels: 32,
+            max_expr_depth: 64,
+            max_string_size: 1 << 20,
+            max_array_size: 10_000,
+            max_map_size: 10_000,
+            max_outputs: 100,
+        }
+    }
+}
+
+thread_local! {
+    /// When the script running on this thread started; read by the progress callback.
+    static STARTED: Cell<Option<Instant>> = const { Cell::new(None) };
+}
+
+/// The one engine every script runs on: no `eval`, no `import`, no file, network or process
+/// access, bounded operations, time, depth and sizes; `print` and `debug` go nowhere.
+pub struct ScriptEngine {
+    engine: Engine,
+    limits: Limits,
+}
+
+const VARIABLES: [&str; 6] = ["payload", "tag", "id", "source", "key", "time"];
+
+impl ScriptEngine {
+    /// An engine with these limits.
+    pub fn new(limits: Limits) -> Self {
+        let mut engine = Engine::new();
+        engine
+            .set_max_operations(limits.max_operations)
+            .set_max_call_levels(limits.max_call_levels)
+            .set_max_expr_depths(limits.max_expr_depth, limits.max_expr_depth)
+            .set_max_string_size(limits.max_string_size)
+            .set_max_array_size(limits.max_array_size)
+            .set_max_map_size(limits.max_map_size)
+            .set_strict_variables(true);
+        engine.disable_symbol("eval");
+        engine.on_print(|_| {});
+        engine.on_debug(|_, _, _| {});
+        let max_time = limits.max_time;
+        engine.on_progress(move |ops| {
+            // Checking the clock every 1024 operations keeps the cost out of the hot loop.
+            if ops % 1024 != 0 {
+                return None;
+            }
+            let started = STARTED.with(Cell::get)?;
+            (started.elapsed() > max_time).then(|| Dynamic::from("time limit"))
+        });
+        Self { engine, limits }
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// Compiles a script; errors give line and column.
+    pub fn compile(&self, source: &str) -> Result<CompiledScript, ScriptError> {
+        let mut scope = Scope::new();
+        for name in VARIABLES {
+            scope.push(name, Dynamic::UNIT);
+        }
+        let ast = self.engine.compile_with_scope(&scope, source).map_err(|e| {
+            let position = e.position();
+            ScriptError::Compile {
+                line: position.line().unwrap_or(0),
+                column: position.position().unwrap_or(0),
+                message: e.err_type().to_string(),
+            }
+        })?;
+        Ok(CompiledScript { ast })
+    }
+
+    /// Runs a compiled script on one letter. `destinations` are the pigeon's, in order.
+    pub fn run(
+        &self,
+        script: &CompiledScript,
+        letter: &ScriptLetter<'_>,
+        destinations: &[ScriptDestination],
+    ) -> Result<Vec<ScriptOutput>, ScriptError> {
+        let payload: serde_json::Value =
+            serde_json::from_slice(letter.payload).map_err(|e| ScriptError::Payload(e.to_string()))?;
+        let payload = rhai::serde::to_dynamic(&payload).map_err(|e| ScriptError::Payload(e.to_string()))?;
+        let key_text = letter.key.map(|k| String::from_utf8_lossy(k).into_owned());
+        let mut scope = Scope::new();
+        scope.push("payload", payload);
+        scope.push_constant("tag", letter.tag.to_owned());
+        scope.push_constant("id", letter.id.to_owned());
+        scope.push_constant("source", letter.source.to_owned());
+        scope.push_constant("key", key_text.clone().map_or(Dynamic::UNIT, Dynamic::from));
+        scope.push_constant("time", letter.time.map_or(Dynamic::UNIT, |t| Dynamic::from(t.to_owned())));
+
+        STARTED.with(|s| s.set(Some(Instant::now())));
+        let result = self.engine.eval_ast_with_scope::<Dynamic>(&mut scope, &script.ast);
+        STARTED.with(|s| s.set(None));
+        let value = result.map_err(|e| runtime_error(&e))?;
+        self.outputs(value, letter, destinations)
+    }
+
+    fn outputs(
+        &self,
+        value: Dynamic,
+        letter: &ScriptLetter<'_>,
+        destinations: &[ScriptDestination],
+    ) -> Result<Vec<ScriptOutput>, ScriptError> {
+        if destinations.is_empty() {
+            return Err(ScriptError::Output("the pigeon has no destinations".into()));
+        }
+        if value.is_unit() {
+            return Ok(Vec::new());
+        }
+        if value.is_map() {
+            let payload = to_json(value, "the returned map")?;
+            return Ok(vec![ScriptOutput {
+                dest: 0,
+                tag: destinations[0].tag.clone(),
+                key: letter.key.map(<[u8]>::to_vec),
+                payload,
+            }]);
+        }
+        let Some(items) = value.clone().try_cast::<rhai::Array>() else {
+            return Err(ScriptError::Output(format!(
+                "expected (), a map or an array of letters, got {}",
+                value.type_name()
+            )));
+        };
+        if items.len() > self.limits.max_outputs {
+            return Err(ScriptError::Output(format!(
+                "{} letters, more than the limit of {}",
+                items.len(),
+                self.limits.max_outputs
+            )));
+        }
+        items.into_iter().enumerate().map(|(i, item)| output(i, item, letter, destinations)).collect()
+    }
+}
+
+fn output(
+    i: usize,
+    item: Dynamic,
+    letter: &ScriptLetter<'_>,
+    destinations: &[ScriptDestination],
+) -> Result<ScriptOutput, ScriptError> {
+    let what = format!("letter [{i}]");
+    let Some(mut map) = item.clone().try_cast::<Map>() else {
+        return Err(ScriptError::Output(format!(
+            "{what} is {}, not a map #{{ payload, … }}",
+            item.type_name()
+        )));
+    };
+    for field in map.keys() {
+        if !["payload", "tag", "key", "dest"].contains(&field.as_str()) {
+            return Err(ScriptError::Output(format!(
+                "{what} has unknown field {field:?} (payload, tag, key, dest)"
+            )));
+        }
+    }
+    let payload =
+        map.remove("payload").ok_or_else(|| ScriptError::Output(format!("{what} has no payload")))?;
+    let dest = match map.remove("dest") {
+        None => 0,
+        Some(d) if d.is_int() => {
+            let index = d.as_int().unwrap_or(-1);
+            usize::try_from(index).ok().filter(|&i| i < destinations.len()).ok_or_else(|| {
+                ScriptError::Output(format!(
+                    "{what}: dest {index} is not one of the pigeon's {}",
+                    destinations.len()
+                ))
+            })?
+        }
+        Some(d) if d.is_string() => {
+            let name = d.into_string().unwrap_or_default();
+            destinations.iter().position(|x| x.name == name || x.topic == name).ok_or_else(|| {
+                let known: Vec<&str> = destinations.iter().map(|x| x.name.as_str()).collect();
+                ScriptError::Output(format!(
+                    "{what}: dest {name:?} is not one of the pigeon's ({})",
+                    known.join(", ")
+                ))
+            })?
+        }
+        Some(d) => {
+            return Err(ScriptError::Output(format!(
+                "{what}: dest is {}, not an index or a name",
+                d.type_name()
+            )))
+        }
+    };
+    let tag = match map.remove("tag") {
+        None => destinations[dest].tag.clone(),
+        Some(t) => {
+            let tag = t
+                .into_string()
+                .map_err(|t| ScriptError::Output(format!("{what}: tag is {t}, not a string")))?;
+            crate::route::pattern::validate_tag(&tag)
+                .map_err(|e| ScriptError::Output(format!("{what}: {e}")))?;
+            tag
+        }
+    };
+    let key = match map.remove("key") {
+        None => letter.key.map(<[u8]>::to_vec),
+        Some(k) if k.is_unit() => None,
+        Some(k) => Some(k.to_string().into_bytes()),
+    };
+    Ok(ScriptOutput { dest, tag, key, payload: to_json(payload, &what)? })
+}
+
+fn to_json(value: Dynamic, what: &str) -> Result<serde_json::Value, ScriptError> {
+    rhai::serde::from_dynamic(&value).map_err(|e| ScriptError::Output(format!("{what} is not JSON: {e}")))
+}
+
+fn runtime_error(error: &rhai::EvalAltResult) -> ScriptError {
+    use rhai::EvalAltResult as E;
+    let message = match error {
+        E::ErrorTooManyOperations(_) => "used up its operation budget (an endless loop?)".to_owned(),
+        E::ErrorTerminated(..) => "ran past its time limit".to_owned(),
+        E::ErrorStackOverflow(_) => "recursed too deep".to_owned(),
+        E::ErrorDataTooLarge(what, _) => format!("{what} grew past its limit"),
+        E::ErrorRuntime(value, _) => format!("threw {value}"),
+        other => other.to_string(),
+    };
+    ScriptError::Runtime { line: error.position().line(), message }
+}

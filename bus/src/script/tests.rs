@@ -1,0 +1,221 @@
+//! Scripts as data: a script, a letter in, the letters out (or the error).
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use super::*;
+
+fn destinations() -> Vec<ScriptDestination> {
+    vec![
+        ScriptDestination {
+            name: "act-toy/progress.add".into(),
+            topic: "pigeon.module.act-toy".into(),
+            tag: "progress.add".into(),
+        },
+        ScriptDestination {
+            name: "act-chest/chest.drop".into(),
+            topic: "pigeon.module.act-chest".into(),
+            tag: "chest.drop".into(),
+        },
+        ScriptDestination {
+            name: "lane.banner".into(),
+            topic: "lane.banner".into(),
+            tag: "banner.show".into(),
+        },
+    ]
+}
+
+fn run(source: &str, payload: Value) -> Result<Vec<ScriptOutput>, ScriptError> {
+    run_raw(source, &serde_json::to_vec(&payload).unwrap())
+}
+
+fn run_raw(source: &str, payload: &[u8]) -> Result<Vec<ScriptOutput>, ScriptError> {
+    let engine = ScriptEngine::new(Limits::default());
+    let script = engine.compile(source)?;
+    let letter = ScriptLetter {
+        id: "0190b2c4-0000-7000-8000-000000000001",
+        tag: "gift.sent",
+        source: "live-platform",
+        key: Some(b"room-7"),
+        time: Some("2026-11-23T10:00:00.000Z"),
+        payload,
+    };
+    engine.run(&script, &letter, &destinations())
+}
+
+fn out(dest: usize, tag: &str, key: Option<&str>, payload: Value) -> ScriptOutput {
+    ScriptOutput { dest, tag: tag.into(), key: key.map(|k| k.as_bytes().to_vec()), payload }
+}
+
+#[test]
+fn the_script_api_as_data() {
+    let gift = json!({"uid": 42, "anchorId": 7, "giftCount": 3, "roomType": "live"});
+    let cases: Vec<(&str, &str, Value, Vec<ScriptOutput>)> = vec![
+        (
+            "a returned map is one letter to the first destination, same key",
+            r#"payload.userId = payload.uid; payload.remove("uid"); payload"#,
+            gift.clone(),
+            vec![out(
+                0,
+                "progress.add",
+                Some("room-7"),
+                json!({"userId": 42, "anchorId": 7, "giftCount": 3, "roomType": "live"}),
+            )],
+        ),
+        ("() drops the letter", "()", gift.clone(), vec![]),
+        (
+            "filter",
+            r#"if payload.roomType == "test" { () } else { #{ points: payload.giftCount * 10 } }"#,
+            gift.clone(),
+            vec![out(0, "progress.add", Some("room-7"), json!({"points": 30}))],
+        ),
+        (
+            "filter drops",
+            r#"if payload.roomType == "test" { () } else { payload }"#,
+            json!({"roomType": "test"}),
+            vec![],
+        ),
+        (
+            "headers are visible",
+            "#{ tag: tag, id: id, source: source, key: key, time: time }",
+            json!({}),
+            vec![out(
+                0,
+                "progress.add",
+                Some("room-7"),
+                json!({"tag": "gift.sent", "id": "0190b2c4-0000-7000-8000-000000000001", "source": "live-platform",
+                       "key": "room-7", "time": "2026-11-23T10:00:00.000Z"}),
+            )],
+        ),
+        (
+            "change tag and key",
+            r#"[#{ payload: payload, tag: "progress.bonus", key: "anchor-" + payload.anchorId }]"#,
+            json!({"anchorId": 7}),
+            vec![out(0, "progress.bonus", Some("anchor-7"), json!({"anchorId": 7}))],
+        ),
+        (
+            "fan out by name and index; each destination's tag by default",
+            r#"[#{ payload: #{ chest: 1 }, dest: "act-chest/chest.drop" }, #{ payload: #{ text: "hi" }, dest: 2 }, #{ payload: #{}, dest: "lane.banner", key: () }]"#,
+            json!({}),
+            vec![
+                out(1, "chest.drop", Some("room-7"), json!({"chest": 1})),
+                out(2, "banner.show", Some("room-7"), json!({"text": "hi"})),
+                out(2, "banner.show", None, json!({})),
+            ],
+        ),
+        (
+            "nested values and arrays survive",
+            "payload",
+            json!({"a": {"b": [1, 2.5, "x", null, true]}}),
+            vec![out(0, "progress.add", Some("room-7"), json!({"a": {"b": [1, 2.5, "x", null, true]}}))],
+        ),
+        ("an empty array emits nothing", "[]", json!({}), vec![]),
+    ];
+    for (what, script, payload, expected) in cases {
+        assert_eq!(run(script, payload).unwrap_or_else(|e| panic!("{what}: {e}")), expected, "{what}");
+    }
+}
+
+#[test]
+fn mistakes_are_explained() {
+    let cases: Vec<(&str, &str, &str)> = vec![
+        ("let x = ;", "compile", "line 1, column 9"),
+        ("payload.a = nosuchvar; payload", "compile", "nosuchvar"),
+        ("\"a string\"", "output", "expected (), a map or an array of letters, got string"),
+        ("[42]", "output", "letter [0] is i64, not a map"),
+        ("[#{ tag: \"x\" }]", "output", "letter [0] has no payload"),
+        ("[#{ payload: #{}, colour: 1 }]", "output", "unknown field \"colour\""),
+        ("[#{ payload: #{}, dest: 9 }]", "output", "dest 9 is not one of the pigeon's 3"),
+        (
+            "[#{ payload: #{}, dest: \"nope\" }]",
+            "output",
+            "dest \"nope\" is not one of the pigeon's (act-toy/progress.add",
+        ),
+        ("[#{ payload: #{}, tag: \"bad tag\" }]", "output", "letter [0]: tag \"bad tag\""),
+        ("throw \"no anchor\"", "runtime", "threw no anchor"),
+        ("let x = payload.missing.deeper; payload", "runtime", "line 1"),
+    ];
+    for (script, kind, needle) in cases {
+        let err = run(script, json!({})).unwrap_err();
+        assert_eq!(err.kind(), kind, "{script}: {err}");
+        assert!(err.to_string().contains(needle), "{script}: {err}");
+    }
+    let err = run_raw("payload", b"\x00 not json").unwrap_err();
+    assert!(matches!(err, ScriptError::Payload(_)), "{err}");
+}
+
+#[test]
+fn hostile_scripts_fail_only_their_letter_quickly() {
+    let hostile = [
+        ("endless loop", "loop { }", "operation budget"),
+        ("endless while", "let i = 0; while true { i += 1; } payload", "operation budget"),
+        ("deep recursion", "fn f(x) { f(x + 1) } f(0)", "recursed too deep"),
+        ("string doubling", "let s = \"xxxxxxxx\"; loop { s += s; }", "grew past its limit"),
+        ("array growth", "let a = [1]; loop { a += a; }", "grew past its limit"),
+        ("map growth", "let m = #{}; let i = 0; loop { m[\"k\" + i] = i; i += 1; }", ""),
+        ("throw", "throw #{ reason: \"boom\" }", "threw"),
+        ("eval", "eval(\"1\")", "eval"),
+        ("import", "import \"fs\" as fs; payload", ""),
+    ];
+    let engine = ScriptEngine::new(Limits::default());
+    for (what, script, needle) in hostile {
+        let started = Instant::now();
+        let result = engine.compile(script).and_then(|compiled| {
+            let letter =
+                ScriptLetter { id: "x", tag: "t", source: "s", key: None, time: None, payload: b"{}" };
+            engine.run(&compiled, &letter, &destinations())
+        });
+        let elapsed = started.elapsed();
+        let err = result.expect_err(what);
+        println!("{what}: {err} ({elapsed:?})");
+        assert!(err.to_string().contains(needle), "{what}: {err}");
+        assert!(elapsed < Duration::from_secs(2), "{what} took {elapsed:?}");
+        // The engine is still fine for the next letter.
+        assert_eq!(run("payload", json!({"ok": true})).unwrap().len(), 1, "after {what}");
+    }
+}
+
+#[test]
+fn the_time_limit_stops_slow_scripts_that_stay_under_the_budget() {
+    let limits = Limits { max_operations: 0, max_time: Duration::from_millis(20), ..Limits::default() };
+    let engine = ScriptEngine::new(limits);
+    let script = engine.compile("let i = 0; loop { i += 1; }").unwrap();
+    let letter = ScriptLetter { id: "x", tag: "t", source: "s", key: None, time: None, payload: b"{}" };
+    let started = Instant::now();
+    let err = engine.run(&script, &letter, &destinations()).unwrap_err();
+    assert!(err.to_string().contains("time limit"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+}
+
+#[test]
+fn the_example_scripts_produce_their_expected_letters() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/rhai");
+    let engine = ScriptEngine::new(Limits::default());
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("rhai") {
+            continue;
+        }
+        let stem = path.file_stem().unwrap().to_str().unwrap();
+        let source = std::fs::read_to_string(&path).unwrap();
+        for case in ["", ".2"] {
+            let letter_path = dir.join(format!("{stem}{case}.letter.json"));
+            if !letter_path.exists() {
+                continue;
+            }
+            let letter: dryrun::SampleLetter =
+                serde_json::from_str(&std::fs::read_to_string(&letter_path).unwrap()).unwrap();
+            let expected: Vec<dryrun::DryRunOutput> = serde_json::from_str(
+                &std::fs::read_to_string(dir.join(format!("{stem}{case}.expected.json"))).unwrap(),
+            )
+            .unwrap();
+            let got =
+                dryrun::dry_run(&engine, &source, &letter, &[]).unwrap_or_else(|e| panic!("{stem}: {e}"));
+            assert_eq!(got, expected, "{}", letter_path.display());
+            checked += 1;
+        }
+    }
+    assert!(checked >= 4, "example cases checked: {checked}");
+}
