@@ -80,11 +80,18 @@ pub struct RouterConfig {
     pub offset_store_interval_ms: u64,
     /// How long SIGTERM or a revoke waits for in-flight letters to settle.
     pub drain_timeout_secs: u64,
+    /// Threads that run cleansing scripts, off the async runtime (0: one per core).
+    pub script_workers: usize,
 }
 
 impl Default for RouterConfig {
     fn default() -> Self {
-        Self { max_in_flight_per_partition: 20_000, offset_store_interval_ms: 100, drain_timeout_secs: 30 }
+        Self {
+            max_in_flight_per_partition: 20_000,
+            offset_store_interval_ms: 100,
+            drain_timeout_secs: 30,
+            script_workers: 0,
+        }
     }
 }
 
@@ -281,6 +288,7 @@ mod tests {
         assert_eq!(example.router.max_in_flight_per_partition, defaults.router.max_in_flight_per_partition);
         assert_eq!(example.router.offset_store_interval_ms, defaults.router.offset_store_interval_ms);
         assert_eq!(example.router.drain_timeout_secs, defaults.router.drain_timeout_secs);
+        assert_eq!(example.router.script_workers, defaults.router.script_workers);
         assert_eq!(example.admin.listen, defaults.admin.listen);
         assert_eq!(example.topics.partitions, defaults.topics.partitions);
         assert_eq!(example.topics.replication, defaults.topics.replication);

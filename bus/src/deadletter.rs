@@ -24,6 +24,8 @@ pub enum ErrorKind {
     Produce,
     /// The source message cannot be read as a letter (no tag, not JSON where JSON is needed).
     Malformed,
+    /// The pigeon's script failed on the letter (or its circuit breaker is open).
+    Script,
 }
 
 impl ErrorKind {
@@ -37,6 +39,7 @@ impl ErrorKind {
         match self {
             ErrorKind::Produce => "produce",
             ErrorKind::Malformed => "malformed",
+            ErrorKind::Script => "script",
         }
     }
 }
@@ -53,6 +56,7 @@ impl FromStr for ErrorKind {
         match s {
             "produce" => Ok(ErrorKind::Produce),
             "malformed" => Ok(ErrorKind::Malformed),
+            "script" => Ok(ErrorKind::Script),
             other => Err(format!("unknown error kind {other:?}")),
         }
     }

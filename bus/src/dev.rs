@@ -27,6 +27,7 @@ pub fn demo_pigeon() -> PigeonSpec {
         owner: "demo".into(),
         enabled: true,
         action: Default::default(),
+        script: None,
         matcher: MatchSpec { topic: DEMO_SOURCE.into(), tag: "gift.sent".into() },
         destinations: vec![DestinationSpec::capability(&format!("{DEMO_MODULE}/progress.add"))],
     }

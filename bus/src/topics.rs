@@ -93,6 +93,7 @@ mod tests {
             owner: String::new(),
             enabled: true,
             action: Default::default(),
+            script: None,
             matcher: MatchSpec { topic: "live.gift".into(), tag: "gift".into() },
             destinations: vec![
                 DestinationSpec::capability("chest/drop"),

@@ -52,7 +52,17 @@ impl LetterId {
     /// id still sorts by the message's timestamp: the time bits are the message's, the random
     /// bits a hash of topic, partition and offset.
     pub fn derived(topic: &str, partition: i32, offset: i64, timestamp_ms: u64) -> Self {
-        let name = format!("{topic}/{partition}/{offset}");
+        Self::derived_from(&format!("{topic}/{partition}/{offset}"), timestamp_ms)
+    }
+
+    /// The id of output `index` that pigeon version `version` makes from letter `input`: the
+    /// same inputs always give the same id, so a redelivered letter's outputs can be dropped.
+    pub fn derived_output(input: &str, version: i64, index: usize, timestamp_ms: u64) -> Self {
+        Self::derived_from(&format!("{input}/{version}/{index}"), timestamp_ms)
+    }
+
+    /// A v7 id whose time bits are `timestamp_ms` and whose random bits hash `name`.
+    fn derived_from(name: &str, timestamp_ms: u64) -> Self {
         let hashed = Uuid::new_v5(&Uuid::NAMESPACE_OID, name.as_bytes());
         let mut random = [0u8; 10];
         random.copy_from_slice(&hashed.as_bytes()[6..16]);
@@ -370,5 +380,9 @@ mod tests {
         let later = LetterId::derived("live.gift", 0, 0, 1_700_000_000_001);
         assert!(later > a, "a later message sorts after an earlier one");
         assert_eq!(a.as_uuid().get_version_num(), 7);
+        let out = LetterId::derived_output(&a.to_string(), 3, 0, 1_700_000_000_000);
+        assert_eq!(out, LetterId::derived_output(&a.to_string(), 3, 0, 1_700_000_000_000));
+        assert_ne!(out, LetterId::derived_output(&a.to_string(), 3, 1, 1_700_000_000_000));
+        assert_ne!(out, LetterId::derived_output(&a.to_string(), 4, 0, 1_700_000_000_000));
     }
 }

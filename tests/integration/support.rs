@@ -161,6 +161,7 @@ pub fn pigeon(id: &str, topic: &str, tag: &str, destinations: Vec<DestinationSpe
         owner: "tests".into(),
         enabled: true,
         action: Default::default(),
+        script: None,
         matcher: MatchSpec { topic: topic.into(), tag: tag.into() },
         destinations,
     }

@@ -129,6 +129,12 @@ async fn metrics(State(state): State<AppState>) -> String {
         ("pigeon_letters_out_total", "Outputs handed to the producer.", &stats.letters_out),
         ("pigeon_dead_letters_total", "Letters and outputs the router dead-lettered.", &stats.dead_lettered),
         ("pigeon_in_flight_peak", "Most letters one partition had in flight at once.", &stats.in_flight_peak),
+        ("pigeon_scripts_run_total", "Letters script pigeons ran on.", &stats.scripts_run),
+        (
+            "pigeon_script_failures_total",
+            "Letters a script failed on (dead-lettered).",
+            &stats.script_failures,
+        ),
     ] {
         let kind = if name.ends_with("_total") { "counter" } else { "gauge" };
         let value = value.load(Ordering::Relaxed);

@@ -180,6 +180,7 @@ mod tests {
                 owner: "spring".into(),
                 enabled: false,
                 action: Default::default(),
+                script: None,
                 matcher: MatchSpec { topic: "live.gift".into(), tag: "gift.*".into() },
                 destinations: vec![
                     DestinationSpec::capability("act-toy/progress.add"),
@@ -192,6 +193,7 @@ mod tests {
                 owner: String::new(),
                 enabled: true,
                 action: Default::default(),
+                script: None,
                 matcher: MatchSpec { topic: "live.view".into(), tag: "**".into() },
                 destinations: vec![DestinationSpec::capability("m/c")],
             },

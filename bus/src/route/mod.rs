@@ -10,6 +10,6 @@ mod table;
 pub use pattern::TagPattern;
 pub use spec::{parse_spec, Action, DestinationSpec, MatchSpec, PigeonSpec};
 pub use table::{
-    module_topic, resolve, validate, validate_topic, CompileErrors, Destination, Route, RouteTable, Source,
-    TagSource, TopicRoutes, VersionedPigeon,
+    module_topic, resolve, validate, validate_topic, CompileErrors, Destination, Route, RouteScript,
+    RouteTable, Source, TagSource, TopicRoutes, VersionedPigeon,
 };

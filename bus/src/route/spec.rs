@@ -43,6 +43,9 @@ pub struct PigeonSpec {
     /// What the pigeon does with a matching letter.
     #[serde(default)]
     pub action: Action,
+    /// The Rhai cleansing script of a `script` pigeon (see `docs/scripts.md`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub script: Option<String>,
     /// Which letters the pigeon takes.
     #[serde(rename = "match")]
     pub matcher: MatchSpec,
@@ -62,6 +65,8 @@ pub enum Action {
     /// Re-publish with the destination tag; the payload is not parsed.
     #[default]
     Forward,
+    /// Run the pigeon's script, which reshapes, filters or splits the letter.
+    Script,
 }
 
 /// Which letters a pigeon takes.

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use super::pattern::{validate_tag, TagPattern};
 use super::spec::{Action, DestinationSpec, PigeonSpec};
 use crate::config::SourceConfig;
+use crate::script::{self, CompiledScript, ScriptDestination};
 
 /// A pigeon as stored: its spec and version.
 #[derive(Clone, Debug, PartialEq)]
@@ -28,6 +29,17 @@ pub struct Route {
     pub action: Action,
     /// Where letters fly.
     pub destinations: Vec<Destination>,
+    /// The compiled script of a script pigeon.
+    pub script: Option<RouteScript>,
+}
+
+/// A script pigeon's compiled script and what it may send to.
+#[derive(Debug)]
+pub struct RouteScript {
+    /// Compiled once for this pigeon version.
+    pub compiled: CompiledScript,
+    /// The pigeon's destinations as the script names them.
+    pub destinations: Vec<ScriptDestination>,
 }
 
 /// A resolved destination.
@@ -247,6 +259,34 @@ fn compile_one(pigeon: &VersionedPigeon) -> Result<(Arc<Route>, TagPattern), Vec
             Err(e) => error(format!("destinations[{i}]: {e}")),
         }
     }
+    let script = match (spec.action, &spec.script) {
+        (Action::Forward, None) => None,
+        (Action::Forward, Some(_)) => {
+            error("has a script but its action is forward (set action = script)".into());
+            None
+        }
+        (Action::Script, None) => {
+            error("action script needs a script".into());
+            None
+        }
+        (Action::Script, Some(source)) => {
+            if destinations.iter().any(|d| d.topic == spec.matcher.topic) {
+                error(
+                    "a script may emit any tag, so it may not send to its own source topic (a loop)".into(),
+                );
+            }
+            match script::default_engine().compile(source) {
+                Ok(compiled) => Some(RouteScript {
+                    compiled,
+                    destinations: script::dryrun::script_destinations(&spec.destinations).unwrap_or_default(),
+                }),
+                Err(e) => {
+                    error(format!("script: {e}"));
+                    None
+                }
+            }
+        }
+    };
     match pattern {
         Ok(pattern) if errors.is_empty() => Ok((
             Arc::new(Route {
@@ -254,6 +294,7 @@ fn compile_one(pigeon: &VersionedPigeon) -> Result<(Arc<Route>, TagPattern), Vec
                 version: pigeon.version,
                 action: spec.action,
                 destinations,
+                script,
             }),
             pattern,
         )),
@@ -310,6 +351,7 @@ mod tests {
                 owner: String::new(),
                 enabled: true,
                 action: Action::Forward,
+                script: None,
                 matcher: MatchSpec { topic: topic.into(), tag: tag.into() },
                 destinations: dests,
             },
@@ -392,6 +434,40 @@ mod tests {
         assert_eq!(live.tag, TagSource::Header("ce_type".into()));
         assert_eq!(live.id_header, "ce_id");
         assert!(!live.reads_payload());
+    }
+
+    #[test]
+    fn script_pigeons_compile_their_script_or_say_where_it_breaks() {
+        let mut ok =
+            pigeon("s", "live.gift", "gift.*", vec![DestinationSpec::capability("act-toy/progress.add")]);
+        ok.spec.action = Action::Script;
+        ok.spec.script = Some("payload".into());
+        let table = RouteTable::compile(std::slice::from_ref(&ok), &BTreeMap::new()).unwrap();
+        let route = table.topic("live.gift").unwrap().matching("gift.sent").next().unwrap();
+        let script = route.script.as_ref().expect("compiled");
+        assert_eq!(script.destinations[0].name, "act-toy/progress.add");
+
+        let mut broken = ok.clone();
+        broken.spec.script = Some("let x = 1;\nlet y = ;".into());
+        let mut missing = ok.clone();
+        missing.spec.id = "missing".into();
+        missing.spec.script = None;
+        let mut stray = ok.clone();
+        stray.spec.id = "stray".into();
+        stray.spec.action = Action::Forward;
+        let mut looping = ok.clone();
+        looping.spec.id = "looping".into();
+        looping.spec.destinations = vec![DestinationSpec::topic("live.gift", "other")];
+        let errors = RouteTable::compile(&[broken, missing, stray, looping], &BTreeMap::new()).unwrap_err().0;
+        let all = errors.join("\n");
+        for expected in [
+            "\"s\": script: script does not compile at line 2, column 9",
+            "\"missing\": action script needs a script",
+            "\"stray\": has a script but its action is forward",
+            "\"looping\": a script may emit any tag, so it may not send to its own source topic",
+        ] {
+            assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
+        }
     }
 
     #[test]

@@ -7,6 +7,8 @@
 //! Revoked partitions and shutdown drain first, then commit.
 
 pub mod context;
+mod output;
+mod scripts;
 pub mod tracker;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -15,21 +17,21 @@ use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use self::context::{output_dead_letter, Delivery, RouterConsumerContext, RouterProducerContext, Trackers};
+use self::context::{Delivery, RouterConsumerContext, RouterProducerContext, Trackers};
+use self::output::{output_headers, Outputs};
+use self::scripts::{ScriptJob, ScriptPool};
 use self::tracker::{Admission, Begun, PartitionTracker};
 use crate::config::RouterConfig;
 use crate::deadletter::{self, ErrorKind, Job, NewDeadLetter};
 use crate::route::{Route, RouteTable};
 use crate::source;
 use crate::store::Store;
-use pigeon_sdk::header;
 
 /// Counters of what the router did, readable while it runs.
 #[derive(Debug, Default)]
@@ -42,6 +44,10 @@ pub struct RouterStats {
     pub dead_lettered: AtomicU64,
     /// The most letters one partition had in flight at once.
     pub in_flight_peak: AtomicU64,
+    /// Letters script pigeons ran on.
+    pub scripts_run: AtomicU64,
+    /// Letters a script failed on (dead-lettered).
+    pub script_failures: AtomicU64,
 }
 
 /// Everything the router runs with.
@@ -79,8 +85,14 @@ pub async fn run(parts: RouterParts, cancel: CancellationToken) -> anyhow::Resul
 
     let drain_timeout = Duration::from_secs(config.drain_timeout_secs);
     let trackers = Arc::new(Trackers::default());
-    let producer: ThreadedProducer<RouterProducerContext> =
-        producer.create_with_context(RouterProducerContext { dead_letters: dead_tx.clone() })?;
+    let producer: Arc<ThreadedProducer<RouterProducerContext>> =
+        Arc::new(producer.create_with_context(RouterProducerContext { dead_letters: dead_tx.clone() })?);
+    let outputs = Arc::new(Outputs {
+        producer: Arc::clone(&producer),
+        dead_letters: dead_tx.clone(),
+        stats: Arc::clone(&stats),
+    });
+    let scripts = ScriptPool::start(config.script_workers, Arc::clone(&outputs));
     let consumer: StreamConsumer<RouterConsumerContext> =
         consumer.create_with_context(RouterConsumerContext {
             trackers: Arc::clone(&trackers),
@@ -97,7 +109,8 @@ pub async fn run(parts: RouterParts, cancel: CancellationToken) -> anyhow::Resul
         cap: config.max_in_flight_per_partition,
         trackers: Arc::clone(&trackers),
         resume_tx,
-        producer: &producer,
+        outputs: &outputs,
+        scripts: &scripts,
         dead_letters: dead_tx,
         stats,
     };
@@ -153,9 +166,11 @@ pub async fn run(parts: RouterParts, cancel: CancellationToken) -> anyhow::Resul
             }
         }
     }
-    let _ = producer.flush(Duration::from_secs(5));
     drop(router);
+    scripts.stop();
+    let _ = producer.flush(Duration::from_secs(5));
     drop(consumer);
+    drop(outputs);
     drop(producer);
     writer_stop.cancel();
     let _ = writer.await;
@@ -201,7 +216,8 @@ struct Forwarder<'p> {
     cap: usize,
     trackers: Arc<Trackers>,
     resume_tx: mpsc::UnboundedSender<Arc<PartitionTracker>>,
-    producer: &'p ThreadedProducer<RouterProducerContext>,
+    outputs: &'p Outputs,
+    scripts: &'p ScriptPool,
     dead_letters: mpsc::UnboundedSender<Job>,
     stats: Arc<RouterStats>,
 }
@@ -234,7 +250,9 @@ impl Forwarder<'_> {
                 }
             };
         }
-        let outputs: usize = matched.iter().map(|r| r.destinations.len()).sum();
+        // A script pigeon counts one step per letter; its worker adds the letters it emits.
+        let outputs: usize =
+            matched.iter().map(|r| if r.script.is_some() { 1 } else { r.destinations.len() }).sum();
         // Begin before producing: a delivery report may arrive before `send` returns.
         let Begun { admission, in_flight } = tracker.begin(offset, outputs as u32, self.cap);
         self.stats.in_flight_peak.fetch_max(in_flight as u64, Ordering::Relaxed);
@@ -249,9 +267,22 @@ impl Forwarder<'_> {
                 &derived_id
             }
         };
+        let mut detached = None;
         for route in matched {
+            if route.script.is_some() {
+                let message = detached.get_or_insert_with(|| Arc::new(message.detach()));
+                let job = ScriptJob {
+                    route: Arc::clone(route),
+                    message: Arc::clone(message),
+                    id: id.to_owned(),
+                    tag: meta.tag.as_deref().unwrap_or_default().to_owned(),
+                    tracker: Arc::clone(&tracker),
+                };
+                self.scripts.submit(job).await;
+                continue;
+            }
             for destination in &route.destinations {
-                let headers = output_headers(message, id, &destination.tag, &route.id);
+                let headers = output_headers(message, id, &destination.tag, &route.id, false);
                 let mut record = BaseRecord::with_opaque_to(
                     &destination.topic,
                     Box::new(Delivery { tracker: Arc::clone(&tracker), offset, route: Arc::clone(route) }),
@@ -271,30 +302,9 @@ impl Forwarder<'_> {
 
     /// Hands an output to the producer, waiting while its queue is full.
     async fn send(&self, mut record: BaseRecord<'_, [u8], [u8], Box<Delivery>>) {
-        loop {
-            match self.producer.send(record) {
-                Ok(()) => {
-                    self.stats.letters_out.fetch_add(1, Ordering::Relaxed);
-                    return;
-                }
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    record = back;
-                    tokio::time::sleep(Duration::from_millis(2)).await;
-                }
-                Err((error, back)) => {
-                    // Refused before it left (too large, unknown topic…): dead-letter it.
-                    let output = OwnedOutput::from(&back);
-                    let delivery = back.delivery_opaque;
-                    let dead_letter = output_dead_letter(&output.0, &delivery, error.to_string());
-                    self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
-                    let _ = self.dead_letters.send(Job {
-                        dead_letter,
-                        tracker: delivery.tracker,
-                        offset: delivery.offset,
-                    });
-                    return;
-                }
-            }
+        while let Err(back) = self.outputs.try_send(record) {
+            record = back;
+            tokio::time::sleep(Duration::from_millis(2)).await;
         }
     }
 
@@ -321,64 +331,5 @@ fn describe_tag_source(routes: &crate::route::TopicRoutes) -> String {
     match &routes.source.tag {
         crate::route::TagSource::Header(name) => format!("header {name} is missing"),
         crate::route::TagSource::Field(field) => format!("JSON field {field:?} is missing"),
-    }
-}
-
-/// The output's headers: the input's, with the destination tag, the pigeon, attempt 1, and
-/// the CloudEvents attributes a foreign letter lacks.
-fn output_headers(message: &BorrowedMessage<'_>, id: &str, tag: &str, pigeon: &str) -> OwnedHeaders {
-    let input = message.headers();
-    let count = input.map_or(0, |h| h.count());
-    let mut headers = OwnedHeaders::new_with_capacity(count + 8);
-    let (mut has_spec, mut has_source, mut has_time) = (false, false, false);
-    if let Some(input) = input {
-        for h in input.iter() {
-            match h.key {
-                header::TYPE | header::PIGEON | header::ATTEMPT | header::ID => continue,
-                header::SPECVERSION => has_spec = true,
-                header::SOURCE => has_source = true,
-                header::TIME => has_time = true,
-                _ => {}
-            }
-            headers = headers.insert(Header { key: h.key, value: h.value });
-        }
-    }
-    headers = headers
-        .insert(text(header::ID, id))
-        .insert(text(header::TYPE, tag))
-        .insert(text(header::PIGEON, pigeon))
-        .insert(text(header::ATTEMPT, "1"));
-    if !has_spec {
-        headers = headers.insert(text(header::SPECVERSION, pigeon_sdk::letter::SPEC_VERSION));
-    }
-    if !has_source {
-        headers = headers.insert(text(header::SOURCE, message.topic()));
-    }
-    if !has_time {
-        if let Some(ms) = message.timestamp().to_millis() {
-            headers = headers.insert(text(header::TIME, &pigeon_sdk::letter::format_time_ms(ms)));
-        }
-    }
-    headers
-}
-
-fn text<'a>(key: &'a str, value: &'a str) -> Header<'a, &'a [u8]> {
-    Header { key, value: Some(value.as_bytes()) }
-}
-
-/// A refused record copied into a message, so it can be dead-lettered like a failed delivery.
-struct OwnedOutput(rdkafka::message::OwnedMessage);
-
-impl From<&BaseRecord<'_, [u8], [u8], Box<Delivery>>> for OwnedOutput {
-    fn from(record: &BaseRecord<'_, [u8], [u8], Box<Delivery>>) -> Self {
-        Self(rdkafka::message::OwnedMessage::new(
-            record.payload.map(<[u8]>::to_vec),
-            record.key.map(<[u8]>::to_vec),
-            record.topic.to_owned(),
-            rdkafka::Timestamp::NotAvailable,
-            -1,
-            -1,
-            record.headers.clone(),
-        ))
     }
 }

@@ -101,6 +101,17 @@ impl PartitionTracker {
         Begun { admission, in_flight }
     }
 
+    /// Adds `outputs` to a letter still in flight (a script emitted them). The letter must
+    /// have an unsettled output of its own until this returns.
+    pub fn add(&self, offset: i64, outputs: u32) {
+        let mut state = self.lock();
+        if let Ok(i) = state.pending.binary_search_by_key(&offset, |p| p.offset) {
+            state.pending[i].outstanding += outputs;
+        } else {
+            debug_assert!(false, "added outputs to an offset that is not pending");
+        }
+    }
+
     /// Settles one output of the letter at `offset`.
     pub fn settle(self: &Arc<Self>, offset: i64) {
         let mut state = self.lock();
@@ -180,6 +191,18 @@ mod tests {
         t.settle(10);
         assert_eq!(t.watermark(), Some(14), "all settled: the next offset to read");
         assert_eq!(t.in_flight(), 0);
+    }
+
+    #[test]
+    fn a_script_step_holds_the_letter_until_its_outputs_settle() {
+        let (t, _rx) = tracker(1);
+        t.begin(5, 1, 100); // the script step
+        t.add(5, 2); // the script emitted two letters
+        t.settle(5); // the step itself is done
+        assert_eq!(t.watermark(), Some(5));
+        t.settle(5);
+        t.settle(5);
+        assert_eq!(t.watermark(), Some(6));
     }
 
     #[test]

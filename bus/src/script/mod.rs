@@ -28,6 +28,13 @@ pub use engine::{Limits, ScriptEngine};
 
 use std::fmt;
 
+/// The engine every pigeon's script runs on, with the default limits.
+pub fn default_engine() -> &'static ScriptEngine {
+    static ENGINE: std::sync::LazyLock<ScriptEngine> =
+        std::sync::LazyLock::new(|| ScriptEngine::new(Limits::default()));
+    &ENGINE
+}
+
 /// A script compiled for one pigeon version.
 #[derive(Debug, Clone)]
 pub struct CompiledScript {

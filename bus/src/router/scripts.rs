@@ -1,0 +1,189 @@
+//! Script pigeons in the router: a pool of threads off the async runtime.
+//!
+//! Each source partition always goes to the same worker, so one partition's letters run in
+//! order and per-key order holds through scripts. A script that fails dead-letters its letter
+//! only; after [`BREAKER_AFTER`] consecutive failures a pigeon's breaker opens: its letters are
+//! dead-lettered without running the script (a hostile script no longer costs a worker its
+//! time), and one letter in [`PROBE_EVERY`] still runs to close the breaker once it works.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use rdkafka::message::{Headers, Message, OwnedMessage};
+use rdkafka::producer::BaseRecord;
+use tokio::sync::mpsc;
+
+use super::context::Delivery;
+use super::output::{output_headers, Outputs};
+use super::tracker::PartitionTracker;
+use crate::deadletter::{ErrorKind, Job, NewDeadLetter};
+use crate::route::Route;
+use crate::script::{self, ScriptLetter};
+use pigeon_sdk::{header, LetterId};
+
+/// Consecutive failures that open a pigeon's breaker.
+pub const BREAKER_AFTER: u32 = 20;
+/// While open, one letter in this many still runs the script.
+pub const PROBE_EVERY: u64 = 100;
+/// Letters queued per worker before the router waits.
+const QUEUE: usize = 1024;
+
+/// One letter for one script pigeon.
+pub struct ScriptJob {
+    /// The pigeon.
+    pub route: Arc<Route>,
+    /// The source message (shared when several script pigeons match it).
+    pub message: Arc<OwnedMessage>,
+    /// The letter id.
+    pub id: String,
+    /// The letter's tag.
+    pub tag: String,
+    /// Its partition's tracker; the job itself is one unsettled output.
+    pub tracker: Arc<PartitionTracker>,
+}
+
+/// A pigeon's breaker state, by pigeon id and version.
+#[derive(Default)]
+struct Breaker {
+    failures: AtomicU32,
+    open: AtomicBool,
+    skipped: AtomicU64,
+}
+
+/// The worker threads.
+pub struct ScriptPool {
+    senders: Vec<mpsc::Sender<ScriptJob>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl ScriptPool {
+    /// Starts `workers` threads (0: one per core).
+    pub fn start(workers: usize, outputs: Arc<Outputs>) -> Self {
+        let workers = if workers == 0 {
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
+        } else {
+            workers
+        };
+        let breakers: Arc<Mutex<HashMap<(Arc<str>, i64), Arc<Breaker>>>> = Arc::default();
+        let mut senders = Vec::with_capacity(workers);
+        let mut threads = Vec::with_capacity(workers);
+        for n in 0..workers {
+            let (tx, mut rx) = mpsc::channel::<ScriptJob>(QUEUE);
+            let outputs = Arc::clone(&outputs);
+            let breakers = Arc::clone(&breakers);
+            let thread = std::thread::Builder::new()
+                .name(format!("pigeon-script-{n}"))
+                .spawn(move || {
+                    while let Some(job) = rx.blocking_recv() {
+                        let breaker = {
+                            let mut map = breakers.lock().unwrap_or_else(|p| p.into_inner());
+                            let key = (Arc::clone(&job.route.id), job.route.version);
+                            Arc::clone(map.entry(key).or_default())
+                        };
+                        run(job, &outputs, &breaker);
+                    }
+                })
+                .expect("spawning a script worker");
+            senders.push(tx);
+            threads.push(thread);
+        }
+        Self { senders, threads }
+    }
+
+    /// Queues a job on its partition's worker, waiting while that queue is full.
+    pub async fn submit(&self, job: ScriptJob) {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        (job.tracker.topic.as_ref(), job.tracker.partition).hash(&mut hasher);
+        let worker = (hasher.finish() % self.senders.len() as u64) as usize;
+        if let Err(mpsc::error::SendError(job)) = self.senders[worker].send(job).await {
+            // Workers only stop after the router: the letter stays unsettled and is read again.
+            tracing::error!(pigeon = %job.route.id, "script worker gone");
+        }
+    }
+
+    /// Lets the workers finish their queues and stop.
+    pub fn stop(self) {
+        drop(self.senders);
+        for thread in self.threads {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn run(job: ScriptJob, outputs: &Outputs, breaker: &Breaker) {
+    let route = &job.route;
+    let Some(script) = route.script.as_ref() else { return };
+    let offset = job.message.offset();
+    if breaker.open.load(Ordering::Relaxed)
+        && breaker.skipped.fetch_add(1, Ordering::Relaxed) % PROBE_EVERY != 0
+    {
+        let reason = format!("circuit breaker open after {BREAKER_AFTER} consecutive script failures");
+        return fail(&job, outputs, reason);
+    }
+    let header = |name: &str| {
+        job.message
+            .headers()
+            .and_then(|hs| hs.iter().find(|h| h.key == name))
+            .and_then(|h| h.value)
+            .and_then(|v| std::str::from_utf8(v).ok())
+    };
+    let letter = ScriptLetter {
+        id: &job.id,
+        tag: &job.tag,
+        source: header(header::SOURCE).unwrap_or(job.message.topic()),
+        key: job.message.key(),
+        time: header(header::TIME),
+        payload: job.message.payload().unwrap_or(b"null"),
+    };
+    outputs.stats.scripts_run.fetch_add(1, Ordering::Relaxed);
+    let emitted = match script::default_engine().run(&script.compiled, &letter, &script.destinations) {
+        Ok(emitted) => emitted,
+        Err(e) => {
+            let failures = breaker.failures.fetch_add(1, Ordering::Relaxed) + 1;
+            if failures >= BREAKER_AFTER && !breaker.open.swap(true, Ordering::Relaxed) {
+                tracing::error!(pigeon = %route.id, version = route.version, failures, "script circuit breaker open");
+            }
+            return fail(&job, outputs, e.to_string());
+        }
+    };
+    breaker.failures.store(0, Ordering::Relaxed);
+    if breaker.open.swap(false, Ordering::Relaxed) {
+        tracing::info!(pigeon = %route.id, version = route.version, "script circuit breaker closed");
+    }
+    // The step keeps the letter pending while its outputs are added, then settles itself.
+    job.tracker.add(offset, emitted.len() as u32);
+    let time_ms = job.message.timestamp().to_millis().unwrap_or(0).max(0) as u64;
+    for (index, out) in emitted.into_iter().enumerate() {
+        let destination = &script.destinations[out.dest];
+        let id = LetterId::derived_output(&job.id, route.version, index, time_ms).to_string();
+        let headers = output_headers(job.message.as_ref(), &id, &out.tag, &route.id, true);
+        let payload = serde_json::to_vec(&out.payload).expect("a JSON value serializes");
+        let delivery = Delivery { tracker: Arc::clone(&job.tracker), offset, route: Arc::clone(route) };
+        let mut record = BaseRecord::with_opaque_to(&destination.topic, Box::new(delivery))
+            .headers(headers)
+            .payload(payload.as_slice());
+        if let Some(key) = &out.key {
+            record = record.key(key.as_slice());
+        }
+        while let Err(back) = outputs.try_send(record) {
+            record = back;
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+    job.tracker.settle(offset);
+}
+
+/// Dead-letters the letter for this pigeon; the store write settles the job.
+fn fail(job: &ScriptJob, outputs: &Outputs, reason: String) {
+    outputs.stats.script_failures.fetch_add(1, Ordering::Relaxed);
+    let mut dead_letter = NewDeadLetter::from_message(job.message.as_ref(), ErrorKind::Script, reason);
+    dead_letter.letter_id.clone_from(&job.id);
+    dead_letter.pigeon_id = Some(job.route.id.to_string());
+    dead_letter.pigeon_version = Some(job.route.version);
+    let offset = job.message.offset();
+    let _ = outputs.dead_letters.send(Job { dead_letter, tracker: Arc::clone(&job.tracker), offset });
+}
