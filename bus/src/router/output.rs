@@ -14,6 +14,9 @@ use super::RouterStats;
 use crate::deadletter::Job;
 use pigeon_sdk::header;
 
+/// A record of one output letter.
+pub type OutputRecord<'a> = BaseRecord<'a, [u8], [u8], Box<Delivery>>;
+
 /// The producer and where refused outputs go.
 pub struct Outputs {
     /// The router's producer.
@@ -27,10 +30,7 @@ pub struct Outputs {
 impl Outputs {
     /// Hands a record to the producer. Gives it back when the queue is full (try again after
     /// a moment); a record the producer refuses outright is dead-lettered.
-    pub fn try_send<'a>(
-        &self,
-        record: BaseRecord<'a, [u8], [u8], Box<Delivery>>,
-    ) -> Result<(), BaseRecord<'a, [u8], [u8], Box<Delivery>>> {
+    pub fn try_send<'a>(&self, record: OutputRecord<'a>) -> Result<(), OutputRecord<'a>> {
         match self.producer.send(record) {
             Ok(()) => {
                 self.stats.letters_out.fetch_add(1, Ordering::Relaxed);
@@ -107,7 +107,7 @@ fn text<'a>(key: &'a str, value: &'a str) -> Header<'a, &'a [u8]> {
 }
 
 /// A refused record copied into a message, so it can be dead-lettered like a failed delivery.
-fn owned(record: &BaseRecord<'_, [u8], [u8], Box<Delivery>>) -> OwnedMessage {
+fn owned(record: &OutputRecord<'_>) -> OwnedMessage {
     OwnedMessage::new(
         record.payload.map(<[u8]>::to_vec),
         record.key.map(<[u8]>::to_vec),

@@ -54,6 +54,9 @@ struct Breaker {
     skipped: AtomicU64,
 }
 
+/// Breakers of every script pigeon version seen.
+type Breakers = Mutex<HashMap<(Arc<str>, i64), Arc<Breaker>>>;
+
 /// The worker threads.
 pub struct ScriptPool {
     senders: Vec<mpsc::Sender<ScriptJob>>,
@@ -68,7 +71,7 @@ impl ScriptPool {
         } else {
             workers
         };
-        let breakers: Arc<Mutex<HashMap<(Arc<str>, i64), Arc<Breaker>>>> = Arc::default();
+        let breakers: Arc<Breakers> = Arc::default();
         let mut senders = Vec::with_capacity(workers);
         let mut threads = Vec::with_capacity(workers);
         for n in 0..workers {
