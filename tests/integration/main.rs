@@ -7,5 +7,6 @@
 mod cli;
 mod faults;
 mod forward;
+mod scripts;
 mod store;
 mod support;
