@@ -96,6 +96,8 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(pigeons::enable))
         .routes(routes!(pigeons::disable))
         .routes(routes!(pigeons::versions))
+        .routes(routes!(pigeons::test))
+        .routes(routes!(pigeons::test_unsaved))
         .routes(routes!(tokens::list, tokens::create))
         .routes(routes!(tokens::revoke))
         .routes(routes!(audit::list));

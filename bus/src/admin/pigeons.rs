@@ -13,6 +13,10 @@ use super::auth::{AsOperator, AsViewer, Caller};
 use super::error::{ApiError, ErrorBody};
 use super::{ApiJson, ApiQuery, AppState, Page};
 use crate::route::{parse_spec, PigeonSpec};
+use crate::script::{
+    self,
+    dryrun::{dry_run_pigeon, DryRunOutput, SampleLetter},
+};
 use crate::store::StoredPigeon;
 use crate::token::Role;
 
@@ -329,4 +333,57 @@ pub async fn apply(
         state.store.apply_pigeons(&save, &delete, &caller.name).await?;
     }
     Ok(Json(ApplyResponse { changes, applied }))
+}
+
+/// What a dry run emitted.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TestResult {
+    /// The letters, with their destinations.
+    #[schema(value_type = Vec<Object>)]
+    pub letters: Vec<DryRunOutput>,
+}
+
+/// A pigeon that is not saved, and a sample letter.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UnsavedTest {
+    /// The pigeon, as it would be saved.
+    #[schema(value_type = PigeonSpec)]
+    pub pigeon: serde_json::Value,
+    /// The sample letter: `tag`, `payload`, and optionally `id`, `source`, `key`, `time`.
+    #[schema(value_type = Object)]
+    pub letter: SampleLetter,
+}
+
+fn test_result(pigeon: &PigeonSpec, letter: &SampleLetter) -> Result<Json<TestResult>, ApiError> {
+    let letters = dry_run_pigeon(script::default_engine(), pigeon, letter)
+        .map_err(|e| ApiError::invalid("script_failed", e.to_string(), vec![e.to_string()]))?;
+    Ok(Json(TestResult { letters }))
+}
+
+/// Run a saved pigeon on a sample letter: the letters it would emit, or why it fails.
+#[utoipa::path(post, path = "/pigeons/{id}/test", tag = "pigeons", params(("id" = String, Path, description = "pigeon id")),
+    request_body(content = Object, description = "a sample letter: tag, payload, and optionally id, source, key, time"),
+    responses((status = 200, body = TestResult), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("token" = [])))]
+pub async fn test(
+    _: AsViewer,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    ApiJson(letter): ApiJson<SampleLetter>,
+) -> Result<Json<TestResult>, ApiError> {
+    let pigeon = current(&state, &id).await?.spec;
+    test_result(&pigeon, &letter)
+}
+
+/// Run an unsaved pigeon (a script being written) on a sample letter.
+#[utoipa::path(post, path = "/pigeons/test", tag = "pigeons", request_body = UnsavedTest,
+    responses((status = 200, body = TestResult), (status = 422, body = ErrorBody)),
+    security(("token" = [])))]
+pub async fn test_unsaved(
+    _: AsViewer,
+    ApiJson(request): ApiJson<UnsavedTest>,
+) -> Result<Json<TestResult>, ApiError> {
+    let pigeon = checked_spec(request.pigeon)?;
+    test_result(&pigeon, &request.letter)
 }

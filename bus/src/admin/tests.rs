@@ -75,7 +75,7 @@ fn pigeon(id: &str, owner: &str) -> Value {
 }
 
 /// The role each operation needs. Must list exactly the documented operations.
-const ROLES: [(&str, &str, Role); 14] = [
+const ROLES: [(&str, &str, Role); 16] = [
     ("GET", "/api/v1/pigeons", Role::Viewer),
     ("POST", "/api/v1/pigeons", Role::Operator),
     ("POST", "/api/v1/pigeons/validate", Role::Viewer),
@@ -86,6 +86,8 @@ const ROLES: [(&str, &str, Role); 14] = [
     ("POST", "/api/v1/pigeons/{id}/enable", Role::Operator),
     ("POST", "/api/v1/pigeons/{id}/disable", Role::Operator),
     ("GET", "/api/v1/pigeons/{id}/versions", Role::Viewer),
+    ("POST", "/api/v1/pigeons/{id}/test", Role::Viewer),
+    ("POST", "/api/v1/pigeons/test", Role::Viewer),
     ("GET", "/api/v1/tokens", Role::Admin),
     ("POST", "/api/v1/tokens", Role::Admin),
     ("DELETE", "/api/v1/tokens/{name}", Role::Admin),
@@ -412,4 +414,54 @@ async fn metrics_show_the_router_counters() {
         .unwrap();
     assert!(text.contains("\npigeon_letters_in_total 7\n"), "{text}");
     assert!(text.contains("# TYPE pigeon_in_flight_peak gauge\npigeon_in_flight_peak 3\n"), "{text}");
+}
+
+#[tokio::test]
+async fn scripts_are_tried_on_sample_letters_saved_or_not() {
+    let api = Api::new().await;
+    let mut scripted = pigeon("points", "x");
+    scripted["action"] = json!("script");
+    scripted["script"] = json!("#{ points: payload.giftCount * 10 }");
+    assert_eq!(
+        api.call(Method::POST, "/api/v1/pigeons", &api.operator, Some(scripted.clone())).await.0,
+        StatusCode::CREATED
+    );
+    let letter = json!({ "tag": "gift.sent", "key": "room-1", "payload": { "giftCount": 3 } });
+
+    let (status, body) =
+        api.call(Method::POST, "/api/v1/pigeons/points/test", &api.viewer, Some(letter.clone())).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["letters"][0]["payload"]["points"], 30);
+    assert_eq!(body["letters"][0]["tag"], "progress.add");
+    assert_eq!(body["letters"][0]["key"], "room-1");
+
+    let mut draft = scripted.clone();
+    draft["script"] = json!("throw \"not yet\"");
+    let (status, body) = api
+        .call(
+            Method::POST,
+            "/api/v1/pigeons/test",
+            &api.viewer,
+            Some(json!({ "pigeon": draft, "letter": letter })),
+        )
+        .await;
+    assert_eq!((status, body["code"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("script_failed")));
+    assert!(body["message"].as_str().unwrap().contains("threw not yet"), "{body}");
+    draft["script"] = json!("let x = ;");
+    let (status, body) = api
+        .call(
+            Method::POST,
+            "/api/v1/pigeons/test",
+            &api.viewer,
+            Some(json!({ "pigeon": draft, "letter": letter })),
+        )
+        .await;
+    assert_eq!((status, body["code"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("invalid_pigeon")));
+    assert!(body["details"].to_string().contains("line 1, column 9"), "{body}");
+
+    // A forward pigeon shows the letter on each destination.
+    api.call(Method::POST, "/api/v1/pigeons", &api.operator, Some(pigeon("plain", "x"))).await;
+    let (_, body) = api.call(Method::POST, "/api/v1/pigeons/plain/test", &api.viewer, Some(letter)).await;
+    assert_eq!(body["letters"][0]["payload"]["giftCount"], 3);
+    assert_eq!(api.state.store.pigeons().await.unwrap().len(), 2, "tests save nothing");
 }

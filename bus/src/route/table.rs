@@ -228,6 +228,8 @@ fn compile_one(pigeon: &VersionedPigeon) -> Result<(Arc<Route>, TagPattern), Vec
         error("id must be 1 to 128 characters".into());
     } else if !spec.id.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c)) {
         error("id may use only lower-case letters, digits, `.`, `_` and `-`".into());
+    } else if ["apply", "test", "validate"].contains(&spec.id.as_str()) {
+        error("id is reserved (it names an API action)".into());
     }
     if let Err(e) = validate_topic(&spec.matcher.topic) {
         error(format!("match.topic: {e}"));

@@ -70,6 +70,31 @@ pub fn script_destinations(specs: &[DestinationSpec]) -> Result<Vec<ScriptDestin
         .collect()
 }
 
+/// What a whole pigeon would emit for `letter`: its script's letters, or for a forward pigeon
+/// the letter itself on each destination with that destination's tag.
+pub fn dry_run_pigeon(
+    engine: &ScriptEngine,
+    pigeon: &crate::route::PigeonSpec,
+    letter: &SampleLetter,
+) -> Result<Vec<DryRunOutput>, ScriptError> {
+    match &pigeon.script {
+        Some(source) => dry_run(engine, source, letter, &pigeon.destinations),
+        None => {
+            let destinations = script_destinations(&pigeon.destinations).map_err(ScriptError::Output)?;
+            Ok(destinations
+                .into_iter()
+                .map(|d| DryRunOutput {
+                    dest: d.name,
+                    topic: d.topic,
+                    tag: d.tag,
+                    key: letter.key.clone(),
+                    payload: letter.payload.clone(),
+                })
+                .collect())
+        }
+    }
+}
+
 /// Compiles and runs `source` on `letter`, sending to `destinations` (or the letter file's own).
 pub fn dry_run(
     engine: &ScriptEngine,
