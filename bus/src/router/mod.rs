@@ -7,7 +7,7 @@
 //! Revoked partitions and shutdown drain first, then commit.
 
 pub mod context;
-mod output;
+pub mod output;
 mod scripts;
 pub mod tracker;
 
