@@ -164,11 +164,10 @@ fn run(job: ScriptJob, outputs: &Outputs, breaker: &Breaker) {
         let destination = &script.destinations[out.dest];
         let id = LetterId::derived_output(&job.id, route.version, index, time_ms).to_string();
         let headers = output_headers(job.message.as_ref(), &id, &out.tag, &route.id, true);
-        let payload = serde_json::to_vec(&out.payload).expect("a JSON value serializes");
         let delivery = Delivery { tracker: Arc::clone(&job.tracker), offset, route: Arc::clone(route) };
         let mut record = BaseRecord::with_opaque_to(&destination.topic, Box::new(delivery))
             .headers(headers)
-            .payload(payload.as_slice());
+            .payload(out.payload.as_slice());
         if let Some(key) = &out.key {
             record = record.key(key.as_slice());
         }

@@ -122,9 +122,9 @@ pub fn dry_run(
         .map(|o| DryRunOutput {
             dest: destinations[o.dest].name.clone(),
             topic: destinations[o.dest].topic.clone(),
+            payload: o.payload_json(),
             tag: o.tag,
             key: o.key.map(|k| String::from_utf8_lossy(&k).into_owned()),
-            payload: o.payload,
         })
         .collect())
 }

@@ -113,9 +113,8 @@ impl ScriptEngine {
         letter: &ScriptLetter<'_>,
         destinations: &[ScriptDestination],
     ) -> Result<Vec<ScriptOutput>, ScriptError> {
-        let payload: serde_json::Value =
+        let payload: Dynamic =
             serde_json::from_slice(letter.payload).map_err(|e| ScriptError::Payload(e.to_string()))?;
-        let payload = rhai::serde::to_dynamic(&payload).map_err(|e| ScriptError::Payload(e.to_string()))?;
         let key_text = letter.key.map(|k| String::from_utf8_lossy(k).into_owned());
         let mut scope = Scope::new();
         scope.push("payload", payload);
@@ -239,8 +238,8 @@ fn output(
     Ok(ScriptOutput { dest, tag, key, payload: to_json(payload, &what)? })
 }
 
-fn to_json(value: Dynamic, what: &str) -> Result<serde_json::Value, ScriptError> {
-    rhai::serde::from_dynamic(&value).map_err(|e| ScriptError::Output(format!("{what} is not JSON: {e}")))
+fn to_json(value: Dynamic, what: &str) -> Result<Vec<u8>, ScriptError> {
+    serde_json::to_vec(&value).map_err(|e| ScriptError::Output(format!("{what} is not JSON: {e}")))
 }
 
 fn runtime_error(error: &rhai::EvalAltResult) -> ScriptError {

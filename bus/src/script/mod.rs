@@ -78,8 +78,15 @@ pub struct ScriptOutput {
     pub tag: String,
     /// Partition key.
     pub key: Option<Vec<u8>>,
-    /// The new payload.
-    pub payload: serde_json::Value,
+    /// The new payload, JSON.
+    pub payload: Vec<u8>,
+}
+
+impl ScriptOutput {
+    /// The payload as a JSON value.
+    pub fn payload_json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.payload).expect("a script's payload is serialized JSON")
+    }
 }
 
 /// Why a script did not produce letters.
@@ -132,7 +139,7 @@ impl fmt::Display for ScriptOutput {
             self.dest,
             self.tag,
             key.as_deref().unwrap_or("-"),
-            self.payload
+            String::from_utf8_lossy(&self.payload)
         )
     }
 }
