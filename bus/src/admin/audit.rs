@@ -69,11 +69,7 @@ pub async fn list(
                 .map_err(|_| ApiError::bad_request(format!("cursor {c:?} is not one we gave")))?,
         ),
     };
-    let mut items: Vec<AuditView> =
+    let items: Vec<AuditView> =
         state.store.audit(before, limit as u32 + 1).await?.into_iter().map(AuditView::from).collect();
-    let next_cursor = (items.len() > limit).then(|| {
-        items.truncate(limit);
-        items[limit - 1].id.to_string()
-    });
-    Ok(Json(Page { items, next_cursor }))
+    Ok(Json(Page::from_overfetch(items, limit, |a| a.id.to_string())))
 }

@@ -50,6 +50,18 @@ pub struct Page<T> {
     pub next_cursor: Option<String>,
 }
 
+impl<T> Page<T> {
+    /// A page from `limit + 1` fetched items: the extra one only says another page follows,
+    /// whose cursor is `cursor_of` the last item kept.
+    pub fn from_overfetch(mut items: Vec<T>, limit: usize, cursor_of: impl Fn(&T) -> String) -> Self {
+        let next_cursor = (items.len() > limit).then(|| {
+            items.truncate(limit);
+            cursor_of(&items[limit - 1])
+        });
+        Self { items, next_cursor }
+    }
+}
+
 /// Validates a requested page size.
 pub fn page_limit(limit: Option<u32>) -> Result<usize, ApiError> {
     match limit.unwrap_or(50) {

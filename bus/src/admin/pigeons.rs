@@ -78,12 +78,8 @@ pub async fn list(
             && q.topic.as_ref().is_none_or(|t| &p.spec.matcher.topic == t)
             && q.cursor.as_ref().is_none_or(|c| &p.spec.id > c)
     });
-    let mut items: Vec<PigeonView> = matching.take(limit + 1).map(PigeonView::from).collect();
-    let next_cursor = (items.len() > limit).then(|| {
-        items.truncate(limit);
-        items[limit - 1].spec.id.clone()
-    });
-    Ok(Json(Page { items, next_cursor }))
+    let items: Vec<PigeonView> = matching.take(limit + 1).map(PigeonView::from).collect();
+    Ok(Json(Page::from_overfetch(items, limit, |p| p.spec.id.clone())))
 }
 
 /// Create a pigeon (409 if the id exists).

@@ -435,27 +435,17 @@ async fn scripts_are_tried_on_sample_letters_saved_or_not() {
     assert_eq!(body["letters"][0]["tag"], "progress.add");
     assert_eq!(body["letters"][0]["key"], "room-1");
 
-    let mut draft = scripted.clone();
-    draft["script"] = json!("throw \"not yet\"");
-    let (status, body) = api
-        .call(
-            Method::POST,
-            "/api/v1/pigeons/test",
-            &api.viewer,
-            Some(json!({ "pigeon": draft, "letter": letter })),
-        )
-        .await;
+    let try_draft = |script: &str| {
+        let mut draft = scripted.clone();
+        draft["script"] = json!(script);
+        let body = json!({ "pigeon": draft, "letter": letter });
+        let api = &api;
+        async move { api.call(Method::POST, "/api/v1/pigeons/test", &api.viewer, Some(body)).await }
+    };
+    let (status, body) = try_draft("throw \"not yet\"").await;
     assert_eq!((status, body["code"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("script_failed")));
     assert!(body["message"].as_str().unwrap().contains("threw not yet"), "{body}");
-    draft["script"] = json!("let x = ;");
-    let (status, body) = api
-        .call(
-            Method::POST,
-            "/api/v1/pigeons/test",
-            &api.viewer,
-            Some(json!({ "pigeon": draft, "letter": letter })),
-        )
-        .await;
+    let (status, body) = try_draft("let x = ;").await;
     assert_eq!((status, body["code"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("invalid_pigeon")));
     assert!(body["details"].to_string().contains("line 1, column 9"), "{body}");
 
