@@ -30,6 +30,7 @@ fn pigeon(id: &str, script: Option<String>) -> VersionedPigeon {
         script,
         matcher: MatchSpec { topic: "live.gift".into(), tag: "gift.sent".into() },
         destinations: vec![DestinationSpec::capability("act-toy/progress.add")],
+        retry: None,
     };
     VersionedPigeon { spec, version: 1 }
 }

@@ -11,21 +11,40 @@ use std::path::Path;
 use serde::Deserialize;
 
 /// Everything the `pigeon` binary needs to run.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(default)]
 pub struct BusConfig {
+    /// The roles this process runs (`pigeon serve --roles` overrides); default all.
+    pub roles: Vec<Role>,
     /// Kafka connection and client properties.
     pub kafka: KafkaConfig,
     /// Where pigeons and dead letters are kept.
     pub store: StoreConfig,
     /// The forward path.
     pub router: RouterConfig,
+    /// The retry worker.
+    pub retrier: RetrierConfig,
     /// The admin HTTP server.
     pub admin: AdminConfig,
     /// Topics `pigeon topics ensure` creates.
     pub topics: TopicsConfig,
     /// Source topics written by systems that do not use the SDK, by topic name.
     pub sources: BTreeMap<String, SourceConfig>,
+}
+
+impl Default for BusConfig {
+    fn default() -> Self {
+        Self {
+            roles: vec![Role::Router, Role::Retrier, Role::Admin],
+            kafka: KafkaConfig::default(),
+            store: StoreConfig::default(),
+            router: RouterConfig::default(),
+            retrier: RetrierConfig::default(),
+            admin: AdminConfig::default(),
+            topics: TopicsConfig::default(),
+            sources: BTreeMap::new(),
+        }
+    }
 }
 
 /// Kafka connection; any librdkafka property can be passed through.
@@ -93,6 +112,76 @@ impl Default for RouterConfig {
             script_workers: 0,
         }
     }
+}
+
+/// The retry worker.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default)]
+pub struct RetrierConfig {
+    /// How often due dead letters are swept: an interval (`"1s"`) or a cron expression with
+    /// seconds (`"*/5 * * * * *"`).
+    pub sweep: String,
+    /// Dead letters claimed per sweep.
+    pub batch: u32,
+    /// How long a claim holds; another retrier takes the letter over after it.
+    pub lease_ms: u64,
+    /// How long the retrier's producer tries one delivery (its `message.timeout.ms`); must be
+    /// well below the lease, so a live retrier always reports before its claim runs out.
+    pub delivery_timeout_ms: u64,
+}
+
+impl Default for RetrierConfig {
+    fn default() -> Self {
+        Self { sweep: "1s".into(), batch: 500, lease_ms: 120_000, delivery_timeout_ms: 60_000 }
+    }
+}
+
+/// When the retrier sweeps.
+#[derive(Clone, Debug)]
+pub enum Sweep {
+    /// At a fixed interval.
+    Every(std::time::Duration),
+    /// On a cron schedule.
+    Cron(Box<cron::Schedule>),
+}
+
+impl Sweep {
+    /// Reads `"1s"` or a cron expression.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        if let Ok(every) = humantime::parse_duration(text) {
+            if every.is_zero() {
+                return Err("retrier.sweep must be longer than zero".into());
+            }
+            return Ok(Sweep::Every(every));
+        }
+        text.parse::<cron::Schedule>().map(|s| Sweep::Cron(Box::new(s))).map_err(|e| {
+            format!("retrier.sweep {text:?} is neither an interval (\"1s\") nor a cron expression: {e}")
+        })
+    }
+
+    /// How long until the next sweep.
+    pub fn wait(&self) -> std::time::Duration {
+        match self {
+            Sweep::Every(every) => *every,
+            Sweep::Cron(schedule) => schedule
+                .upcoming(chrono::Utc)
+                .next()
+                .and_then(|at| (at - chrono::Utc::now()).to_std().ok())
+                .unwrap_or(std::time::Duration::from_secs(1)),
+        }
+    }
+}
+
+/// Which parts of the bus one process runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// The forward path.
+    Router,
+    /// Redelivers due dead letters.
+    Retrier,
+    /// The admin API (and UI).
+    Admin,
 }
 
 /// The admin HTTP server.
@@ -214,6 +303,22 @@ impl BusConfig {
         }
         if self.router.offset_store_interval_ms == 0 {
             errors.push("router.offset_store_interval_ms must be at least 1".into());
+        }
+        if let Err(e) = Sweep::parse(&self.retrier.sweep) {
+            errors.push(e);
+        }
+        if self.retrier.batch == 0 {
+            errors.push("retrier.batch must be at least 1".into());
+        }
+        if self.retrier.lease_ms < self.retrier.delivery_timeout_ms + 10_000 {
+            errors.push(format!(
+                "retrier.lease_ms ({}) must exceed retrier.delivery_timeout_ms ({}) by at least 10000, \
+                 or a live retrier's claim could run out while it is still delivering",
+                self.retrier.lease_ms, self.retrier.delivery_timeout_ms
+            ));
+        }
+        if self.roles.is_empty() {
+            errors.push("roles is empty: name at least one of router, retrier, admin".into());
         }
         if self.topics.partitions < 1 {
             errors.push("topics.partitions must be at least 1".into());

@@ -30,6 +30,7 @@ pub fn demo_pigeon() -> PigeonSpec {
         script: None,
         matcher: MatchSpec { topic: DEMO_SOURCE.into(), tag: "gift.sent".into() },
         destinations: vec![DestinationSpec::capability(&format!("{DEMO_MODULE}/progress.add"))],
+        retry: None,
     }
 }
 

@@ -11,6 +11,7 @@ pub mod deadletter;
 pub mod dev;
 pub mod kafka;
 pub mod route;
+pub mod retrier;
 pub mod router;
 pub mod script;
 pub mod serve;

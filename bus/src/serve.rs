@@ -7,7 +7,8 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, AppState};
-use crate::config::{redact_url, BusConfig};
+use crate::config::{redact_url, BusConfig, Role};
+use crate::retrier::{self, RetrierParts, RetrierStats};
 use crate::kafka;
 use crate::route::{RouteTable, VersionedPigeon};
 use crate::router::{self, RouterParts, RouterStats};
@@ -44,27 +45,65 @@ pub async fn run(
         .with_context(|| format!("binding the admin server to {}", config.admin.listen))?;
     let url = format!("http://{}", listener.local_addr()?);
     on_listening(&url);
-    let app = admin::app(AppState {
-        store: Arc::clone(&store),
-        ready: Arc::clone(&ready),
-        stats: Arc::clone(&stats),
-    });
+    let retrier_stats = Arc::new(RetrierStats::default());
+    let app = admin::app(
+        AppState {
+            store: Arc::clone(&store),
+            ready: Arc::clone(&ready),
+            stats: Arc::clone(&stats),
+            retrier: Arc::clone(&retrier_stats),
+        },
+        config.roles.contains(&Role::Admin),
+    );
     let http_cancel = cancel.clone();
     let http = tokio::spawn(async move {
         axum::serve(listener, app).with_graceful_shutdown(http_cancel.cancelled_owned()).await
     });
 
-    let consumer = kafka::consumer_config(&config.kafka, &config.kafka.router_group);
     let producer = kafka::producer_config(&config.kafka);
-    tracing::info!(consumer = %kafka::describe(&consumer), producer = %kafka::describe(&producer), "kafka clients");
-    let parts = RouterParts { table, config: config.router.clone(), consumer, producer, store, ready, stats };
-    let router = tokio::spawn(router::run(parts, cancel.clone()));
+    let mut roles = tokio::task::JoinSet::new();
+    if config.roles.contains(&Role::Retrier) {
+        let parts = RetrierParts {
+            config: config.retrier.clone(),
+            sources: config.sources.clone(),
+            producer: producer.clone(),
+            store: Arc::clone(&store),
+            instance: instance_name(),
+            stats: Arc::clone(&retrier_stats),
+        };
+        roles.spawn(retrier::run(parts, cancel.clone()));
+    }
+    if config.roles.contains(&Role::Router) {
+        let consumer = kafka::consumer_config(&config.kafka, &config.kafka.router_group);
+        tracing::info!(consumer = %kafka::describe(&consumer), producer = %kafka::describe(&producer), "kafka clients");
+        let parts = RouterParts { table, config: config.router.clone(), consumer, producer, store, ready, stats };
+        roles.spawn(router::run(parts, cancel.clone()));
+    } else {
+        ready.store(true, std::sync::atomic::Ordering::Release);
+    }
+    tracing::info!(roles = ?config.roles, "bus running");
 
     tokio::spawn(cancel_on_signal(cancel.clone()));
-    let routed = router.await.context("router task")?;
+    // The first role to end (an error, or the drain after a signal) ends them all.
+    let mut result = Ok(());
+    while let Some(ended) = roles.join_next().await {
+        cancel.cancel();
+        if let Err(e) = ended.context("role task").and_then(|r| r) {
+            tracing::error!(error = %e, "role failed");
+            if result.is_ok() {
+                result = Err(e);
+            }
+        }
+    }
     cancel.cancel();
     http.await.context("admin task")?.context("admin server")?;
-    routed
+    result
+}
+
+/// This process in dead-letter histories: host and process id.
+fn instance_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    format!("retrier@{}/{}", host.trim(), std::process::id())
 }
 
 /// Fires `cancel` on SIGTERM or SIGINT.

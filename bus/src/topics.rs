@@ -99,6 +99,7 @@ mod tests {
                 DestinationSpec::capability("chest/drop"),
                 DestinationSpec::topic("lane.x", "t"),
             ],
+            retry: None,
         };
         let table =
             RouteTable::compile(&[VersionedPigeon { spec, version: 1 }], &Default::default()).unwrap();

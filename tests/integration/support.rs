@@ -164,6 +164,7 @@ pub fn pigeon(id: &str, topic: &str, tag: &str, destinations: Vec<DestinationSpe
         script: None,
         matcher: MatchSpec { topic: topic.into(), tag: tag.into() },
         destinations,
+        retry: None,
     }
 }
 

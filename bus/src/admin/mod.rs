@@ -6,6 +6,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod deadletters;
 pub mod error;
 pub mod pigeons;
 pub mod tokens;
@@ -39,6 +40,8 @@ pub struct AppState {
     pub ready: Arc<AtomicBool>,
     /// Router counters.
     pub stats: Arc<RouterStats>,
+    /// Retrier counters.
+    pub retrier: Arc<crate::retrier::RetrierStats>,
 }
 
 /// One page of a list, and the cursor of the next (absent on the last page).
@@ -85,6 +88,7 @@ pub struct ApiQuery<T>(pub T);
     info(title = "Pigeon admin API", description = "Manage the Pigeon event-routing bus."),
     modifiers(&BearerAuth),
     tags((name = "pigeons", description = "Routes"), (name = "tokens", description = "API tokens"),
+         (name = "dead-letters", description = "Failed deliveries: retry, edit, discard"),
          (name = "audit", description = "Who changed what"))
 )]
 struct ApiDoc;
@@ -112,20 +116,27 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(pigeons::test_unsaved))
         .routes(routes!(tokens::list, tokens::create))
         .routes(routes!(tokens::revoke))
+        .routes(routes!(deadletters::list))
+        .routes(routes!(deadletters::get))
+        .routes(routes!(deadletters::retry))
+        .routes(routes!(deadletters::discard))
+        .routes(routes!(deadletters::edit))
         .routes(routes!(audit::list));
     OpenApiRouter::with_openapi(ApiDoc::openapi()).nest("/api/v1", v1).split_for_parts()
 }
 
-/// The HTTP application.
-pub fn app(state: AppState) -> Router {
-    let (api, doc) = api();
-    let doc = Arc::new(doc);
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
-        .route("/api/v1/openapi.json", get(move || async move { Json(doc.as_ref().clone()) }))
-        .merge(api)
-        .fallback(not_found)
+/// The HTTP application: health and metrics, and the admin API when `with_api` (the admin
+/// role).
+pub fn app(state: AppState, with_api: bool) -> Router {
+    let mut app = Router::new().route("/healthz", get(healthz)).route("/metrics", get(metrics));
+    if with_api {
+        let (api, doc) = api();
+        let doc = Arc::new(doc);
+        app = app
+            .route("/api/v1/openapi.json", get(move || async move { Json(doc.as_ref().clone()) }))
+            .merge(api);
+    }
+    app.fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
@@ -134,9 +145,10 @@ async fn not_found(uri: axum::http::Uri) -> ApiError {
     ApiError::not_found(format!("route {}", uri.path()))
 }
 
-/// Router counters in the Prometheus text format.
+/// Router and retrier counters in the Prometheus text format.
 async fn metrics(State(state): State<AppState>) -> String {
     let stats = &state.stats;
+    let retrier = &state.retrier;
     let mut out = String::new();
     for (name, help, value) in [
         ("pigeon_letters_in_total", "Source letters read by the router.", &stats.letters_in),
@@ -148,6 +160,20 @@ async fn metrics(State(state): State<AppState>) -> String {
             "pigeon_script_failures_total",
             "Letters a script failed on (dead-lettered).",
             &stats.script_failures,
+        ),
+        ("pigeon_retry_claimed_total", "Dead letters the retrier claimed.", &retrier.claimed),
+        ("pigeon_retry_delivered_total", "Dead letters the retrier redelivered.", &retrier.delivered),
+        ("pigeon_retry_failed_total", "Retries that failed and wait for the next step.", &retrier.failed),
+        ("pigeon_retry_parked_total", "Dead letters parked for an operator by the retrier.", &retrier.parked),
+        (
+            "pigeon_retry_taken_over_total",
+            "Dead letters taken over from a claim whose lease ran out (possibly sent twice).",
+            &retrier.taken_over,
+        ),
+        (
+            "pigeon_retry_lost_claims_total",
+            "Retries whose claim ran out before the outcome was recorded (possibly sent twice).",
+            &retrier.lost_claims,
         ),
     ] {
         let kind = if name.ends_with("_total") { "counter" } else { "gauge" };

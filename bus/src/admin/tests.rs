@@ -32,7 +32,12 @@ impl Api {
                 .unwrap();
             values.push(value);
         }
-        let state = AppState { store, ready: Arc::new(AtomicBool::new(true)), stats: Arc::default() };
+        let state = AppState {
+            store,
+            ready: Arc::new(AtomicBool::new(true)),
+            stats: Arc::default(),
+            retrier: Arc::default(),
+        };
         let [viewer, operator, admin] = values.try_into().unwrap();
         Self { state, _dir: dir, viewer, operator, admin }
     }
@@ -43,7 +48,7 @@ impl Api {
         if let Some(token) = token {
             request = request.header("authorization", format!("Bearer {token}"));
         }
-        let response = app(self.state.clone()).oneshot(request.body(body).unwrap()).await.unwrap();
+        let response = app(self.state.clone(), true).oneshot(request.body(body).unwrap()).await.unwrap();
         let status = response.status();
         let bytes = axum::body::to_bytes(response.into_body(), 16 << 20).await.unwrap();
         let value = if bytes.is_empty() {
@@ -75,7 +80,7 @@ fn pigeon(id: &str, owner: &str) -> Value {
 }
 
 /// The role each operation needs. Must list exactly the documented operations.
-const ROLES: [(&str, &str, Role); 16] = [
+const ROLES: [(&str, &str, Role); 21] = [
     ("GET", "/api/v1/pigeons", Role::Viewer),
     ("POST", "/api/v1/pigeons", Role::Operator),
     ("POST", "/api/v1/pigeons/validate", Role::Viewer),
@@ -92,6 +97,11 @@ const ROLES: [(&str, &str, Role); 16] = [
     ("POST", "/api/v1/tokens", Role::Admin),
     ("DELETE", "/api/v1/tokens/{name}", Role::Admin),
     ("GET", "/api/v1/audit", Role::Viewer),
+    ("GET", "/api/v1/dead-letters", Role::Viewer),
+    ("GET", "/api/v1/dead-letters/{id}", Role::Viewer),
+    ("POST", "/api/v1/dead-letters/retry", Role::Operator),
+    ("POST", "/api/v1/dead-letters/discard", Role::Operator),
+    ("PUT", "/api/v1/dead-letters/{id}/payload", Role::Operator),
 ];
 
 #[tokio::test]
@@ -409,7 +419,7 @@ async fn metrics_show_the_router_counters() {
     api.state.stats.letters_in.store(7, Ordering::Relaxed);
     api.state.stats.in_flight_peak.store(3, Ordering::Relaxed);
     let response =
-        app(api.state.clone()).oneshot(Request::get("/metrics").body(Body::empty()).unwrap()).await.unwrap();
+        app(api.state.clone(), true).oneshot(Request::get("/metrics").body(Body::empty()).unwrap()).await.unwrap();
     let text = String::from_utf8(axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap().to_vec())
         .unwrap();
     assert!(text.contains("\npigeon_letters_in_total 7\n"), "{text}");

@@ -186,6 +186,7 @@ mod tests {
                     DestinationSpec::capability("act-toy/progress.add"),
                     DestinationSpec::topic("lane", "x"),
                 ],
+                retry: None,
             },
             PigeonSpec {
                 id: "view".into(),
@@ -196,6 +197,7 @@ mod tests {
                 script: None,
                 matcher: MatchSpec { topic: "live.view".into(), tag: "**".into() },
                 destinations: vec![DestinationSpec::capability("m/c")],
+                retry: None,
             },
         ];
         for format in [Format::Yaml, Format::Toml] {

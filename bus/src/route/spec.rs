@@ -52,6 +52,10 @@ pub struct PigeonSpec {
     /// Where the letters fly.
     #[serde(default)]
     pub destinations: Vec<DestinationSpec>,
+    /// When failed deliveries are tried again, as delays after each failure (`"10s"`, `"5m"`);
+    /// the letter is parked after the last. Default: 10s, 30s, 1m, 5m, 10m, 30m, 1h, 2h.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<Vec<String>>,
 }
 
 fn yes() -> bool {

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use super::pattern::{validate_tag, TagPattern};
 use super::spec::{Action, DestinationSpec, PigeonSpec};
+use crate::deadletter::schedule::Schedule;
 use crate::config::SourceConfig;
 use crate::script::{self, CompiledScript, ScriptDestination};
 
@@ -31,6 +32,8 @@ pub struct Route {
     pub destinations: Vec<Destination>,
     /// The compiled script of a script pigeon.
     pub script: Option<RouteScript>,
+    /// When its failed deliveries are tried again.
+    pub retry: Schedule,
 }
 
 /// A script pigeon's compiled script and what it may send to.
@@ -113,6 +116,7 @@ impl TopicRoutes {
 #[derive(Debug, Default)]
 pub struct RouteTable {
     topics: HashMap<String, TopicRoutes>,
+    by_id: HashMap<Arc<str>, Arc<Route>>,
     pigeons: usize,
 }
 
@@ -165,6 +169,7 @@ impl RouteTable {
                 exact: HashMap::new(),
                 patterns: Vec::new(),
             });
+            table.by_id.insert(Arc::clone(&route.id), Arc::clone(&route));
             match pattern.as_exact() {
                 Some(tag) => routes.exact.entry(tag.to_owned()).or_default().push(route),
                 None => routes.patterns.push((pattern, route)),
@@ -181,6 +186,11 @@ impl RouteTable {
     /// The routes of a source topic, if any pigeon listens there.
     pub fn topic(&self, topic: &str) -> Option<&TopicRoutes> {
         self.topics.get(topic)
+    }
+
+    /// An enabled pigeon's route.
+    pub fn route(&self, id: &str) -> Option<&Arc<Route>> {
+        self.by_id.get(id)
     }
 
     /// Source topics the router must consume, sorted.
@@ -289,6 +299,10 @@ fn compile_one(pigeon: &VersionedPigeon) -> Result<(Arc<Route>, TagPattern), Vec
             }
         }
     };
+    let retry = Schedule::parse(spec.retry.as_deref()).unwrap_or_else(|e| {
+        error(e);
+        Schedule::default()
+    });
     match pattern {
         Ok(pattern) if errors.is_empty() => Ok((
             Arc::new(Route {
@@ -297,6 +311,7 @@ fn compile_one(pigeon: &VersionedPigeon) -> Result<(Arc<Route>, TagPattern), Vec
                 action: spec.action,
                 destinations,
                 script,
+                retry,
             }),
             pattern,
         )),
@@ -356,6 +371,7 @@ mod tests {
                 script: None,
                 matcher: MatchSpec { topic: topic.into(), tag: tag.into() },
                 destinations: dests,
+                retry: None,
             },
             version: 1,
         }

@@ -118,6 +118,7 @@ pub fn output_dead_letter<M: Message>(output: &M, delivery: &Delivery, error: St
     dead.source_offset = delivery.offset;
     dead.pigeon_id = Some(delivery.route.id.to_string());
     dead.pigeon_version = Some(delivery.route.version);
+    dead.first_retry = delivery.route.retry.after(1);
     dead
 }
 

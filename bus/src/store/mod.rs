@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use crate::deadletter::{DeadLetter, DeadLetterFilter, NewDeadLetter, StoredHeader};
+use crate::deadletter::{Attempt, DeadLetter, DeadLetterFilter, NewDeadLetter, Report, Selection, StoredHeader};
 use crate::route::{PigeonSpec, VersionedPigeon};
 use crate::token::Role;
 
@@ -61,6 +61,15 @@ pub struct Saved {
     pub version: i64,
     /// Whether anything changed (an identical spec is not a new version).
     pub changed: bool,
+}
+
+/// Dead letters a retrier claimed.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Claimed {
+    /// The letters, due first.
+    pub letters: Vec<DeadLetter>,
+    /// How many of them were taken over from a claim whose lease ran out.
+    pub taken_over: u64,
 }
 
 /// A token to store: its hash, never its value.
@@ -141,8 +150,44 @@ pub trait Store: Send + Sync + 'static {
     /// Stores a dead letter durably; returns its id.
     async fn insert_dead_letter(&self, letter: &NewDeadLetter) -> Result<i64, StoreError>;
 
-    /// Dead letters, newest first.
-    async fn dead_letters(&self, filter: &DeadLetterFilter) -> Result<Vec<DeadLetter>, StoreError>;
+    /// Dead letters the filter matches with ids below `before_id` (all when `None`), newest
+    /// first.
+    async fn dead_letters(
+        &self,
+        filter: &DeadLetterFilter,
+        before_id: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<DeadLetter>, StoreError>;
+
+    /// One dead letter.
+    async fn dead_letter(&self, id: i64) -> Result<Option<DeadLetter>, StoreError>;
+
+    /// A dead letter's history, oldest first.
+    async fn dead_letter_attempts(&self, id: i64) -> Result<Vec<Attempt>, StoreError>;
+
+    /// Claims up to `limit` dead letters for one retrier: pending ones that are due, and ones
+    /// whose previous claim's lease ran out (taken over; recorded in their history). They are
+    /// `retrying` under `token` until `lease_until` (unix ms). Live claims never overlap.
+    async fn claim_dead_letters(
+        &self,
+        token: &str,
+        lease_until: i64,
+        limit: u32,
+    ) -> Result<Claimed, StoreError>;
+
+    /// Records the end of a claimed attempt. Returns false when the claim was lost (its lease
+    /// ran out and another retrier took the letter over): nothing is written then.
+    async fn report_attempt(&self, id: i64, token: &str, actor: &str, report: &Report) -> Result<bool, StoreError>;
+
+    /// Makes pending and parked dead letters due now (redrive). Audited; returns how many.
+    async fn retry_dead_letters(&self, selection: &Selection, actor: &str) -> Result<u64, StoreError>;
+
+    /// Discards pending and parked dead letters. Audited; returns how many.
+    async fn discard_dead_letters(&self, selection: &Selection, actor: &str) -> Result<u64, StoreError>;
+
+    /// Replaces a pending or parked dead letter's payload. Audited with both payloads; returns
+    /// false when there is no such letter in those states.
+    async fn edit_dead_letter(&self, id: i64, payload: &[u8], actor: &str) -> Result<bool, StoreError>;
 
     /// Stores a new token; a name is never reused.
     async fn create_token(&self, token: &NewToken, actor: &str) -> Result<(), StoreError>;
@@ -228,6 +273,7 @@ mod rows {
         pub status: String,
         pub next_attempt_at: Option<i64>,
         pub created_at: i64,
+        pub updated_at: i64,
     }
 
     impl TryFrom<DeadLetterRow> for DeadLetter {
@@ -255,14 +301,41 @@ mod rows {
                     payload: row.payload,
                     error_kind,
                     error_message: row.error_message,
+                    first_retry: None,
                 },
                 attempts: row.attempts,
                 status,
                 next_attempt_at: row.next_attempt_at,
                 created_at: row.created_at,
+                updated_at: row.updated_at,
             })
         }
     }
+
+    #[derive(sqlx::FromRow)]
+    pub struct AttemptRow {
+        pub attempt: i32,
+        pub at: i64,
+        pub actor: String,
+        pub outcome: String,
+        pub message: String,
+    }
+
+    impl TryFrom<AttemptRow> for Attempt {
+        type Error = StoreError;
+        fn try_from(row: AttemptRow) -> Result<Self, StoreError> {
+            Ok(Attempt {
+                attempt: row.attempt,
+                at: row.at,
+                outcome: row.outcome.parse().map_err(StoreError::Corrupt)?,
+                actor: row.actor,
+                message: row.message,
+            })
+        }
+    }
+
+    pub const INSERT_ATTEMPT: &str = "INSERT INTO dead_letter_attempts \
+        (dead_letter_id, attempt, at, actor, outcome, message) VALUES (?, ?, ?, ?, ?, ?)";
 
     #[derive(sqlx::FromRow)]
     pub struct TokenRow {
@@ -329,26 +402,52 @@ mod rows {
 
     pub const DEAD_LETTER_COLUMNS: &str = "id, letter_id, pigeon_id, pigeon_version, source_topic, \
         source_partition, source_offset, dest_topic, dest_tag, msg_key, headers, payload, error_kind, \
-        error_message, attempts, status, next_attempt_at, created_at";
+        error_message, attempts, status, next_attempt_at, created_at, updated_at";
 
     pub const INSERT_DEAD_LETTER: &str = "INSERT INTO dead_letters (letter_id, pigeon_id, pigeon_version, \
         source_topic, source_partition, source_offset, dest_topic, dest_tag, msg_key, headers, payload, \
         error_kind, error_message, attempts, status, next_attempt_at, created_at, updated_at) \
         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?)";
 
-    /// The `WHERE … ORDER BY … LIMIT` of a dead-letter listing, and whether each filter binds.
-    pub fn dead_letter_query(filter: &DeadLetterFilter) -> String {
-        let mut sql = format!("SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters WHERE 1 = 1");
+    /// The conditions of a filter, each with one `?` bound by [`bind_dead_letter_filter!`] in
+    /// this order.
+    pub fn filter_sql(filter: &DeadLetterFilter) -> String {
+        let mut sql = String::from("1 = 1");
         if filter.pigeon_id.is_some() {
             sql.push_str(" AND pigeon_id = ?");
         }
         if filter.status.is_some() {
             sql.push_str(" AND status = ?");
         }
-        let limit = if filter.limit == 0 { 100 } else { filter.limit };
-        sql.push_str(&format!(" ORDER BY id DESC LIMIT {limit}"));
+        if filter.error_kind.is_some() {
+            sql.push_str(" AND error_kind = ?");
+        }
+        if filter.since.is_some() {
+            sql.push_str(" AND created_at >= ?");
+        }
         sql
     }
+
+    /// The conditions of a selection, bound by [`bind_selection!`].
+    pub fn selection_sql(selection: &Selection) -> String {
+        match selection {
+            Selection::Ids(ids) if ids.is_empty() => "1 = 0".into(),
+            Selection::Ids(ids) => format!("id IN ({})", vec!["?"; ids.len()].join(", ")),
+            Selection::Filter(filter) => filter_sql(filter),
+        }
+    }
+
+    /// A selection as the audit log records it.
+    pub fn selection_json(selection: &Selection, count: u64) -> String {
+        let what = match selection {
+            Selection::Ids(ids) => serde_json::json!({ "ids": ids, "count": count }),
+            Selection::Filter(filter) => serde_json::json!({ "filter": filter, "count": count }),
+        };
+        what.to_string()
+    }
+
+    /// Statuses an operator may retry, discard or edit.
+    pub const OPERABLE: &str = "status IN ('pending', 'parked')";
 }
 
 /// Binds a [`NewDeadLetter`] to [`rows::INSERT_DEAD_LETTER`], for either backend.
@@ -356,7 +455,10 @@ macro_rules! bind_dead_letter {
     ($query:expr, $dl:expr, $now:expr) => {{
         let dl = $dl;
         let status = dl.initial_status();
-        let next_attempt = (status == $crate::deadletter::Status::Pending).then_some($now);
+        let next_attempt = match (status, dl.first_retry) {
+            ($crate::deadletter::Status::Pending, Some(delay)) => Some($now + delay.as_millis() as i64),
+            _ => None,
+        };
         $query
             .bind(&dl.letter_id)
             .bind(&dl.pigeon_id)
@@ -379,17 +481,41 @@ macro_rules! bind_dead_letter {
 }
 pub(crate) use bind_dead_letter;
 
-/// Binds the optional filters of [`rows::dead_letter_query`], in order.
+/// Binds the conditions of [`rows::filter_sql`], in order.
 macro_rules! bind_dead_letter_filter {
     ($query:expr, $filter:expr) => {{
         let mut query = $query;
-        if let Some(pigeon) = &$filter.pigeon_id {
+        let filter: &$crate::deadletter::DeadLetterFilter = $filter;
+        if let Some(pigeon) = &filter.pigeon_id {
             query = query.bind(pigeon.clone());
         }
-        if let Some(status) = $filter.status {
+        if let Some(status) = filter.status {
             query = query.bind(status.as_str());
+        }
+        if let Some(kind) = filter.error_kind {
+            query = query.bind(kind.as_str());
+        }
+        if let Some(since) = filter.since {
+            query = query.bind(since);
         }
         query
     }};
 }
 pub(crate) use bind_dead_letter_filter;
+
+/// Binds the conditions of [`rows::selection_sql`], in order.
+macro_rules! bind_selection {
+    ($query:expr, $selection:expr) => {{
+        match $selection {
+            $crate::deadletter::Selection::Ids(ids) => {
+                let mut query = $query;
+                for id in ids {
+                    query = query.bind(*id);
+                }
+                query
+            }
+            $crate::deadletter::Selection::Filter(filter) => $crate::store::bind_dead_letter_filter!($query, filter),
+        }
+    }};
+}
+pub(crate) use bind_selection;

@@ -5,18 +5,18 @@ use std::time::Duration;
 
 use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
 
-use super::rows::{self, AuditRow, DeadLetterRow, PigeonRow, TokenRow};
-use super::sql::{sql_store, Backend, Dialect};
+use super::rows::{self, AttemptRow, AuditRow, DeadLetterRow, PigeonRow, TokenRow};
+use super::sql::{sql_store, update_first_mysql, Backend, Dialect};
 use super::{
-    bind_dead_letter, bind_dead_letter_filter, now_ms, AuditEntry, NewToken, Saved, StoreError, StoredPigeon,
+    bind_dead_letter, bind_dead_letter_filter, bind_selection, now_ms, Claimed, AuditEntry, NewToken, Saved, StoreError, StoredPigeon,
     Token,
 };
-use crate::deadletter::{DeadLetter, DeadLetterFilter, NewDeadLetter};
+use crate::deadletter::{Attempt, DeadLetter, DeadLetterFilter, NewDeadLetter, Outcome, Report, Selection};
 use crate::route::PigeonSpec;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/mysql");
 
-const MYSQL: Dialect = Dialect { begin_write: "BEGIN", lock_row: " FOR UPDATE" };
+const MYSQL: Dialect = Dialect { begin_write: "BEGIN", lock_row: " FOR UPDATE", update_first: update_first_mysql };
 
 /// The MySQL/TiDB store.
 #[derive(Clone, Debug)]

@@ -10,6 +10,23 @@ pub struct Dialect {
     pub begin_write: &'static str,
     /// Appended to a `SELECT` that reads a row the transaction then updates.
     pub lock_row: &'static str,
+    /// An `UPDATE dead_letters SET {set} WHERE {where} ORDER BY {order} LIMIT ?`: MySQL and
+    /// TiDB take `ORDER BY … LIMIT` on an `UPDATE` but not in an `IN` subquery; SQLite the
+    /// other way round.
+    pub update_first: fn(set: &str, condition: &str, order: &str) -> String,
+}
+
+/// [`Dialect::update_first`] for MySQL and TiDB.
+pub fn update_first_mysql(set: &str, condition: &str, order: &str) -> String {
+    format!("UPDATE dead_letters SET {set} WHERE {condition} ORDER BY {order} LIMIT ?")
+}
+
+/// [`Dialect::update_first`] for SQLite.
+pub fn update_first_sqlite(set: &str, condition: &str, order: &str) -> String {
+    format!(
+        "UPDATE dead_letters SET {set} WHERE id IN \
+         (SELECT id FROM dead_letters WHERE {condition} ORDER BY {order} LIMIT ?)"
+    )
 }
 
 /// Implements [`Store`](super::Store) for `$store` (with a `pool` field of the backend's pool).
@@ -88,10 +105,199 @@ macro_rules! sql_store {
                 Ok($last_id)
             }
 
-            async fn dead_letters(&self, filter: &DeadLetterFilter) -> Result<Vec<DeadLetter>, StoreError> {
-                let sql = rows::dead_letter_query(filter);
+            async fn dead_letters(
+                &self,
+                filter: &DeadLetterFilter,
+                before_id: Option<i64>,
+                limit: u32,
+            ) -> Result<Vec<DeadLetter>, StoreError> {
+                let sql = format!(
+                    "SELECT {} FROM dead_letters WHERE {} AND id < ? ORDER BY id DESC LIMIT ?",
+                    rows::DEAD_LETTER_COLUMNS,
+                    rows::filter_sql(filter)
+                );
                 let query = bind_dead_letter_filter!(sqlx::query_as::<_, DeadLetterRow>(&sql), filter);
+                let query = query.bind(before_id.unwrap_or(i64::MAX)).bind(i64::from(limit));
                 query.fetch_all(&self.pool).await?.into_iter().map(TryInto::try_into).collect()
+            }
+
+            async fn dead_letter(&self, id: i64) -> Result<Option<DeadLetter>, StoreError> {
+                let sql = format!("SELECT {} FROM dead_letters WHERE id = ?", rows::DEAD_LETTER_COLUMNS);
+                let row: Option<DeadLetterRow> = sqlx::query_as(&sql).bind(id).fetch_optional(&self.pool).await?;
+                row.map(TryInto::try_into).transpose()
+            }
+
+            async fn dead_letter_attempts(&self, id: i64) -> Result<Vec<Attempt>, StoreError> {
+                let rows: Vec<AttemptRow> = sqlx::query_as(
+                    "SELECT attempt, at, actor, outcome, message FROM dead_letter_attempts \
+                     WHERE dead_letter_id = ? ORDER BY id",
+                )
+                .bind(id)
+                .fetch_all(&self.pool)
+                .await?;
+                rows.into_iter().map(TryInto::try_into).collect()
+            }
+
+            async fn claim_dead_letters(
+                &self,
+                token: &str,
+                lease_until: i64,
+                limit: u32,
+            ) -> Result<Claimed, StoreError> {
+                let now = now_ms();
+                let mut tx = self.pool.begin_with($dialect.begin_write).await?;
+                // Claims whose lease ran out first: their retrier died or hung mid-attempt.
+                let taken_over = sqlx::query(&($dialect.update_first)(
+                    "claim_token = ?, claimed_until = ?, updated_at = ?",
+                    "status = 'retrying' AND claimed_until < ?",
+                    "claimed_until",
+                ))
+                .bind(token)
+                .bind(lease_until)
+                .bind(now)
+                .bind(now)
+                .bind(i64::from(limit))
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if taken_over > 0 {
+                    let stale: Vec<(i64, i32)> =
+                        sqlx::query_as("SELECT id, attempts FROM dead_letters WHERE claim_token = ?")
+                            .bind(token)
+                            .fetch_all(&mut *tx)
+                            .await?;
+                    for (id, attempts) in stale {
+                        sqlx::query(rows::INSERT_ATTEMPT)
+                            .bind(id)
+                            .bind(attempts + 1)
+                            .bind(now)
+                            .bind(token)
+                            .bind("taken_over")
+                            .bind("the previous claim's lease ran out before it reported; it may have been delivered")
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                }
+                let room = u64::from(limit).saturating_sub(taken_over);
+                if room > 0 {
+                    sqlx::query(&($dialect.update_first)(
+                        "status = 'retrying', claim_token = ?, claimed_until = ?, updated_at = ?",
+                        "status = 'pending' AND next_attempt_at <= ?",
+                        "next_attempt_at",
+                    ))
+                    .bind(token)
+                    .bind(lease_until)
+                    .bind(now)
+                    .bind(now)
+                    .bind(room as i64)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+                let sql = format!(
+                    "SELECT {} FROM dead_letters WHERE claim_token = ? AND status = 'retrying' ORDER BY next_attempt_at, id",
+                    rows::DEAD_LETTER_COLUMNS
+                );
+                let rows: Vec<DeadLetterRow> = sqlx::query_as(&sql).bind(token).fetch_all(&self.pool).await?;
+                let letters = rows.into_iter().map(TryInto::try_into).collect::<Result<_, _>>()?;
+                Ok(Claimed { letters, taken_over })
+            }
+
+            async fn report_attempt(&self, id: i64, token: &str, actor: &str, report: &Report) -> Result<bool, StoreError> {
+                let now = now_ms();
+                let mut tx = self.pool.begin_with($dialect.begin_write).await?;
+                let claimed: Option<(i32,)> = sqlx::query_as(&format!(
+                    "SELECT attempts FROM dead_letters WHERE id = ? AND claim_token = ? AND status = 'retrying'{}",
+                    $dialect.lock_row
+                ))
+                .bind(id)
+                .bind(token)
+                .fetch_optional(&mut *tx)
+                .await?;
+                let Some((attempts,)) = claimed else { return Ok(false) };
+                let status = match report.outcome {
+                    Outcome::Delivered => "delivered",
+                    Outcome::Failed => "pending",
+                    Outcome::Parked | Outcome::TakenOver => "parked",
+                };
+                let next = if status == "pending" { report.next_attempt_at.or(Some(now)) } else { None };
+                sqlx::query(
+                    "UPDATE dead_letters SET status = ?, attempts = ?, next_attempt_at = ?, \
+                     error_message = CASE WHEN ? = '' THEN error_message ELSE ? END, \
+                     claim_token = NULL, claimed_until = NULL, updated_at = ? WHERE id = ?",
+                )
+                .bind(status)
+                .bind(attempts + 1)
+                .bind(next)
+                .bind(&report.message)
+                .bind(&report.message)
+                .bind(now)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query(rows::INSERT_ATTEMPT)
+                    .bind(id)
+                    .bind(attempts + 1)
+                    .bind(now)
+                    .bind(actor)
+                    .bind(report.outcome.as_str())
+                    .bind(&report.message)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(true)
+            }
+
+            async fn retry_dead_letters(&self, selection: &Selection, actor: &str) -> Result<u64, StoreError> {
+                self.operate(
+                    selection,
+                    actor,
+                    "status = 'pending', next_attempt_at = ?, updated_at = ?",
+                    "dead_letter.retry",
+                )
+                .await
+            }
+
+            async fn discard_dead_letters(&self, selection: &Selection, actor: &str) -> Result<u64, StoreError> {
+                self.operate(
+                    selection,
+                    actor,
+                    "status = 'discarded', next_attempt_at = NULL, updated_at = ?",
+                    "dead_letter.discard",
+                )
+                .await
+            }
+
+            async fn edit_dead_letter(&self, id: i64, payload: &[u8], actor: &str) -> Result<bool, StoreError> {
+                let now = now_ms();
+                let mut tx = self.pool.begin_with($dialect.begin_write).await?;
+                let current: Option<(Option<Vec<u8>>,)> = sqlx::query_as(&format!(
+                    "SELECT payload FROM dead_letters WHERE id = ? AND {}{}",
+                    rows::OPERABLE,
+                    $dialect.lock_row
+                ))
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+                let Some((before,)) = current else { return Ok(false) };
+                sqlx::query("UPDATE dead_letters SET payload = ?, updated_at = ? WHERE id = ?")
+                    .bind(payload)
+                    .bind(now)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                let text = |bytes: &[u8]| serde_json::json!({ "payload": String::from_utf8_lossy(bytes) }).to_string();
+                sqlx::query(rows::INSERT_AUDIT)
+                    .bind(now)
+                    .bind(actor)
+                    .bind("dead_letter.edit")
+                    .bind(format!("dead-letter/{id}"))
+                    .bind(before.as_deref().map(text))
+                    .bind(Some(text(payload)))
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(true)
             }
 
             async fn create_token(&self, token: &NewToken, actor: &str) -> Result<(), StoreError> {
@@ -170,6 +376,40 @@ macro_rules! sql_store {
         }
 
         impl $store {
+            /// Updates the pending and parked dead letters a selection names, and audits it.
+            /// Each `?` of `set` is bound to the current time.
+            async fn operate(
+                &self,
+                selection: &Selection,
+                actor: &str,
+                set: &str,
+                action: &str,
+            ) -> Result<u64, StoreError> {
+                let now = now_ms();
+                let mut tx = self.pool.begin_with($dialect.begin_write).await?;
+                let sql = format!(
+                    "UPDATE dead_letters SET {set} WHERE {} AND ({})",
+                    rows::OPERABLE,
+                    rows::selection_sql(selection)
+                );
+                let mut query = sqlx::query(&sql);
+                for _ in 0..set.matches('?').count() {
+                    query = query.bind(now);
+                }
+                let count = bind_selection!(query, selection).execute(&mut *tx).await?.rows_affected();
+                sqlx::query(rows::INSERT_AUDIT)
+                    .bind(now)
+                    .bind(actor)
+                    .bind(action)
+                    .bind("dead-letters")
+                    .bind(None::<String>)
+                    .bind(Some(rows::selection_json(selection, count)))
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(count)
+            }
+
             async fn save_in(
                 &self,
                 tx: &mut sqlx::Transaction<'_, <$store as Backend>::Db>,

@@ -7,18 +7,18 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
-use super::rows::{self, AuditRow, DeadLetterRow, PigeonRow, TokenRow};
-use super::sql::{sql_store, Backend, Dialect};
+use super::rows::{self, AttemptRow, AuditRow, DeadLetterRow, PigeonRow, TokenRow};
+use super::sql::{sql_store, update_first_sqlite, Backend, Dialect};
 use super::{
-    bind_dead_letter, bind_dead_letter_filter, now_ms, AuditEntry, NewToken, Saved, StoreError, StoredPigeon,
+    bind_dead_letter, bind_dead_letter_filter, bind_selection, now_ms, Claimed, AuditEntry, NewToken, Saved, StoreError, StoredPigeon,
     Token,
 };
-use crate::deadletter::{DeadLetter, DeadLetterFilter, NewDeadLetter};
+use crate::deadletter::{Attempt, DeadLetter, DeadLetterFilter, NewDeadLetter, Outcome, Report, Selection};
 use crate::route::PigeonSpec;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
 
-const SQLITE: Dialect = Dialect { begin_write: "BEGIN IMMEDIATE", lock_row: "" };
+const SQLITE: Dialect = Dialect { begin_write: "BEGIN IMMEDIATE", lock_row: "", update_first: update_first_sqlite };
 
 /// The SQLite store.
 #[derive(Clone, Debug)]

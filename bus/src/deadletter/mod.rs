@@ -3,6 +3,8 @@
 //! Writing a dead letter is a letter's terminal outcome for offset commits, so the writer keeps
 //! trying while the store is down: the partition's offset simply does not move (backpressure).
 
+pub mod schedule;
+
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -17,7 +19,7 @@ use crate::router::tracker::PartitionTracker;
 use crate::store::Store;
 
 /// What went wrong; decides whether retrying can help.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorKind {
     /// Kafka refused or timed out the output after the client's own retries.
@@ -63,33 +65,50 @@ impl FromStr for ErrorKind {
 }
 
 /// Where a dead letter stands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     /// Waiting for its next attempt.
     Pending,
-    /// Waiting for an operator.
+    /// Claimed by a retrier, which is delivering it now.
+    Retrying,
+    /// Delivered by a retry; kept for the record.
+    Delivered,
+    /// Waiting for an operator: retries used up, or retrying cannot help.
     Parked,
+    /// Dropped by an operator; kept for the record.
+    Discarded,
 }
 
 impl Status {
+    /// Every status, in lifecycle order.
+    pub const ALL: [Status; 5] =
+        [Status::Pending, Status::Retrying, Status::Delivered, Status::Parked, Status::Discarded];
+
     /// The stored name.
     pub fn as_str(self) -> &'static str {
         match self {
             Status::Pending => "pending",
+            Status::Retrying => "retrying",
+            Status::Delivered => "delivered",
             Status::Parked => "parked",
+            Status::Discarded => "discarded",
         }
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
 impl FromStr for Status {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "pending" => Ok(Status::Pending),
-            "parked" => Ok(Status::Parked),
-            other => Err(format!("unknown dead-letter status {other:?}")),
-        }
+        Status::ALL.into_iter().find(|status| status.as_str() == s).ok_or_else(|| {
+            format!("unknown dead-letter status {s:?} (pending, retrying, delivered, parked or discarded)")
+        })
     }
 }
 
@@ -152,12 +171,15 @@ pub struct NewDeadLetter {
     pub error_kind: ErrorKind,
     /// Details.
     pub error_message: String,
+    /// When the first retry is due after the failed delivery, for a retriable error; `None`
+    /// parks the letter at once.
+    pub first_retry: Option<Duration>,
 }
 
 impl NewDeadLetter {
     /// The status a fresh dead letter starts in.
     pub fn initial_status(&self) -> Status {
-        if self.error_kind.retriable() {
+        if self.error_kind.retriable() && self.first_retry.is_some() {
             Status::Pending
         } else {
             Status::Parked
@@ -184,6 +206,7 @@ impl NewDeadLetter {
             payload: message.payload().map(<[u8]>::to_vec),
             error_kind,
             error_message,
+            first_retry: schedule::DEFAULT_STEPS.first().copied(),
         }
     }
 }
@@ -203,17 +226,98 @@ pub struct DeadLetter {
     pub next_attempt_at: Option<i64>,
     /// When it was first stored (unix ms).
     pub created_at: i64,
+    /// When it last changed (unix ms).
+    pub updated_at: i64,
 }
 
-/// Filter for listing dead letters.
-#[derive(Clone, Debug, Default)]
+/// Filter for listing, retrying or discarding dead letters.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
 pub struct DeadLetterFilter {
     /// Only this pigeon's.
+    #[serde(default, rename = "pigeon", skip_serializing_if = "Option::is_none")]
     pub pigeon_id: Option<String>,
     /// Only in this status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<Status>,
-    /// At most this many, newest first; 0 means 100.
-    pub limit: u32,
+    /// Only of this error kind.
+    #[serde(default, rename = "kind", skip_serializing_if = "Option::is_none")]
+    pub error_kind: Option<ErrorKind>,
+    /// Only those stored at or after this time (unix ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<i64>,
+}
+
+/// Which dead letters an operator acts on: these ids, or every one a filter matches.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Selection {
+    /// These ids.
+    Ids(Vec<i64>),
+    /// Every dead letter the filter matches.
+    Filter(DeadLetterFilter),
+}
+
+/// How one delivery attempt ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Kafka acknowledged every output.
+    Delivered,
+    /// It failed; the letter waits for the next step.
+    Failed,
+    /// It failed and the letter is parked (schedule used up, or retrying cannot help).
+    Parked,
+    /// A retrier's lease ran out before it reported (it died?): another one took over, and the
+    /// letter may have been sent twice.
+    TakenOver,
+}
+
+impl Outcome {
+    /// The stored name.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Outcome::Delivered => "delivered",
+            Outcome::Failed => "failed",
+            Outcome::Parked => "parked",
+            Outcome::TakenOver => "taken_over",
+        }
+    }
+}
+
+impl FromStr for Outcome {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [Outcome::Delivered, Outcome::Failed, Outcome::Parked, Outcome::TakenOver]
+            .into_iter()
+            .find(|o| o.as_str() == s)
+            .ok_or_else(|| format!("unknown attempt outcome {s:?}"))
+    }
+}
+
+/// One entry of a dead letter's history.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Attempt {
+    /// The attempt's number (the router's first delivery was 1).
+    pub attempt: i32,
+    /// When it ended (unix ms).
+    pub at: i64,
+    /// Who made it: a retrier instance, or the operator who acted.
+    pub actor: String,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// The error, or what was done.
+    pub message: String,
+}
+
+/// What a retrier reports about a claimed dead letter.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Report {
+    /// How the attempt ended.
+    pub outcome: Outcome,
+    /// The error, if it failed.
+    pub message: String,
+    /// When to try next (unix ms), for [`Outcome::Failed`].
+    pub next_attempt_at: Option<i64>,
 }
 
 /// A dead letter to store, and the in-flight letter it settles once stored.

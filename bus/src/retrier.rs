@@ -1,0 +1,349 @@
+//! The retry worker: redelivers due dead letters on their pigeon's stepped schedule.
+//!
+//! Each sweep claims a batch of due rows under a fresh claim token with a lease longer than
+//! the producer's delivery timeout, delivers them concurrently, and reports each outcome under
+//! that token. Claims never overlap while their lease holds, so live retriers never send one
+//! dead letter at the same time; rows of a retrier that died mid-claim are taken over when the
+//! lease runs out (and may then have been sent twice: counted, and written in their history).
+//!
+//! A failed delivery (a `produce` dead letter) is sent again as it was, to the topic that
+//! refused it, with `ce_attempt` raised. A letter parked by its script, or unreadable, is only
+//! retried by an operator; it is then redriven through the *current* version of its pigeon (or
+//! of every pigeon of its source topic).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::ClientConfig;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{RetrierConfig, SourceConfig, Sweep};
+use crate::deadletter::schedule::Schedule;
+use crate::deadletter::{DeadLetter, Outcome, Report};
+use crate::route::{Route, RouteTable, VersionedPigeon};
+use crate::router::output::output_headers;
+use crate::script::{self, ScriptLetter};
+use crate::source;
+use crate::store::{now_ms, Store};
+use pigeon_sdk::{header, LetterId};
+
+/// Counters of what the retrier did.
+#[derive(Debug, Default)]
+pub struct RetrierStats {
+    /// Dead letters claimed.
+    pub claimed: AtomicU64,
+    /// Redelivered.
+    pub delivered: AtomicU64,
+    /// Failed again, waiting for the next step.
+    pub failed: AtomicU64,
+    /// Parked for an operator.
+    pub parked: AtomicU64,
+    /// Taken over from a claim whose lease ran out (possibly sent twice).
+    pub taken_over: AtomicU64,
+    /// Attempts whose claim was lost before the report (possibly sent twice).
+    pub lost_claims: AtomicU64,
+}
+
+/// Everything the retrier runs with.
+pub struct RetrierParts {
+    /// Sweep, batch and lease.
+    pub config: RetrierConfig,
+    /// Source reading rules, for redriving unreadable letters.
+    pub sources: BTreeMap<String, SourceConfig>,
+    /// Producer properties; the delivery timeout is set from the config.
+    pub producer: ClientConfig,
+    /// Dead letters live here.
+    pub store: Arc<dyn Store>,
+    /// This instance's name in the letters' history.
+    pub instance: String,
+    /// Counters.
+    pub stats: Arc<RetrierStats>,
+}
+
+/// Runs sweeps until `cancel` fires; a sweep under way finishes first.
+pub async fn run(parts: RetrierParts, cancel: CancellationToken) -> anyhow::Result<()> {
+    let sweep = Sweep::parse(&parts.config.sweep).map_err(anyhow::Error::msg)?;
+    let mut producer_config = parts.producer.clone();
+    producer_config.set("message.timeout.ms", parts.config.delivery_timeout_ms.to_string());
+    let producer: FutureProducer = producer_config.create()?;
+    let mut retrier = Retrier { parts, producer, table: None };
+    tracing::info!(instance = %retrier.parts.instance, sweep = %retrier.parts.config.sweep, "retrier started");
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(sweep.wait()) => {}
+            _ = cancel.cancelled() => break,
+        }
+        // Keep going while whole batches come back: a backlog drains at full speed.
+        loop {
+            match retrier.sweep().await {
+                Ok(claimed) if claimed == retrier.parts.config.batch as usize && !cancel.is_cancelled() => {}
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "retry sweep failed; trying again at the next one");
+                    break;
+                }
+            }
+        }
+    }
+    tracing::info!("retrier stopped");
+    Ok(())
+}
+
+struct Retrier {
+    parts: RetrierParts,
+    producer: FutureProducer,
+    /// The compiled pigeons and the versions they were compiled from.
+    table: Option<(Vec<(String, i64)>, Arc<RouteTable>)>,
+}
+
+/// One letter to send.
+struct Output {
+    topic: String,
+    key: Option<Vec<u8>>,
+    headers: OwnedHeaders,
+    payload: Option<Vec<u8>>,
+}
+
+impl Retrier {
+    /// Claims, delivers and reports one batch; returns how many were claimed.
+    async fn sweep(&mut self) -> anyhow::Result<usize> {
+        let config = &self.parts.config;
+        let token = uuid::Uuid::now_v7().to_string();
+        let lease_until = now_ms() + config.lease_ms as i64;
+        let claimed = self.parts.store.claim_dead_letters(&token, lease_until, config.batch).await?;
+        let stats = Arc::clone(&self.parts.stats);
+        if claimed.taken_over > 0 {
+            stats.taken_over.fetch_add(claimed.taken_over, Ordering::Relaxed);
+            tracing::warn!(
+                count = claimed.taken_over,
+                "took over dead letters whose claim ran out (a retrier died?); they may be delivered twice"
+            );
+        }
+        let count = claimed.letters.len();
+        if count == 0 {
+            return Ok(0);
+        }
+        stats.claimed.fetch_add(count as u64, Ordering::Relaxed);
+        let table = self.table().await?;
+        let attempts = claimed.letters.iter().map(|letter| self.attempt(letter, &table));
+        let reports = futures::future::join_all(attempts).await;
+        for (letter, report) in claimed.letters.iter().zip(reports) {
+            let counter = match report.outcome {
+                Outcome::Delivered => &stats.delivered,
+                Outcome::Failed => &stats.failed,
+                Outcome::Parked | Outcome::TakenOver => &stats.parked,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(
+                dead_letter = letter.id,
+                letter = %letter.letter.letter_id,
+                attempt = letter.attempts + 1,
+                outcome = report.outcome.as_str(),
+                error = %report.message,
+                "dead letter retried"
+            );
+            self.report(letter, &token, &report, lease_until).await;
+        }
+        Ok(count)
+    }
+
+    /// Records an outcome, trying again while the store is down and the lease holds (after
+    /// that another retrier owns the letter).
+    async fn report(&self, letter: &DeadLetter, token: &str, report: &Report, lease_until: i64) {
+        let store = &self.parts.store;
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match store.report_attempt(letter.id, token, &self.parts.instance, report).await {
+                Ok(true) => return,
+                Ok(false) => {
+                    self.parts.stats.lost_claims.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(dead_letter = letter.id, "claim lost before the report; another retrier took it over");
+                    return;
+                }
+                Err(e) if now_ms() + (backoff.as_millis() as i64) < lease_until => {
+                    tracing::warn!(dead_letter = letter.id, error = %e, "cannot record the attempt; trying again");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => {
+                    self.parts.stats.lost_claims.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(dead_letter = letter.id, error = %e, "attempt not recorded before the lease ran out; it will be taken over");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The current pigeons, compiled again only when a version changed.
+    async fn table(&mut self) -> anyhow::Result<Arc<RouteTable>> {
+        let stored = self.parts.store.pigeons().await?;
+        let versions: Vec<(String, i64)> = stored.iter().map(|p| (p.spec.id.clone(), p.version)).collect();
+        if let Some((seen, table)) = &self.table {
+            if *seen == versions {
+                return Ok(Arc::clone(table));
+            }
+        }
+        let pigeons: Vec<VersionedPigeon> = stored.iter().map(|p| p.versioned()).collect();
+        let table = Arc::new(RouteTable::compile(&pigeons, &self.parts.sources)?);
+        self.table = Some((versions, Arc::clone(&table)));
+        Ok(table)
+    }
+
+    /// Delivers one dead letter and says how it went.
+    async fn attempt(&self, letter: &DeadLetter, table: &RouteTable) -> Report {
+        let attempt = letter.attempts + 1;
+        let outputs = match plan(letter, table, attempt) {
+            Ok(outputs) => outputs,
+            Err(message) => return Report { outcome: Outcome::Parked, message, next_attempt_at: None },
+        };
+        let sends = outputs.iter().map(|output| {
+            let mut record = FutureRecord::to(&output.topic).headers(output.headers.clone());
+            if let Some(key) = &output.key {
+                record = record.key(key.as_slice());
+            }
+            if let Some(payload) = &output.payload {
+                record = record.payload(payload.as_slice());
+            }
+            self.producer.send(record, Duration::from_secs(5))
+        });
+        let failure = futures::future::join_all(sends).await.into_iter().find_map(|sent| sent.err());
+        let Some((error, _)) = failure else {
+            let topics: Vec<&str> = outputs.iter().map(|o| o.topic.as_str()).collect();
+            return Report {
+                outcome: Outcome::Delivered,
+                message: format!("delivered to {}", topics.join(", ")),
+                next_attempt_at: None,
+            };
+        };
+        let schedule = letter
+            .letter
+            .pigeon_id
+            .as_deref()
+            .and_then(|id| table.route(id))
+            .map_or_else(Schedule::default, |route| route.retry.clone());
+        match schedule.after(attempt) {
+            Some(delay) => Report {
+                outcome: Outcome::Failed,
+                message: error.to_string(),
+                next_attempt_at: Some(now_ms() + delay.as_millis() as i64),
+            },
+            None => Report {
+                outcome: Outcome::Parked,
+                message: format!("{error} (retries used up)"),
+                next_attempt_at: None,
+            },
+        }
+    }
+}
+
+/// What redelivering a dead letter sends, or why it cannot be sent (it is then parked).
+fn plan(letter: &DeadLetter, table: &RouteTable, attempt: i32) -> Result<Vec<Output>, String> {
+    let dead = &letter.letter;
+    let stored_headers = || {
+        dead.headers.iter().fold(OwnedHeaders::new_with_capacity(dead.headers.len()), |headers, h| {
+            headers.insert(Header { key: &h.name, value: h.value() })
+        })
+    };
+    if let Some(topic) = &dead.dest_topic {
+        // A delivery Kafka refused: the same output again.
+        return Ok(vec![Output {
+            topic: topic.clone(),
+            key: dead.key.clone(),
+            headers: with_attempt(&stored_headers(), attempt),
+            payload: dead.payload.clone(),
+        }]);
+    }
+    // The letter never left: route it again through the pigeons as they are now.
+    let time_ms = dead
+        .headers
+        .iter()
+        .find(|h| h.name == header::TIME)
+        .and_then(|h| h.text.as_deref())
+        .and_then(pigeon_sdk::letter::parse_time)
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(letter.created_at, |t| t.as_millis() as i64);
+    let message = OwnedMessage::new(
+        dead.payload.clone(),
+        dead.key.clone(),
+        dead.source_topic.clone(),
+        rdkafka::Timestamp::CreateTime(time_ms),
+        dead.source_partition,
+        dead.source_offset,
+        Some(stored_headers()),
+    );
+    let routes = table
+        .topic(&dead.source_topic)
+        .ok_or_else(|| format!("no enabled pigeon listens on {} now", dead.source_topic))?;
+    let meta = source::read(&message, &routes.source)?;
+    let tag = meta.tag.clone().unwrap_or_default();
+    let matched: Vec<&Arc<Route>> = match &dead.pigeon_id {
+        Some(id) => vec![table.route(id).ok_or_else(|| format!("pigeon {id} was deleted or disabled"))?],
+        None => match &meta.tag {
+            Some(tag) => routes.matching(tag).collect(),
+            None => routes.matching_untagged().collect(),
+        },
+    };
+    if matched.is_empty() {
+        return Err(format!("no pigeon matches tag {tag:?} on {} now", dead.source_topic));
+    }
+    let id = if dead.letter_id.is_empty() {
+        LetterId::derived(&dead.source_topic, dead.source_partition, dead.source_offset, time_ms as u64)
+            .to_string()
+    } else {
+        dead.letter_id.clone()
+    };
+    let mut outputs = Vec::new();
+    for route in matched {
+        let Some(script) = &route.script else {
+            for destination in &route.destinations {
+                let headers = output_headers(&message, &id, &destination.tag, &route.id, false);
+                outputs.push(Output {
+                    topic: destination.topic.clone(),
+                    key: dead.key.clone(),
+                    headers: with_attempt(&headers, attempt),
+                    payload: dead.payload.clone(),
+                });
+            }
+            continue;
+        };
+        let text = |name: &str| {
+            dead.headers.iter().find(|h| h.name == name).and_then(|h| h.text.as_deref())
+        };
+        let input = ScriptLetter {
+            id: &id,
+            tag: &tag,
+            source: text(header::SOURCE).unwrap_or(&dead.source_topic),
+            key: dead.key.as_deref(),
+            time: text(header::TIME),
+            payload: dead.payload.as_deref().unwrap_or(b"null"),
+        };
+        let emitted = script::default_engine()
+            .run(&script.compiled, &input, &script.destinations)
+            .map_err(|e| format!("pigeon {} version {}: {e}", route.id, route.version))?;
+        for (index, out) in emitted.into_iter().enumerate() {
+            let out_id = LetterId::derived_output(&id, route.version, index, time_ms as u64).to_string();
+            let headers = output_headers(&message, &out_id, &out.tag, &route.id, true);
+            outputs.push(Output {
+                topic: script.destinations[out.dest].topic.clone(),
+                key: out.key,
+                headers: with_attempt(&headers, attempt),
+                payload: Some(out.payload),
+            });
+        }
+    }
+    Ok(outputs)
+}
+
+/// The headers with `ce_attempt` set to `attempt`.
+fn with_attempt(headers: &OwnedHeaders, attempt: i32) -> OwnedHeaders {
+    let attempt = attempt.to_string();
+    let mut out = OwnedHeaders::new_with_capacity(headers.count() + 1);
+    for h in headers.iter().filter(|h| h.key != header::ATTEMPT) {
+        out = out.insert(h);
+    }
+    out.insert(Header { key: header::ATTEMPT, value: Some(attempt.as_bytes()) })
+}
