@@ -5,8 +5,10 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use pigeon_bus::cli::deadletters;
 use pigeon_bus::cli::{self, client::Client, routes};
-use pigeon_bus::config::BusConfig;
+use pigeon_bus::config::{BusConfig, Role};
+use pigeon_bus::deadletter::DeadLetterFilter;
 use pigeon_bus::dev::{self, DevOptions};
 use pigeon_bus::route::DestinationSpec;
 use pigeon_bus::script::dryrun::{dry_run, SampleLetter};
@@ -47,6 +49,9 @@ enum Command {
         /// Admin server address (port 0 picks a free one).
         #[arg(long)]
         listen: Option<String>,
+        /// Roles to run, comma-separated (default: all, or the config's `roles`).
+        #[arg(long, value_enum, value_delimiter = ',')]
+        roles: Vec<Role>,
     },
     /// Apply database migrations and exit.
     Migrate {
@@ -78,6 +83,67 @@ enum Command {
         remote: Remote,
         #[command(subcommand)]
         command: RoutesCommand,
+    },
+    /// Failed deliveries: list, show, retry, edit, discard (through the admin API).
+    DeadLetters {
+        #[command(flatten)]
+        remote: Remote,
+        #[command(subcommand)]
+        command: DeadLettersCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DeadLettersCommand {
+    /// List dead letters, newest first.
+    List {
+        /// Only this pigeon's.
+        #[arg(long)]
+        pigeon: Option<String>,
+        /// Only in this status: pending, retrying, delivered, parked or discarded.
+        #[arg(long)]
+        status: Option<String>,
+        /// Only of this kind: produce, malformed or script.
+        #[arg(long)]
+        kind: Option<String>,
+        /// Only those stored since: an age (2h) or a time (2026-11-23T10:00:00Z).
+        #[arg(long)]
+        since: Option<String>,
+        /// How many to show (1 to 500).
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// Show a dead letter and its attempt history.
+    Show {
+        /// The dead letter's id.
+        id: i64,
+    },
+    /// Redrive pending or parked dead letters now.
+    Retry {
+        /// Dead letter ids.
+        ids: Vec<i64>,
+        /// Select by filter instead: pigeon=ID,status=parked,kind=produce,since=2h.
+        #[arg(long)]
+        filter: Option<String>,
+    },
+    /// Fix a dead letter's payload (in $EDITOR, or from a file), then redrive it.
+    Edit {
+        /// The dead letter's id.
+        id: i64,
+        /// Read the new payload (JSON) from this file instead of opening an editor.
+        #[arg(long)]
+        payload: Option<PathBuf>,
+        /// Replace the payload without retrying.
+        #[arg(long)]
+        no_retry: bool,
+    },
+    /// Discard pending or parked dead letters (kept, marked discarded).
+    Discard {
+        /// Dead letter ids.
+        ids: Vec<i64>,
+        /// Select by filter instead: pigeon=ID,status=parked,kind=produce,since=2h.
+        #[arg(long)]
+        filter: Option<String>,
     },
 }
 
@@ -259,8 +325,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("kafka: {}", mock.bootstrap_servers());
             runtime.block_on(dev::run(config, options))
         }
-        Command::Serve { connect, listen } => {
+        Command::Serve { connect, listen, roles } => {
             connect.apply(&mut config)?;
+            if !roles.is_empty() {
+                config.roles = roles;
+            }
             if let Some(listen) = listen {
                 config.admin.listen = listen;
             }
@@ -343,6 +412,33 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 RoutesCommand::Apply { file, dry_run, prune, format } => {
                     print!("{}", routes::apply(&client, &file, format, dry_run, prune).await?);
+                }
+            }
+            Ok(())
+        }),
+        Command::DeadLetters { remote, command } => runtime.block_on(async {
+            let client = Client::new(&remote.url, &remote.token)?;
+            match command {
+                DeadLettersCommand::List { pigeon, status, kind, since, limit } => {
+                    let filter = DeadLetterFilter {
+                        pigeon_id: pigeon,
+                        status: status.map(|s| s.parse()).transpose().map_err(anyhow::Error::msg)?,
+                        error_kind: kind.map(|k| k.parse()).transpose().map_err(anyhow::Error::msg)?,
+                        since: since.map(|s| deadletters::parse_since(&s)).transpose()?,
+                    };
+                    print!("{}", deadletters::list(&client, &filter, limit).await?);
+                }
+                DeadLettersCommand::Show { id } => print!("{}", deadletters::show(&client, id).await?),
+                DeadLettersCommand::Retry { ids, filter } => {
+                    let count = deadletters::act(&client, "retry", &ids, filter.as_deref()).await?;
+                    println!("{count} dead letter(s) queued for retry");
+                }
+                DeadLettersCommand::Edit { id, payload, no_retry } => {
+                    print!("{}", deadletters::edit(&client, id, payload.as_deref(), !no_retry).await?);
+                }
+                DeadLettersCommand::Discard { ids, filter } => {
+                    let count = deadletters::act(&client, "discard", &ids, filter.as_deref()).await?;
+                    println!("{count} dead letter(s) discarded");
                 }
             }
             Ok(())

@@ -97,8 +97,11 @@ struct Retrier {
     parts: RetrierParts,
     producer: FutureProducer,
     /// The compiled pigeons and the versions they were compiled from.
-    table: Option<(Vec<(String, i64)>, Arc<RouteTable>)>,
+    table: Option<(Versions, Arc<RouteTable>)>,
 }
+
+/// Pigeon ids and versions, by id.
+type Versions = Vec<(String, i64)>;
 
 /// One letter to send.
 struct Output {
@@ -161,7 +164,10 @@ impl Retrier {
                 Ok(true) => return,
                 Ok(false) => {
                     self.parts.stats.lost_claims.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(dead_letter = letter.id, "claim lost before the report; another retrier took it over");
+                    tracing::warn!(
+                        dead_letter = letter.id,
+                        "claim lost before the report; another retrier took it over"
+                    );
                     return;
                 }
                 Err(e) if now_ms() + (backoff.as_millis() as i64) < lease_until => {
@@ -181,7 +187,7 @@ impl Retrier {
     /// The current pigeons, compiled again only when a version changed.
     async fn table(&mut self) -> anyhow::Result<Arc<RouteTable>> {
         let stored = self.parts.store.pigeons().await?;
-        let versions: Vec<(String, i64)> = stored.iter().map(|p| (p.spec.id.clone(), p.version)).collect();
+        let versions: Versions = stored.iter().map(|p| (p.spec.id.clone(), p.version)).collect();
         if let Some((seen, table)) = &self.table {
             if *seen == versions {
                 return Ok(Arc::clone(table));
@@ -310,9 +316,7 @@ fn plan(letter: &DeadLetter, table: &RouteTable, attempt: i32) -> Result<Vec<Out
             }
             continue;
         };
-        let text = |name: &str| {
-            dead.headers.iter().find(|h| h.name == name).and_then(|h| h.text.as_deref())
-        };
+        let text = |name: &str| dead.headers.iter().find(|h| h.name == name).and_then(|h| h.text.as_deref());
         let input = ScriptLetter {
             id: &id,
             tag: &tag,

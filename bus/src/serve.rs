@@ -8,8 +8,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, AppState};
 use crate::config::{redact_url, BusConfig, Role};
-use crate::retrier::{self, RetrierParts, RetrierStats};
 use crate::kafka;
+use crate::retrier::{self, RetrierParts, RetrierStats};
 use crate::route::{RouteTable, VersionedPigeon};
 use crate::router::{self, RouterParts, RouterStats};
 use crate::store::{self, Store};
@@ -76,7 +76,8 @@ pub async fn run(
     if config.roles.contains(&Role::Router) {
         let consumer = kafka::consumer_config(&config.kafka, &config.kafka.router_group);
         tracing::info!(consumer = %kafka::describe(&consumer), producer = %kafka::describe(&producer), "kafka clients");
-        let parts = RouterParts { table, config: config.router.clone(), consumer, producer, store, ready, stats };
+        let parts =
+            RouterParts { table, config: config.router.clone(), consumer, producer, store, ready, stats };
         roles.spawn(router::run(parts, cancel.clone()));
     } else {
         ready.store(true, std::sync::atomic::Ordering::Release);

@@ -189,7 +189,7 @@ async fn malformed_messages_are_forwarded_or_dead_lettered_never_stall() {
     let store = db.store().await;
     let deadline = std::time::Instant::now() + DEADLINE;
     let dead = loop {
-        let dead = store.dead_letters(&Default::default()).await.unwrap();
+        let dead = store.dead_letters(&Default::default(), None, 500).await.unwrap();
         if dead.len() >= 3 {
             break dead;
         }

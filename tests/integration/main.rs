@@ -7,6 +7,7 @@
 mod cli;
 mod faults;
 mod forward;
+mod retry;
 mod scripts;
 mod store;
 mod support;

@@ -85,7 +85,7 @@ async fn a_script_cleanses_letters_in_key_order_and_dead_letters_its_failures() 
     let store = db.store().await;
     let deadline = Instant::now() + DEADLINE;
     let dead = loop {
-        let dead = store.dead_letters(&Default::default()).await.unwrap();
+        let dead = store.dead_letters(&Default::default(), None, 500).await.unwrap();
         if dead.len() >= 2 || Instant::now() > deadline {
             break dead;
         }
@@ -150,7 +150,7 @@ async fn a_hostile_script_fails_only_its_own_letters() {
     let deadline = Instant::now() + DEADLINE;
     loop {
         let dead = store
-            .dead_letters(&pigeon_bus::deadletter::DeadLetterFilter { limit: 5000, ..Default::default() })
+            .dead_letters(&pigeon_bus::deadletter::DeadLetterFilter::default(), None, 5000)
             .await
             .unwrap();
         if dead.len() == LETTERS {

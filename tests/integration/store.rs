@@ -3,9 +3,14 @@
 
 use std::sync::Arc;
 
-use pigeon_bus::deadletter::{DeadLetterFilter, ErrorKind, NewDeadLetter, Status, StoredHeader};
+use std::collections::HashSet;
+use std::time::Duration;
+
+use pigeon_bus::deadletter::{
+    DeadLetterFilter, ErrorKind, NewDeadLetter, Outcome, Report, Selection, Status, StoredHeader,
+};
 use pigeon_bus::route::DestinationSpec;
-use pigeon_bus::store::{NewToken, Saved, Store, StoreError};
+use pigeon_bus::store::{now_ms, NewToken, Saved, Store, StoreError};
 use pigeon_bus::token::{self, Role};
 use sqlx::Connection;
 
@@ -19,6 +24,9 @@ async fn conformance(store: Arc<dyn Store>) {
     pigeons_apply_atomically(store.as_ref()).await;
     tokens_are_kept_hashed(store.as_ref()).await;
     dead_letters_keep_everything(store.as_ref()).await;
+    claims_never_overlap_and_expire(store.as_ref()).await;
+    operators_retry_edit_and_discard(store.as_ref()).await;
+    racing_retriers_claim_each_letter_once(Arc::clone(&store)).await;
 }
 
 async fn pigeons_are_versioned(store: &dyn Store) {
@@ -136,7 +144,149 @@ fn dead_letter(pigeon: &str, kind: ErrorKind, payload: Vec<u8>) -> NewDeadLetter
         payload: Some(payload),
         error_kind: kind,
         error_message: "Message production error: MessageTimedOut (Local: Message timed out)".into(),
+        first_retry: Some(Duration::from_secs(10)),
     }
+}
+
+/// A produce dead letter of `pigeon`, due `due_in` after it is stored.
+fn due(pigeon: &str, due_in: Duration) -> NewDeadLetter {
+    NewDeadLetter { first_retry: Some(due_in), ..dead_letter(pigeon, ErrorKind::Produce, b"{}".to_vec()) }
+}
+
+fn ids(letters: &[pigeon_bus::deadletter::DeadLetter]) -> Vec<i64> {
+    letters.iter().map(|d| d.id).collect()
+}
+
+async fn claims_never_overlap_and_expire(store: &dyn Store) {
+    let later = now_ms() + 60_000;
+    let mut due_now = Vec::new();
+    for _ in 0..3 {
+        due_now.push(store.insert_dead_letter(&due("claims", Duration::ZERO)).await.unwrap());
+    }
+    let not_yet = store.insert_dead_letter(&due("claims", Duration::from_secs(3600))).await.unwrap();
+
+    let a = store.claim_dead_letters("token-a", later, 2).await.unwrap();
+    assert_eq!(ids(&a.letters), due_now[..2], "the batch limit holds, oldest due first");
+    assert!(a.letters.iter().all(|d| d.status == Status::Retrying));
+    let b = store.claim_dead_letters("token-b", later, 10).await.unwrap();
+    assert_eq!(ids(&b.letters), [due_now[2]], "a live claim is never claimed again; {not_yet} is not due");
+    assert!(store.claim_dead_letters("token-c", later, 10).await.unwrap().letters.is_empty());
+
+    let delivered =
+        Report { outcome: Outcome::Delivered, message: "delivered to t".into(), next_attempt_at: None };
+    assert!(!store.report_attempt(due_now[0], "token-b", "r2", &delivered).await.unwrap(), "not b's claim");
+    assert!(store.report_attempt(due_now[0], "token-a", "r1", &delivered).await.unwrap());
+    assert!(!store.report_attempt(due_now[0], "token-a", "r1", &delivered).await.unwrap(), "reported once");
+    let row = store.dead_letter(due_now[0]).await.unwrap().unwrap();
+    assert_eq!((row.status, row.attempts, row.next_attempt_at), (Status::Delivered, 2, None));
+
+    // A failed retry waits for its next step; one due again at once is claimed again.
+    let failed = Report {
+        outcome: Outcome::Failed,
+        message: "broker down".into(),
+        next_attempt_at: Some(now_ms() - 1),
+    };
+    assert!(store.report_attempt(due_now[1], "token-a", "r1", &failed).await.unwrap());
+    let row = store.dead_letter(due_now[1]).await.unwrap().unwrap();
+    assert_eq!((row.status, row.attempts), (Status::Pending, 2));
+    assert_eq!(row.letter.error_message, "broker down", "the latest error is shown");
+
+    // A retrier that dies keeps its claim only until the lease runs out.
+    let dying = store.claim_dead_letters("token-dying", now_ms() - 1, 10).await.unwrap();
+    assert_eq!(ids(&dying.letters), [due_now[1]]);
+    let heir = store.claim_dead_letters("token-heir", later, 10).await.unwrap();
+    assert_eq!(ids(&heir.letters), [due_now[1]], "taken over after the lease");
+    assert_eq!(heir.taken_over, 1, "and counted");
+    assert!(!store.report_attempt(due_now[1], "token-dying", "r3", &delivered).await.unwrap(), "claim lost");
+    assert!(store.report_attempt(due_now[1], "token-heir", "r4", &delivered).await.unwrap());
+
+    let history = store.dead_letter_attempts(due_now[1]).await.unwrap();
+    let outcomes: Vec<(i32, Outcome, &str)> =
+        history.iter().map(|a| (a.attempt, a.outcome.clone(), a.actor.as_str())).collect();
+    assert_eq!(
+        outcomes,
+        [(2, Outcome::Failed, "r1"), (3, Outcome::TakenOver, "token-heir"), (3, Outcome::Delivered, "r4")]
+    );
+    assert!(store.report_attempt(due_now[2], "token-b", "r2", &delivered).await.unwrap());
+
+    // Parked after the last step.
+    let parked =
+        Report { outcome: Outcome::Parked, message: "retries used up".into(), next_attempt_at: None };
+    let last = store.insert_dead_letter(&due("claims", Duration::ZERO)).await.unwrap();
+    store.claim_dead_letters("token-e", later, 10).await.unwrap();
+    assert!(store.report_attempt(last, "token-e", "r5", &parked).await.unwrap());
+    assert_eq!(store.dead_letter(last).await.unwrap().unwrap().status, Status::Parked);
+    assert_eq!(store.dead_letter(not_yet).await.unwrap().unwrap().status, Status::Pending);
+}
+
+async fn operators_retry_edit_and_discard(store: &dyn Store) {
+    let script = store
+        .insert_dead_letter(&dead_letter("ops", ErrorKind::Script, br#"{"uid":1}"#.to_vec()))
+        .await
+        .unwrap();
+    let waiting = store.insert_dead_letter(&due("ops", Duration::from_secs(3600))).await.unwrap();
+    assert_eq!(store.dead_letter(script).await.unwrap().unwrap().status, Status::Parked);
+
+    // Edit, then redrive: due at once.
+    assert!(store.edit_dead_letter(script, br#"{"uid":2}"#, "alice").await.unwrap());
+    let count = store.retry_dead_letters(&Selection::Ids(vec![script, 999_999_999]), "alice").await.unwrap();
+    assert_eq!(count, 1, "unknown ids change nothing");
+    let row = store.dead_letter(script).await.unwrap().unwrap();
+    assert_eq!(row.status, Status::Pending);
+    assert!(row.next_attempt_at.unwrap() <= now_ms());
+    assert_eq!(row.letter.payload.as_deref(), Some(br#"{"uid":2}"#.as_slice()));
+
+    // Discard by filter; discarded and delivered letters are not operable.
+    let filter = DeadLetterFilter { pigeon_id: Some("ops".into()), ..Default::default() };
+    let count = store.discard_dead_letters(&Selection::Filter(filter.clone()), "bob").await.unwrap();
+    assert_eq!(count, 2);
+    assert_eq!(store.dead_letter(waiting).await.unwrap().unwrap().status, Status::Discarded);
+    assert_eq!(store.retry_dead_letters(&Selection::Filter(filter), "bob").await.unwrap(), 0);
+    assert!(!store.edit_dead_letter(script, b"{}", "bob").await.unwrap());
+
+    let audit = store.audit(None, 3).await.unwrap();
+    let actions: Vec<&str> = audit.iter().map(|a| a.action.as_str()).collect();
+    assert_eq!(actions, ["dead_letter.retry", "dead_letter.discard", "dead_letter.retry"]);
+    assert_eq!(audit[1].actor, "bob");
+    assert_eq!(audit[1].after.as_ref().unwrap()["count"], 2);
+    let edit = store.audit(Some(audit[2].id), 1).await.unwrap();
+    assert_eq!(edit[0].action, "dead_letter.edit");
+    assert_eq!(edit[0].target, format!("dead-letter/{script}"));
+    assert_eq!(edit[0].before.as_ref().unwrap()["payload"], r#"{"uid":1}"#);
+}
+
+async fn racing_retriers_claim_each_letter_once(store: Arc<dyn Store>) {
+    let mut inserted = HashSet::new();
+    for _ in 0..200 {
+        inserted.insert(store.insert_dead_letter(&due("race", Duration::ZERO)).await.unwrap());
+    }
+    let claimers = (0..2).map(|n| {
+        let store = Arc::clone(&store);
+        tokio::spawn(async move {
+            let mut mine = Vec::new();
+            for round in 0.. {
+                let token = format!("racer-{n}-{round}");
+                let claimed = store.claim_dead_letters(&token, now_ms() + 60_000, 16).await.unwrap();
+                if claimed.letters.is_empty() {
+                    return mine;
+                }
+                mine.extend(claimed.letters.iter().map(|d| d.id));
+            }
+            mine
+        })
+    });
+    let mut seen = HashSet::new();
+    let mut per_claimer = Vec::new();
+    for claimer in claimers {
+        let mine = claimer.await.unwrap();
+        per_claimer.push(mine.len());
+        for id in mine {
+            assert!(seen.insert(id), "dead letter {id} claimed twice");
+        }
+    }
+    let raced: HashSet<i64> = seen.intersection(&inserted).copied().collect();
+    assert_eq!(raced, inserted, "every due letter claimed");
+    println!("two claimers took {per_claimer:?} of 200 due dead letters, none twice");
 }
 
 async fn dead_letters_keep_everything(store: &dyn Store) {
@@ -147,29 +297,36 @@ async fn dead_letters_keep_everything(store: &dyn Store) {
     let id2 = store.insert_dead_letter(&malformed).await.unwrap();
     assert!(id2 > id1);
 
-    let all = store.dead_letters(&DeadLetterFilter::default()).await.unwrap();
+    let all = store.dead_letters(&DeadLetterFilter::default(), None, 100).await.unwrap();
     assert_eq!(all.iter().map(|d| d.id).collect::<Vec<_>>(), [id2, id1], "newest first");
     let first = &all[1];
-    assert_eq!(first.letter, produce, "the letter comes back byte for byte");
+    assert_eq!(
+        first.letter,
+        NewDeadLetter { first_retry: None, ..produce },
+        "the letter comes back byte for byte"
+    );
     assert_eq!(first.status, Status::Pending, "produce errors wait for a retry");
-    assert!(first.next_attempt_at.is_some());
+    let wait = first.next_attempt_at.unwrap() - first.created_at;
+    assert_eq!(wait, 10_000, "the first retry waits the pigeon's first step");
     assert_eq!(first.attempts, 1);
     assert_eq!(all[0].letter.payload.as_deref(), Some(big.as_slice()), "2 MB payload intact");
     assert_eq!(all[0].status, Status::Parked, "malformed letters wait for an operator");
     assert_eq!(all[0].next_attempt_at, None);
 
     let by_pigeon = store
-        .dead_letters(&DeadLetterFilter { pigeon_id: Some("p1".into()), ..Default::default() })
+        .dead_letters(&DeadLetterFilter { pigeon_id: Some("p1".into()), ..Default::default() }, None, 100)
         .await
         .unwrap();
     assert_eq!(by_pigeon.iter().map(|d| d.id).collect::<Vec<_>>(), [id1]);
     let parked = store
-        .dead_letters(&DeadLetterFilter { status: Some(Status::Parked), ..Default::default() })
+        .dead_letters(&DeadLetterFilter { status: Some(Status::Parked), ..Default::default() }, None, 100)
         .await
         .unwrap();
     assert_eq!(parked.iter().map(|d| d.id).collect::<Vec<_>>(), [id2]);
-    let limited = store.dead_letters(&DeadLetterFilter { limit: 1, ..Default::default() }).await.unwrap();
-    assert_eq!(limited.len(), 1);
+    let limited = store.dead_letters(&DeadLetterFilter::default(), None, 1).await.unwrap();
+    assert_eq!(ids(&limited), [id2]);
+    let next = store.dead_letters(&DeadLetterFilter::default(), Some(id2), 1).await.unwrap();
+    assert_eq!(ids(&next), [id1], "the cursor pages on");
 }
 
 #[tokio::test]

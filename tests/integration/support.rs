@@ -46,6 +46,17 @@ impl Kafka {
     /// Reads a topic from the beginning until `count` messages arrived (or `extra` more after
     /// that, to catch duplicates), failing at the deadline.
     pub fn collect(&self, topic: &str, count: usize, extra: Duration) -> Vec<OwnedMessage> {
+        self.collect_until(topic, |got| got.len() >= count, extra)
+    }
+
+    /// Reads a topic from the beginning until `done` holds for what arrived (and `extra`
+    /// longer), failing at the deadline.
+    pub fn collect_until(
+        &self,
+        topic: &str,
+        mut done: impl FnMut(&[OwnedMessage]) -> bool,
+        extra: Duration,
+    ) -> Vec<OwnedMessage> {
         let consumer: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", &self.bootstrap)
             .set("group.id", format!("collector-{}", uuid::Uuid::new_v4()))
@@ -63,7 +74,7 @@ impl Kafka {
         let deadline = Instant::now() + DEADLINE;
         let mut settle: Option<Instant> = None;
         loop {
-            if out.len() >= count && settle.is_none() {
+            if settle.is_none() && done(&out) {
                 settle = Some(Instant::now() + extra);
             }
             if settle.is_some_and(|s| Instant::now() >= s) {
@@ -71,7 +82,7 @@ impl Kafka {
             }
             assert!(
                 Instant::now() < deadline,
-                "{topic}: {} of {count} messages arrived before the deadline",
+                "{topic}: only {} messages arrived before the deadline",
                 out.len()
             );
             if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
@@ -131,6 +142,7 @@ pub fn produce(
 }
 
 /// A message a test produces.
+#[derive(Clone)]
 pub struct Outgoing {
     pub key: Option<Vec<u8>>,
     pub headers: rdkafka::message::OwnedHeaders,

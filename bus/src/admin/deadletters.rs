@@ -163,7 +163,8 @@ pub async fn list(
                 .map_err(|_| ApiError::bad_request(format!("cursor {c:?} is not one we gave")))?,
         ),
     };
-    let filter = DeadLetterFilter { pigeon_id: q.pigeon, status: q.status, error_kind: q.kind, since: q.since };
+    let filter =
+        DeadLetterFilter { pigeon_id: q.pigeon, status: q.status, error_kind: q.kind, since: q.since };
     let items: Vec<DeadLetterView> = state
         .store
         .dead_letters(&filter, before, limit as u32 + 1)
@@ -185,7 +186,8 @@ pub async fn get(
     Path(id): Path<String>,
 ) -> Result<Json<DeadLetterDetail>, ApiError> {
     let id = dead_letter_id(&id)?;
-    let letter = state.store.dead_letter(id).await?.ok_or_else(|| ApiError::not_found(format!("dead letter {id}")))?;
+    let letter =
+        state.store.dead_letter(id).await?.ok_or_else(|| ApiError::not_found(format!("dead letter {id}")))?;
     let attempts = state.store.dead_letter_attempts(id).await?;
     Ok(Json(DeadLetterDetail { letter: letter.into(), attempts }))
 }
@@ -242,7 +244,8 @@ pub async fn edit(
             )),
         });
     }
-    let letter = state.store.dead_letter(id).await?.ok_or_else(|| ApiError::not_found(format!("dead letter {id}")))?;
+    let letter =
+        state.store.dead_letter(id).await?.ok_or_else(|| ApiError::not_found(format!("dead letter {id}")))?;
     Ok(Json(letter.into()))
 }
 

@@ -136,9 +136,7 @@ pub fn app(state: AppState, with_api: bool) -> Router {
             .route("/api/v1/openapi.json", get(move || async move { Json(doc.as_ref().clone()) }))
             .merge(api);
     }
-    app.fallback(not_found)
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(state)
+    app.fallback(not_found).layer(DefaultBodyLimit::max(MAX_BODY_BYTES)).with_state(state)
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {

@@ -418,8 +418,10 @@ async fn metrics_show_the_router_counters() {
     let api = Api::new().await;
     api.state.stats.letters_in.store(7, Ordering::Relaxed);
     api.state.stats.in_flight_peak.store(3, Ordering::Relaxed);
-    let response =
-        app(api.state.clone(), true).oneshot(Request::get("/metrics").body(Body::empty()).unwrap()).await.unwrap();
+    let response = app(api.state.clone(), true)
+        .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
     let text = String::from_utf8(axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap().to_vec())
         .unwrap();
     assert!(text.contains("\npigeon_letters_in_total 7\n"), "{text}");
@@ -464,4 +466,87 @@ async fn scripts_are_tried_on_sample_letters_saved_or_not() {
     let (_, body) = api.call(Method::POST, "/api/v1/pigeons/plain/test", &api.viewer, Some(letter)).await;
     assert_eq!(body["letters"][0]["payload"]["giftCount"], 3);
     assert_eq!(api.state.store.pigeons().await.unwrap().len(), 2, "tests save nothing");
+}
+
+#[tokio::test]
+async fn operators_inspect_fix_retry_and_discard_dead_letters() {
+    use crate::deadletter::{ErrorKind, NewDeadLetter, StoredHeader};
+    let api = Api::new().await;
+    let letter = |payload: &[u8]| NewDeadLetter {
+        letter_id: "01a208e2-9eb6-7227-a459-797e4954dd34".into(),
+        pigeon_id: Some("gift".into()),
+        pigeon_version: Some(2),
+        source_topic: "live.gift".into(),
+        source_partition: 1,
+        source_offset: 7,
+        dest_topic: None,
+        dest_tag: None,
+        key: Some(b"room-1".to_vec()),
+        headers: vec![StoredHeader::new("ce_type", Some(b"gift.sent"))],
+        payload: Some(payload.to_vec()),
+        error_kind: ErrorKind::Script,
+        error_message: "threw gift letter without giftCount or price".into(),
+        first_retry: None,
+    };
+    let broken = api.state.store.insert_dead_letter(&letter(br#"{"uid":1}"#)).await.unwrap();
+    let other = api.state.store.insert_dead_letter(&letter(b"not json")).await.unwrap();
+
+    let (status, page) =
+        api.call(Method::GET, "/api/v1/dead-letters?status=parked&kind=script", &api.viewer, None).await;
+    assert_eq!(status, StatusCode::OK);
+    let listed: Vec<i64> =
+        page["items"].as_array().unwrap().iter().map(|d| d["id"].as_i64().unwrap()).collect();
+    assert_eq!(listed, [other, broken], "newest first");
+    assert_eq!(page["items"][0]["payload_text"], "not json", "a payload that is not JSON is shown as text");
+    let (status, body) = api.call(Method::GET, "/api/v1/dead-letters?status=lost", &api.viewer, None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+
+    let path = format!("/api/v1/dead-letters/{broken}");
+    let (_, detail) = api.call(Method::GET, &path, &api.viewer, None).await;
+    assert_eq!(detail["letter"]["payload"], json!({ "uid": 1 }));
+    assert_eq!(detail["letter"]["key"], "room-1");
+    assert_eq!(detail["attempts"], json!([]));
+
+    // Fix the payload, then redrive it.
+    let fixed = json!({ "uid": 1, "giftCount": 2, "price": 10 });
+    let (status, view) =
+        api.call(Method::PUT, &format!("{path}/payload"), &api.operator, Some(fixed.clone())).await;
+    assert_eq!(status, StatusCode::OK, "{view}");
+    assert_eq!(view["payload"], fixed);
+    let (status, _) = api.call(Method::PUT, &format!("{path}/payload"), &api.viewer, Some(fixed)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (_, changed) = api
+        .call(Method::POST, "/api/v1/dead-letters/retry", &api.operator, Some(json!({ "ids": [broken] })))
+        .await;
+    assert_eq!(changed["count"], 1);
+    let (_, detail) = api.call(Method::GET, &path, &api.viewer, None).await;
+    assert_eq!(detail["letter"]["status"], "pending");
+
+    // Discard the rest by filter; bad selections are refused.
+    let body = json!({ "filter": { "pigeon": "gift", "status": "parked" } });
+    let (_, changed) =
+        api.call(Method::POST, "/api/v1/dead-letters/discard", &api.operator, Some(body)).await;
+    assert_eq!(changed["count"], 1);
+    for bad in [
+        json!({}),
+        json!({ "ids": [] }),
+        json!({ "ids": [1], "filter": {} }),
+        json!({ "filter": { "colour": 1 } }),
+    ] {
+        let (status, body) =
+            api.call(Method::POST, "/api/v1/dead-letters/discard", &api.operator, Some(bad.clone())).await;
+        assert!(status.is_client_error(), "{bad} answered {status}: {body}");
+    }
+    let (status, _) = api.call(Method::GET, "/api/v1/dead-letters/999999", &api.viewer, None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = api
+        .call(Method::PUT, &format!("/api/v1/dead-letters/{other}/payload"), &api.operator, Some(json!(1)))
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "a discarded letter cannot be edited");
+
+    let (_, audit) = api.call(Method::GET, "/api/v1/audit?limit=3", &api.viewer, None).await;
+    let actions: Vec<&str> =
+        audit["items"].as_array().unwrap().iter().map(|a| a["action"].as_str().unwrap()).collect();
+    assert_eq!(actions, ["dead_letter.discard", "dead_letter.retry", "dead_letter.edit"]);
+    assert_eq!(audit["items"][0]["actor"], "olli");
 }

@@ -1,7 +1,8 @@
-//! The operator's commands: `pigeon tokens …` (local, on the store) and `pigeon routes …`
-//! (remote, through the admin API).
+//! The operator's commands: `pigeon tokens …` (local, on the store), `pigeon routes …` and
+//! `pigeon dead-letters …` (remote, through the admin API).
 
 pub mod client;
+pub mod deadletters;
 pub mod routes;
 pub mod tokens;
 

@@ -231,7 +231,9 @@ pub struct DeadLetter {
 }
 
 /// Filter for listing, retrying or discarding dead letters.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema, utoipa::IntoParams)]
+#[derive(
+    Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema, utoipa::IntoParams,
+)]
 #[serde(deny_unknown_fields)]
 pub struct DeadLetterFilter {
     /// Only this pigeon's.
@@ -330,42 +332,32 @@ pub struct Job {
     pub offset: i64,
 }
 
-/// Stores dead letters as they come, retrying while the store is down, and settles each letter
-/// only once its dead letter is durable. Returns when `jobs` closes or on cancellation (letters
-/// not yet stored then stay unsettled, so their offsets are not committed).
+/// Dead letters stored per transaction at most.
+const WRITE_BATCH: usize = 256;
+
+/// Stores dead letters as they come (what queued up meanwhile in one transaction), retrying
+/// while the store is down, and settles each letter only once its dead letter is durable.
+/// Returns when `jobs` closes or on cancellation (letters not yet stored then stay unsettled,
+/// so their offsets are not committed).
 pub async fn write_dead_letters(
     store: Arc<dyn Store>,
     mut jobs: mpsc::UnboundedReceiver<Job>,
     cancel: CancellationToken,
 ) {
+    let mut batch = Vec::with_capacity(WRITE_BATCH);
     loop {
-        let job = tokio::select! {
-            job = jobs.recv() => match job {
-                Some(job) => job,
-                None => return,
-            },
+        batch.clear();
+        tokio::select! {
+            received = jobs.recv_many(&mut batch, WRITE_BATCH) => if received == 0 { return },
             _ = cancel.cancelled() => return,
-        };
+        }
+        let letters: Vec<&NewDeadLetter> = batch.iter().map(|job| &job.dead_letter).collect();
         let mut backoff = Duration::from_millis(100);
         loop {
-            match store.insert_dead_letter(&job.dead_letter).await {
-                Ok(id) => {
-                    tracing::warn!(
-                        dead_letter = id,
-                        letter = %job.dead_letter.letter_id,
-                        pigeon = job.dead_letter.pigeon_id.as_deref().unwrap_or("-"),
-                        topic = %job.dead_letter.source_topic,
-                        partition = job.dead_letter.source_partition,
-                        offset = job.dead_letter.source_offset,
-                        kind = %job.dead_letter.error_kind,
-                        error = %job.dead_letter.error_message,
-                        "letter dead-lettered"
-                    );
-                    job.tracker.settle(job.offset);
-                    break;
-                }
+            match store.insert_dead_letters(&letters).await {
+                Ok(()) => break,
                 Err(e) => {
-                    tracing::error!(error = %e, retry_in = ?backoff, "cannot store dead letter; holding offsets");
+                    tracing::error!(error = %e, retry_in = ?backoff, letters = letters.len(), "cannot store dead letters; holding offsets");
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
                         _ = cancel.cancelled() => return,
@@ -373,6 +365,20 @@ pub async fn write_dead_letters(
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
+        }
+        for job in &batch {
+            let dead = &job.dead_letter;
+            tracing::warn!(
+                letter = %dead.letter_id,
+                pigeon = dead.pigeon_id.as_deref().unwrap_or("-"),
+                topic = %dead.source_topic,
+                partition = dead.source_partition,
+                offset = dead.source_offset,
+                kind = %dead.error_kind,
+                error = %dead.error_message,
+                "letter dead-lettered"
+            );
+            job.tracker.settle(job.offset);
         }
     }
 }

@@ -45,7 +45,8 @@ impl Schedule {
             .iter()
             .enumerate()
             .map(|(i, text)| {
-                let step = humantime::parse_duration(text).map_err(|e| format!("retry[{i}] {text:?}: {e}"))?;
+                let step =
+                    humantime::parse_duration(text).map_err(|e| format!("retry[{i}] {text:?}: {e}"))?;
                 if !(MIN_STEP..=MAX_STEP).contains(&step) {
                     return Err(format!("retry[{i}] {text:?}: a step is 100ms to 7 days"));
                 }

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use super::pattern::{validate_tag, TagPattern};
 use super::spec::{Action, DestinationSpec, PigeonSpec};
-use crate::deadletter::schedule::Schedule;
 use crate::config::SourceConfig;
+use crate::deadletter::schedule::Schedule;
 use crate::script::{self, CompiledScript, ScriptDestination};
 
 /// A pigeon as stored: its spec and version.

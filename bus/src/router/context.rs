@@ -76,6 +76,8 @@ pub struct Delivery {
 pub struct RouterProducerContext {
     /// Where failed outputs go to be stored.
     pub dead_letters: UnboundedSender<Job>,
+    /// Counters.
+    pub stats: Arc<super::RouterStats>,
 }
 
 impl ClientContext for RouterProducerContext {}
@@ -87,6 +89,7 @@ impl ProducerContext for RouterProducerContext {
         match result {
             Ok(_) => delivery.tracker.settle(delivery.offset),
             Err((error, message)) => {
+                self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
                 let dead_letter = output_dead_letter(message, &delivery, error.to_string());
                 // Without a writer (shutting down) the letter stays unsettled: its offset is
                 // not committed and it is read again after the restart.

@@ -86,7 +86,10 @@ pub async fn run(parts: RouterParts, cancel: CancellationToken) -> anyhow::Resul
     let drain_timeout = Duration::from_secs(config.drain_timeout_secs);
     let trackers = Arc::new(Trackers::default());
     let producer: Arc<ThreadedProducer<RouterProducerContext>> =
-        Arc::new(producer.create_with_context(RouterProducerContext { dead_letters: dead_tx.clone() })?);
+        Arc::new(producer.create_with_context(RouterProducerContext {
+            dead_letters: dead_tx.clone(),
+            stats: Arc::clone(&stats),
+        })?);
     let outputs = Arc::new(Outputs {
         producer: Arc::clone(&producer),
         dead_letters: dead_tx.clone(),

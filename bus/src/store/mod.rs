@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use crate::deadletter::{Attempt, DeadLetter, DeadLetterFilter, NewDeadLetter, Report, Selection, StoredHeader};
+use crate::deadletter::{
+    Attempt, DeadLetter, DeadLetterFilter, NewDeadLetter, Report, Selection, StoredHeader,
+};
 use crate::route::{PigeonSpec, VersionedPigeon};
 use crate::token::Role;
 
@@ -150,6 +152,9 @@ pub trait Store: Send + Sync + 'static {
     /// Stores a dead letter durably; returns its id.
     async fn insert_dead_letter(&self, letter: &NewDeadLetter) -> Result<i64, StoreError>;
 
+    /// Stores dead letters durably in one transaction: all or none.
+    async fn insert_dead_letters(&self, letters: &[&NewDeadLetter]) -> Result<(), StoreError>;
+
     /// Dead letters the filter matches with ids below `before_id` (all when `None`), newest
     /// first.
     async fn dead_letters(
@@ -177,7 +182,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// Records the end of a claimed attempt. Returns false when the claim was lost (its lease
     /// ran out and another retrier took the letter over): nothing is written then.
-    async fn report_attempt(&self, id: i64, token: &str, actor: &str, report: &Report) -> Result<bool, StoreError>;
+    async fn report_attempt(
+        &self,
+        id: i64,
+        token: &str,
+        actor: &str,
+        report: &Report,
+    ) -> Result<bool, StoreError>;
 
     /// Makes pending and parked dead letters due now (redrive). Audited; returns how many.
     async fn retry_dead_letters(&self, selection: &Selection, actor: &str) -> Result<u64, StoreError>;
@@ -514,7 +525,9 @@ macro_rules! bind_selection {
                 }
                 query
             }
-            $crate::deadletter::Selection::Filter(filter) => $crate::store::bind_dead_letter_filter!($query, filter),
+            $crate::deadletter::Selection::Filter(filter) => {
+                $crate::store::bind_dead_letter_filter!($query, filter)
+            }
         }
     }};
 }

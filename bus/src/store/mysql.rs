@@ -8,15 +8,16 @@ use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
 use super::rows::{self, AttemptRow, AuditRow, DeadLetterRow, PigeonRow, TokenRow};
 use super::sql::{sql_store, update_first_mysql, Backend, Dialect};
 use super::{
-    bind_dead_letter, bind_dead_letter_filter, bind_selection, now_ms, Claimed, AuditEntry, NewToken, Saved, StoreError, StoredPigeon,
-    Token,
+    bind_dead_letter, bind_dead_letter_filter, bind_selection, now_ms, AuditEntry, Claimed, NewToken, Saved,
+    StoreError, StoredPigeon, Token,
 };
 use crate::deadletter::{Attempt, DeadLetter, DeadLetterFilter, NewDeadLetter, Outcome, Report, Selection};
 use crate::route::PigeonSpec;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/mysql");
 
-const MYSQL: Dialect = Dialect { begin_write: "BEGIN", lock_row: " FOR UPDATE", update_first: update_first_mysql };
+const MYSQL: Dialect =
+    Dialect { begin_write: "BEGIN", lock_row: " FOR UPDATE", update_first: update_first_mysql };
 
 /// The MySQL/TiDB store.
 #[derive(Clone, Debug)]

@@ -105,6 +105,16 @@ macro_rules! sql_store {
                 Ok($last_id)
             }
 
+            async fn insert_dead_letters(&self, letters: &[&NewDeadLetter]) -> Result<(), StoreError> {
+                let now = now_ms();
+                let mut tx = self.pool.begin_with($dialect.begin_write).await?;
+                for letter in letters {
+                    bind_dead_letter!(sqlx::query(rows::INSERT_DEAD_LETTER), *letter, now).execute(&mut *tx).await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
             async fn dead_letters(
                 &self,
                 filter: &DeadLetterFilter,

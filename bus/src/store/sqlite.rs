@@ -10,15 +10,16 @@ use sqlx::sqlite::{
 use super::rows::{self, AttemptRow, AuditRow, DeadLetterRow, PigeonRow, TokenRow};
 use super::sql::{sql_store, update_first_sqlite, Backend, Dialect};
 use super::{
-    bind_dead_letter, bind_dead_letter_filter, bind_selection, now_ms, Claimed, AuditEntry, NewToken, Saved, StoreError, StoredPigeon,
-    Token,
+    bind_dead_letter, bind_dead_letter_filter, bind_selection, now_ms, AuditEntry, Claimed, NewToken, Saved,
+    StoreError, StoredPigeon, Token,
 };
 use crate::deadletter::{Attempt, DeadLetter, DeadLetterFilter, NewDeadLetter, Outcome, Report, Selection};
 use crate::route::PigeonSpec;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
 
-const SQLITE: Dialect = Dialect { begin_write: "BEGIN IMMEDIATE", lock_row: "", update_first: update_first_sqlite };
+const SQLITE: Dialect =
+    Dialect { begin_write: "BEGIN IMMEDIATE", lock_row: "", update_first: update_first_sqlite };
 
 /// The SQLite store.
 #[derive(Clone, Debug)]

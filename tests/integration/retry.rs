@@ -1,0 +1,104 @@
+//! Dead letters retried by the retrier role: nothing lost when a destination broker goes down.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use pigeon_bus::deadletter::{DeadLetterFilter, Status};
+use pigeon_bus::route::DestinationSpec;
+use pigeon_sdk::Letter;
+
+use crate::support::{header, pigeon, Bus, Db, Kafka, Outgoing};
+
+const LETTERS: u64 = 20_000;
+const PARTITIONS: i32 = 16;
+
+/// The destination's broker goes down mid-stream: outputs time out and become dead letters,
+/// the retrier redelivers them once it is back, and every letter arrives.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_destination_broker_down_and_back_loses_nothing() {
+    let kafka = Kafka::new(2);
+    kafka.topic("src", PARTITIONS);
+    kafka.topic("dst", PARTITIONS);
+    for p in 0..PARTITIONS {
+        kafka.cluster.partition_leader("src", p, Some(1)).unwrap();
+        kafka.cluster.partition_leader("dst", p, Some(2)).unwrap();
+    }
+    kafka.cluster.coordinator(rdkafka::mocking::MockCoordinator::Group("pigeon-router".into()), 1).unwrap();
+    let mut spec = pigeon("p", "src", "**", vec![DestinationSpec::topic("dst", "out")]);
+    spec.retry = Some(["1s", "1s", "2s", "2s", "5s", "5s", "10s", "10s"].map(String::from).to_vec());
+    let db = Db::with_pigeons(&[spec]).await;
+    let bus = Bus::start(&kafka, &db, &["-X", "producer.message.timeout.ms=2000"]);
+
+    let letters: Vec<Letter> = (0..LETTERS)
+        .map(|n| Letter::new("test", "in", serde_json::json!({ "n": n })).with_key(format!("k{}", n % 500)))
+        .collect();
+    let outgoing: Vec<Outgoing> = letters.iter().map(Outgoing::from).collect();
+    let (first, rest) = outgoing.split_at(LETTERS as usize / 2);
+    kafka.produce("src", first.iter().cloned());
+    kafka.collect("dst", first.len(), Duration::ZERO);
+    kafka.cluster.broker_down(2).unwrap();
+    let down = Instant::now();
+    kafka.produce("src", rest.iter().cloned());
+    let deadline = Instant::now() + crate::support::DEADLINE;
+    while bus.metrics()["pigeon_dead_letters_total"] == 0 {
+        assert!(Instant::now() < deadline, "no output to the down broker was dead-lettered:\n{}", bus.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(3).saturating_sub(down.elapsed()));
+    kafka.cluster.broker_up(2).unwrap();
+    let up = Instant::now();
+
+    let sent: HashSet<String> = letters.iter().map(|l| l.id.to_string()).collect();
+    let (mut unique, mut looked) = (HashSet::new(), 0);
+    let got = kafka.collect_until(
+        "dst",
+        |got| {
+            // Only what arrived since the last look: the check stays linear.
+            unique.extend(got[looked..].iter().filter_map(|m| header(m, "ce_id")));
+            looked = got.len();
+            unique.len() >= sent.len()
+        },
+        Duration::from_secs(2),
+    );
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for m in &got {
+        *seen.entry(header(m, "ce_id").unwrap()).or_default() += 1;
+    }
+    let arrived: HashSet<String> = seen.keys().cloned().collect();
+    assert_eq!(arrived, sent, "every letter arrived");
+    let retried = got.iter().filter(|m| header(m, "ce_attempt").is_some_and(|a| a != "1")).count();
+    let metrics = bus.metrics();
+    let dead = metrics["pigeon_dead_letters_total"];
+    println!(
+        "broker down {:.1}s: {dead} outputs dead-lettered, {} redelivered by the retrier, {retried} \
+         arrived with ce_attempt > 1, all {LETTERS} arrived {:.1}s after it came back, {} duplicates",
+        (up - down).as_secs_f64(),
+        metrics["pigeon_retry_delivered_total"],
+        up.elapsed().as_secs_f64(),
+        got.len() - seen.len()
+    );
+    assert!(dead > 0, "the outage produced dead letters");
+    assert!(retried > 0, "redeliveries say so with ce_attempt > 1");
+
+    // Every dead letter ends delivered, with its history.
+    let store = db.store().await;
+    let deadline = Instant::now() + crate::support::DEADLINE;
+    loop {
+        let open = DeadLetterFilter { status: Some(Status::Pending), ..Default::default() };
+        let pending = store.dead_letters(&open, None, 500).await.unwrap().len();
+        let open = DeadLetterFilter { status: Some(Status::Retrying), ..Default::default() };
+        let retrying = store.dead_letters(&open, None, 500).await.unwrap().len();
+        let open = DeadLetterFilter { status: Some(Status::Parked), ..Default::default() };
+        let parked = store.dead_letters(&open, None, 500).await.unwrap().len();
+        assert_eq!(parked, 0, "nothing parked: the broker came back within the schedule");
+        if pending + retrying == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{pending} pending and {retrying} retrying dead letters left");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let some = store.dead_letters(&DeadLetterFilter::default(), None, 1).await.unwrap();
+    let history = store.dead_letter_attempts(some[0].id).await.unwrap();
+    assert!(history.last().is_some_and(|a| a.message.contains("delivered to dst")), "{history:?}");
+    bus.stop();
+}
