@@ -397,6 +397,32 @@ mod tests {
         assert_eq!(example.admin.listen, defaults.admin.listen);
         assert_eq!(example.topics.partitions, defaults.topics.partitions);
         assert_eq!(example.topics.replication, defaults.topics.replication);
+        assert_eq!(example.roles, defaults.roles);
+        assert_eq!(example.retrier.sweep, defaults.retrier.sweep);
+        assert_eq!(example.retrier.batch, defaults.retrier.batch);
+        assert_eq!(example.retrier.lease_ms, defaults.retrier.lease_ms);
+        assert_eq!(example.retrier.delivery_timeout_ms, defaults.retrier.delivery_timeout_ms);
+    }
+
+    #[test]
+    fn retrier_settings_are_checked() {
+        let errors = BusConfig::parse(
+            "roles = []\n[retrier]\nsweep = \"whenever\"\nbatch = 0\nlease_ms = 1000\ndelivery_timeout_ms = 5000\n",
+        )
+        .unwrap_err()
+        .to_string();
+        for expected in [
+            "neither an interval",
+            "retrier.batch must be at least 1",
+            "must exceed retrier.delivery_timeout_ms",
+            "roles is empty",
+        ] {
+            assert!(errors.contains(expected), "{expected:?} missing from:\n{errors}");
+        }
+        let cron = BusConfig::parse("[retrier]\nsweep = \"*/5 * * * * *\"\n").unwrap();
+        let wait = Sweep::parse(&cron.retrier.sweep).unwrap().wait();
+        assert!(wait <= std::time::Duration::from_secs(5), "next sweep within 5 s, got {wait:?}");
+        assert!(BusConfig::parse("roles = [\"archiver\"]").is_err(), "unknown roles are refused");
     }
 
     #[test]
