@@ -101,6 +101,11 @@ pub struct RouterConfig {
     pub drain_timeout_secs: u64,
     /// Threads that run cleansing scripts, off the async runtime (0: one per core).
     pub script_workers: usize,
+    /// Consecutive failed deliveries to one destination topic that pause the source
+    /// partitions feeding it (0: never pause).
+    pub breaker_failures: u32,
+    /// How long a destination's breaker stays open before the router probes it again.
+    pub breaker_probe_ms: u64,
 }
 
 impl Default for RouterConfig {
@@ -110,6 +115,8 @@ impl Default for RouterConfig {
             offset_store_interval_ms: 100,
             drain_timeout_secs: 30,
             script_workers: 0,
+            breaker_failures: 100,
+            breaker_probe_ms: 10_000,
         }
     }
 }
@@ -394,6 +401,8 @@ mod tests {
         assert_eq!(example.router.offset_store_interval_ms, defaults.router.offset_store_interval_ms);
         assert_eq!(example.router.drain_timeout_secs, defaults.router.drain_timeout_secs);
         assert_eq!(example.router.script_workers, defaults.router.script_workers);
+        assert_eq!(example.router.breaker_failures, defaults.router.breaker_failures);
+        assert_eq!(example.router.breaker_probe_ms, defaults.router.breaker_probe_ms);
         assert_eq!(example.admin.listen, defaults.admin.listen);
         assert_eq!(example.topics.partitions, defaults.topics.partitions);
         assert_eq!(example.topics.replication, defaults.topics.replication);

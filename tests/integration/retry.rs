@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use pigeon_bus::deadletter::{DeadLetterFilter, Status};
 use pigeon_bus::route::DestinationSpec;
 use pigeon_sdk::Letter;
+use rdkafka::message::OwnedMessage;
 
 use crate::support::{header, pigeon, Bus, Db, Kafka, Outgoing};
 
@@ -14,8 +15,9 @@ const PARTITIONS: i32 = 16;
 
 /// The destination's broker goes down mid-stream: outputs time out and become dead letters,
 /// the retrier redelivers them once it is back, and every letter arrives.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_destination_broker_down_and_back_loses_nothing() {
+/// Two brokers: the source and the group on broker 1, the destination `dst` on broker 2, and
+/// one pigeon `src` → `dst` retrying quickly.
+async fn two_brokers() -> (Kafka, Db) {
     let kafka = Kafka::new(2);
     kafka.topic("src", PARTITIONS);
     kafka.topic("dst", PARTITIONS);
@@ -27,27 +29,17 @@ async fn a_destination_broker_down_and_back_loses_nothing() {
     let mut spec = pigeon("p", "src", "**", vec![DestinationSpec::topic("dst", "out")]);
     spec.retry = Some(["1s", "1s", "2s", "2s", "5s", "5s", "10s", "10s"].map(String::from).to_vec());
     let db = Db::with_pigeons(&[spec]).await;
-    let bus = Bus::start(&kafka, &db, &["-X", "producer.message.timeout.ms=2000"]);
+    (kafka, db)
+}
 
-    let letters: Vec<Letter> = (0..LETTERS)
+fn letters() -> Vec<Letter> {
+    (0..LETTERS)
         .map(|n| Letter::new("test", "in", serde_json::json!({ "n": n })).with_key(format!("k{}", n % 500)))
-        .collect();
-    let outgoing: Vec<Outgoing> = letters.iter().map(Outgoing::from).collect();
-    let (first, rest) = outgoing.split_at(LETTERS as usize / 2);
-    kafka.produce("src", first.iter().cloned());
-    kafka.collect("dst", first.len(), Duration::ZERO);
-    kafka.cluster.broker_down(2).unwrap();
-    let down = Instant::now();
-    kafka.produce("src", rest.iter().cloned());
-    let deadline = Instant::now() + crate::support::DEADLINE;
-    while bus.metrics()["pigeon_dead_letters_total"] == 0 {
-        assert!(Instant::now() < deadline, "no output to the down broker was dead-lettered:\n{}", bus.log());
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    std::thread::sleep(Duration::from_secs(3).saturating_sub(down.elapsed()));
-    kafka.cluster.broker_up(2).unwrap();
-    let up = Instant::now();
+        .collect()
+}
 
+/// Reads `dst` until every letter's id arrived; returns what arrived and each id's count.
+fn collect_all(kafka: &Kafka, letters: &[Letter]) -> (Vec<OwnedMessage>, HashMap<String, usize>) {
     let sent: HashSet<String> = letters.iter().map(|l| l.id.to_string()).collect();
     let (mut unique, mut looked) = (HashSet::new(), 0);
     let got = kafka.collect_until(
@@ -66,6 +58,32 @@ async fn a_destination_broker_down_and_back_loses_nothing() {
     }
     let arrived: HashSet<String> = seen.keys().cloned().collect();
     assert_eq!(arrived, sent, "every letter arrived");
+    (got, seen)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_destination_broker_down_and_back_loses_nothing() {
+    let (kafka, db) = two_brokers().await;
+    let bus = Bus::start(&kafka, &db, &["-X", "producer.message.timeout.ms=2000"]);
+
+    let letters = letters();
+    let outgoing: Vec<Outgoing> = letters.iter().map(Outgoing::from).collect();
+    let (first, rest) = outgoing.split_at(LETTERS as usize / 2);
+    kafka.produce("src", first.iter().cloned());
+    kafka.collect("dst", first.len(), Duration::ZERO);
+    kafka.cluster.broker_down(2).unwrap();
+    let down = Instant::now();
+    kafka.produce("src", rest.iter().cloned());
+    let deadline = Instant::now() + crate::support::DEADLINE;
+    while bus.metrics()["pigeon_dead_letters_total"] == 0 {
+        assert!(Instant::now() < deadline, "no output to the down broker was dead-lettered:\n{}", bus.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(3).saturating_sub(down.elapsed()));
+    kafka.cluster.broker_up(2).unwrap();
+    let up = Instant::now();
+
+    let (got, seen) = collect_all(&kafka, &letters);
     let retried = got.iter().filter(|m| header(m, "ce_attempt").is_some_and(|a| a != "1")).count();
     let metrics = bus.metrics();
     let dead = metrics["pigeon_dead_letters_total"];
@@ -100,5 +118,52 @@ async fn a_destination_broker_down_and_back_loses_nothing() {
     let some = store.dead_letters(&DeadLetterFilter::default(), None, 1).await.unwrap();
     let history = store.dead_letter_attempts(some[0].id).await.unwrap();
     assert!(history.last().is_some_and(|a| a.message.contains("delivered to dst")), "{history:?}");
+    bus.stop();
+}
+
+/// While the destination is down, its breaker stops the router from reading the source, so a
+/// long outage costs a few thousand dead letters, not one per letter; once it is back, the
+/// paused partitions flow again and nothing is lost.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_open_destination_breaker_pauses_the_source_until_the_destination_is_back() {
+    let (kafka, db) = two_brokers().await;
+    let config = db.path("breaker.toml");
+    std::fs::write(&config, "[router]\nbreaker_failures = 20\nbreaker_probe_ms = 3000\n").unwrap();
+    let config = config.display().to_string();
+    let bus = Bus::start(&kafka, &db, &["--config", &config, "-X", "producer.message.timeout.ms=2000"]);
+
+    let letters = letters();
+    kafka.cluster.broker_down(2).unwrap();
+    let down = Instant::now();
+    // About 2,000 letters a second, for ten seconds, all while the destination is down.
+    let producer = {
+        let bootstrap = kafka.bootstrap.clone();
+        let outgoing: Vec<Outgoing> = letters.iter().map(Outgoing::from).collect();
+        std::thread::spawn(move || crate::support::produce(&bootstrap, "src", outgoing, Some(40)))
+    };
+    producer.join().unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let during = bus.metrics();
+    kafka.cluster.broker_up(2).unwrap();
+    let outage = down.elapsed();
+
+    let (got, seen) = collect_all(&kafka, &letters);
+    let metrics = bus.metrics();
+    let dead = metrics["pigeon_dead_letters_total"];
+    println!(
+        "destination down {:.1}s under {LETTERS} letters: {} read by the router and {} dead-lettered \
+         while it was down ({dead} in all), {} duplicates",
+        outage.as_secs_f64(),
+        during["pigeon_letters_in_total"],
+        during["pigeon_dead_letters_total"],
+        got.len() - seen.len()
+    );
+    assert!(bus.log().contains("destination circuit breaker open"), "the breaker opened");
+    assert!(
+        during["pigeon_letters_in_total"] < LETTERS / 2,
+        "the router kept reading a source whose destination was down"
+    );
+    assert!(dead < LETTERS / 2, "{dead} dead letters: the breaker did not hold the source back");
+    assert!(bus.log().contains("destination circuit breaker closed"), "and closed again");
     bus.stop();
 }

@@ -78,6 +78,8 @@ pub struct RouterProducerContext {
     pub dead_letters: UnboundedSender<Job>,
     /// Counters.
     pub stats: Arc<super::RouterStats>,
+    /// Destination circuit breakers.
+    pub breakers: Arc<super::breaker::Breakers>,
 }
 
 impl ClientContext for RouterProducerContext {}
@@ -87,8 +89,12 @@ impl ProducerContext for RouterProducerContext {
 
     fn delivery(&self, result: &DeliveryResult<'_>, delivery: Box<Delivery>) {
         match result {
-            Ok(_) => delivery.tracker.settle(delivery.offset),
+            Ok(message) => {
+                self.breakers.succeeded(message.topic());
+                delivery.tracker.settle(delivery.offset);
+            }
             Err((error, message)) => {
+                self.breakers.failed(message.topic());
                 self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
                 let dead_letter = output_dead_letter(message, &delivery, error.to_string());
                 // Without a writer (shutting down) the letter stays unsettled: its offset is

@@ -6,13 +6,15 @@
 //! partition pauses when its in-flight letters reach the cap and resumes below half of it.
 //! Revoked partitions and shutdown drain first, then commit.
 
+pub mod breaker;
 pub mod context;
 pub mod output;
 mod scripts;
 pub mod tracker;
 
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
@@ -23,6 +25,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use self::breaker::Breakers;
 use self::context::{Delivery, RouterConsumerContext, RouterProducerContext, Trackers};
 use self::output::{output_headers, Outputs};
 use self::scripts::{ScriptJob, ScriptPool};
@@ -85,10 +88,17 @@ pub async fn run(parts: RouterParts, cancel: CancellationToken) -> anyhow::Resul
 
     let drain_timeout = Duration::from_secs(config.drain_timeout_secs);
     let trackers = Arc::new(Trackers::default());
+    let (breaker_tx, mut breaker_rx) = mpsc::unbounded_channel();
+    let breakers = Arc::new(Breakers::new(
+        config.breaker_failures,
+        Duration::from_millis(config.breaker_probe_ms),
+        breaker_tx,
+    ));
     let producer: Arc<ThreadedProducer<RouterProducerContext>> =
         Arc::new(producer.create_with_context(RouterProducerContext {
             dead_letters: dead_tx.clone(),
             stats: Arc::clone(&stats),
+            breakers: Arc::clone(&breakers),
         })?);
     let outputs = Arc::new(Outputs {
         producer: Arc::clone(&producer),
@@ -116,7 +126,11 @@ pub async fn run(parts: RouterParts, cancel: CancellationToken) -> anyhow::Resul
         scripts: &scripts,
         dead_letters: dead_tx,
         stats,
+        breakers: Arc::clone(&breakers),
+        breaker_paused: Mutex::default(),
     };
+    let mut probe_tick = tokio::time::interval(Duration::from_millis(500));
+    probe_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut store_tick = tokio::time::interval(Duration::from_millis(config.offset_store_interval_ms));
     store_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
@@ -132,6 +146,16 @@ pub async fn run(parts: RouterParts, cancel: CancellationToken) -> anyhow::Resul
             }
             _ = store_tick.tick() => {
                 store_offsets(&consumer, &trackers);
+            }
+            Some(change) = breaker_rx.recv() => {
+                if let breaker::Change::Closed(topic) = change {
+                    router.resume_fed_by(&consumer, &topic);
+                }
+            }
+            _ = probe_tick.tick() => {
+                for topic in breakers.due_probes() {
+                    router.probe(&consumer, &topic);
+                }
             }
             received = consumer.recv() => match received {
                 Ok(message) => {
@@ -213,6 +237,9 @@ fn partition_list_of(message: &BorrowedMessage<'_>) -> TopicPartitionList {
     tpl
 }
 
+/// A source topic and partition.
+type SourcePartition = (Arc<str>, i32);
+
 /// The per-letter work of the router.
 struct Forwarder<'p> {
     table: Arc<RouteTable>,
@@ -223,9 +250,71 @@ struct Forwarder<'p> {
     scripts: &'p ScriptPool,
     dead_letters: mpsc::UnboundedSender<Job>,
     stats: Arc<RouterStats>,
+    breakers: Arc<Breakers>,
+    /// Source partitions paused because a destination they feed has an open breaker.
+    breaker_paused: Mutex<HashMap<String, HashSet<SourcePartition>>>,
 }
 
 impl Forwarder<'_> {
+    /// Resumes the source partitions paused for `destination` (its breaker closed or probes).
+    fn resume_fed_by(&self, consumer: &StreamConsumer<RouterConsumerContext>, destination: &str) {
+        let paused = self.breaker_paused.lock().unwrap_or_else(|p| p.into_inner()).remove(destination);
+        let mut tpl = TopicPartitionList::new();
+        for (topic, partition) in paused.into_iter().flatten() {
+            tpl.add_partition(&topic, partition);
+        }
+        if tpl.count() > 0 {
+            tracing::info!(destination, partitions = tpl.count(), "resuming source partitions");
+            if let Err(e) = consumer.resume(&tpl) {
+                tracing::warn!(destination, error = %e, "resume after the breaker");
+            }
+        }
+    }
+
+    /// Resumes one source partition paused for `destination`: its next letters probe whether
+    /// the destination works again (the others stay paused, so a backlog does not rush into a
+    /// destination that is still down).
+    fn probe(&self, consumer: &StreamConsumer<RouterConsumerContext>, destination: &str) {
+        let mut paused = self.breaker_paused.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(partitions) = paused.get_mut(destination) else { return };
+        let Some(probe) = partitions.iter().next().cloned() else { return };
+        partitions.remove(&probe);
+        drop(paused);
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&probe.0, probe.1);
+        tracing::info!(destination, topic = %probe.0, partition = probe.1, "probing with one source partition");
+        if let Err(e) = consumer.resume(&tpl) {
+            tracing::warn!(destination, error = %e, "resume to probe");
+        }
+    }
+
+    /// Pauses the letter's partition when one of its destinations has an open breaker; the
+    /// letter itself is already on its way.
+    fn breaker_admission(
+        &self,
+        routes: &[&Arc<Route>],
+        tracker: &PartitionTracker,
+        admission: Admission,
+    ) -> Admission {
+        let open: Vec<&str> = routes
+            .iter()
+            .flat_map(|r| r.destinations.iter())
+            .map(|d| d.topic.as_str())
+            .filter(|topic| self.breakers.is_open(topic))
+            .collect();
+        if open.is_empty() {
+            return admission;
+        }
+        let mut paused = self.breaker_paused.lock().unwrap_or_else(|p| p.into_inner());
+        for topic in open {
+            paused
+                .entry(topic.to_owned())
+                .or_default()
+                .insert((Arc::clone(&tracker.topic), tracker.partition));
+        }
+        Admission::Pause
+    }
+
     async fn forward(&self, message: &BorrowedMessage<'_>) -> Admission {
         self.stats.letters_in.fetch_add(1, Ordering::Relaxed);
         let resume_below = (self.cap / 2).max(1);
@@ -270,6 +359,7 @@ impl Forwarder<'_> {
                 &derived_id
             }
         };
+        let admission = self.breaker_admission(&matched, &tracker, admission);
         let mut detached = None;
         for route in matched {
             if route.script.is_some() {
