@@ -8,7 +8,9 @@ use pigeon_bus::route::DestinationSpec;
 use pigeon_sdk::Letter;
 use rdkafka::message::OwnedMessage;
 
-use crate::support::{header, pigeon, Bus, Db, Kafka, Outgoing};
+use pigeon_bus::route::PigeonSpec;
+
+use crate::support::{header, pigeon, Bus, Db, Kafka, Outgoing, TcpProxy};
 
 const LETTERS: u64 = 20_000;
 const PARTITIONS: i32 = 16;
@@ -16,8 +18,12 @@ const PARTITIONS: i32 = 16;
 /// The destination's broker goes down mid-stream: outputs time out and become dead letters,
 /// the retrier redelivers them once it is back, and every letter arrives.
 /// Two brokers: the source and the group on broker 1, the destination `dst` on broker 2, and
-/// one pigeon `src` → `dst` retrying quickly.
+/// one pigeon `src` → `dst` retrying quickly, in SQLite.
 async fn two_brokers() -> (Kafka, Db) {
+    (two_broker_kafka(), Db::with_pigeons(&[retrying_pigeon()]).await)
+}
+
+fn two_broker_kafka() -> Kafka {
     let kafka = Kafka::new(2);
     kafka.topic("src", PARTITIONS);
     kafka.topic("dst", PARTITIONS);
@@ -26,10 +32,20 @@ async fn two_brokers() -> (Kafka, Db) {
         kafka.cluster.partition_leader("dst", p, Some(2)).unwrap();
     }
     kafka.cluster.coordinator(rdkafka::mocking::MockCoordinator::Group("pigeon-router".into()), 1).unwrap();
+    kafka
+}
+
+fn retrying_pigeon() -> PigeonSpec {
     let mut spec = pigeon("p", "src", "**", vec![DestinationSpec::topic("dst", "out")]);
     spec.retry = Some(["1s", "1s", "2s", "2s", "5s", "5s", "10s", "10s"].map(String::from).to_vec());
-    let db = Db::with_pigeons(&[spec]).await;
-    (kafka, db)
+    spec
+}
+
+/// A config file in the test's folder; its path.
+fn config_file(db: &Db, text: &str) -> String {
+    let path = db.path(&format!("bus-{}.toml", uuid::Uuid::new_v4()));
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
 }
 
 fn letters() -> Vec<Letter> {
@@ -127,9 +143,7 @@ async fn a_destination_broker_down_and_back_loses_nothing() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_open_destination_breaker_pauses_the_source_until_the_destination_is_back() {
     let (kafka, db) = two_brokers().await;
-    let config = db.path("breaker.toml");
-    std::fs::write(&config, "[router]\nbreaker_failures = 20\nbreaker_probe_ms = 3000\n").unwrap();
-    let config = config.display().to_string();
+    let config = config_file(&db, "[router]\nbreaker_failures = 20\nbreaker_probe_ms = 3000\n");
     let bus = Bus::start(&kafka, &db, &["--config", &config, "-X", "producer.message.timeout.ms=2000"]);
 
     let letters = letters();
@@ -166,4 +180,94 @@ async fn an_open_destination_breaker_pauses_the_source_until_the_destination_is_
     assert!(dead < LETTERS / 2, "{dead} dead letters: the breaker did not hold the source back");
     assert!(bus.log().contains("destination circuit breaker closed"), "and closed again");
     bus.stop();
+}
+
+/// The store (MariaDB, behind a proxy) is cut while the router writes dead letters: the router
+/// holds its offsets and keeps trying, and once the store is back every letter arrives.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_store_cut_while_dead_letters_are_written_loses_nothing() {
+    let kafka = two_broker_kafka();
+    let proxy = TcpProxy::start("127.0.0.1:3306");
+    let db = Db::mariadb_with_pigeons(&[retrying_pigeon()], &proxy.addr).await;
+    // No breaker: every letter of the outage becomes a dead letter to write.
+    let config = config_file(&db, "[router]\nbreaker_failures = 0\n");
+    let bus = Bus::start(&kafka, &db, &["--config", &config, "-X", "producer.message.timeout.ms=2000"]);
+
+    let letters = letters();
+    kafka.cluster.broker_down(2).unwrap();
+    kafka.produce("src", letters.iter().map(Outgoing::from));
+    crate::support::eventually("outputs to fail", || bus.metrics()["pigeon_dead_letters_total"] > 0);
+    proxy.cut();
+    let cut = Instant::now();
+    crate::support::eventually("the writer to notice", || bus.log().contains("cannot store dead letters"));
+    std::thread::sleep(Duration::from_secs(4));
+    proxy.restore();
+    let cut_for = cut.elapsed();
+    kafka.cluster.broker_up(2).unwrap();
+
+    let (got, seen) = collect_all(&kafka, &letters);
+    let metrics = bus.metrics();
+    println!(
+        "store cut {:.1}s while {} outputs were dead-lettered: all {LETTERS} letters arrived, {} redelivered \
+         by the retrier, {} duplicates",
+        cut_for.as_secs_f64(),
+        metrics["pigeon_dead_letters_total"],
+        metrics["pigeon_retry_delivered_total"],
+        got.len() - seen.len()
+    );
+    assert!(metrics["pigeon_retry_delivered_total"] > 0, "dead letters stored after the cut were retried");
+    bus.stop();
+    db.drop_mariadb().await;
+}
+
+/// Two retrier processes sweep the same due dead letters: each is delivered by one of them,
+/// once.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_retrier_processes_never_send_one_dead_letter_twice() {
+    let (kafka, db) = two_brokers().await;
+    let config = config_file(&db, "[router]\nbreaker_failures = 0\n[retrier]\nbatch = 200\n");
+    let router = Bus::start(
+        &kafka,
+        &db,
+        &["--config", &config, "--roles", "router,admin", "-X", "producer.message.timeout.ms=2000"],
+    );
+    let letters = letters();
+    kafka.cluster.broker_down(2).unwrap();
+    kafka.produce("src", letters.iter().map(Outgoing::from));
+    let store = db.store().await;
+    let deadline = Instant::now() + crate::support::DEADLINE;
+    let pending = DeadLetterFilter { status: Some(Status::Pending), ..Default::default() };
+    while store.dead_letters(&pending, None, 500).await.unwrap().len() < 500 {
+        assert!(Instant::now() < deadline, "no dead letters stored:\n{}", router.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    kafka.cluster.broker_up(2).unwrap();
+    let retriers = [
+        Bus::start(&kafka, &db, &["--config", &config, "--roles", "retrier"]),
+        Bus::start(&kafka, &db, &["--config", &config, "--roles", "retrier"]),
+    ];
+
+    let (got, seen) = collect_all(&kafka, &letters);
+    let all = DeadLetterFilter::default();
+    let mut rows = Vec::new();
+    let mut before = None;
+    loop {
+        let page = store.dead_letters(&all, before, 500).await.unwrap();
+        let Some(last) = page.last() else { break };
+        before = Some(last.id);
+        rows.extend(page);
+    }
+    let delivered: Vec<u64> = retriers.iter().map(|r| r.metrics()["pigeon_retry_delivered_total"]).collect();
+    println!(
+        "{} dead letters, delivered by two retriers {delivered:?}, {} duplicates at the destination",
+        rows.len(),
+        got.len() - seen.len()
+    );
+    assert_eq!(delivered.iter().sum::<u64>(), rows.len() as u64, "each dead letter delivered once");
+    assert_eq!(got.len(), seen.len(), "no letter sent twice");
+    for retrier in retriers {
+        assert_eq!(retrier.metrics()["pigeon_retry_taken_over_total"], 0);
+        retrier.stop();
+    }
+    router.stop();
 }

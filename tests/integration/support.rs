@@ -339,3 +339,88 @@ pub fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// The shared MariaDB server the MySQL tests use.
+pub const MARIADB: &str = "mysql://root@127.0.0.1:3306";
+
+impl Db {
+    /// A fresh MariaDB database of its own, migrated, with pigeons saved in it; `url` names it
+    /// through `host` (`127.0.0.1:3306`, or a proxy in front of it).
+    pub async fn mariadb_with_pigeons(pigeons: &[PigeonSpec], host: &str) -> Self {
+        use sqlx::Connection;
+        let name = format!("pigeon_t_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = sqlx::MySqlConnection::connect(&format!("{MARIADB}/test"))
+            .await
+            .unwrap_or_else(|e| panic!("MariaDB must run at {MARIADB} (scripts/test starts it): {e}"));
+        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut admin).await.unwrap();
+        let store = pigeon_bus::serve::open_store(&format!("{MARIADB}/{name}")).await.expect("store");
+        for p in pigeons {
+            store.save_pigeon(p, "tests").await.expect("save pigeon");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        Self { dir, url: format!("mysql://root@{host}/{name}") }
+    }
+}
+
+impl Db {
+    /// Drops the MariaDB database of [`Db::mariadb_with_pigeons`].
+    pub async fn drop_mariadb(&self) {
+        use sqlx::Connection;
+        let name = self.url.rsplit('/').next().unwrap();
+        let mut admin = sqlx::MySqlConnection::connect(&format!("{MARIADB}/test")).await.unwrap();
+        sqlx::query(&format!("DROP DATABASE {name}")).execute(&mut admin).await.unwrap();
+    }
+}
+
+/// A TCP proxy in front of a server that a test can cut (every connection dropped, new ones
+/// refused) and restore, to fail a dependency without stopping the shared server.
+pub struct TcpProxy {
+    pub addr: String,
+    open: Arc<std::sync::atomic::AtomicBool>,
+    connections: Arc<std::sync::Mutex<Vec<TcpStream>>>,
+}
+
+impl TcpProxy {
+    pub fn start(upstream: &str) -> Self {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let open = Arc::new(AtomicBool::new(true));
+        let connections: Arc<std::sync::Mutex<Vec<TcpStream>>> = Arc::default();
+        let (upstream, is_open, held) = (upstream.to_owned(), Arc::clone(&open), Arc::clone(&connections));
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                if !is_open.load(Ordering::SeqCst) {
+                    drop(client); // refused while cut
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(&upstream) else { continue };
+                let mut held = held.lock().unwrap();
+                held.push(client.try_clone().unwrap());
+                held.push(server.try_clone().unwrap());
+                for (mut from, mut to) in
+                    [(client.try_clone().unwrap(), server.try_clone().unwrap()), (server, client)]
+                {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Self { addr, open, connections }
+    }
+
+    /// Drops every connection and refuses new ones.
+    pub fn cut(&self) {
+        self.open.store(false, std::sync::atomic::Ordering::SeqCst);
+        for stream in self.connections.lock().unwrap().drain(..) {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    /// Lets connections through again.
+    pub fn restore(&self) {
+        self.open.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
