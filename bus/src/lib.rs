@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod deadletter;
 pub mod dev;
+pub mod failures;
 pub mod kafka;
 pub mod retrier;
 pub mod route;

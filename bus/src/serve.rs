@@ -72,6 +72,8 @@ pub async fn run(
             stats: Arc::clone(&retrier_stats),
         };
         roles.spawn(retrier::run(parts, cancel.clone()));
+        let failed = kafka::consumer_config(&config.kafka, crate::failures::GROUP);
+        roles.spawn(crate::failures::run(failed, Arc::clone(&store), cancel.clone()));
     }
     if config.roles.contains(&Role::Router) {
         let consumer = kafka::consumer_config(&config.kafka, &config.kafka.router_group);

@@ -189,8 +189,12 @@ async fn the_store_cut_while_dead_letters_are_written_loses_nothing() {
     let kafka = two_broker_kafka();
     let proxy = TcpProxy::start("127.0.0.1:3306");
     let db = Db::mariadb_with_pigeons(&[retrying_pigeon()], &proxy.addr).await;
-    // No breaker: every letter of the outage becomes a dead letter to write.
-    let config = config_file(&db, "[router]\nbreaker_failures = 0\n");
+    // No breaker: every letter of the outage becomes a dead letter to write. A claim the cut
+    // interrupted (its outcome unknown) is taken over after a short lease.
+    let config = config_file(
+        &db,
+        "[router]\nbreaker_failures = 0\n[retrier]\nlease_ms = 12000\ndelivery_timeout_ms = 2000\n",
+    );
     let bus = Bus::start(&kafka, &db, &["--config", &config, "-X", "producer.message.timeout.ms=2000"]);
 
     let letters = letters();
@@ -209,10 +213,11 @@ async fn the_store_cut_while_dead_letters_are_written_loses_nothing() {
     let metrics = bus.metrics();
     println!(
         "store cut {:.1}s while {} outputs were dead-lettered: all {LETTERS} letters arrived, {} redelivered \
-         by the retrier, {} duplicates",
+         by the retrier, {} taken over after a cut claim, {} duplicates",
         cut_for.as_secs_f64(),
         metrics["pigeon_dead_letters_total"],
         metrics["pigeon_retry_delivered_total"],
+        metrics["pigeon_retry_taken_over_total"],
         got.len() - seen.len()
     );
     assert!(metrics["pigeon_retry_delivered_total"] > 0, "dead letters stored after the cut were retried");
@@ -270,4 +275,65 @@ async fn two_retrier_processes_never_send_one_dead_letter_twice() {
         retrier.stop();
     }
     router.stop();
+}
+
+/// A module reports a handler failure on `pigeon.failed`: the bus stores it as a dead letter
+/// and the retrier sends the letter to the module again, on the pigeon's schedule; a report
+/// that does not say where the letter came from is parked, not dropped.
+#[tokio::test(flavor = "multi_thread")]
+async fn handler_failures_reported_by_modules_are_retried_to_the_module() {
+    use pigeon_bus::failures::header as failed;
+    let kafka = Kafka::new(1);
+    kafka.topic("pigeon.failed", 4);
+    kafka.topic("pigeon.module.act-toy", 4);
+    let mut spec = pigeon(
+        "gift-chest",
+        "live.gift",
+        "gift.sent",
+        vec![DestinationSpec::capability("act-toy/chest.drop")],
+    );
+    spec.retry = Some(vec!["1s".into()]);
+    let db = Db::with_pigeons(&[spec]).await;
+    let bus = Bus::start(&kafka, &db, &["--roles", "retrier,admin"]);
+
+    // What the module received, reported with the failure headers.
+    let letter = Letter::new("live", "chest.drop", serde_json::json!({ "userId": 42 })).with_key("room-7");
+    let mut report = Outgoing::from(&letter);
+    for (name, value) in [
+        ("ce_pigeon", "gift-chest"),
+        (failed::TOPIC, "pigeon.module.act-toy"),
+        (failed::MODULE, "act-toy"),
+        (failed::ERROR, "chest service timed out"),
+    ] {
+        report.headers =
+            report.headers.insert(rdkafka::message::Header { key: name, value: Some(value.as_bytes()) });
+    }
+    let mut bare = Outgoing::from(&letter);
+    bare.headers =
+        bare.headers.insert(rdkafka::message::Header { key: failed::ERROR, value: Some(b"oops".as_slice()) });
+    kafka.produce("pigeon.failed", [report, bare]);
+
+    let got = kafka.collect("pigeon.module.act-toy", 1, Duration::from_secs(2));
+    assert_eq!(got.len(), 1, "the failed letter is sent to the module once more");
+    let again = &got[0];
+    assert_eq!(header(again, "ce_id"), Some(letter.id.to_string()), "same letter id: the module can tell");
+    assert_eq!(header(again, "ce_attempt").as_deref(), Some("2"));
+    assert_eq!(header(again, failed::ERROR), None, "failure headers are not sent on");
+    assert_eq!(rdkafka::Message::key(again), Some(b"room-7".as_slice()));
+    assert_eq!(rdkafka::Message::payload(again), Some(letter.payload_bytes().as_slice()));
+
+    let store = db.store().await;
+    let deadline = Instant::now() + crate::support::DEADLINE;
+    let rows = loop {
+        let rows = store.dead_letters(&DeadLetterFilter::default(), None, 10).await.unwrap();
+        if rows.iter().any(|d| d.status == Status::Delivered) {
+            break rows;
+        }
+        assert!(Instant::now() < deadline, "the retry was never recorded: {rows:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let kinds: Vec<(&str, Status)> = rows.iter().map(|d| (d.letter.error_kind.as_str(), d.status)).collect();
+    assert_eq!(kinds, [("malformed", Status::Parked), ("handler", Status::Delivered)]);
+    assert_eq!(rows[1].letter.error_message, "handler of act-toy failed: chest service timed out");
+    bus.stop();
 }

@@ -28,12 +28,14 @@ pub enum ErrorKind {
     Malformed,
     /// The pigeon's script failed on the letter (or its circuit breaker is open).
     Script,
+    /// A module's handler failed on the letter (reported on `pigeon.failed`).
+    Handler,
 }
 
 impl ErrorKind {
     /// Whether a later attempt may succeed; the others are parked for an operator at once.
     pub fn retriable(self) -> bool {
-        matches!(self, ErrorKind::Produce)
+        matches!(self, ErrorKind::Produce | ErrorKind::Handler)
     }
 
     /// The stored name.
@@ -42,6 +44,7 @@ impl ErrorKind {
             ErrorKind::Produce => "produce",
             ErrorKind::Malformed => "malformed",
             ErrorKind::Script => "script",
+            ErrorKind::Handler => "handler",
         }
     }
 }
@@ -59,6 +62,7 @@ impl FromStr for ErrorKind {
             "produce" => Ok(ErrorKind::Produce),
             "malformed" => Ok(ErrorKind::Malformed),
             "script" => Ok(ErrorKind::Script),
+            "handler" => Ok(ErrorKind::Handler),
             other => Err(format!("unknown error kind {other:?}")),
         }
     }

@@ -231,6 +231,9 @@ macro_rules! sql_store {
                     Outcome::Parked | Outcome::TakenOver => "parked",
                 };
                 let next = if status == "pending" { report.next_attempt_at.or(Some(now)) } else { None };
+                // A delivered letter keeps the error that dead-lettered it; the history says how
+                // it was delivered.
+                let latest_error = if report.outcome == Outcome::Delivered { "" } else { report.message.as_str() };
                 sqlx::query(
                     "UPDATE dead_letters SET status = ?, attempts = ?, next_attempt_at = ?, \
                      error_message = CASE WHEN ? = '' THEN error_message ELSE ? END, \
@@ -239,8 +242,8 @@ macro_rules! sql_store {
                 .bind(status)
                 .bind(attempts + 1)
                 .bind(next)
-                .bind(&report.message)
-                .bind(&report.message)
+                .bind(&latest_error)
+                .bind(&latest_error)
                 .bind(now)
                 .bind(id)
                 .execute(&mut *tx)
