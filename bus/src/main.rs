@@ -103,7 +103,7 @@ enum DeadLettersCommand {
         /// Only in this status: pending, retrying, delivered, parked or discarded.
         #[arg(long)]
         status: Option<String>,
-        /// Only of this kind: produce, malformed or script.
+        /// Only of this kind: produce, handler, script or malformed.
         #[arg(long)]
         kind: Option<String>,
         /// Only those stored since: an age (2h) or a time (2026-11-23T10:00:00Z).

@@ -134,7 +134,7 @@ impl Retrier {
         let table = self.table().await?;
         let attempts = claimed.letters.iter().map(|letter| self.attempt(letter, &table));
         let reports = futures::future::join_all(attempts).await;
-        for (letter, report) in claimed.letters.iter().zip(reports) {
+        for (letter, report) in claimed.letters.iter().zip(&reports) {
             let counter = match report.outcome {
                 Outcome::Delivered => &stats.delivered,
                 Outcome::Failed => &stats.failed,
@@ -149,35 +149,40 @@ impl Retrier {
                 error = %report.message,
                 "dead letter retried"
             );
-            self.report(letter, &token, &report, lease_until).await;
         }
+        let reports: Vec<(i64, Report)> = claimed.letters.iter().map(|l| l.id).zip(reports).collect();
+        self.report(&token, &reports, lease_until).await;
         Ok(count)
     }
 
-    /// Records an outcome, trying again while the store is down and the lease holds (after
-    /// that another retrier owns the letter).
-    async fn report(&self, letter: &DeadLetter, token: &str, report: &Report, lease_until: i64) {
+    /// Records the outcomes in one transaction, trying again while the store is down and the
+    /// lease holds (after that another retrier owns the letters).
+    async fn report(&self, token: &str, reports: &[(i64, Report)], lease_until: i64) {
         let store = &self.parts.store;
+        let stats = &self.parts.stats;
         let mut backoff = Duration::from_millis(100);
         loop {
-            match store.report_attempt(letter.id, token, &self.parts.instance, report).await {
-                Ok(true) => return,
-                Ok(false) => {
-                    self.parts.stats.lost_claims.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(
-                        dead_letter = letter.id,
-                        "claim lost before the report; another retrier took it over"
-                    );
+            match store.report_attempts(token, &self.parts.instance, reports).await {
+                Ok(recorded) => {
+                    let lost = recorded.iter().filter(|r| !**r).count();
+                    if lost > 0 {
+                        stats.lost_claims.fetch_add(lost as u64, Ordering::Relaxed);
+                        tracing::warn!(lost, "claims lost before the report; another retrier took them over");
+                    }
                     return;
                 }
                 Err(e) if now_ms() + (backoff.as_millis() as i64) < lease_until => {
-                    tracing::warn!(dead_letter = letter.id, error = %e, "cannot record the attempt; trying again");
+                    tracing::warn!(error = %e, "cannot record the attempts; trying again");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
                 Err(e) => {
-                    self.parts.stats.lost_claims.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(dead_letter = letter.id, error = %e, "attempt not recorded before the lease ran out; it will be taken over");
+                    stats.lost_claims.fetch_add(reports.len() as u64, Ordering::Relaxed);
+                    tracing::error!(
+                        error = %e,
+                        count = reports.len(),
+                        "attempts not recorded before the lease ran out; they will be taken over"
+                    );
                     return;
                 }
             }

@@ -1,6 +1,6 @@
 //! Dead letters retried by the retrier role: nothing lost when a destination broker goes down.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use pigeon_bus::deadletter::{DeadLetterFilter, Status};
@@ -54,27 +54,8 @@ fn letters() -> Vec<Letter> {
         .collect()
 }
 
-/// Reads `dst` until every letter's id arrived; returns what arrived and each id's count.
 fn collect_all(kafka: &Kafka, letters: &[Letter]) -> (Vec<OwnedMessage>, HashMap<String, usize>) {
-    let sent: HashSet<String> = letters.iter().map(|l| l.id.to_string()).collect();
-    let (mut unique, mut looked) = (HashSet::new(), 0);
-    let got = kafka.collect_until(
-        "dst",
-        |got| {
-            // Only what arrived since the last look: the check stays linear.
-            unique.extend(got[looked..].iter().filter_map(|m| header(m, "ce_id")));
-            looked = got.len();
-            unique.len() >= sent.len()
-        },
-        Duration::from_secs(2),
-    );
-    let mut seen: HashMap<String, usize> = HashMap::new();
-    for m in &got {
-        *seen.entry(header(m, "ce_id").unwrap()).or_default() += 1;
-    }
-    let arrived: HashSet<String> = seen.keys().cloned().collect();
-    assert_eq!(arrived, sent, "every letter arrived");
-    (got, seen)
+    kafka.collect_every(letters, "dst")
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -335,5 +316,41 @@ async fn handler_failures_reported_by_modules_are_retried_to_the_module() {
     let kinds: Vec<(&str, Status)> = rows.iter().map(|d| (d.letter.error_kind.as_str(), d.status)).collect();
     assert_eq!(kinds, [("malformed", Status::Parked), ("handler", Status::Delivered)]);
     assert_eq!(rows[1].letter.error_message, "handler of act-toy failed: chest service timed out");
+    bus.stop();
+}
+
+/// Kafka answers produce requests with retriable errors (the client retries them itself), then
+/// with errors it cannot retry: those outputs become dead letters, the retrier delivers them,
+/// and every letter arrives.
+#[tokio::test(flavor = "multi_thread")]
+async fn retriable_then_fatal_produce_errors_lose_nothing() {
+    use rdkafka::types::RDKafkaApiKey;
+    use rdkafka::types::RDKafkaRespErr;
+    const RETRIABLE: usize = 20;
+    const FATAL: usize = 10;
+    let kafka = Kafka::new(1);
+    kafka.topic("src", PARTITIONS);
+    kafka.topic("dst", PARTITIONS);
+    let db = Db::with_pigeons(&[retrying_pigeon()]).await;
+    // The letters wait in the source, so the router's producer is the only one the injected
+    // errors can hit.
+    let letters = letters();
+    kafka.produce("src", letters.iter().map(Outgoing::from));
+    let mut errors = vec![RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; RETRIABLE];
+    errors.extend([RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; FATAL]);
+    kafka.cluster.request_errors(RDKafkaApiKey::Produce, &errors);
+    let bus = Bus::start(&kafka, &db, &[]);
+
+    let (got, seen) = collect_all(&kafka, &letters);
+    let metrics = bus.metrics();
+    let dead = metrics["pigeon_dead_letters_total"];
+    println!(
+        "{RETRIABLE} retriable then {FATAL} fatal produce errors: {dead} outputs dead-lettered, {} redelivered \
+         by the retrier, {} duplicates",
+        metrics["pigeon_retry_delivered_total"],
+        got.len() - seen.len()
+    );
+    assert!(dead > 0, "the fatal errors dead-lettered outputs");
+    assert!(metrics["pigeon_retry_delivered_total"] >= dead, "and the retrier delivered them");
     bus.stop();
 }

@@ -260,21 +260,26 @@ async fn racing_retriers_claim_each_letter_once(store: Arc<dyn Store>) {
     for _ in 0..200 {
         inserted.insert(store.insert_dead_letter(&due("race", Duration::ZERO)).await.unwrap());
     }
-    let claimers = (0..2).map(|n| {
-        let store = Arc::clone(&store);
-        tokio::spawn(async move {
-            let mut mine = Vec::new();
-            for round in 0.. {
-                let token = format!("racer-{n}-{round}");
-                let claimed = store.claim_dead_letters(&token, now_ms() + 60_000, 16).await.unwrap();
-                if claimed.letters.is_empty() {
-                    return mine;
+    let start = Arc::new(tokio::sync::Barrier::new(2));
+    // Spawned before either is awaited, so they really race.
+    let claimers: Vec<_> = (0..2)
+        .map(|n| {
+            let (store, start) = (Arc::clone(&store), Arc::clone(&start));
+            tokio::spawn(async move {
+                start.wait().await;
+                let mut mine = Vec::new();
+                for round in 0.. {
+                    let token = format!("racer-{n}-{round}");
+                    let claimed = store.claim_dead_letters(&token, now_ms() + 60_000, 4).await.unwrap();
+                    if claimed.letters.is_empty() {
+                        return mine;
+                    }
+                    mine.extend(claimed.letters.iter().map(|d| d.id));
                 }
-                mine.extend(claimed.letters.iter().map(|d| d.id));
-            }
-            mine
+                mine
+            })
         })
-    });
+        .collect();
     let mut seen = HashSet::new();
     let mut per_claimer = Vec::new();
     for claimer in claimers {
@@ -329,7 +334,7 @@ async fn dead_letters_keep_everything(store: &dyn Store) {
     assert_eq!(ids(&next), [id1], "the cursor pages on");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread")]
 async fn sqlite_store_conforms() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("store.db").display());
@@ -337,7 +342,7 @@ async fn sqlite_store_conforms() {
     conformance(store).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread")]
 async fn mysql_store_conforms() {
     let name = format!("pigeon_t_{}", uuid::Uuid::new_v4().simple());
     let mut admin = sqlx::MySqlConnection::connect(MARIADB)

@@ -91,6 +91,34 @@ impl Kafka {
         }
     }
 
+    /// Reads `topic` until every letter's id arrived (failing at the deadline); returns what
+    /// arrived and how often each id did.
+    pub fn collect_every(
+        &self,
+        letters: &[Letter],
+        topic: &str,
+    ) -> (Vec<OwnedMessage>, HashMap<String, usize>) {
+        let sent: std::collections::HashSet<String> = letters.iter().map(|l| l.id.to_string()).collect();
+        let (mut unique, mut looked) = (std::collections::HashSet::new(), 0);
+        let got = self.collect_until(
+            topic,
+            |got| {
+                // Only what arrived since the last look: the check stays linear.
+                unique.extend(got[looked..].iter().filter_map(|m| header(m, "ce_id")));
+                looked = got.len();
+                unique.len() >= sent.len()
+            },
+            Duration::from_secs(2),
+        );
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        for m in &got {
+            *seen.entry(header(m, "ce_id").unwrap()).or_default() += 1;
+        }
+        let arrived: std::collections::HashSet<String> = seen.keys().cloned().collect();
+        assert_eq!(arrived, sent, "every letter arrived");
+        (got, seen)
+    }
+
     /// The offset the router's group committed for a partition (-1001 when none).
     pub fn committed(&self, group: &str, topic: &str, partition: i32) -> i64 {
         let consumer: BaseConsumer = ClientConfig::new()

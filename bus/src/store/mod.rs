@@ -180,15 +180,27 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
     ) -> Result<Claimed, StoreError>;
 
-    /// Records the end of a claimed attempt. Returns false when the claim was lost (its lease
-    /// ran out and another retrier took the letter over): nothing is written then.
+    /// Records the ends of claimed attempts, all in one transaction. For each, false when the
+    /// claim was lost (its lease ran out and another retrier took the letter over): nothing is
+    /// written for that one.
+    async fn report_attempts(
+        &self,
+        token: &str,
+        actor: &str,
+        reports: &[(i64, Report)],
+    ) -> Result<Vec<bool>, StoreError>;
+
+    /// [`Store::report_attempts`] for one attempt.
     async fn report_attempt(
         &self,
         id: i64,
         token: &str,
         actor: &str,
         report: &Report,
-    ) -> Result<bool, StoreError>;
+    ) -> Result<bool, StoreError> {
+        let recorded = self.report_attempts(token, actor, &[(id, report.clone())]).await?;
+        Ok(recorded.first().copied().unwrap_or(false))
+    }
 
     /// Makes pending and parked dead letters due now (redrive). Audited; returns how many.
     async fn retry_dead_letters(&self, selection: &Selection, actor: &str) -> Result<u64, StoreError>;

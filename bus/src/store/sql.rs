@@ -213,52 +213,64 @@ macro_rules! sql_store {
                 Ok(Claimed { letters, taken_over })
             }
 
-            async fn report_attempt(&self, id: i64, token: &str, actor: &str, report: &Report) -> Result<bool, StoreError> {
+            async fn report_attempts(
+                &self,
+                token: &str,
+                actor: &str,
+                reports: &[(i64, Report)],
+            ) -> Result<Vec<bool>, StoreError> {
                 let now = now_ms();
                 let mut tx = self.pool.begin_with($dialect.begin_write).await?;
-                let claimed: Option<(i32,)> = sqlx::query_as(&format!(
-                    "SELECT attempts FROM dead_letters WHERE id = ? AND claim_token = ? AND status = 'retrying'{}",
-                    $dialect.lock_row
-                ))
-                .bind(id)
-                .bind(token)
-                .fetch_optional(&mut *tx)
-                .await?;
-                let Some((attempts,)) = claimed else { return Ok(false) };
-                let status = match report.outcome {
-                    Outcome::Delivered => "delivered",
-                    Outcome::Failed => "pending",
-                    Outcome::Parked | Outcome::TakenOver => "parked",
-                };
-                let next = if status == "pending" { report.next_attempt_at.or(Some(now)) } else { None };
-                // A delivered letter keeps the error that dead-lettered it; the history says how
-                // it was delivered.
-                let latest_error = if report.outcome == Outcome::Delivered { "" } else { report.message.as_str() };
-                sqlx::query(
-                    "UPDATE dead_letters SET status = ?, attempts = ?, next_attempt_at = ?, \
-                     error_message = CASE WHEN ? = '' THEN error_message ELSE ? END, \
-                     claim_token = NULL, claimed_until = NULL, updated_at = ? WHERE id = ?",
-                )
-                .bind(status)
-                .bind(attempts + 1)
-                .bind(next)
-                .bind(&latest_error)
-                .bind(&latest_error)
-                .bind(now)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-                sqlx::query(rows::INSERT_ATTEMPT)
+                let mut recorded = Vec::with_capacity(reports.len());
+                for (id, report) in reports {
+                    let claimed: Option<(i32,)> = sqlx::query_as(&format!(
+                        "SELECT attempts FROM dead_letters WHERE id = ? AND claim_token = ? AND status = 'retrying'{}",
+                        $dialect.lock_row
+                    ))
                     .bind(id)
+                    .bind(token)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    let Some((attempts,)) = claimed else {
+                        recorded.push(false);
+                        continue;
+                    };
+                    let status = match report.outcome {
+                        Outcome::Delivered => "delivered",
+                        Outcome::Failed => "pending",
+                        Outcome::Parked | Outcome::TakenOver => "parked",
+                    };
+                    let next = if status == "pending" { report.next_attempt_at.or(Some(now)) } else { None };
+                    // A delivered letter keeps the error that dead-lettered it; the history says
+                    // how it was delivered.
+                    let latest_error = if report.outcome == Outcome::Delivered { "" } else { report.message.as_str() };
+                    sqlx::query(
+                        "UPDATE dead_letters SET status = ?, attempts = ?, next_attempt_at = ?, \
+                         error_message = CASE WHEN ? = '' THEN error_message ELSE ? END, \
+                         claim_token = NULL, claimed_until = NULL, updated_at = ? WHERE id = ?",
+                    )
+                    .bind(status)
                     .bind(attempts + 1)
+                    .bind(next)
+                    .bind(latest_error)
+                    .bind(latest_error)
                     .bind(now)
-                    .bind(actor)
-                    .bind(report.outcome.as_str())
-                    .bind(&report.message)
+                    .bind(id)
                     .execute(&mut *tx)
                     .await?;
+                    sqlx::query(rows::INSERT_ATTEMPT)
+                        .bind(id)
+                        .bind(attempts + 1)
+                        .bind(now)
+                        .bind(actor)
+                        .bind(report.outcome.as_str())
+                        .bind(&report.message)
+                        .execute(&mut *tx)
+                        .await?;
+                    recorded.push(true);
+                }
                 tx.commit().await?;
-                Ok(true)
+                Ok(recorded)
             }
 
             async fn retry_dead_letters(&self, selection: &Selection, actor: &str) -> Result<u64, StoreError> {
