@@ -354,3 +354,84 @@ async fn retriable_then_fatal_produce_errors_lose_nothing() {
     assert!(metrics["pigeon_retry_delivered_total"] >= dead, "and the retrier delivered them");
     bus.stop();
 }
+
+/// An operator meets a parked script failure from the command line: lists it, reads it, fixes
+/// its payload and redrives it; a second one is redriven after the pigeon's script is fixed,
+/// through the pigeon's *current* version.
+#[tokio::test(flavor = "multi_thread")]
+async fn operators_fix_and_redrive_parked_script_failures_from_the_cli() {
+    let kafka = Kafka::new(1);
+    kafka.topic("live.gift", 4);
+    kafka.topic("pigeon.module.act-toy", 4);
+    let mut strict =
+        pigeon("strict", "live.gift", "gift.sent", vec![DestinationSpec::capability("act-toy/progress.add")]);
+    strict.action = pigeon_bus::route::Action::Script;
+    strict.script = Some(r#"if payload.giftCount == () { throw "no giftCount" } payload"#.into());
+    let db = Db::with_pigeons(&[strict.clone()]).await;
+    let store = db.store().await;
+    let token =
+        pigeon_bus::cli::tokens::create(store.as_ref(), "ops", pigeon_bus::token::Role::Operator, "tests")
+            .await
+            .unwrap();
+    let bus = Bus::start(&kafka, &db, &[]);
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(crate::support::pigeon_bin())
+            .args(args)
+            .env("PIGEON_URL", &bus.admin)
+            .env("PIGEON_TOKEN", &token)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "pigeon {args:?}: {stdout}{}", String::from_utf8_lossy(&out.stderr));
+        stdout
+    };
+
+    let first = Letter::new("live", "gift.sent", serde_json::json!({ "uid": 1 })).with_key("room-1");
+    kafka.produce("live.gift", [Outgoing::from(&first)]);
+    let deadline = Instant::now() + crate::support::DEADLINE;
+    let parked = DeadLetterFilter { status: Some(Status::Parked), ..Default::default() };
+    let id = loop {
+        if let Some(d) = store.dead_letters(&parked, None, 1).await.unwrap().first() {
+            break d.id;
+        }
+        assert!(Instant::now() < deadline, "the script failure was not parked:\n{}", bus.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let listed = cli(&["dead-letters", "list", "--status", "parked", "--kind", "script"]);
+    assert!(listed.lines().any(|l| l.starts_with(&id.to_string()) && l.contains("strict")), "{listed}");
+    let shown = cli(&["dead-letters", "show", &id.to_string()]);
+    assert!(shown.contains("threw no giftCount") && shown.contains(r#""uid": 1"#), "{shown}");
+
+    // Fix the payload and redrive: the retrier runs the pigeon on the fixed letter.
+    let fixed = db.path("fixed.json");
+    std::fs::write(&fixed, r#"{"uid": 1, "giftCount": 3}"#).unwrap();
+    let edited = cli(&["dead-letters", "edit", &id.to_string(), "--payload", fixed.to_str().unwrap()]);
+    assert!(edited.contains("payload replaced, 1 retry queued"), "{edited}");
+    let got = kafka.collect("pigeon.module.act-toy", 1, Duration::ZERO);
+    let out = pigeon_sdk::Letter::from_message(&got[0]).unwrap();
+    assert_eq!(out.payload, serde_json::json!({ "uid": 1, "giftCount": 3 }));
+    assert_eq!(header(&got[0], "ce_attempt").as_deref(), Some("2"));
+
+    // Fix the script instead, then redrive by filter: the current version runs.
+    let second = Letter::new("live", "gift.sent", serde_json::json!({ "uid": 2 })).with_key("room-1");
+    kafka.produce("live.gift", [Outgoing::from(&second)]);
+    crate::support::eventually("the second failure", || {
+        cli(&["dead-letters", "list", "--status", "parked"]).lines().count() == 2
+    });
+    strict.script = Some(r#"if payload.giftCount == () { payload.giftCount = 1; } payload"#.into());
+    store.save_pigeon(&strict, "tests").await.unwrap();
+    let retried = cli(&["dead-letters", "retry", "--filter", "pigeon=strict,status=parked"]);
+    assert!(retried.contains("1 dead letter(s) queued for retry"), "{retried}");
+    let got = kafka.collect("pigeon.module.act-toy", 2, Duration::ZERO);
+    let payloads: Vec<serde_json::Value> =
+        got.iter().map(|m| pigeon_sdk::Letter::from_message(m).unwrap().payload).collect();
+    assert!(payloads.contains(&serde_json::json!({ "uid": 2, "giftCount": 1 })), "{payloads:?}");
+
+    let delivered = cli(&["dead-letters", "list", "--status", "delivered"]);
+    assert_eq!(delivered.lines().filter(|l| l.contains("strict")).count(), 2, "{delivered}");
+    let audit = store.audit(None, 3).await.unwrap();
+    let actions: Vec<&str> = audit.iter().map(|a| a.action.as_str()).collect();
+    assert_eq!(actions, ["dead_letter.retry", "pigeon.update", "dead_letter.retry"]);
+    assert_eq!(audit[0].actor, "ops");
+    bus.stop();
+}
