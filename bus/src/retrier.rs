@@ -114,6 +114,9 @@ struct Output {
 impl Retrier {
     /// Claims, delivers and reports one batch; returns how many were claimed.
     async fn sweep(&mut self) -> anyhow::Result<usize> {
+        // The pigeons first: a store error here must not strand a claimed batch until its
+        // lease runs out.
+        let table = self.table().await?;
         let config = &self.parts.config;
         let token = uuid::Uuid::now_v7().to_string();
         let lease_until = now_ms() + config.lease_ms as i64;
@@ -131,7 +134,6 @@ impl Retrier {
             return Ok(0);
         }
         stats.claimed.fetch_add(count as u64, Ordering::Relaxed);
-        let table = self.table().await?;
         let attempts = claimed.letters.iter().map(|letter| self.attempt(letter, &table));
         let reports = futures::future::join_all(attempts).await;
         for (letter, report) in claimed.letters.iter().zip(&reports) {

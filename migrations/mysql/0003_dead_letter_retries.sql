@@ -3,6 +3,8 @@
 ALTER TABLE dead_letters ADD COLUMN claim_token VARCHAR(64) NULL;
 ALTER TABLE dead_letters ADD COLUMN claimed_until BIGINT NULL;
 
+CREATE INDEX dead_letters_claim ON dead_letters (claim_token);
+
 CREATE TABLE dead_letter_attempts (
     id              BIGINT       NOT NULL AUTO_INCREMENT PRIMARY KEY,
     dead_letter_id  BIGINT       NOT NULL,

@@ -2,6 +2,8 @@
 ALTER TABLE dead_letters ADD COLUMN claim_token TEXT;
 ALTER TABLE dead_letters ADD COLUMN claimed_until INTEGER;
 
+CREATE INDEX dead_letters_claim ON dead_letters (claim_token);
+
 CREATE TABLE dead_letter_attempts (
     id              INTEGER PRIMARY KEY AUTOINCREMENT,
     dead_letter_id  INTEGER NOT NULL,

@@ -205,7 +205,7 @@ async fn claims_never_overlap_and_expire(store: &dyn Store) {
         history.iter().map(|a| (a.attempt, a.outcome.clone(), a.actor.as_str())).collect();
     assert_eq!(
         outcomes,
-        [(2, Outcome::Failed, "r1"), (3, Outcome::TakenOver, "token-heir"), (3, Outcome::Delivered, "r4")]
+        [(2, Outcome::Failed, "r1"), (3, Outcome::TakenOver, "token-heir"), (4, Outcome::Delivered, "r4")]
     );
     assert!(store.report_attempt(due_now[2], "token-b", "r2", &delivered).await.unwrap());
 

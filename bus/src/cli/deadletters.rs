@@ -15,7 +15,10 @@ use crate::store::now_ms;
 /// Reads `--since`: an age (`90m`, `2h`, `1d`) or an RFC 3339 time; unix ms.
 pub fn parse_since(text: &str) -> anyhow::Result<i64> {
     if let Ok(age) = humantime::parse_duration(text) {
-        return Ok(now_ms() - age.as_millis() as i64);
+        return i64::try_from(age.as_millis())
+            .ok()
+            .and_then(|age| now_ms().checked_sub(age))
+            .with_context(|| format!("since {text:?} reaches back too far"));
     }
     let at = humantime::parse_rfc3339_weak(text)
         .with_context(|| format!("since {text:?}: expected an age (2h) or a time (2026-11-23T10:00:00Z)"))?;
@@ -195,6 +198,7 @@ mod tests {
         assert!(parse_filter("colour=red").unwrap_err().to_string().contains("use pigeon, status"));
         assert!(parse_filter("status=lost").unwrap_err().to_string().contains("unknown dead-letter status"));
         assert!(parse_filter("since=yesterday").unwrap_err().to_string().contains("expected an age"));
+        assert!(parse_since("300000000years").unwrap_err().to_string().contains("too far"));
         assert_eq!(parse_since("2026-11-23T10:00:00Z").unwrap(), 1_795_428_000_000);
     }
 }

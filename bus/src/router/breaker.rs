@@ -24,6 +24,8 @@ struct State {
     consecutive: u32,
     /// Since when it is open; `None` when closed or probing.
     open_since: Option<Instant>,
+    /// Since when it is probing (half-open).
+    probing_since: Option<Instant>,
     /// Open or probing: not closed yet.
     tripped: bool,
 }
@@ -88,6 +90,7 @@ impl Breakers {
         state.consecutive = state.consecutive.saturating_add(1);
         if state.consecutive >= self.threshold && state.open_since.is_none() {
             state.open_since = Some(Instant::now());
+            state.probing_since = None;
             state.tripped = true;
             self.any_tripped.store(true, Ordering::Relaxed);
             tracing::error!(
@@ -106,16 +109,21 @@ impl Breakers {
             && self.lock().get(topic).is_some_and(|s| s.open_since.is_some())
     }
 
-    /// Open breakers whose probe is due: they turn half-open (the caller resumes what they
-    /// paused; the next delivery decides).
+    /// Open breakers whose probe is due: they turn half-open (the caller resumes one paused
+    /// partition; the next delivery decides). A probe that brought no verdict within
+    /// `probe_after` (its partition had nothing for this destination) is due again, so the
+    /// caller tries another partition.
     pub fn due_probes(&self) -> Vec<String> {
         if !self.any_tripped.load(Ordering::Relaxed) {
             return Vec::new();
         }
         let mut due = Vec::new();
         for (topic, state) in self.lock().iter_mut() {
-            if state.open_since.is_some_and(|since| since.elapsed() >= self.probe_after) {
+            let open_due = state.open_since.is_some_and(|since| since.elapsed() >= self.probe_after);
+            let probe_silent = state.probing_since.is_some_and(|since| since.elapsed() >= self.probe_after);
+            if state.tripped && (open_due || probe_silent) {
                 state.open_since = None;
+                state.probing_since = Some(Instant::now());
                 tracing::info!(topic = %topic, "destination circuit breaker half-open: probing");
                 due.push(topic.clone());
             }
@@ -150,6 +158,7 @@ mod tests {
         breakers.failed("dst");
         assert_eq!(rx.try_recv().unwrap(), Change::Opened("dst".into()), "a failed probe opens it again");
         assert_eq!(breakers.due_probes(), ["dst"]);
+        assert_eq!(breakers.due_probes(), ["dst"], "a probe without a verdict is tried again");
         breakers.succeeded("dst");
         assert_eq!(rx.try_recv().unwrap(), Change::Closed("dst".into()));
         assert!(breakers.due_probes().is_empty());

@@ -50,6 +50,11 @@ impl Trackers {
         Arc::clone(slots[index].get_or_insert_with(|| create(key)))
     }
 
+    /// The tracker of a partition, if it has one.
+    pub fn get(&self, topic: &str, partition: i32) -> Option<Arc<PartitionTracker>> {
+        self.lock().get(topic).and_then(|v| v.get(partition as usize)).and_then(Clone::clone)
+    }
+
     /// Forgets a partition (it was revoked).
     pub fn remove(&self, topic: &str, partition: i32) -> Option<Arc<PartitionTracker>> {
         self.lock().get_mut(topic).and_then(|v| v.get_mut(partition as usize)).and_then(Option::take)

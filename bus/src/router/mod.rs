@@ -139,6 +139,9 @@ pub async fn run(parts: RouterParts, cancel: CancellationToken) -> anyhow::Resul
             biased;
             _ = cancel.cancelled() => break,
             Some(tracker) = resume_rx.recv() => {
+                if router.breaker_holds(&tracker) {
+                    continue; // it stays paused until its destination's breaker lets it go
+                }
                 let tpl = partition_list(&tracker, Offset::Invalid);
                 if let Err(e) = consumer.resume(&tpl) {
                     tracing::debug!(topic = %tracker.topic, partition = tracker.partition, error = %e, "resume");
@@ -256,12 +259,33 @@ struct Forwarder<'p> {
 }
 
 impl Forwarder<'_> {
-    /// Resumes the source partitions paused for `destination` (its breaker closed or probes).
+    /// Whether an open destination breaker holds this partition paused.
+    fn breaker_holds(&self, tracker: &PartitionTracker) -> bool {
+        let key = (Arc::clone(&tracker.topic), tracker.partition);
+        self.breaker_paused.lock().unwrap_or_else(|p| p.into_inner()).values().any(|set| set.contains(&key))
+    }
+
+    /// Whether the partition is paused at its in-flight cap (its tracker resumes it).
+    fn cap_holds(&self, topic: &str, partition: i32) -> bool {
+        self.trackers.get(topic, partition).is_some_and(|t| t.paused_at_cap())
+    }
+
+    /// Resumes the source partitions paused for `destination` (its breaker closed), unless
+    /// another open breaker or the in-flight cap still holds them.
     fn resume_fed_by(&self, consumer: &StreamConsumer<RouterConsumerContext>, destination: &str) {
         let paused = self.breaker_paused.lock().unwrap_or_else(|p| p.into_inner()).remove(destination);
         let mut tpl = TopicPartitionList::new();
         for (topic, partition) in paused.into_iter().flatten() {
-            tpl.add_partition(&topic, partition);
+            let key = (Arc::clone(&topic), partition);
+            let held_elsewhere = self
+                .breaker_paused
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .values()
+                .any(|s| s.contains(&key));
+            if !held_elsewhere && !self.cap_holds(&topic, partition) {
+                tpl.add_partition(&topic, partition);
+            }
         }
         if tpl.count() > 0 {
             tracing::info!(destination, partitions = tpl.count(), "resuming source partitions");
@@ -277,7 +301,7 @@ impl Forwarder<'_> {
     fn probe(&self, consumer: &StreamConsumer<RouterConsumerContext>, destination: &str) {
         let mut paused = self.breaker_paused.lock().unwrap_or_else(|p| p.into_inner());
         let Some(partitions) = paused.get_mut(destination) else { return };
-        let Some(probe) = partitions.iter().next().cloned() else { return };
+        let Some(probe) = partitions.iter().find(|(t, p)| !self.cap_holds(t, *p)).cloned() else { return };
         partitions.remove(&probe);
         drop(paused);
         let mut tpl = TopicPartitionList::new();

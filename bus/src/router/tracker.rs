@@ -136,6 +136,11 @@ impl PartitionTracker {
         }
     }
 
+    /// Whether the partition is paused at the in-flight cap, waiting to drain below half.
+    pub fn paused_at_cap(&self) -> bool {
+        self.lock().paused
+    }
+
     /// The offset to commit: the next letter to read again after a restart.
     pub fn watermark(&self) -> Option<i64> {
         let state = self.lock();

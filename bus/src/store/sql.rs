@@ -156,9 +156,11 @@ macro_rules! sql_store {
             ) -> Result<Claimed, StoreError> {
                 let now = now_ms();
                 let mut tx = self.pool.begin_with($dialect.begin_write).await?;
-                // Claims whose lease ran out first: their retrier died or hung mid-attempt.
+                // Claims whose lease ran out first: their retrier died or hung mid-attempt. That
+                // attempt counts, so a letter that keeps killing retriers still reaches the end
+                // of its schedule.
                 let taken_over = sqlx::query(&($dialect.update_first)(
-                    "claim_token = ?, claimed_until = ?, updated_at = ?",
+                    "claim_token = ?, claimed_until = ?, updated_at = ?, attempts = attempts + 1",
                     "status = 'retrying' AND claimed_until < ?",
                     "claimed_until",
                 ))
@@ -179,7 +181,7 @@ macro_rules! sql_store {
                     for (id, attempts) in stale {
                         sqlx::query(rows::INSERT_ATTEMPT)
                             .bind(id)
-                            .bind(attempts + 1)
+                            .bind(attempts)
                             .bind(now)
                             .bind(token)
                             .bind("taken_over")
