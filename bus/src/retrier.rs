@@ -272,10 +272,7 @@ fn plan(letter: &DeadLetter, table: &RouteTable, attempt: i32) -> Result<Vec<Out
     }
     // The letter never left: route it again through the pigeons as they are now.
     let time_ms = dead
-        .headers
-        .iter()
-        .find(|h| h.name == header::TIME)
-        .and_then(|h| h.text.as_deref())
+        .header_text(header::TIME)
         .and_then(pigeon_sdk::letter::parse_time)
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
         .map_or(letter.created_at, |t| t.as_millis() as i64);
@@ -323,13 +320,13 @@ fn plan(letter: &DeadLetter, table: &RouteTable, attempt: i32) -> Result<Vec<Out
             }
             continue;
         };
-        let text = |name: &str| dead.headers.iter().find(|h| h.name == name).and_then(|h| h.text.as_deref());
+
         let input = ScriptLetter {
             id: &id,
             tag: &tag,
-            source: text(header::SOURCE).unwrap_or(&dead.source_topic),
+            source: dead.header_text(header::SOURCE).unwrap_or(&dead.source_topic),
             key: dead.key.as_deref(),
-            time: text(header::TIME),
+            time: dead.header_text(header::TIME),
             payload: dead.payload.as_deref().unwrap_or(b"null"),
         };
         let emitted = script::default_engine()

@@ -62,13 +62,7 @@ pub async fn list(
     ApiQuery(q): ApiQuery<AuditQuery>,
 ) -> Result<Json<Page<AuditView>>, ApiError> {
     let limit = super::page_limit(q.limit)?;
-    let before = match &q.cursor {
-        None => None,
-        Some(c) => Some(
-            c.parse::<i64>()
-                .map_err(|_| ApiError::bad_request(format!("cursor {c:?} is not one we gave")))?,
-        ),
-    };
+    let before = super::id_cursor(q.cursor.as_deref())?;
     let items: Vec<AuditView> =
         state.store.audit(before, limit as u32 + 1).await?.into_iter().map(AuditView::from).collect();
     Ok(Json(Page::from_overfetch(items, limit, |a| a.id.to_string())))

@@ -156,13 +156,7 @@ pub async fn list(
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<Page<DeadLetterView>>, ApiError> {
     let limit = super::page_limit(q.limit)?;
-    let before = match &q.cursor {
-        None => None,
-        Some(c) => Some(
-            c.parse::<i64>()
-                .map_err(|_| ApiError::bad_request(format!("cursor {c:?} is not one we gave")))?,
-        ),
-    };
+    let before = super::id_cursor(q.cursor.as_deref())?;
     let filter =
         DeadLetterFilter { pigeon_id: q.pigeon, status: q.status, error_kind: q.kind, since: q.since };
     let items: Vec<DeadLetterView> = state

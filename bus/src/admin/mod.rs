@@ -65,6 +65,15 @@ impl<T> Page<T> {
     }
 }
 
+/// Reads a cursor that is the id of the last item of the previous page.
+pub fn id_cursor(cursor: Option<&str>) -> Result<Option<i64>, ApiError> {
+    cursor
+        .map(|c| {
+            c.parse::<i64>().map_err(|_| ApiError::bad_request(format!("cursor {c:?} is not one we gave")))
+        })
+        .transpose()
+}
+
 /// Validates a requested page size.
 pub fn page_limit(limit: Option<u32>) -> Result<usize, ApiError> {
     match limit.unwrap_or(50) {

@@ -224,6 +224,11 @@ impl NewDeadLetter {
         }
     }
 
+    /// A header's value, when it is text.
+    pub fn header_text(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|h| h.name == name).and_then(|h| h.text.as_deref())
+    }
+
     /// About how many bytes the stored row takes.
     pub fn size(&self) -> usize {
         self.payload.as_ref().map_or(0, Vec::len)

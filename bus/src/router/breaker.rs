@@ -103,6 +103,11 @@ impl Breakers {
         }
     }
 
+    /// Whether any breaker is open or probing: one atomic load, for the per-letter path.
+    pub fn any_tripped(&self) -> bool {
+        self.any_tripped.load(Ordering::Relaxed)
+    }
+
     /// Whether letters for `topic` should wait (its breaker is open, not probing).
     pub fn is_open(&self, topic: &str) -> bool {
         self.any_tripped.load(Ordering::Relaxed)

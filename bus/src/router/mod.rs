@@ -320,6 +320,9 @@ impl Forwarder<'_> {
         tracker: &PartitionTracker,
         admission: Admission,
     ) -> Admission {
+        if !self.breakers.any_tripped() {
+            return admission; // the common case: no destination is failing
+        }
         let open: Vec<&str> = routes
             .iter()
             .flat_map(|r| r.destinations.iter())
