@@ -35,7 +35,7 @@ pub struct BusConfig {
 impl Default for BusConfig {
     fn default() -> Self {
         Self {
-            roles: vec![Role::Router, Role::Retrier, Role::Admin],
+            roles: vec![Role::Router, Role::Retrier, Role::Registry, Role::Admin],
             kafka: KafkaConfig::default(),
             store: StoreConfig::default(),
             router: RouterConfig::default(),
@@ -185,8 +185,10 @@ impl Sweep {
 pub enum Role {
     /// The forward path.
     Router,
-    /// Redelivers due dead letters.
+    /// Redelivers due dead letters (and stores module handler failures).
     Retrier,
+    /// Keeps the providers, instances and capabilities modules register.
+    Registry,
     /// The admin API (and UI).
     Admin,
 }
@@ -325,7 +327,7 @@ impl BusConfig {
             ));
         }
         if self.roles.is_empty() {
-            errors.push("roles is empty: name at least one of router, retrier, admin".into());
+            errors.push("roles is empty: name at least one of router, retrier, registry, admin".into());
         }
         if self.topics.partitions < 1 {
             errors.push("topics.partitions must be at least 1".into());

@@ -14,24 +14,39 @@ use crate::config::BusConfig;
 use crate::route::{DestinationSpec, MatchSpec, PigeonSpec};
 use crate::serve;
 
+/// The SDK's example module, `act-toy`: the demo provider.
+#[path = "../../sdk/examples/act_toy/toy.rs"]
+pub mod act_toy;
+
 /// The demo activity's source topic.
 pub const DEMO_SOURCE: &str = "live.gift";
 /// The demo module.
-pub const DEMO_MODULE: &str = "act-toy";
+pub const DEMO_MODULE: &str = act_toy::NAME;
 
-/// The demo pigeon: gifts fill the toy activity's progress bar.
-pub fn demo_pigeon() -> PigeonSpec {
-    PigeonSpec {
-        id: "demo-gift-progress".into(),
-        name: "Gifts fill the progress bar".into(),
+/// The demo pigeons: gifts fill the toy activity's progress bar; a full bar (flown by the
+/// module) drops a treasure chest.
+pub fn demo_pigeons() -> [PigeonSpec; 2] {
+    let pigeon = |id: &str, name: &str, topic: &str, tag: &str, capability: &str| PigeonSpec {
+        id: id.into(),
+        name: name.into(),
         owner: "demo".into(),
         enabled: true,
         action: Default::default(),
         script: None,
-        matcher: MatchSpec { topic: DEMO_SOURCE.into(), tag: "gift.sent".into() },
-        destinations: vec![DestinationSpec::capability(&format!("{DEMO_MODULE}/progress.add"))],
+        matcher: MatchSpec { topic: topic.into(), tag: tag.into() },
+        destinations: vec![DestinationSpec::capability(&format!("{DEMO_MODULE}/{capability}"))],
         retry: None,
-    }
+    };
+    [
+        pigeon("demo-gift-progress", "Gifts fill the progress bar", DEMO_SOURCE, "gift.sent", "progress.add"),
+        pigeon(
+            act_toy::FULL_PIGEON,
+            "A full progress bar drops a chest",
+            crate::route::INGRESS,
+            "progress.full",
+            "chest.drop",
+        ),
+    ]
 }
 
 /// Options of `pigeon dev`.
@@ -58,8 +73,10 @@ pub async fn run(config: BusConfig, options: DevOptions) -> anyhow::Result<()> {
     std::fs::create_dir_all(&options.data_dir)
         .with_context(|| format!("creating {}", options.data_dir.display()))?;
     let store = serve::open_store(&config.store.url).await?;
-    let saved = store.save_pigeon(&demo_pigeon(), "pigeon dev").await?;
-    tracing::info!(pigeon = "demo-gift-progress", version = saved.version, "demo activity seeded");
+    for pigeon in demo_pigeons() {
+        let saved = store.save_pigeon(&pigeon, "pigeon dev").await?;
+        tracing::info!(pigeon = %pigeon.id, version = saved.version, "demo activity seeded");
+    }
     let name = format!("dev-{}", crate::store::now_ms());
     let token =
         crate::cli::tokens::create(store.as_ref(), &name, crate::token::Role::Admin, "pigeon dev").await?;
@@ -69,7 +86,25 @@ pub async fn run(config: BusConfig, options: DevOptions) -> anyhow::Result<()> {
     if options.demo_traffic {
         tokio::spawn(demo_traffic(crate::kafka::producer_config(&config.kafka), cancel.clone()));
     }
-    serve::run(config, store, cancel, |url| println!("admin: {url}")).await
+    let module = tokio::spawn(demo_module(config.kafka.clone(), cancel.clone()));
+    let served = serve::run(config, store, cancel.clone(), |url| println!("admin: {url}")).await;
+    cancel.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(35), module).await;
+    served
+}
+
+/// Runs the `act-toy` module with the bus's Kafka settings until `cancel` fires.
+async fn demo_module(kafka: crate::config::KafkaConfig, cancel: CancellationToken) {
+    let mut builder = act_toy::module().brokers(kafka.brokers.clone());
+    for (name, value) in kafka.common.iter().chain(&kafka.consumer) {
+        builder = builder.kafka_property(name, value);
+    }
+    let module = match builder.start().await {
+        Ok(module) => module,
+        Err(e) => return tracing::error!(error = %e, "the demo module did not start"),
+    };
+    cancel.cancelled().await;
+    module.shutdown().await;
 }
 
 /// Produces a gift letter every two seconds, as a live room would.

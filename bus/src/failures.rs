@@ -23,13 +23,7 @@ use crate::topics::FAILED;
 
 /// Headers a failure report adds to the failed letter.
 pub mod header {
-    /// The topic the module consumed the letter from (its module topic or a lane): where a
-    /// retry sends it.
-    pub const TOPIC: &str = "pigeon_failed_topic";
-    /// The module whose handler failed.
-    pub const MODULE: &str = "pigeon_failed_module";
-    /// The handler's error, after the SDK's own retries.
-    pub const ERROR: &str = "pigeon_failed_error";
+    pub use pigeon_sdk::header::{FAILED_ERROR as ERROR, FAILED_MODULE as MODULE, FAILED_TOPIC as TOPIC};
     /// Every report header.
     pub const ALL: [&str; 3] = [TOPIC, MODULE, ERROR];
 }

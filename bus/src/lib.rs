@@ -11,6 +11,7 @@ pub mod deadletter;
 pub mod dev;
 pub mod failures;
 pub mod kafka;
+pub mod registry;
 pub mod retrier;
 pub mod route;
 pub mod router;

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
+use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 use tokio_util::sync::CancellationToken;
@@ -25,8 +25,7 @@ use crate::config::{RetrierConfig, SourceConfig, Sweep};
 use crate::deadletter::schedule::Schedule;
 use crate::deadletter::{DeadLetter, Outcome, Report};
 use crate::route::{Route, RouteTable, VersionedPigeon};
-use crate::router::output::output_headers;
-use crate::script::{self, ScriptLetter};
+use crate::router::output::{owned_outputs, with_attempt, OwnedOutput as Output};
 use crate::source;
 use crate::store::{now_ms, Store};
 use pigeon_sdk::{header, LetterId};
@@ -102,14 +101,6 @@ struct Retrier {
 
 /// Pigeon ids and versions, by id.
 type Versions = Vec<(String, i64)>;
-
-/// One letter to send.
-struct Output {
-    topic: String,
-    key: Option<Vec<u8>>,
-    headers: OwnedHeaders,
-    payload: Option<Vec<u8>>,
-}
 
 impl Retrier {
     /// Claims, delivers and reports one batch; returns how many were claimed.
@@ -285,14 +276,17 @@ fn plan(letter: &DeadLetter, table: &RouteTable, attempt: i32) -> Result<Vec<Out
         dead.source_offset,
         Some(stored_headers()),
     );
-    let routes = table
-        .topic(&dead.source_topic)
+    let source = table
+        .source_of(&dead.source_topic)
         .ok_or_else(|| format!("no enabled pigeon listens on {} now", dead.source_topic))?;
-    let meta = source::read(&message, &routes.source)?;
+    let meta = source::read(&message, source)?;
     let tag = meta.tag.clone().unwrap_or_default();
-    let matched: Vec<&Arc<Route>> = match &dead.pigeon_id {
-        Some(id) => vec![table.route(id).ok_or_else(|| format!("pigeon {id} was deleted or disabled"))?],
-        None => match &meta.tag {
+    let matched: Vec<&Arc<Route>> = match (&dead.pigeon_id, table.topic(&dead.source_topic)) {
+        (Some(id), _) => {
+            vec![table.route(id).ok_or_else(|| format!("pigeon {id} was deleted or disabled"))?]
+        }
+        (None, None) => vec![table.flown(source::pigeon_header(&message))?],
+        (None, Some(routes)) => match &meta.tag {
             Some(tag) => routes.matching(tag).collect(),
             None => routes.matching_untagged().collect(),
         },
@@ -306,52 +300,5 @@ fn plan(letter: &DeadLetter, table: &RouteTable, attempt: i32) -> Result<Vec<Out
     } else {
         dead.letter_id.clone()
     };
-    let mut outputs = Vec::new();
-    for route in matched {
-        let Some(script) = &route.script else {
-            for destination in &route.destinations {
-                let headers = output_headers(&message, &id, &destination.tag, &route.id, false);
-                outputs.push(Output {
-                    topic: destination.topic.clone(),
-                    key: dead.key.clone(),
-                    headers: with_attempt(&headers, attempt),
-                    payload: dead.payload.clone(),
-                });
-            }
-            continue;
-        };
-
-        let input = ScriptLetter {
-            id: &id,
-            tag: &tag,
-            source: dead.header_text(header::SOURCE).unwrap_or(&dead.source_topic),
-            key: dead.key.as_deref(),
-            time: dead.header_text(header::TIME),
-            payload: dead.payload.as_deref().unwrap_or(b"null"),
-        };
-        let emitted = script::default_engine()
-            .run(&script.compiled, &input, &script.destinations)
-            .map_err(|e| format!("pigeon {} version {}: {e}", route.id, route.version))?;
-        for (index, out) in emitted.into_iter().enumerate() {
-            let out_id = LetterId::derived_output(&id, route.version, index, time_ms as u64).to_string();
-            let headers = output_headers(&message, &out_id, &out.tag, &route.id, true);
-            outputs.push(Output {
-                topic: script.destinations[out.dest].topic.clone(),
-                key: out.key,
-                headers: with_attempt(&headers, attempt),
-                payload: Some(out.payload),
-            });
-        }
-    }
-    Ok(outputs)
-}
-
-/// The headers with `ce_attempt` set to `attempt`.
-fn with_attempt(headers: &OwnedHeaders, attempt: i32) -> OwnedHeaders {
-    let attempt = attempt.to_string();
-    let mut out = OwnedHeaders::new_with_capacity(headers.count() + 1);
-    for h in headers.iter().filter(|h| h.key != header::ATTEMPT) {
-        out = out.insert(h);
-    }
-    out.insert(Header { key: header::ATTEMPT, value: Some(attempt.as_bytes()) })
+    owned_outputs(&message, &id, &tag, time_ms, &matched, attempt)
 }

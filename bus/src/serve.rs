@@ -46,12 +46,18 @@ pub async fn run(
     let url = format!("http://{}", listener.local_addr()?);
     on_listening(&url);
     let retrier_stats = Arc::new(RetrierStats::default());
+    let producer = kafka::producer_config(&config.kafka);
+    let fly_producer = match config.roles.contains(&Role::Admin) {
+        true => Some(producer.create().context("creating the producer for flown letters")?),
+        false => None,
+    };
     let app = admin::app(
         AppState {
             store: Arc::clone(&store),
             ready: Arc::clone(&ready),
             stats: Arc::clone(&stats),
             retrier: Arc::clone(&retrier_stats),
+            producer: fly_producer,
         },
         config.roles.contains(&Role::Admin),
     );
@@ -60,8 +66,11 @@ pub async fn run(
         axum::serve(listener, app).with_graceful_shutdown(http_cancel.cancelled_owned()).await
     });
 
-    let producer = kafka::producer_config(&config.kafka);
     let mut roles = tokio::task::JoinSet::new();
+    if config.roles.contains(&Role::Registry) {
+        let registry = kafka::consumer_config(&config.kafka, crate::registry::GROUP);
+        roles.spawn(crate::registry::run(registry, Arc::clone(&store), cancel.clone()));
+    }
     if config.roles.contains(&Role::Retrier) {
         let parts = RetrierParts {
             config: config.retrier.clone(),

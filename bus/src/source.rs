@@ -59,6 +59,13 @@ pub fn read<'a, M: Message>(message: &'a M, source: &Source) -> Result<Meta<'a>,
     Ok(Meta { tag, id })
 }
 
+/// The pigeon a flown letter names: its `ce_pigeon` header, if it is UTF-8.
+pub fn pigeon_header<M: Message>(message: &M) -> Option<&str> {
+    let headers = message.headers()?;
+    let header = headers.iter().find(|h| h.key == pigeon_sdk::header::PIGEON)?;
+    header.value.and_then(|v| std::str::from_utf8(v).ok())
+}
+
 /// Finds one top-level field of a JSON object, skipping everything else unparsed.
 struct FieldSeed<'f> {
     field: &'f str,

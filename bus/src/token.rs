@@ -10,6 +10,8 @@ use sha2::{Digest, Sha256};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
+    /// A module's token: flies letters (`POST /api/v1/fly`), reads nothing.
+    Module,
     /// Reads.
     Viewer,
     /// Reads and changes pigeons, dead letters, replays.
@@ -22,6 +24,7 @@ impl Role {
     /// The stored name.
     pub fn as_str(self) -> &'static str {
         match self {
+            Role::Module => "module",
             Role::Viewer => "viewer",
             Role::Operator => "operator",
             Role::Admin => "admin",
@@ -39,10 +42,11 @@ impl FromStr for Role {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
+            "module" => Ok(Role::Module),
             "viewer" => Ok(Role::Viewer),
             "operator" => Ok(Role::Operator),
             "admin" => Ok(Role::Admin),
-            other => Err(format!("unknown role {other:?} (viewer, operator or admin)")),
+            other => Err(format!("unknown role {other:?} (module, viewer, operator or admin)")),
         }
     }
 }
@@ -86,7 +90,7 @@ mod tests {
 
     #[test]
     fn roles_are_ordered_and_parsed() {
-        assert!(Role::Viewer < Role::Operator && Role::Operator < Role::Admin);
+        assert!(Role::Module < Role::Viewer && Role::Viewer < Role::Operator && Role::Operator < Role::Admin);
         assert_eq!("operator".parse::<Role>(), Ok(Role::Operator));
         assert!("root".parse::<Role>().unwrap_err().contains("viewer, operator or admin"));
     }

@@ -29,6 +29,13 @@ pub mod header {
     pub const ATTEMPT: &str = "ce_attempt";
     /// Set on replayed letters: the id of the archived original.
     pub const REPLAYOF: &str = "ce_replayof";
+    /// On a failure report (`pigeon.failed`): the topic the module consumed the letter from
+    /// (its module topic or a lane), where a retry sends it.
+    pub const FAILED_TOPIC: &str = "pigeon_failed_topic";
+    /// On a failure report: the module whose handler failed.
+    pub const FAILED_MODULE: &str = "pigeon_failed_module";
+    /// On a failure report: the handler's error, after the module's own retries.
+    pub const FAILED_ERROR: &str = "pigeon_failed_error";
 }
 
 /// The CloudEvents spec version Pigeon speaks.

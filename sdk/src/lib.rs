@@ -1,10 +1,16 @@
-//! Pigeon SDK: what an activity module embeds to talk to the Pigeon bus.
-//!
-//! For now this crate holds the wire format every part of Pigeon shares: a [`Letter`] encoded
-//! with the CloudEvents 1.0 Kafka protocol binding in binary mode (`ce_*` headers, the Kafka key
-//! as partition key, a JSON payload). The bus depends on these types; this crate never depends
-//! on the bus.
+#![doc = include_str!("../README.md")]
 
+mod capability;
+mod consumer;
+pub mod fields;
 pub mod letter;
+mod module;
+pub mod registry;
 
+pub use capability::{Capability, HandlerError, HandlerResult};
+pub use fields::LetterBuilder;
 pub use letter::{header, Letter, LetterError, LetterId};
+pub use module::{
+    Context, DeadLettered, Delivered, FlyError, FlyLetter, FlyRequest, Module, ModuleBuilder, Receipt, Retry,
+    StartError, FAILED, INGRESS,
+};

@@ -48,7 +48,49 @@ async fn pigeon_dev_runs_the_demo_activity_end_to_end() {
     let letter = pigeon_sdk::Letter::from_message(&message).unwrap();
     assert!(letter.payload["giftId"].is_number());
 
-    dev.stop();
+    // The demo provider is the SDK's act-toy example: registered, live, both capabilities.
+    let providers = || async {
+        let response = reqwest::Client::new()
+            .get(format!("{}/api/v1/providers", dev.admin))
+            .bearer_auth(&dev.token)
+            .send()
+            .await
+            .unwrap();
+        response.json::<serde_json::Value>().await.unwrap()
+    };
+    let deadline = std::time::Instant::now() + DEADLINE;
+    let list = loop {
+        let list = providers().await;
+        if list[0]["live"] == true {
+            break list;
+        }
+        assert!(std::time::Instant::now() < deadline, "act-toy never registered: {list:#}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(list[0]["module"], "act-toy", "{list:#}");
+    let names: Vec<&str> =
+        list[0]["capabilities"].as_array().unwrap().iter().filter_map(|c| c["name"].as_str()).collect();
+    assert_eq!(names, ["chest.drop", "progress.add"]);
+
+    // Two big gifts fill a room's bar: the module flies progress.full, the demo pigeon
+    // delivers it to chest.drop, and a chest drops.
+    let gift = |n: i64| {
+        pigeon_sdk::Letter::build("gift.sent")
+            .source("tour")
+            .user_id(n)
+            .room_id("r-tour")
+            .gift_count(10)
+            .key("r-tour")
+            .finish()
+    };
+    produce(&kafka, "live.gift", [Outgoing::from(&gift(1)), Outgoing::from(&gift(2))], None);
+    let log_path = dev.dir.path().join("dev.log");
+    eventually("a chest drops in r-tour", || {
+        read(&log_path).lines().any(|l| l.contains("a treasure chest drops") && l.contains("r-tour"))
+    });
+
+    let log = dev.stop();
+    assert!(log.contains("module stopped"), "the demo module drains on SIGTERM:\n{log}");
 }
 
 /// A `pigeon dev` child process and the addresses it printed.

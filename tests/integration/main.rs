@@ -9,5 +9,6 @@ mod faults;
 mod forward;
 mod retry;
 mod scripts;
+mod sdk;
 mod store;
 mod support;

@@ -10,8 +10,9 @@ use pigeon_bus::deadletter::{
     DeadLetterFilter, ErrorKind, NewDeadLetter, Outcome, Report, Selection, Status, StoredHeader,
 };
 use pigeon_bus::route::DestinationSpec;
-use pigeon_bus::store::{now_ms, NewToken, Saved, Store, StoreError};
+use pigeon_bus::store::{now_ms, InstanceState, NewToken, RegistrationChanges, Saved, Store, StoreError};
 use pigeon_bus::token::{self, Role};
+use pigeon_sdk::registry::{CapabilityInfo, Registration};
 use sqlx::Connection;
 
 use crate::support::pigeon;
@@ -27,6 +28,99 @@ async fn conformance(store: Arc<dyn Store>) {
     claims_never_overlap_and_expire(store.as_ref()).await;
     operators_retry_edit_and_discard(store.as_ref()).await;
     racing_retriers_claim_each_letter_once(Arc::clone(&store)).await;
+    registrations_keep_instances_and_capabilities(store.as_ref()).await;
+}
+
+fn registration(instance: &str, capabilities: &[(&str, &str)]) -> Registration {
+    Registration {
+        module: "act-toy".into(),
+        instance: instance.into(),
+        host: "h1".into(),
+        version: "1.0".into(),
+        topic: "pigeon.module.act-toy".into(),
+        lanes: vec!["lane.toy".into()],
+        capabilities: capabilities
+            .iter()
+            .map(|(name, description)| CapabilityInfo {
+                name: name.to_string(),
+                description: description.to_string(),
+                requires: vec!["roomId".into()],
+            })
+            .collect(),
+        heartbeat_ms: 1_000,
+        leaving: false,
+        sent_at_ms: 0,
+    }
+}
+
+async fn registrations_keep_instances_and_capabilities(store: &dyn Store) {
+    let t = 1_000_000;
+    let both = [("chest.drop", "Drops a chest"), ("progress.add", "Adds progress")];
+    let changes = store.record_registration(&registration("a", &both), t).await.unwrap();
+    assert!(changes.new_instance);
+    assert_eq!(changes.added, ["chest.drop", "progress.add"]);
+    let again = store.record_registration(&registration("a", &both), t + 1_000).await.unwrap();
+    assert_eq!(again, RegistrationChanges::default(), "a heartbeat changes nothing");
+
+    // A second instance of a newer version no longer has progress.add: kept while `a` lives.
+    let newer = [("chest.drop", "Drops a treasure chest")];
+    let changes = store.record_registration(&registration("b", &newer), t + 1_500).await.unwrap();
+    assert_eq!(
+        (changes.updated.as_slice(), changes.retired.len()),
+        (["chest.drop".to_string()].as_slice(), 0)
+    );
+    // `a` is silent past three heartbeats: the next registration of `b` retires progress.add.
+    let changes = store.record_registration(&registration("b", &newer), t + 5_000).await.unwrap();
+    assert_eq!(changes.retired, ["progress.add"]);
+
+    let caps = store.capabilities().await.unwrap();
+    let summary: Vec<(&str, &str, bool)> =
+        caps.iter().map(|c| (c.name.as_str(), c.description.as_str(), c.retired_at.is_some())).collect();
+    assert_eq!(
+        summary,
+        [("chest.drop", "Drops a treasure chest", false), ("progress.add", "Adds progress", true)]
+    );
+    assert_eq!(caps[0].requires, ["roomId"]);
+
+    let instances = store.module_instances().await.unwrap();
+    let states: Vec<(&str, InstanceState)> =
+        instances.iter().map(|i| (i.instance.as_str(), i.state(t + 5_000))).collect();
+    assert_eq!(states, [("a", InstanceState::Stale), ("b", InstanceState::Live)]);
+    assert_eq!((instances[1].started_at, instances[1].last_seen), (t + 1_500, t + 5_000));
+    assert_eq!(instances[1].lanes, ["lane.toy"]);
+
+    // Leaving keeps the capabilities; coming back with progress.add restores it.
+    let leaving = Registration { leaving: true, ..registration("b", &newer) };
+    assert_eq!(store.record_registration(&leaving, t + 6_000).await.unwrap().retired.len(), 0);
+    let b = store.module_instances().await.unwrap().into_iter().find(|i| i.instance == "b").unwrap();
+    assert_eq!(b.state(t + 6_000), InstanceState::Left);
+    let changes = store.record_registration(&registration("c", &both), t + 7_000).await.unwrap();
+    assert_eq!(changes.updated, ["chest.drop", "progress.add"]);
+    assert!(store.capabilities().await.unwrap().iter().all(|c| c.retired_at.is_none()));
+
+    // Capability changes are audited, heartbeats are not.
+    let audit = store.audit(None, 100).await.unwrap();
+    let actions: Vec<(&str, &str)> = audit
+        .iter()
+        .filter(|e| e.target.starts_with("capability/"))
+        .map(|e| (e.action.as_str(), e.target.as_str()))
+        .rev()
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            ("capability.register", "capability/act-toy/chest.drop"),
+            ("capability.register", "capability/act-toy/progress.add"),
+            ("capability.update", "capability/act-toy/chest.drop"),
+            ("capability.retire", "capability/act-toy/progress.add"),
+            ("capability.update", "capability/act-toy/chest.drop"),
+            ("capability.update", "capability/act-toy/progress.add"),
+        ]
+    );
+    assert!(audit
+        .iter()
+        .filter(|e| e.target.starts_with("capability/"))
+        .all(|e| e.actor == "module:act-toy"));
 }
 
 async fn pigeons_are_versioned(store: &dyn Store) {

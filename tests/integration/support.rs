@@ -255,7 +255,8 @@ impl Bus {
     pub fn start(kafka: &Kafka, db: &Db, extra: &[&str]) -> Self {
         let stderr = db.path(&format!("router-{}.log", uuid::Uuid::new_v4()));
         let mut child = Command::new(pigeon_bin())
-            .args(["serve", "--brokers", &kafka.bootstrap, "--database", &db.url, "--listen", "127.0.0.1:0"])
+            .args(["serve", "--brokers", &kafka.bootstrap, "--database", &db.url])
+            .args(if extra.contains(&"--listen") { &[][..] } else { &["--listen", "127.0.0.1:0"][..] })
             .args(FAST_GROUP)
             .args(extra)
             .env("RUST_LOG", "info,librdkafka=warn")

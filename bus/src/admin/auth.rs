@@ -69,6 +69,11 @@ macro_rules! role_extractor {
 }
 
 role_extractor!(
+    /// Any valid token, a module's included.
+    AsModule,
+    Role::Module
+);
+role_extractor!(
     /// A caller with at least the viewer role.
     AsViewer,
     Role::Viewer

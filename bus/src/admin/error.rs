@@ -53,6 +53,11 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, "not_found", format!("{} not found", what.into()))
     }
 
+    /// 503: a part the request needs is not available here or now.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+    }
+
     /// 409.
     pub fn conflict(message: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, "conflict", message)

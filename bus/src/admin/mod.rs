@@ -8,7 +8,9 @@ pub mod audit;
 pub mod auth;
 pub mod deadletters;
 pub mod error;
+pub mod fly;
 pub mod pigeons;
+pub mod providers;
 pub mod tokens;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -42,6 +44,8 @@ pub struct AppState {
     pub stats: Arc<RouterStats>,
     /// Retrier counters.
     pub retrier: Arc<crate::retrier::RetrierStats>,
+    /// Sends flown letters (`POST /fly`); absent where the bus has no Kafka.
+    pub producer: Option<rdkafka::producer::FutureProducer>,
 }
 
 /// One page of a list, and the cursor of the next (absent on the last page).
@@ -98,7 +102,9 @@ pub struct ApiQuery<T>(pub T);
     modifiers(&BearerAuth),
     tags((name = "pigeons", description = "Routes"), (name = "tokens", description = "API tokens"),
          (name = "dead-letters", description = "Failed deliveries: retry, edit, discard"),
-         (name = "audit", description = "Who changed what"))
+         (name = "audit", description = "Who changed what"),
+         (name = "providers", description = "Modules, their instances and capabilities"),
+         (name = "fly", description = "Modules fly letters to pigeons"))
 )]
 struct ApiDoc;
 
@@ -130,7 +136,9 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(deadletters::retry))
         .routes(routes!(deadletters::discard))
         .routes(routes!(deadletters::edit))
-        .routes(routes!(audit::list));
+        .routes(routes!(audit::list))
+        .routes(routes!(providers::list))
+        .routes(routes!(fly::fly));
     OpenApiRouter::with_openapi(ApiDoc::openapi()).nest("/api/v1", v1).split_for_parts()
 }
 

@@ -12,6 +12,7 @@ use crate::token::{self, Role};
 struct Api {
     state: AppState,
     _dir: tempfile::TempDir,
+    module: String,
     viewer: String,
     operator: String,
     admin: String,
@@ -24,7 +25,9 @@ impl Api {
         let store = crate::store::open(&url).await.unwrap();
         store.migrate().await.unwrap();
         let mut values = Vec::new();
-        for (name, role) in [("ana", Role::Viewer), ("olli", Role::Operator), ("ada", Role::Admin)] {
+        for (name, role) in
+            [("mod", Role::Module), ("ana", Role::Viewer), ("olli", Role::Operator), ("ada", Role::Admin)]
+        {
             let value = token::generate();
             store
                 .create_token(&NewToken { name: name.into(), role, hash: token::hash(&value) }, "test")
@@ -37,9 +40,10 @@ impl Api {
             ready: Arc::new(AtomicBool::new(true)),
             stats: Arc::default(),
             retrier: Arc::default(),
+            producer: None,
         };
-        let [viewer, operator, admin] = values.try_into().unwrap();
-        Self { state, _dir: dir, viewer, operator, admin }
+        let [module, viewer, operator, admin] = values.try_into().unwrap();
+        Self { state, _dir: dir, module, viewer, operator, admin }
     }
 
     async fn raw(&self, method: Method, path: &str, token: Option<&str>, body: Body) -> (StatusCode, Value) {
@@ -80,7 +84,7 @@ fn pigeon(id: &str, owner: &str) -> Value {
 }
 
 /// The role each operation needs. Must list exactly the documented operations.
-const ROLES: [(&str, &str, Role); 21] = [
+const ROLES: [(&str, &str, Role); 23] = [
     ("GET", "/api/v1/pigeons", Role::Viewer),
     ("POST", "/api/v1/pigeons", Role::Operator),
     ("POST", "/api/v1/pigeons/validate", Role::Viewer),
@@ -102,6 +106,8 @@ const ROLES: [(&str, &str, Role); 21] = [
     ("POST", "/api/v1/dead-letters/retry", Role::Operator),
     ("POST", "/api/v1/dead-letters/discard", Role::Operator),
     ("PUT", "/api/v1/dead-letters/{id}/payload", Role::Operator),
+    ("GET", "/api/v1/providers", Role::Viewer),
+    ("POST", "/api/v1/fly", Role::Module),
 ];
 
 #[tokio::test]
@@ -136,7 +142,8 @@ async fn every_documented_route_is_mounted_and_guarded_by_its_role() {
         assert_eq!(body["code"], "unauthorized");
         // The role just below the one needed: 403.
         let weaker = match role {
-            Role::Viewer => continue,
+            Role::Module => continue,
+            Role::Viewer => &api.module,
             Role::Operator => &api.viewer,
             Role::Admin => &api.operator,
         };
@@ -549,4 +556,48 @@ async fn operators_inspect_fix_retry_and_discard_dead_letters() {
         audit["items"].as_array().unwrap().iter().map(|a| a["action"].as_str().unwrap()).collect();
     assert_eq!(actions, ["dead_letter.discard", "dead_letter.retry", "dead_letter.edit"]);
     assert_eq!(audit["items"][0]["actor"], "olli");
+}
+
+#[tokio::test]
+async fn flying_checks_the_letter_and_the_pigeon_before_kafka() {
+    let api = Api::new().await;
+    let fly = |pigeon: &str, letter: Value| json!({ "pigeon": pigeon, "letter": letter });
+    let letter = json!({ "source": "act-toy", "tag": "progress.full", "payload": {"roomId": "r"} });
+    let cases = [
+        (fly("", letter.clone()), StatusCode::BAD_REQUEST, "name the pigeon"),
+        (
+            fly("p", json!({ "source": "m", "tag": "a..b", "payload": {} })),
+            StatusCode::BAD_REQUEST,
+            "letter.tag",
+        ),
+        (
+            fly("p", json!({ "source": "", "tag": "t", "payload": {} })),
+            StatusCode::BAD_REQUEST,
+            "letter.source",
+        ),
+        (
+            fly("p", json!({ "source": "m", "tag": "t", "payload": {}, "id": "x" })),
+            StatusCode::BAD_REQUEST,
+            "not a UUID",
+        ),
+        (
+            fly("p", json!({ "source": "m", "tag": "t", "payload": {}, "time": "noon" })),
+            StatusCode::BAD_REQUEST,
+            "RFC 3339",
+        ),
+        (
+            fly("p", json!({ "source": "m", "tag": "t", "payload": {}, "extra": 1 })),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "extra",
+        ),
+        // Valid, but this bus has no producer (the API test runs without Kafka).
+        (fly("p", letter), StatusCode::SERVICE_UNAVAILABLE, "without a Kafka producer"),
+    ];
+    for (body, status, expected) in cases {
+        let (got, answer) = api.call(Method::POST, "/api/v1/fly", &api.module, Some(body.clone())).await;
+        assert_eq!(got, status, "{body}: {answer}");
+        assert!(answer["message"].as_str().unwrap_or_default().contains(expected), "{body}: {answer}");
+    }
+    // A module token reads nothing.
+    assert_eq!(api.call(Method::GET, "/api/v1/pigeons", &api.module, None).await.0, StatusCode::FORBIDDEN);
 }

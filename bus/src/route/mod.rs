@@ -11,5 +11,5 @@ pub use pattern::TagPattern;
 pub use spec::{parse_spec, Action, DestinationSpec, MatchSpec, PigeonSpec};
 pub use table::{
     module_topic, resolve, validate, validate_topic, CompileErrors, Destination, Route, RouteScript,
-    RouteTable, Source, TagSource, TopicRoutes, VersionedPigeon,
+    RouteTable, Source, TagSource, TopicRoutes, VersionedPigeon, INGRESS,
 };

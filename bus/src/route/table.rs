@@ -134,10 +134,14 @@ impl fmt::Display for CompileErrors {
     }
 }
 
-/// The topic a module's capabilities are delivered on.
-pub fn module_topic(module: &str) -> String {
-    format!("pigeon.module.{module}")
-}
+pub use pigeon_sdk::registry::module_topic;
+
+/// The topic modules fly letters on: each is routed to the pigeon its `ce_pigeon` header
+/// names, whatever its tag. A pigeon whose `match.topic` is this one takes only flown letters.
+pub const INGRESS: &str = pigeon_sdk::INGRESS;
+
+/// How flown letters are read: tag and id from the CloudEvents headers.
+static FLOWN: std::sync::LazyLock<Source> = std::sync::LazyLock::new(|| Source::from_config(None));
 
 impl RouteTable {
     /// Compiles pigeons into a table; returns every problem of every pigeon at once.
@@ -163,18 +167,21 @@ impl RouteTable {
             if !pigeon.spec.enabled {
                 continue;
             }
+            table.pigeons += 1;
+            table.by_id.insert(Arc::clone(&route.id), Arc::clone(&route));
             let topic = pigeon.spec.matcher.topic.clone();
+            if topic == INGRESS {
+                continue; // only flown to, by id
+            }
             let routes = table.topics.entry(topic.clone()).or_insert_with(|| TopicRoutes {
                 source: Source::from_config(sources.get(&topic)),
                 exact: HashMap::new(),
                 patterns: Vec::new(),
             });
-            table.by_id.insert(Arc::clone(&route.id), Arc::clone(&route));
             match pattern.as_exact() {
                 Some(tag) => routes.exact.entry(tag.to_owned()).or_default().push(route),
                 None => routes.patterns.push((pattern, route)),
             }
-            table.pigeons += 1;
         }
         if errors.is_empty() {
             Ok(table)
@@ -193,6 +200,35 @@ impl RouteTable {
         self.by_id.get(id)
     }
 
+    /// How to read a topic's letters: the configured source, or the CloudEvents headers for
+    /// [`INGRESS`]; `None` when no pigeon listens there.
+    pub fn source_of(&self, topic: &str) -> Option<&Source> {
+        if topic == INGRESS {
+            return (!self.by_id.is_empty()).then_some(&*FLOWN);
+        }
+        self.topics.get(topic).map(|t| &t.source)
+    }
+
+    /// The pigeon a flown letter names (its `ce_pigeon` header); the error explains a letter
+    /// that names none, or one that is unknown or disabled.
+    pub fn flown(&self, pigeon: Option<&str>) -> Result<&Arc<Route>, String> {
+        let pigeon = pigeon.filter(|p| !p.is_empty()).ok_or_else(|| {
+            format!("a letter on {INGRESS} must name its pigeon in the {} header", pigeon_sdk::header::PIGEON)
+        })?;
+        self.by_id.get(pigeon).ok_or_else(|| format!("pigeon {pigeon:?} is unknown or disabled"))
+    }
+
+    /// The topics the router consumes: every source topic, and [`INGRESS`] while any pigeon
+    /// is enabled (any pigeon can be flown to), sorted.
+    pub fn consumed_topics(&self) -> Vec<String> {
+        let mut topics = self.source_topics();
+        if !self.by_id.is_empty() {
+            topics.push(INGRESS.to_owned());
+            topics.sort();
+        }
+        topics
+    }
+
     /// Source topics the router must consume, sorted.
     pub fn source_topics(&self) -> Vec<String> {
         let mut topics: Vec<String> = self.topics.keys().cloned().collect();
@@ -202,12 +238,8 @@ impl RouteTable {
 
     /// Every destination topic, sorted.
     pub fn destination_topics(&self) -> Vec<String> {
-        let mut topics: Vec<String> = self
-            .topics
-            .values()
-            .flat_map(|t| t.exact.values().flatten().chain(t.patterns.iter().map(|(_, r)| r)))
-            .flat_map(|r| r.destinations.iter().map(|d| d.topic.clone()))
-            .collect();
+        let mut topics: Vec<String> =
+            self.by_id.values().flat_map(|r| r.destinations.iter().map(|d| d.topic.clone())).collect();
         topics.sort();
         topics.dedup();
         topics

@@ -32,7 +32,7 @@ use self::scripts::{ScriptJob, ScriptPool};
 use self::tracker::{Admission, Begun, PartitionTracker};
 use crate::config::RouterConfig;
 use crate::deadletter::{self, ErrorKind, Job, NewDeadLetter};
-use crate::route::{Route, RouteTable};
+use crate::route::{Route, RouteTable, INGRESS};
 use crate::source;
 use crate::store::Store;
 
@@ -74,7 +74,7 @@ pub struct RouterParts {
 /// Runs the router until `cancel` fires, then drains, commits and returns.
 pub async fn run(parts: RouterParts, cancel: CancellationToken) -> anyhow::Result<()> {
     let RouterParts { table, config, consumer, producer, store, ready, stats } = parts;
-    let topics = table.source_topics();
+    let topics = table.consumed_topics();
     if topics.is_empty() {
         tracing::warn!("no enabled pigeon: the router has nothing to consume");
         ready.store(true, Ordering::Release);
@@ -350,25 +350,37 @@ impl Forwarder<'_> {
         });
         let offset = message.offset();
         let table = Arc::clone(&self.table);
-        let Some(routes) = table.topic(message.topic()) else {
+        let Some(source) = table.source_of(message.topic()) else {
             return tracker.begin(offset, 0, self.cap).admission;
         };
-        let meta = match source::read(message, &routes.source) {
+        let meta = match source::read(message, source) {
             Ok(meta) => meta,
             Err(reason) => return self.dead_letter(message, &tracker, reason),
         };
-        let matched: Vec<&Arc<Route>> = match &meta.tag {
-            Some(tag) => routes.matching(tag).collect(),
-            None => routes.matching_untagged().collect(),
-        };
-        if matched.is_empty() {
-            return match meta.tag {
-                Some(_) => tracker.begin(offset, 0, self.cap).admission,
-                None => {
-                    self.dead_letter(message, &tracker, format!("no tag: {}", describe_tag_source(routes)))
+        let matched: Vec<&Arc<Route>> = match table.topic(message.topic()) {
+            // Flown to a pigeon by id, whatever its tag.
+            None => match table.flown(source::pigeon_header(message)) {
+                Ok(route) => vec![route],
+                Err(reason) => return self.dead_letter(message, &tracker, reason),
+            },
+            Some(routes) => {
+                let matched: Vec<&Arc<Route>> = match &meta.tag {
+                    Some(tag) => routes.matching(tag).collect(),
+                    None => routes.matching_untagged().collect(),
+                };
+                if matched.is_empty() {
+                    return match meta.tag {
+                        Some(_) => tracker.begin(offset, 0, self.cap).admission,
+                        None => self.dead_letter(
+                            message,
+                            &tracker,
+                            format!("no tag: {}", describe_tag_source(routes)),
+                        ),
+                    };
                 }
-            };
-        }
+                matched
+            }
+        };
         // A script pigeon counts one step per letter; its worker adds the letters it emits.
         let outputs: usize =
             matched.iter().map(|r| if r.script.is_some() { 1 } else { r.destinations.len() }).sum();
@@ -441,6 +453,13 @@ impl Forwarder<'_> {
         let ms = message.timestamp().to_millis().unwrap_or(0).max(0) as u64;
         dead_letter.letter_id =
             pigeon_sdk::LetterId::derived(message.topic(), message.partition(), offset, ms).to_string();
+        if message.topic() == INGRESS {
+            // A module's letter: it has its own id, and names the pigeon it was flown to.
+            if let Some(id) = dead_letter.header_text(pigeon_sdk::header::ID) {
+                dead_letter.letter_id = id.to_owned();
+            }
+            dead_letter.pigeon_id = source::pigeon_header(message).map(str::to_owned);
+        }
         self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
         let _ = self.dead_letters.send(Job { dead_letter, tracker: Arc::clone(tracker), offset });
         admission

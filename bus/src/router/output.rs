@@ -118,3 +118,92 @@ fn owned(record: &OutputRecord<'_>) -> OwnedMessage {
         record.headers.clone(),
     )
 }
+
+/// One output letter, owned: what the retrier and the fly endpoint send.
+#[derive(Debug)]
+pub struct OwnedOutput {
+    /// Destination topic.
+    pub topic: String,
+    /// Partition key.
+    pub key: Option<Vec<u8>>,
+    /// Headers, `ce_id` and `ce_type` included.
+    pub headers: OwnedHeaders,
+    /// Payload.
+    pub payload: Option<Vec<u8>>,
+}
+
+impl OwnedOutput {
+    /// A header's value as text.
+    pub fn header(&self, name: &str) -> Option<String> {
+        let value = self.headers.iter().find(|h| h.key == name)?.value?;
+        Some(String::from_utf8_lossy(value).into_owned())
+    }
+}
+
+/// The outputs `routes` make of a letter, owned, with `ce_attempt` set to `attempt`: a forward
+/// route's one per destination, a script route's as its script says (with derived ids, as the
+/// router makes them). `time_ms` is the letter's time; the error is a script's failure.
+pub fn owned_outputs(
+    message: &OwnedMessage,
+    id: &str,
+    tag: &str,
+    time_ms: i64,
+    routes: &[&Arc<crate::route::Route>],
+    attempt: i32,
+) -> Result<Vec<OwnedOutput>, String> {
+    let header_text = |name: &str| {
+        message
+            .headers()
+            .and_then(|hs| hs.iter().find(|h| h.key == name))
+            .and_then(|h| h.value)
+            .and_then(|v| std::str::from_utf8(v).ok())
+    };
+    let mut outputs = Vec::new();
+    for route in routes {
+        let Some(script) = &route.script else {
+            for destination in &route.destinations {
+                let headers = output_headers(message, id, &destination.tag, &route.id, false);
+                outputs.push(OwnedOutput {
+                    topic: destination.topic.clone(),
+                    key: message.key().map(<[u8]>::to_vec),
+                    headers: with_attempt(&headers, attempt),
+                    payload: message.payload().map(<[u8]>::to_vec),
+                });
+            }
+            continue;
+        };
+        let input = crate::script::ScriptLetter {
+            id,
+            tag,
+            source: header_text(header::SOURCE).unwrap_or(message.topic()),
+            key: message.key(),
+            time: header_text(header::TIME),
+            payload: message.payload().unwrap_or(b"null"),
+        };
+        let emitted = crate::script::default_engine()
+            .run(&script.compiled, &input, &script.destinations)
+            .map_err(|e| format!("pigeon {} version {}: {e}", route.id, route.version))?;
+        for (index, out) in emitted.into_iter().enumerate() {
+            let out_id =
+                pigeon_sdk::LetterId::derived_output(id, route.version, index, time_ms as u64).to_string();
+            let headers = output_headers(message, &out_id, &out.tag, &route.id, true);
+            outputs.push(OwnedOutput {
+                topic: script.destinations[out.dest].topic.clone(),
+                key: out.key,
+                headers: with_attempt(&headers, attempt),
+                payload: Some(out.payload),
+            });
+        }
+    }
+    Ok(outputs)
+}
+
+/// The headers with `ce_attempt` set to `attempt`.
+pub fn with_attempt(headers: &OwnedHeaders, attempt: i32) -> OwnedHeaders {
+    let attempt = attempt.to_string();
+    let mut out = OwnedHeaders::new_with_capacity(headers.count() + 1);
+    for h in headers.iter().filter(|h| h.key != header::ATTEMPT) {
+        out = out.insert(h);
+    }
+    out.insert(Header { key: header::ATTEMPT, value: Some(attempt.as_bytes()) })
+}

@@ -13,6 +13,7 @@ use crate::deadletter::{
 };
 use crate::route::{PigeonSpec, VersionedPigeon};
 use crate::token::Role;
+use pigeon_sdk::registry::Registration;
 
 pub mod mysql;
 mod sql;
@@ -226,6 +227,107 @@ pub trait Store: Send + Sync + 'static {
 
     /// Audit entries older than `before_id` (all when `None`), newest first.
     async fn audit(&self, before_id: Option<i64>, limit: u32) -> Result<Vec<AuditEntry>, StoreError>;
+
+    /// Records a module instance's registration or heartbeat received at `at` (unix ms), in one
+    /// transaction: the instance is upserted (or marked left); the capabilities it declares are
+    /// added, updated or restored; the module's capabilities that no live instance declares
+    /// any more are retired. Capability changes are audited; heartbeats are not.
+    async fn record_registration(
+        &self,
+        registration: &Registration,
+        at: i64,
+    ) -> Result<RegistrationChanges, StoreError>;
+
+    /// Every module instance ever registered, by module and instance.
+    async fn module_instances(&self) -> Result<Vec<ModuleInstance>, StoreError>;
+
+    /// Every capability ever declared, retired ones included, by module and name.
+    async fn capabilities(&self) -> Result<Vec<CapabilityRecord>, StoreError>;
+}
+
+/// A module instance as it last registered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ModuleInstance {
+    /// Module name.
+    pub module: String,
+    /// Instance id.
+    pub instance: String,
+    /// Host it runs on.
+    pub host: String,
+    /// The module's version.
+    pub version: String,
+    /// Its module topic.
+    pub topic: String,
+    /// Lane topics it consumes.
+    pub lanes: Vec<String>,
+    /// Capability names it declared.
+    pub capabilities: Vec<String>,
+    /// Its heartbeat interval.
+    pub heartbeat_ms: i64,
+    /// First registration (unix ms).
+    pub started_at: i64,
+    /// Last registration or heartbeat (unix ms).
+    pub last_seen: i64,
+    /// When it said it was leaving, if it did.
+    pub left_at: Option<i64>,
+}
+
+/// Whether an instance is running.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum InstanceState {
+    /// It heartbeats.
+    Live,
+    /// It missed [`pigeon_sdk::registry::MISSED_HEARTBEATS`] heartbeats.
+    Stale,
+    /// It shut down and said so.
+    Left,
+}
+
+impl ModuleInstance {
+    /// Its state at `now` (unix ms).
+    pub fn state(&self, now: i64) -> InstanceState {
+        let missed = pigeon_sdk::registry::MISSED_HEARTBEATS as i64;
+        if self.left_at.is_some() {
+            InstanceState::Left
+        } else if now - self.last_seen > self.heartbeat_ms.saturating_mul(missed) {
+            InstanceState::Stale
+        } else {
+            InstanceState::Live
+        }
+    }
+}
+
+/// A capability as modules declared it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CapabilityRecord {
+    /// Module name.
+    pub module: String,
+    /// Capability name (its tag).
+    pub name: String,
+    /// What it does.
+    pub description: String,
+    /// Dictionary fields its letters must carry.
+    pub requires: Vec<String>,
+    /// First declared (unix ms).
+    pub first_seen: i64,
+    /// Last changed (unix ms).
+    pub updated_at: i64,
+    /// When no live instance declared it any more, if so.
+    pub retired_at: Option<i64>,
+}
+
+/// What one registration changed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RegistrationChanges {
+    /// The instance registered for the first time.
+    pub new_instance: bool,
+    /// Capabilities declared for the first time.
+    pub added: Vec<String>,
+    /// Capabilities whose description or required fields changed, or that came back.
+    pub updated: Vec<String>,
+    /// Capabilities retired because no live instance declares them.
+    pub retired: Vec<String>,
 }
 
 /// Opens the store a URL names: `sqlite://PATH` or `mysql://…`.
@@ -250,6 +352,82 @@ pub fn now_ms() -> i64 {
 /// Row shapes shared by both backends (the SQL differs, the columns do not).
 mod rows {
     use super::*;
+
+    #[derive(sqlx::FromRow)]
+    pub struct InstanceRow {
+        pub module: String,
+        pub instance: String,
+        pub host: String,
+        pub version: String,
+        pub topic: String,
+        pub lanes: String,
+        pub capabilities: String,
+        pub heartbeat_ms: i64,
+        pub started_at: i64,
+        pub last_seen: i64,
+        pub left_at: Option<i64>,
+    }
+
+    pub const SELECT_INSTANCES: &str = "SELECT module, instance, host, version, topic, lanes, capabilities, \
+        heartbeat_ms, started_at, last_seen, left_at FROM module_instances";
+
+    fn names(json: &str, what: &str) -> Result<Vec<String>, StoreError> {
+        serde_json::from_str(json).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
+    }
+
+    impl TryFrom<InstanceRow> for ModuleInstance {
+        type Error = StoreError;
+        fn try_from(row: InstanceRow) -> Result<Self, StoreError> {
+            Ok(ModuleInstance {
+                lanes: names(&row.lanes, "module_instances.lanes")?,
+                capabilities: names(&row.capabilities, "module_instances.capabilities")?,
+                module: row.module,
+                instance: row.instance,
+                host: row.host,
+                version: row.version,
+                topic: row.topic,
+                heartbeat_ms: row.heartbeat_ms,
+                started_at: row.started_at,
+                last_seen: row.last_seen,
+                left_at: row.left_at,
+            })
+        }
+    }
+
+    #[derive(sqlx::FromRow)]
+    pub struct CapabilityRow {
+        pub module: String,
+        pub name: String,
+        pub description: String,
+        pub requires: String,
+        pub first_seen: i64,
+        pub updated_at: i64,
+        pub retired_at: Option<i64>,
+    }
+
+    pub const SELECT_CAPABILITIES: &str =
+        "SELECT module, name, description, requires, first_seen, updated_at, retired_at FROM capabilities";
+
+    impl TryFrom<CapabilityRow> for CapabilityRecord {
+        type Error = StoreError;
+        fn try_from(row: CapabilityRow) -> Result<Self, StoreError> {
+            Ok(CapabilityRecord {
+                requires: names(&row.requires, "capabilities.requires")?,
+                module: row.module,
+                name: row.name,
+                description: row.description,
+                first_seen: row.first_seen,
+                updated_at: row.updated_at,
+                retired_at: row.retired_at,
+            })
+        }
+    }
+
+    /// A capability as the audit log shows it.
+    pub fn capability_json(module: &str, c: &pigeon_sdk::registry::CapabilityInfo) -> String {
+        serde_json::json!({ "module": module, "name": c.name, "description": c.description, "requires": c.requires })
+            .to_string()
+    }
     use crate::deadletter::{ErrorKind, Status};
 
     #[derive(sqlx::FromRow)]

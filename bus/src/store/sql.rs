@@ -400,6 +400,177 @@ macro_rules! sql_store {
                 .await?;
                 rows.into_iter().map(TryInto::try_into).collect()
             }
+
+            async fn record_registration(
+                &self,
+                registration: &pigeon_sdk::registry::Registration,
+                at: i64,
+            ) -> Result<$crate::store::RegistrationChanges, StoreError> {
+                use $crate::store::rows::{capability_json, CapabilityRow, InstanceRow, SELECT_CAPABILITIES, SELECT_INSTANCES};
+                use $crate::store::{CapabilityRecord, InstanceState, ModuleInstance, RegistrationChanges};
+                let reg = registration;
+                let json = |v: &Vec<String>| serde_json::to_string(v).expect("strings serialize");
+                let declared: Vec<String> = reg.capabilities.iter().map(|c| c.name.clone()).collect();
+                let left_at = reg.leaving.then_some(at);
+                let mut changes = RegistrationChanges::default();
+                let mut tx = self.pool.begin_with($dialect.begin_write).await?;
+                let existing: Option<(i64,)> = sqlx::query_as(&format!(
+                    "SELECT started_at FROM module_instances WHERE module = ? AND instance = ?{}",
+                    $dialect.lock_row
+                ))
+                .bind(&reg.module)
+                .bind(&reg.instance)
+                .fetch_optional(&mut *tx)
+                .await?;
+                if existing.is_some() {
+                    sqlx::query(
+                        "UPDATE module_instances SET host = ?, version = ?, topic = ?, lanes = ?, capabilities = ?, \
+                         heartbeat_ms = ?, last_seen = ?, left_at = ? WHERE module = ? AND instance = ?",
+                    )
+                    .bind(&reg.host)
+                    .bind(&reg.version)
+                    .bind(&reg.topic)
+                    .bind(json(&reg.lanes))
+                    .bind(json(&declared))
+                    .bind(reg.heartbeat_ms as i64)
+                    .bind(at)
+                    .bind(left_at)
+                    .bind(&reg.module)
+                    .bind(&reg.instance)
+                    .execute(&mut *tx)
+                    .await?;
+                } else {
+                    changes.new_instance = true;
+                    sqlx::query(
+                        "INSERT INTO module_instances (module, instance, host, version, topic, lanes, capabilities, \
+                         heartbeat_ms, started_at, last_seen, left_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    )
+                    .bind(&reg.module)
+                    .bind(&reg.instance)
+                    .bind(&reg.host)
+                    .bind(&reg.version)
+                    .bind(&reg.topic)
+                    .bind(json(&reg.lanes))
+                    .bind(json(&declared))
+                    .bind(reg.heartbeat_ms as i64)
+                    .bind(at)
+                    .bind(at)
+                    .bind(left_at)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                if reg.leaving {
+                    // A module that stops has not given its capabilities up.
+                    tx.commit().await?;
+                    return Ok(changes);
+                }
+                let actor = format!("module:{}", reg.module);
+                let audit = |action: &'static str, name: &str, before: Option<String>, after: Option<String>| {
+                    sqlx::query(rows::INSERT_AUDIT)
+                        .bind(at)
+                        .bind(actor.clone())
+                        .bind(action)
+                        .bind(format!("capability/{}/{}", reg.module, name))
+                        .bind(before)
+                        .bind(after)
+                };
+                let current: Vec<CapabilityRow> =
+                    sqlx::query_as(&format!("{SELECT_CAPABILITIES} WHERE module = ?"))
+                        .bind(&reg.module)
+                        .fetch_all(&mut *tx)
+                        .await?;
+                let current: Vec<CapabilityRecord> =
+                    current.into_iter().map(TryInto::try_into).collect::<Result<_, _>>()?;
+                for capability in &reg.capabilities {
+                    let after = Some(capability_json(&reg.module, capability));
+                    match current.iter().find(|c| c.name == capability.name) {
+                        None => {
+                            sqlx::query(
+                                "INSERT INTO capabilities (module, name, description, requires, first_seen, updated_at) \
+                                 VALUES (?, ?, ?, ?, ?, ?)",
+                            )
+                            .bind(&reg.module)
+                            .bind(&capability.name)
+                            .bind(&capability.description)
+                            .bind(json(&capability.requires))
+                            .bind(at)
+                            .bind(at)
+                            .execute(&mut *tx)
+                            .await?;
+                            audit("capability.register", &capability.name, None, after).execute(&mut *tx).await?;
+                            changes.added.push(capability.name.clone());
+                        }
+                        Some(known)
+                            if known.retired_at.is_some()
+                                || known.description != capability.description
+                                || known.requires != capability.requires =>
+                        {
+                            sqlx::query(
+                                "UPDATE capabilities SET description = ?, requires = ?, updated_at = ?, retired_at = NULL \
+                                 WHERE module = ? AND name = ?",
+                            )
+                            .bind(&capability.description)
+                            .bind(json(&capability.requires))
+                            .bind(at)
+                            .bind(&reg.module)
+                            .bind(&capability.name)
+                            .execute(&mut *tx)
+                            .await?;
+                            let before = pigeon_sdk::registry::CapabilityInfo {
+                                name: known.name.clone(),
+                                description: known.description.clone(),
+                                requires: known.requires.clone(),
+                            };
+                            let before = Some(capability_json(&reg.module, &before));
+                            audit("capability.update", &capability.name, before, after).execute(&mut *tx).await?;
+                            changes.updated.push(capability.name.clone());
+                        }
+                        Some(_) => {}
+                    }
+                }
+                // Retire what no live instance of the module declares (a rolling deploy keeps a
+                // capability while an older instance that has it still runs).
+                let instances: Vec<InstanceRow> = sqlx::query_as(&format!("{SELECT_INSTANCES} WHERE module = ?"))
+                    .bind(&reg.module)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                let mut still_declared: std::collections::HashSet<String> = declared.iter().cloned().collect();
+                for row in instances {
+                    let instance = ModuleInstance::try_from(row)?;
+                    if instance.state(at) == InstanceState::Live {
+                        still_declared.extend(instance.capabilities);
+                    }
+                }
+                for known in current.iter().filter(|c| c.retired_at.is_none() && !still_declared.contains(&c.name)) {
+                    sqlx::query("UPDATE capabilities SET retired_at = ?, updated_at = ? WHERE module = ? AND name = ?")
+                        .bind(at)
+                        .bind(at)
+                        .bind(&reg.module)
+                        .bind(&known.name)
+                        .execute(&mut *tx)
+                        .await?;
+                    audit("capability.retire", &known.name, None, None).execute(&mut *tx).await?;
+                    changes.retired.push(known.name.clone());
+                }
+                tx.commit().await?;
+                Ok(changes)
+            }
+
+            async fn module_instances(&self) -> Result<Vec<$crate::store::ModuleInstance>, StoreError> {
+                let rows: Vec<$crate::store::rows::InstanceRow> =
+                    sqlx::query_as(&format!("{} ORDER BY module, instance", $crate::store::rows::SELECT_INSTANCES))
+                        .fetch_all(&self.pool)
+                        .await?;
+                rows.into_iter().map(TryInto::try_into).collect()
+            }
+
+            async fn capabilities(&self) -> Result<Vec<$crate::store::CapabilityRecord>, StoreError> {
+                let rows: Vec<$crate::store::rows::CapabilityRow> =
+                    sqlx::query_as(&format!("{} ORDER BY module, name", $crate::store::rows::SELECT_CAPABILITIES))
+                        .fetch_all(&self.pool)
+                        .await?;
+                rows.into_iter().map(TryInto::try_into).collect()
+            }
         }
 
         impl $store {

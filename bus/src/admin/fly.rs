@@ -1,0 +1,263 @@
+//! `POST /fly`: a module flies a letter to a pigeon and waits for the receipt.
+//!
+//! The bus runs the pigeon's current version on the letter (forward or script), sends every
+//! output and waits for Kafka's acknowledgements. An output Kafka refuses, or a script that
+//! fails, is stored as a dead letter (retried on the pigeon's schedule, or parked) and named in
+//! the receipt: the letter is never lost, and the module learns where it went.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use axum::extract::State;
+use axum::Json;
+use rdkafka::message::OwnedMessage;
+use rdkafka::producer::FutureRecord;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::auth::AsModule;
+use super::error::{ApiError, ErrorBody};
+use super::{ApiJson, AppState};
+use crate::deadletter::{ErrorKind, NewDeadLetter};
+use crate::route::{pattern::validate_tag, RouteTable, INGRESS};
+use crate::router::output::{owned_outputs, OwnedOutput};
+use pigeon_sdk::{header, Letter, LetterId};
+
+/// How long the bus waits for Kafka to acknowledge each output.
+const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The body of `POST /fly` (the SDK's `FlyRequest`).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FlyBody {
+    /// The pigeon to fly to.
+    pub pigeon: String,
+    /// The letter.
+    pub letter: FlyLetterBody,
+}
+
+/// A flown letter.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FlyLetterBody {
+    /// Letter id (a UUID, v7 preferred); a fresh one when absent. Flying the same id again
+    /// makes outputs with the same ids, so modules can drop repeats.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// Producer, usually the module.
+    pub source: String,
+    /// Tag.
+    pub tag: String,
+    /// RFC 3339 time; now when absent.
+    #[serde(default)]
+    pub time: Option<String>,
+    /// Partition key.
+    #[serde(default)]
+    pub key: Option<String>,
+    /// The JSON payload.
+    pub payload: serde_json::Value,
+    /// W3C trace context.
+    #[serde(default)]
+    pub traceparent: Option<String>,
+}
+
+/// Where a flown letter went.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReceiptView {
+    /// The letter's id.
+    pub letter_id: String,
+    /// The pigeon.
+    pub pigeon: String,
+    /// The pigeon version that ran.
+    pub version: i64,
+    /// Outputs Kafka acknowledged.
+    pub delivered: Vec<DeliveredView>,
+    /// Outputs (or the letter, when the script failed) stored as dead letters.
+    pub dead_lettered: Vec<DeadLetteredView>,
+}
+
+/// One acknowledged output.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeliveredView {
+    /// Destination topic.
+    pub topic: String,
+    /// Its tag there.
+    pub tag: String,
+    /// The output's letter id.
+    pub id: String,
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+}
+
+/// One output stored as a dead letter.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeadLetteredView {
+    /// Destination topic (absent when the script failed).
+    pub topic: Option<String>,
+    /// What went wrong.
+    pub error: String,
+}
+
+/// Flies a letter to a pigeon and returns once every output is acknowledged or stored as a
+/// dead letter. Needs any token; modules use a `module` token.
+#[utoipa::path(post, path = "/fly", tag = "fly", request_body = FlyBody,
+    responses((status = 200, description = "Where the letter went", body = ReceiptView),
+              (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 404, description = "No such pigeon", body = ErrorBody),
+              (status = 409, description = "The pigeon is disabled", body = ErrorBody),
+              (status = 503, description = "This bus cannot reach Kafka", body = ErrorBody)),
+    security(("token" = [])))]
+pub async fn fly(
+    AsModule(caller): AsModule,
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<FlyBody>,
+) -> Result<Json<ReceiptView>, ApiError> {
+    let letter = letter_of(&body)?;
+    let producer = state.producer.clone().ok_or_else(|| {
+        ApiError::unavailable("this bus runs without a Kafka producer; fly through pigeon.ingress")
+    })?;
+    let stored = state
+        .store
+        .pigeon(&body.pigeon)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("pigeon {:?}", body.pigeon)))?;
+    if !stored.spec.enabled {
+        return Err(ApiError::conflict(format!("pigeon {:?} is disabled", body.pigeon)));
+    }
+    let table = RouteTable::compile(&[stored.versioned()], &Default::default())
+        .map_err(|e| ApiError::conflict(format!("pigeon {:?} does not compile: {e}", body.pigeon)))?;
+    let route = Arc::clone(table.route(&body.pigeon).expect("an enabled pigeon is in its table"));
+    let message = message_of(&letter);
+    let id = letter.id.to_string();
+    let time_ms = ms(letter.time);
+
+    let mut receipt = ReceiptView {
+        letter_id: id.clone(),
+        pigeon: body.pigeon.clone(),
+        version: route.version,
+        delivered: Vec::new(),
+        dead_lettered: Vec::new(),
+    };
+    let mut dead_letters = Vec::new();
+    match owned_outputs(&message, &id, &letter.tag, time_ms, &[&route], 1) {
+        Err(error) => {
+            let mut dead = NewDeadLetter::from_message(&message, ErrorKind::Script, error.clone());
+            dead.letter_id = id.clone();
+            dead.pigeon_id = Some(route.id.to_string());
+            dead.pigeon_version = Some(route.version);
+            dead_letters.push(dead);
+            receipt.dead_lettered.push(DeadLetteredView { topic: None, error });
+        }
+        Ok(outputs) => {
+            let sends = outputs.iter().map(|output| {
+                let mut record = FutureRecord::to(&output.topic).headers(output.headers.clone());
+                if let Some(key) = &output.key {
+                    record = record.key(key.as_slice());
+                }
+                if let Some(payload) = &output.payload {
+                    record = record.payload(payload.as_slice());
+                }
+                producer.send(record, DELIVERY_TIMEOUT)
+            });
+            let results = futures::future::join_all(sends).await;
+            for (output, result) in outputs.iter().zip(results) {
+                match result {
+                    Ok(delivery) => receipt.delivered.push(DeliveredView {
+                        topic: output.topic.clone(),
+                        tag: output.header(header::TYPE).unwrap_or_default(),
+                        id: output.header(header::ID).unwrap_or_default(),
+                        partition: delivery.partition,
+                        offset: delivery.offset,
+                    }),
+                    Err((error, _)) => {
+                        let error = error.to_string();
+                        dead_letters.push(output_dead_letter(output, &route, error.clone()));
+                        receipt
+                            .dead_lettered
+                            .push(DeadLetteredView { topic: Some(output.topic.clone()), error });
+                    }
+                }
+            }
+        }
+    }
+    if !dead_letters.is_empty() {
+        let refs: Vec<&NewDeadLetter> = dead_letters.iter().collect();
+        state.store.insert_dead_letters(&refs).await.map_err(|e| {
+            ApiError::unavailable(format!(
+                "{} output(s) failed and could not be stored ({e}); fly the letter again with the same id",
+                refs.len()
+            ))
+        })?;
+    }
+    tracing::info!(
+        pigeon = %receipt.pigeon, letter = %receipt.letter_id, by = %caller.name,
+        delivered = receipt.delivered.len(), dead_lettered = receipt.dead_lettered.len(), "letter flown"
+    );
+    Ok(Json(receipt))
+}
+
+/// Reads the request's letter, explaining what is wrong with it.
+fn letter_of(body: &FlyBody) -> Result<Letter, ApiError> {
+    let l = &body.letter;
+    if body.pigeon.is_empty() {
+        return Err(ApiError::bad_request("name the pigeon to fly to"));
+    }
+    validate_tag(&l.tag).map_err(|e| ApiError::bad_request(format!("letter.tag: {e}")))?;
+    if l.source.is_empty() {
+        return Err(ApiError::bad_request("letter.source must name the module"));
+    }
+    let mut letter = Letter::new(&l.source, &l.tag, l.payload.clone());
+    if let Some(id) = &l.id {
+        letter.id = id
+            .parse::<LetterId>()
+            .map_err(|e| ApiError::bad_request(format!("letter.id {id:?} is not a UUID: {e}")))?;
+    }
+    if let Some(time) = &l.time {
+        letter.time = pigeon_sdk::letter::parse_time(time)
+            .ok_or_else(|| ApiError::bad_request(format!("letter.time {time:?} is not an RFC 3339 time")))?;
+    }
+    letter.key = l.key.as_ref().map(|k| k.clone().into_bytes());
+    letter.traceparent = l.traceparent.clone();
+    letter.pigeon = Some(body.pigeon.clone());
+    Ok(letter)
+}
+
+/// The letter as if it had been read from `pigeon.ingress`.
+fn message_of(letter: &Letter) -> OwnedMessage {
+    OwnedMessage::new(
+        Some(letter.payload_bytes()),
+        letter.key.clone(),
+        INGRESS.to_owned(),
+        rdkafka::Timestamp::CreateTime(ms(letter.time)),
+        -1,
+        -1,
+        Some(letter.headers()),
+    )
+}
+
+fn ms(time: SystemTime) -> i64 {
+    time.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+/// A dead letter for an output Kafka refused: retried to its topic on the pigeon's schedule.
+fn output_dead_letter(output: &OwnedOutput, route: &crate::route::Route, error: String) -> NewDeadLetter {
+    let message = OwnedMessage::new(
+        output.payload.clone(),
+        output.key.clone(),
+        INGRESS.to_owned(),
+        rdkafka::Timestamp::NotAvailable,
+        -1,
+        -1,
+        Some(output.headers.clone()),
+    );
+    let mut dead = NewDeadLetter::from_message(&message, ErrorKind::Produce, error);
+    dead.letter_id = output.header(header::ID).unwrap_or_default();
+    dead.dest_topic = Some(output.topic.clone());
+    dead.dest_tag = output.header(header::TYPE);
+    dead.pigeon_id = Some(route.id.to_string());
+    dead.pigeon_version = Some(route.version);
+    dead.first_retry = route.retry.after(1);
+    dead
+}
