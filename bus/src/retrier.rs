@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureProducer;
 use rdkafka::ClientConfig;
 use tokio_util::sync::CancellationToken;
 
@@ -205,13 +205,7 @@ impl Retrier {
             Err(message) => return Report { outcome: Outcome::Parked, message, next_attempt_at: None },
         };
         let sends = outputs.iter().map(|output| {
-            let mut record = FutureRecord::to(&output.topic).headers(output.headers.clone());
-            if let Some(key) = &output.key {
-                record = record.key(key.as_slice());
-            }
-            if let Some(payload) = &output.payload {
-                record = record.payload(payload.as_slice());
-            }
+            let record = output.record();
             self.producer.send(record, Duration::from_secs(5))
         });
         let failure = futures::future::join_all(sends).await.into_iter().find_map(|sent| sent.err());

@@ -11,7 +11,6 @@ use std::time::{Duration, SystemTime};
 use axum::extract::State;
 use axum::Json;
 use rdkafka::message::OwnedMessage;
-use rdkafka::producer::FutureRecord;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -152,13 +151,7 @@ pub async fn fly(
         }
         Ok(outputs) => {
             let sends = outputs.iter().map(|output| {
-                let mut record = FutureRecord::to(&output.topic).headers(output.headers.clone());
-                if let Some(key) = &output.key {
-                    record = record.key(key.as_slice());
-                }
-                if let Some(payload) = &output.payload {
-                    record = record.payload(payload.as_slice());
-                }
+                let record = output.record();
                 producer.send(record, DELIVERY_TIMEOUT)
             });
             let results = futures::future::join_all(sends).await;

@@ -133,6 +133,18 @@ pub struct OwnedOutput {
 }
 
 impl OwnedOutput {
+    /// The record that sends it.
+    pub fn record(&self) -> rdkafka::producer::FutureRecord<'_, [u8], [u8]> {
+        let mut record = rdkafka::producer::FutureRecord::to(&self.topic).headers(self.headers.clone());
+        if let Some(key) = &self.key {
+            record = record.key(key.as_slice());
+        }
+        if let Some(payload) = &self.payload {
+            record = record.payload(payload.as_slice());
+        }
+        record
+    }
+
     /// A header's value as text.
     pub fn header(&self, name: &str) -> Option<String> {
         let value = self.headers.iter().find(|h| h.key == name)?.value?;
