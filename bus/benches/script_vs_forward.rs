@@ -31,8 +31,9 @@ fn pigeon(id: &str, script: Option<String>) -> VersionedPigeon {
         matcher: MatchSpec { topic: "live.gift".into(), tag: "gift.sent".into() },
         destinations: vec![DestinationSpec::capability("act-toy/progress.add")],
         retry: None,
+        window: None,
     };
-    VersionedPigeon { spec, version: 1 }
+    VersionedPigeon { spec, version: 1, saved_at: 0 }
 }
 
 fn letters() -> Vec<OwnedMessage> {
@@ -117,16 +118,9 @@ fn main() {
 
     let engine = script::default_engine();
     let identity = engine.compile("payload").unwrap();
-    let destinations = &scripted
-        .topic("live.gift")
-        .unwrap()
-        .matching("gift.sent")
-        .next()
-        .unwrap()
-        .script
-        .as_ref()
-        .unwrap()
-        .destinations;
+    let scripted_routes = scripted.topic("live.gift").unwrap();
+    let destinations =
+        &scripted_routes.matching("gift.sent").next().unwrap().script.as_ref().unwrap().destinations;
     measure("identity", &messages, |m| {
         let letter = ScriptLetter {
             id: "x",

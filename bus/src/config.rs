@@ -106,6 +106,13 @@ pub struct RouterConfig {
     pub breaker_failures: u32,
     /// How long a destination's breaker stays open before the router probes it again.
     pub breaker_probe_ms: u64,
+    /// How often the store is checked for pigeon changes that no `pigeon.control` notice
+    /// announced (notices take effect at once).
+    pub reload_check_ms: u64,
+    /// How long before a live window starts the router subscribes to its topic.
+    pub window_lead_ms: u64,
+    /// How long after a live window ends the router still reads its topic for late letters.
+    pub window_grace_ms: u64,
 }
 
 impl Default for RouterConfig {
@@ -117,6 +124,9 @@ impl Default for RouterConfig {
             script_workers: 0,
             breaker_failures: 100,
             breaker_probe_ms: 10_000,
+            reload_check_ms: 10_000,
+            window_lead_ms: 30_000,
+            window_grace_ms: 60_000,
         }
     }
 }
@@ -310,6 +320,9 @@ impl BusConfig {
         if self.router.max_in_flight_per_partition == 0 {
             errors.push("router.max_in_flight_per_partition must be at least 1".into());
         }
+        if self.router.reload_check_ms < 100 {
+            errors.push("router.reload_check_ms must be at least 100".into());
+        }
         if self.router.offset_store_interval_ms == 0 {
             errors.push("router.offset_store_interval_ms must be at least 1".into());
         }
@@ -405,6 +418,9 @@ mod tests {
         assert_eq!(example.router.script_workers, defaults.router.script_workers);
         assert_eq!(example.router.breaker_failures, defaults.router.breaker_failures);
         assert_eq!(example.router.breaker_probe_ms, defaults.router.breaker_probe_ms);
+        assert_eq!(example.router.reload_check_ms, defaults.router.reload_check_ms);
+        assert_eq!(example.router.window_lead_ms, defaults.router.window_lead_ms);
+        assert_eq!(example.router.window_grace_ms, defaults.router.window_grace_ms);
         assert_eq!(example.admin.listen, defaults.admin.listen);
         assert_eq!(example.topics.partitions, defaults.topics.partitions);
         assert_eq!(example.topics.replication, defaults.topics.replication);

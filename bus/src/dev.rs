@@ -36,6 +36,7 @@ pub fn demo_pigeons() -> [PigeonSpec; 2] {
         matcher: MatchSpec { topic: topic.into(), tag: tag.into() },
         destinations: vec![DestinationSpec::capability(&format!("{DEMO_MODULE}/{capability}"))],
         retry: None,
+        window: None,
     };
     [
         pigeon("demo-gift-progress", "Gifts fill the progress bar", DEMO_SOURCE, "gift.sent", "progress.add"),

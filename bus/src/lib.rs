@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod deadletter;
 pub mod dev;
 pub mod failures;

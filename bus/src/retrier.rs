@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{RetrierConfig, SourceConfig, Sweep};
 use crate::deadletter::schedule::Schedule;
 use crate::deadletter::{DeadLetter, Outcome, Report};
-use crate::route::{Route, RouteTable, VersionedPigeon};
+use crate::route::{Lookup, Route, RouteTable, VersionedPigeon};
 use crate::router::output::{owned_outputs, with_attempt, OwnedOutput as Output};
 use crate::source;
 use crate::store::{now_ms, Store};
@@ -192,7 +192,12 @@ impl Retrier {
             }
         }
         let pigeons: Vec<VersionedPigeon> = stored.iter().map(|p| p.versioned()).collect();
-        let table = Arc::new(RouteTable::compile(&pigeons, &self.parts.sources)?);
+        // Every enabled pigeon, live window or not: a letter of an ended window is still owed.
+        let built = RouteTable::build(&pigeons, &self.parts.sources, None);
+        for q in &built.quarantined {
+            tracing::warn!(pigeon = %q.id, version = q.version, problems = ?q.problems, "pigeon quarantined: its dead letters wait");
+        }
+        let table = Arc::new(built.table);
         self.table = Some((versions, Arc::clone(&table)));
         Ok(table)
     }
@@ -270,20 +275,23 @@ fn plan(letter: &DeadLetter, table: &RouteTable, attempt: i32) -> Result<Vec<Out
         dead.source_offset,
         Some(stored_headers()),
     );
-    let source = table
-        .source_of(&dead.source_topic)
-        .ok_or_else(|| format!("no enabled pigeon listens on {} now", dead.source_topic))?;
+    let lookup = table.lookup(&dead.source_topic);
+    let source = match &lookup {
+        Lookup::Flown(source) => *source,
+        Lookup::Routes(routes) => &routes.source,
+        Lookup::Nothing => return Err(format!("no enabled pigeon listens on {} now", dead.source_topic)),
+    };
     let meta = source::read(&message, source)?;
     let tag = meta.tag.clone().unwrap_or_default();
-    let matched: Vec<&Arc<Route>> = match (&dead.pigeon_id, table.topic(&dead.source_topic)) {
+    let matched: Vec<&Arc<Route>> = match (&dead.pigeon_id, &lookup) {
         (Some(id), _) => {
             vec![table.route(id).ok_or_else(|| format!("pigeon {id} was deleted or disabled"))?]
         }
-        (None, None) => vec![table.flown(source::pigeon_header(&message))?],
-        (None, Some(routes)) => match &meta.tag {
+        (None, Lookup::Routes(routes)) => match &meta.tag {
             Some(tag) => routes.matching(tag).collect(),
             None => routes.matching_untagged().collect(),
         },
+        (None, _) => vec![table.flown(source::pigeon_header(&message))?],
     };
     if matched.is_empty() {
         return Err(format!("no pigeon matches tag {tag:?} on {} now", dead.source_topic));

@@ -2,12 +2,14 @@
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, AppState};
 use crate::config::{redact_url, BusConfig, Role};
+use crate::control::{self, WatchConfig, Watcher};
 use crate::kafka;
 use crate::retrier::{self, RetrierParts, RetrierStats};
 use crate::route::{RouteTable, VersionedPigeon};
@@ -21,10 +23,15 @@ pub async fn open_store(url: &str) -> anyhow::Result<Arc<dyn Store>> {
     Ok(store)
 }
 
-/// Compiles the stored pigeons; every invalid pigeon is reported at once.
+/// Compiles the stored pigeons, every live window included; pigeons that do not compile are
+/// logged and left out.
 pub async fn load_table(store: &dyn Store, config: &BusConfig) -> anyhow::Result<RouteTable> {
     let pigeons: Vec<VersionedPigeon> = store.pigeons().await?.iter().map(|p| p.versioned()).collect();
-    Ok(RouteTable::compile(&pigeons, &config.sources)?)
+    let built = RouteTable::build(&pigeons, &config.sources, None);
+    for q in &built.quarantined {
+        tracing::warn!(pigeon = %q.id, version = q.version, problems = ?q.problems, "pigeon does not compile");
+    }
+    Ok(built.table)
 }
 
 /// Runs every role until `cancel` fires (or SIGTERM/SIGINT, which fire it), then drains.
@@ -36,7 +43,6 @@ pub async fn run(
     cancel: CancellationToken,
     on_listening: impl FnOnce(&str),
 ) -> anyhow::Result<()> {
-    let table = Arc::new(load_table(store.as_ref(), &config).await?);
     let ready = Arc::new(AtomicBool::new(false));
     let stats = Arc::new(RouterStats::default());
 
@@ -85,10 +91,29 @@ pub async fn run(
         roles.spawn(crate::failures::run(failed, Arc::clone(&store), cancel.clone()));
     }
     if config.roles.contains(&Role::Router) {
-        let consumer = kafka::consumer_config(&config.kafka, &config.kafka.router_group);
+        let watch_config = WatchConfig {
+            check: Duration::from_millis(config.router.reload_check_ms),
+            window_lead_ms: config.router.window_lead_ms as i64,
+            window_grace_ms: config.router.window_grace_ms as i64,
+            sources: config.sources.clone(),
+        };
+        let mut watcher = Watcher::new(Arc::clone(&store), watch_config, Arc::clone(&stats));
+        let first = watcher.first().await.context("loading the pigeons")?;
+        for q in &first.quarantined {
+            tracing::error!(pigeon = %q.id, version = q.version, problems = ?q.problems, "pigeon quarantined: it does not compile, so it is left out; the others fly");
+        }
+        let (routes_tx, routes) = tokio::sync::watch::channel(Arc::new(first));
+        let control = kafka::consumer_config(&config.kafka, "pigeon-control");
+        roles.spawn(control::watch(watcher, control, routes_tx, cancel.clone()));
+
+        let mut consumer = kafka::consumer_config(&config.kafka, &config.kafka.router_group);
+        if !config.kafka.consumer.contains_key("partition.assignment.strategy") {
+            // Subscriptions change with the pigeons: move only the partitions that change.
+            consumer.set("partition.assignment.strategy", "cooperative-sticky");
+        }
         tracing::info!(consumer = %kafka::describe(&consumer), producer = %kafka::describe(&producer), "kafka clients");
         let parts =
-            RouterParts { table, config: config.router.clone(), consumer, producer, store, ready, stats };
+            RouterParts { routes, config: config.router.clone(), consumer, producer, store, ready, stats };
         roles.spawn(router::run(parts, cancel.clone()));
     } else {
         ready.store(true, std::sync::atomic::Ordering::Release);

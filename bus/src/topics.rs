@@ -100,9 +100,11 @@ mod tests {
                 DestinationSpec::topic("lane.x", "t"),
             ],
             retry: None,
+            window: None,
         };
         let table =
-            RouteTable::compile(&[VersionedPigeon { spec, version: 1 }], &Default::default()).unwrap();
+            RouteTable::compile(&[VersionedPigeon { spec, version: 1, saved_at: 0 }], &Default::default())
+                .unwrap();
         let destinations = table.destination_topics();
         assert_eq!(destinations, ["lane.x", "pigeon.module.chest"]);
         let topics = required_topics(&["act-toy".into()], Some(&table), &destinations);

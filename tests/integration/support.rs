@@ -205,6 +205,7 @@ pub fn pigeon(id: &str, topic: &str, tag: &str, destinations: Vec<DestinationSpe
         matcher: MatchSpec { topic: topic.into(), tag: tag.into() },
         destinations,
         retry: None,
+        window: None,
     }
 }
 

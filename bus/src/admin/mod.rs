@@ -176,6 +176,17 @@ async fn metrics(State(state): State<AppState>) -> String {
             "Letters a script failed on (dead-lettered).",
             &stats.script_failures,
         ),
+        (
+            "pigeon_route_reloads_total",
+            "Route tables the router built: the first and every change.",
+            &stats.route_reloads,
+        ),
+        ("pigeon_pigeons_live", "Pigeons in the router's live route table.", &stats.pigeons_live),
+        (
+            "pigeon_pigeons_quarantined",
+            "Pigeons the router left out because they do not compile.",
+            &stats.pigeons_quarantined,
+        ),
         ("pigeon_retry_claimed_total", "Dead letters the retrier claimed.", &retrier.claimed),
         ("pigeon_retry_delivered_total", "Dead letters the retrier redelivered.", &retrier.delivered),
         ("pigeon_retry_failed_total", "Retries that failed and wait for the next step.", &retrier.failed),

@@ -12,12 +12,12 @@ use utoipa::{IntoParams, ToSchema};
 use super::auth::{AsOperator, AsViewer, Caller};
 use super::error::{ApiError, ErrorBody};
 use super::{ApiJson, ApiQuery, AppState, Page};
-use crate::route::{parse_spec, PigeonSpec};
+use crate::route::{self, parse_spec, Phase, PigeonSpec};
 use crate::script::{
     self,
     dryrun::{dry_run_pigeon, DryRunOutput, SampleLetter},
 };
-use crate::store::StoredPigeon;
+use crate::store::{now_ms, StoredPigeon};
 use crate::token::Role;
 
 /// A pigeon with its version.
@@ -30,11 +30,46 @@ pub struct PigeonView {
     pub version: i64,
     /// When this version was saved (unix ms).
     pub updated_at: i64,
+    /// Where it stands now.
+    pub state: PigeonState,
+    /// Why it is quarantined.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
+}
+
+/// Where a pigeon stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PigeonState {
+    /// Switched off.
+    Disabled,
+    /// Its live window has not started.
+    Scheduled,
+    /// Flying.
+    Live,
+    /// Its live window is over.
+    Ended,
+    /// It does not compile (saved by an older bus, say): routers leave it out.
+    Quarantined,
 }
 
 impl From<StoredPigeon> for PigeonView {
     fn from(p: StoredPigeon) -> Self {
-        Self { spec: p.spec, version: p.version, updated_at: p.updated_at }
+        let (state, problems) = match route::standing(&p.versioned(), now_ms()) {
+            _ if !p.spec.enabled => (PigeonState::Disabled, Vec::new()),
+            Ok(Phase::Scheduled) => (PigeonState::Scheduled, Vec::new()),
+            Ok(Phase::Live) => (PigeonState::Live, Vec::new()),
+            Ok(Phase::Ended) => (PigeonState::Ended, Vec::new()),
+            Err(problems) => (PigeonState::Quarantined, problems),
+        };
+        Self { spec: p.spec, version: p.version, updated_at: p.updated_at, state, problems }
+    }
+}
+
+/// Tells every running instance that pigeons changed.
+fn announce(state: &AppState, pigeons: Vec<String>, actor: &str) {
+    if let Some(producer) = &state.producer {
+        crate::control::notify(producer, pigeons, actor);
     }
 }
 
@@ -96,6 +131,7 @@ pub async fn create(
         return Err(ApiError::conflict(format!("pigeon {:?} exists; PUT /pigeons/{0} changes it", spec.id)));
     }
     state.store.save_pigeon(&spec, &caller.name).await?;
+    announce(&state, vec![spec.id.clone()], &caller.name);
     Ok((StatusCode::CREATED, Json(current(&state, &spec.id).await?.into())))
 }
 
@@ -143,7 +179,9 @@ pub async fn update(
         ));
     }
     current(&state, &id).await?;
-    state.store.save_pigeon(&spec, &caller.name).await?;
+    if state.store.save_pigeon(&spec, &caller.name).await?.changed {
+        announce(&state, vec![id.clone()], &caller.name);
+    }
     Ok(Json(current(&state, &id).await?.into()))
 }
 
@@ -157,6 +195,7 @@ pub async fn delete(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     if state.store.delete_pigeon(&id, &caller.name).await? {
+        announce(&state, vec![id], &caller.name);
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found(format!("pigeon {id:?}")))
@@ -171,7 +210,9 @@ async fn set_enabled(
 ) -> Result<Json<PigeonView>, ApiError> {
     let mut spec = current(&state, &id).await?.spec;
     spec.enabled = enabled;
-    state.store.save_pigeon(&spec, &caller.name).await?;
+    if state.store.save_pigeon(&spec, &caller.name).await?.changed {
+        announce(&state, vec![id.clone()], &caller.name);
+    }
     Ok(Json(current(&state, &id).await?.into()))
 }
 
@@ -327,6 +368,8 @@ pub async fn apply(
     let applied = !request.dry_run;
     if applied && !(save.is_empty() && delete.is_empty()) {
         state.store.apply_pigeons(&save, &delete, &caller.name).await?;
+        let ids = save.iter().map(|s| s.id.clone()).chain(delete).collect();
+        announce(&state, ids, &caller.name);
     }
     Ok(Json(ApplyResponse { changes, applied }))
 }

@@ -187,6 +187,7 @@ mod tests {
                     DestinationSpec::topic("lane", "x"),
                 ],
                 retry: None,
+                window: None,
             },
             PigeonSpec {
                 id: "view".into(),
@@ -198,6 +199,7 @@ mod tests {
                 matcher: MatchSpec { topic: "live.view".into(), tag: "**".into() },
                 destinations: vec![DestinationSpec::capability("m/c")],
                 retry: None,
+                window: None,
             },
         ];
         for format in [Format::Yaml, Format::Toml] {

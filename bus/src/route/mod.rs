@@ -6,10 +6,13 @@
 pub mod pattern;
 pub mod spec;
 mod table;
+pub mod window;
 
 pub use pattern::TagPattern;
 pub use spec::{parse_spec, Action, DestinationSpec, MatchSpec, PigeonSpec};
 pub use table::{
-    module_topic, resolve, validate, validate_topic, CompileErrors, Destination, Route, RouteScript,
-    RouteTable, Source, TagSource, TopicRoutes, VersionedPigeon, INGRESS,
+    module_topic, resolve, standing, validate, validate_topic, Built, Clock, CompileErrors, Destination,
+    Lookup, Quarantined, Route, RouteScript, RouteTable, Source, TagSource, TopicRoutes, VersionedPigeon,
+    INGRESS,
 };
+pub use window::{Phase, Window, WindowSpec};

@@ -3,6 +3,8 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use super::window::WindowSpec;
+
 /// Reads a pigeon from JSON and validates it: every unknown key and every invalid value at once
 /// (a value of the wrong type stops the reading, so it is reported alone with the unknown keys).
 pub fn parse_spec(value: serde_json::Value) -> Result<PigeonSpec, Vec<String>> {
@@ -52,6 +54,9 @@ pub struct PigeonSpec {
     /// Where the letters fly.
     #[serde(default)]
     pub destinations: Vec<DestinationSpec>,
+    /// When the pigeon flies, judged by each letter's timestamp; none: always.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<WindowSpec>,
     /// When failed deliveries are tried again, as delays after each failure (`"10s"`, `"5m"`);
     /// the letter is parked after the last. Default: 10s, 30s, 1m, 5m, 10m, 30m, 1h, 2h.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -76,7 +81,8 @@ pub enum Action {
 /// Which letters a pigeon takes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct MatchSpec {
-    /// Source topic.
+    /// Source topic, or a regular expression of source topics when it starts with `^`
+    /// (`^live\\.gift\\..*`); a pattern never matches the bus's own `pigeon.*` topics.
     pub topic: String,
     /// Tag pattern (see [`super::pattern`]); default `**`, every tag.
     #[serde(default = "every_tag")]

@@ -2,10 +2,13 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
+use regex::Regex;
 
 use super::pattern::{validate_tag, TagPattern};
 use super::spec::{Action, DestinationSpec, PigeonSpec};
+use super::window::{Phase, Window};
 use crate::config::SourceConfig;
 use crate::deadletter::schedule::Schedule;
 use crate::script::{self, CompiledScript, ScriptDestination};
@@ -17,6 +20,8 @@ pub struct VersionedPigeon {
     pub spec: PigeonSpec,
     /// Version, starting at 1 and bumped by every change.
     pub version: i64,
+    /// When this version was saved (unix ms): where a TTL without a start counts from.
+    pub saved_at: i64,
 }
 
 /// One compiled pigeon.
@@ -34,6 +39,17 @@ pub struct Route {
     pub script: Option<RouteScript>,
     /// When its failed deliveries are tried again.
     pub retry: Schedule,
+    /// Letters fly only with a timestamp inside it; `None`: always.
+    pub window: Option<Window>,
+    /// Since when (unix ms) this version has been live: saved, and its window started.
+    pub live_since: i64,
+}
+
+impl Route {
+    /// Whether a letter with this timestamp flies with this pigeon.
+    pub fn takes(&self, time_ms: i64) -> bool {
+        self.window.is_none_or(|w| w.contains(time_ms))
+    }
 }
 
 /// A script pigeon's compiled script and what it may send to.
@@ -90,7 +106,7 @@ impl Source {
 }
 
 /// The pigeons of one source topic.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct TopicRoutes {
     /// How to read the topic's letters.
     pub source: Source,
@@ -99,6 +115,17 @@ pub struct TopicRoutes {
 }
 
 impl TopicRoutes {
+    fn new(source: Source) -> Self {
+        Self { source, exact: HashMap::new(), patterns: Vec::new() }
+    }
+
+    fn add(&mut self, pattern: &TagPattern, route: Arc<Route>) {
+        match pattern.as_exact() {
+            Some(tag) => self.exact.entry(tag.to_owned()).or_default().push(route),
+            None => self.patterns.push((pattern.clone(), route)),
+        }
+    }
+
     /// The routes a tag matches: one hash probe, then only this topic's pattern pigeons.
     pub fn matching<'a>(&'a self, tag: &'a str) -> impl Iterator<Item = &'a Arc<Route>> + 'a {
         let exact = self.exact.get(tag).into_iter().flatten();
@@ -110,14 +137,73 @@ impl TopicRoutes {
     pub fn matching_untagged(&self) -> impl Iterator<Item = &Arc<Route>> {
         self.patterns.iter().filter(|(p, _)| p.as_str() == "**").map(|(_, r)| r)
     }
+
+    fn routes(&self) -> impl Iterator<Item = &Arc<Route>> {
+        self.exact.values().flatten().chain(self.patterns.iter().map(|(_, r)| r))
+    }
 }
 
-/// Every enabled pigeon, indexed by source topic.
+/// Pigeons whose `match.topic` is a regular expression.
+#[derive(Debug)]
+struct TopicPattern {
+    regex: Regex,
+    routes: Vec<(TagPattern, Arc<Route>)>,
+}
+
+/// What the router does with a letter of some topic.
+#[derive(Debug)]
+pub enum Lookup {
+    /// A letter flown to a pigeon by id ([`INGRESS`]): read the CloudEvents headers.
+    Flown(&'static Source),
+    /// The pigeons listening on the topic.
+    Routes(Arc<TopicRoutes>),
+    /// No pigeon listens there.
+    Nothing,
+}
+
+/// Every live pigeon, indexed by source topic.
 #[derive(Debug, Default)]
 pub struct RouteTable {
-    topics: HashMap<String, TopicRoutes>,
+    topics: HashMap<String, Arc<TopicRoutes>>,
+    topic_patterns: Vec<TopicPattern>,
+    /// Concrete topics resolved against `topics` and `topic_patterns` (only with patterns).
+    resolved: Mutex<HashMap<String, Option<Arc<TopicRoutes>>>>,
+    sources: BTreeMap<String, SourceConfig>,
     by_id: HashMap<Arc<str>, Arc<Route>>,
-    pigeons: usize,
+    next_change: Option<i64>,
+}
+
+/// A pigeon left out of the table because it does not compile: the rest run without it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Quarantined {
+    /// Pigeon id.
+    pub id: String,
+    /// The version that does not compile.
+    pub version: i64,
+    /// Every problem, each prefixed with the pigeon's id.
+    pub problems: Vec<String>,
+}
+
+/// A table and the pigeons left out of it.
+#[derive(Debug, Default)]
+pub struct Built {
+    /// The live pigeons.
+    pub table: RouteTable,
+    /// Pigeons that do not compile.
+    pub quarantined: Vec<Quarantined>,
+    /// Where every enabled pigeon that compiles stands in its window.
+    pub phases: BTreeMap<String, Phase>,
+}
+
+/// The instant a table is built for, and how far around a live window the router consumes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Clock {
+    /// Now, unix ms.
+    pub now_ms: i64,
+    /// Pigeons join the table this long before their window starts.
+    pub lead_ms: i64,
+    /// Pigeons stay in the table this long after their window ends.
+    pub grace_ms: i64,
 }
 
 /// Every problem found while compiling pigeons.
@@ -143,97 +229,181 @@ pub const INGRESS: &str = pigeon_sdk::INGRESS;
 /// How flown letters are read: tag and id from the CloudEvents headers.
 static FLOWN: std::sync::LazyLock<Source> = std::sync::LazyLock::new(|| Source::from_config(None));
 
+/// Whether a topic is the bus's own or Kafka's, which topic patterns never match.
+fn reserved_topic(topic: &str) -> bool {
+    topic.starts_with("pigeon.") || topic.starts_with("__")
+}
+
 impl RouteTable {
-    /// Compiles pigeons into a table; returns every problem of every pigeon at once.
+    /// Compiles pigeons into a table, every window included; returns every problem of every
+    /// pigeon at once.
     pub fn compile(
         pigeons: &[VersionedPigeon],
         sources: &BTreeMap<String, SourceConfig>,
     ) -> Result<Self, CompileErrors> {
-        let mut errors = Vec::new();
+        let built = Self::build(pigeons, sources, None);
+        if built.quarantined.is_empty() {
+            Ok(built.table)
+        } else {
+            Err(CompileErrors(built.quarantined.into_iter().flat_map(|q| q.problems).collect()))
+        }
+    }
+
+    /// Compiles every pigeon that compiles and quarantines the others. With a clock, only
+    /// pigeons whose live window the router consumes for at that instant are in the table.
+    pub fn build(
+        pigeons: &[VersionedPigeon],
+        sources: &BTreeMap<String, SourceConfig>,
+        clock: Option<Clock>,
+    ) -> Built {
+        let mut built = Built::default();
         let mut seen = HashSet::new();
-        let mut table = RouteTable::default();
+        let table = &mut built.table;
+        table.sources = sources.clone();
+        let mut topics: HashMap<String, TopicRoutes> = HashMap::new();
         for pigeon in pigeons {
             if !seen.insert(pigeon.spec.id.as_str()) {
-                errors.push(format!("pigeon {:?}: id is used twice", pigeon.spec.id));
+                built.quarantined.push(Quarantined {
+                    id: pigeon.spec.id.clone(),
+                    version: pigeon.version,
+                    problems: vec![format!("pigeon {:?}: id is used twice", pigeon.spec.id)],
+                });
                 continue;
             }
             let (route, pattern) = match compile_one(pigeon) {
                 Ok(compiled) => compiled,
                 Err(problems) => {
-                    errors.extend(problems);
+                    built.quarantined.push(Quarantined {
+                        id: pigeon.spec.id.clone(),
+                        version: pigeon.version,
+                        problems,
+                    });
                     continue;
                 }
             };
             if !pigeon.spec.enabled {
                 continue;
             }
-            table.pigeons += 1;
+            if let (Some(clock), Some(window)) = (clock, route.window) {
+                built.phases.insert(pigeon.spec.id.clone(), window.phase(clock.now_ms));
+                let next = window.next_change(clock.now_ms, clock.lead_ms, clock.grace_ms);
+                table.next_change = table.next_change.into_iter().chain(next).min();
+                if !window.consumed_at(clock.now_ms, clock.lead_ms, clock.grace_ms) {
+                    continue;
+                }
+            } else {
+                built.phases.insert(pigeon.spec.id.clone(), Phase::Live);
+            }
             table.by_id.insert(Arc::clone(&route.id), Arc::clone(&route));
-            let topic = pigeon.spec.matcher.topic.clone();
+            let topic = &pigeon.spec.matcher.topic;
             if topic == INGRESS {
                 continue; // only flown to, by id
             }
-            let routes = table.topics.entry(topic.clone()).or_insert_with(|| TopicRoutes {
-                source: Source::from_config(sources.get(&topic)),
-                exact: HashMap::new(),
-                patterns: Vec::new(),
-            });
-            match pattern.as_exact() {
-                Some(tag) => routes.exact.entry(tag.to_owned()).or_default().push(route),
-                None => routes.patterns.push((pattern, route)),
+            if topic.starts_with('^') {
+                let regex = Regex::new(topic).expect("validated by compile_one");
+                match table.topic_patterns.iter_mut().find(|p| p.regex.as_str() == topic) {
+                    Some(existing) => existing.routes.push((pattern, route)),
+                    None => table.topic_patterns.push(TopicPattern { regex, routes: vec![(pattern, route)] }),
+                }
+                continue;
+            }
+            topics
+                .entry(topic.clone())
+                .or_insert_with(|| TopicRoutes::new(Source::from_config(sources.get(topic))))
+                .add(&pattern, route);
+        }
+        table.topics = topics.into_iter().map(|(topic, routes)| (topic, Arc::new(routes))).collect();
+        built
+    }
+
+    /// What to do with letters of a topic.
+    pub fn lookup(&self, topic: &str) -> Lookup {
+        if topic == INGRESS {
+            return Lookup::Flown(&FLOWN);
+        }
+        let routes = if self.topic_patterns.is_empty() {
+            self.topics.get(topic).cloned()
+        } else {
+            let mut resolved = self.resolved.lock().unwrap_or_else(|p| p.into_inner());
+            resolved.entry(topic.to_owned()).or_insert_with(|| self.resolve_topic(topic)).clone()
+        };
+        routes.map_or(Lookup::Nothing, Lookup::Routes)
+    }
+
+    /// The pigeons of a concrete topic: its own, and those of every topic pattern matching it.
+    fn resolve_topic(&self, topic: &str) -> Option<Arc<TopicRoutes>> {
+        let exact = self.topics.get(topic);
+        let matching: Vec<&TopicPattern> = match reserved_topic(topic) {
+            true => Vec::new(),
+            false => self.topic_patterns.iter().filter(|p| p.regex.is_match(topic)).collect(),
+        };
+        if matching.is_empty() {
+            return exact.cloned();
+        }
+        let mut routes = match exact {
+            Some(routes) => TopicRoutes::clone(routes),
+            None => TopicRoutes::new(Source::from_config(self.sources.get(topic))),
+        };
+        for pattern in matching {
+            for (tag, route) in &pattern.routes {
+                routes.add(tag, Arc::clone(route));
             }
         }
-        if errors.is_empty() {
-            Ok(table)
-        } else {
-            Err(CompileErrors(errors))
-        }
+        Some(Arc::new(routes))
     }
 
     /// The routes of a source topic, if any pigeon listens there.
-    pub fn topic(&self, topic: &str) -> Option<&TopicRoutes> {
-        self.topics.get(topic)
+    pub fn topic(&self, topic: &str) -> Option<Arc<TopicRoutes>> {
+        match self.lookup(topic) {
+            Lookup::Routes(routes) => Some(routes),
+            Lookup::Flown(_) | Lookup::Nothing => None,
+        }
     }
 
-    /// An enabled pigeon's route.
+    /// A live pigeon's route.
     pub fn route(&self, id: &str) -> Option<&Arc<Route>> {
         self.by_id.get(id)
     }
 
-    /// How to read a topic's letters: the configured source, or the CloudEvents headers for
-    /// [`INGRESS`]; `None` when no pigeon listens there.
-    pub fn source_of(&self, topic: &str) -> Option<&Source> {
-        if topic == INGRESS {
-            return (!self.by_id.is_empty()).then_some(&*FLOWN);
-        }
-        self.topics.get(topic).map(|t| &t.source)
-    }
-
     /// The pigeon a flown letter names (its `ce_pigeon` header); the error explains a letter
-    /// that names none, or one that is unknown or disabled.
+    /// that names none, or one that is unknown, disabled or not live.
     pub fn flown(&self, pigeon: Option<&str>) -> Result<&Arc<Route>, String> {
         let pigeon = pigeon.filter(|p| !p.is_empty()).ok_or_else(|| {
             format!("a letter on {INGRESS} must name its pigeon in the {} header", pigeon_sdk::header::PIGEON)
         })?;
-        self.by_id.get(pigeon).ok_or_else(|| format!("pigeon {pigeon:?} is unknown or disabled"))
+        self.by_id
+            .get(pigeon)
+            .ok_or_else(|| format!("pigeon {pigeon:?} is unknown, disabled or outside its live window"))
     }
 
-    /// The topics the router consumes: every source topic, and [`INGRESS`] while any pigeon
-    /// is enabled (any pigeon can be flown to), sorted.
+    /// What the router subscribes to: every source topic and topic pattern, and [`INGRESS`]
+    /// (letters flown to a pigeon that is gone are parked, not left unread), sorted.
     pub fn consumed_topics(&self) -> Vec<String> {
         let mut topics = self.source_topics();
-        if !self.by_id.is_empty() {
-            topics.push(INGRESS.to_owned());
-            topics.sort();
-        }
+        topics.extend(self.topic_patterns.iter().map(|p| p.regex.as_str().to_owned()));
+        topics.push(INGRESS.to_owned());
+        topics.sort();
         topics
     }
 
-    /// Source topics the router must consume, sorted.
+    /// Concrete source topics the router must consume, sorted.
     pub fn source_topics(&self) -> Vec<String> {
         let mut topics: Vec<String> = self.topics.keys().cloned().collect();
         topics.sort();
         topics
+    }
+
+    /// Since when a topic has had a live pigeon (the earliest `live_since` of its pigeons).
+    pub fn live_since(&self, topic: &str) -> Option<i64> {
+        match self.lookup(topic) {
+            Lookup::Routes(routes) => routes.routes().map(|r| r.live_since).min(),
+            Lookup::Flown(_) | Lookup::Nothing => None,
+        }
+    }
+
+    /// The next instant (unix ms) at which a live window changes what the table holds.
+    pub fn next_change(&self) -> Option<i64> {
+        self.next_change
     }
 
     /// Every destination topic, sorted.
@@ -245,20 +415,39 @@ impl RouteTable {
         topics
     }
 
-    /// Enabled pigeons in the table.
+    /// Pigeons in the table.
     pub fn len(&self) -> usize {
-        self.pigeons
+        self.by_id.len()
     }
 
-    /// Whether no pigeon is enabled.
+    /// Whether no pigeon is in the table.
     pub fn is_empty(&self) -> bool {
-        self.pigeons == 0
+        self.by_id.is_empty()
     }
 }
 
 /// Checks one pigeon; every problem, each prefixed with the pigeon's id.
 pub fn validate(spec: &PigeonSpec) -> Result<(), CompileErrors> {
-    compile_one(&VersionedPigeon { spec: spec.clone(), version: 1 }).map(|_| ()).map_err(CompileErrors)
+    compile_one(&VersionedPigeon { spec: spec.clone(), version: 1, saved_at: crate::store::now_ms() })
+        .map(|_| ())
+        .map_err(CompileErrors)
+}
+
+/// Where a stored pigeon's window stands at `now_ms`, or why it does not compile.
+pub fn standing(pigeon: &VersionedPigeon, now_ms: i64) -> Result<Phase, Vec<String>> {
+    compile_one(pigeon).map(|(route, _)| route.window.map_or(Phase::Live, |w| w.phase(now_ms)))
+}
+
+/// Checks a `match.topic`: a topic name, or a regular expression starting with `^`.
+fn validate_source(topic: &str) -> Result<Option<Regex>, String> {
+    if !topic.starts_with('^') {
+        return validate_topic(topic).map(|()| None);
+    }
+    let regex = Regex::new(topic).map_err(|e| format!("topic pattern {topic:?} does not compile: {e}"))?;
+    if regex.is_match(INGRESS) {
+        return Err(format!("topic pattern {topic:?} matches {INGRESS}; fly to pigeons by id instead"));
+    }
+    Ok(Some(regex))
 }
 
 fn compile_one(pigeon: &VersionedPigeon) -> Result<(Arc<Route>, TagPattern), Vec<String>> {
@@ -273,9 +462,15 @@ fn compile_one(pigeon: &VersionedPigeon) -> Result<(Arc<Route>, TagPattern), Vec
     } else if ["apply", "test", "validate"].contains(&spec.id.as_str()) {
         error("id is reserved (it names an API action)".into());
     }
-    if let Err(e) = validate_topic(&spec.matcher.topic) {
+    let source = validate_source(&spec.matcher.topic);
+    if let Err(e) = &source {
         error(format!("match.topic: {e}"));
     }
+    // Whether a destination topic is one this pigeon reads.
+    let reads = |topic: &str| match &source {
+        Ok(Some(regex)) => !reserved_topic(topic) && regex.is_match(topic),
+        _ => topic == spec.matcher.topic,
+    };
     let pattern = TagPattern::parse(&spec.matcher.tag);
     if let Err(e) = &pattern {
         error(format!("match.tag: {e}"));
@@ -288,7 +483,7 @@ fn compile_one(pigeon: &VersionedPigeon) -> Result<(Arc<Route>, TagPattern), Vec
         match resolve(dest) {
             Ok(d) => {
                 if let Ok(p) = &pattern {
-                    if d.topic == spec.matcher.topic && p.matches(&d.tag) {
+                    if reads(&d.topic) && p.matches(&d.tag) {
                         error(format!(
                             "destinations[{i}]: {}/{} would be matched again by this pigeon (a loop)",
                             d.topic, d.tag
@@ -314,7 +509,7 @@ fn compile_one(pigeon: &VersionedPigeon) -> Result<(Arc<Route>, TagPattern), Vec
             None
         }
         (Action::Script, Some(source)) => {
-            if destinations.iter().any(|d| d.topic == spec.matcher.topic) {
+            if destinations.iter().any(|d| reads(&d.topic)) {
                 error(
                     "a script may emit any tag, so it may not send to its own source topic (a loop)".into(),
                 );
@@ -335,6 +530,10 @@ fn compile_one(pigeon: &VersionedPigeon) -> Result<(Arc<Route>, TagPattern), Vec
         error(e);
         Schedule::default()
     });
+    let window = spec.window.as_ref().and_then(|w| {
+        Window::compile(w, pigeon.saved_at).map_err(|problems| problems.into_iter().for_each(&mut error)).ok()
+    });
+    let live_since = window.map_or(pigeon.saved_at, |w| w.start.max(pigeon.saved_at));
     match pattern {
         Ok(pattern) if errors.is_empty() => Ok((
             Arc::new(Route {
@@ -344,6 +543,8 @@ fn compile_one(pigeon: &VersionedPigeon) -> Result<(Arc<Route>, TagPattern), Vec
                 destinations,
                 script,
                 retry,
+                window,
+                live_since,
             }),
             pattern,
         )),
@@ -391,6 +592,7 @@ pub fn validate_topic(topic: &str) -> Result<(), String> {
 mod tests {
     use super::*;
     use crate::route::spec::MatchSpec;
+    use crate::route::WindowSpec;
 
     fn pigeon(id: &str, topic: &str, tag: &str, dests: Vec<DestinationSpec>) -> VersionedPigeon {
         VersionedPigeon {
@@ -404,8 +606,10 @@ mod tests {
                 matcher: MatchSpec { topic: topic.into(), tag: tag.into() },
                 destinations: dests,
                 retry: None,
+                window: None,
             },
             version: 1,
+            saved_at: 1_000,
         }
     }
 
@@ -477,10 +681,12 @@ mod tests {
             &sources,
         )
         .unwrap();
-        let legacy = &table.topic("legacy.gift").unwrap().source;
+        let legacy = table.topic("legacy.gift").unwrap();
+        let legacy = &legacy.source;
         assert_eq!(legacy.tag, TagSource::Field("event".into()));
         assert!(legacy.reads_payload());
-        let live = &table.topic("live.gift").unwrap().source;
+        let live = table.topic("live.gift").unwrap();
+        let live = &live.source;
         assert_eq!(live.tag, TagSource::Header("ce_type".into()));
         assert_eq!(live.id_header, "ce_id");
         assert!(!live.reads_payload());
@@ -493,7 +699,8 @@ mod tests {
         ok.spec.action = Action::Script;
         ok.spec.script = Some("payload".into());
         let table = RouteTable::compile(std::slice::from_ref(&ok), &BTreeMap::new()).unwrap();
-        let route = table.topic("live.gift").unwrap().matching("gift.sent").next().unwrap();
+        let routes = table.topic("live.gift").unwrap();
+        let route = routes.matching("gift.sent").next().unwrap();
         let script = route.script.as_ref().expect("compiled");
         assert_eq!(script.destinations[0].name, "act-toy/progress.add");
 
@@ -565,5 +772,88 @@ mod tests {
             assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
         }
         assert_eq!(errors.len(), 10, "{all}");
+    }
+
+    #[test]
+    fn pigeons_that_do_not_compile_are_quarantined_and_the_rest_run() {
+        let good = pigeon("good", "live.gift", "gift.sent", vec![DestinationSpec::capability("m/c")]);
+        let mut bad = pigeon("bad", "live.gift", "gift..x", vec![DestinationSpec::capability("m/c")]);
+        bad.version = 3;
+        let built = RouteTable::build(&[good, bad], &BTreeMap::new(), None);
+        assert_eq!(built.table.len(), 1);
+        assert!(built.table.route("good").is_some() && built.table.route("bad").is_none());
+        assert_eq!(built.quarantined.len(), 1);
+        let q = &built.quarantined[0];
+        assert_eq!((q.id.as_str(), q.version), ("bad", 3));
+        assert!(q.problems[0].contains("\"bad\": match.tag"), "{:?}", q.problems);
+    }
+
+    #[test]
+    fn a_clocked_table_holds_the_pigeons_whose_window_it_consumes_for() {
+        let windowed = |id: &str, start: &str, end: &str| {
+            let mut p = pigeon(id, &format!("live.{id}"), "**", vec![DestinationSpec::capability("m/c")]);
+            p.spec.window = Some(WindowSpec { start: Some(start.into()), end: Some(end.into()), ttl: None });
+            p
+        };
+        let pigeons = [
+            windowed("past", "2025-12-01T10:00:00Z", "2025-12-01T11:00:00Z"),
+            windowed("now", "2025-12-01T11:30:00Z", "2025-12-01T12:30:00Z"),
+            windowed("soon", "2025-12-01T12:00:30Z", "2025-12-01T13:00:00Z"),
+            windowed("later", "2025-12-01T14:00:00Z", "2025-12-01T15:00:00Z"),
+            pigeon("always", "live.always", "**", vec![DestinationSpec::capability("m/c")]),
+        ];
+        let noon = 1_764_590_400_000; // 2025-12-01T12:00:00Z
+        let clock = Clock { now_ms: noon, lead_ms: 60_000, grace_ms: 60_000 };
+        let built = RouteTable::build(&pigeons, &BTreeMap::new(), Some(clock));
+        let mut ids: Vec<&str> = built.table.by_id.keys().map(|k| &**k).collect();
+        ids.sort();
+        assert_eq!(ids, ["always", "now", "soon"], "soon starts within the lead");
+        assert_eq!(built.phases["past"], Phase::Ended);
+        assert_eq!(built.phases["now"], Phase::Live);
+        assert_eq!(built.phases["soon"], Phase::Scheduled);
+        assert_eq!(built.phases["always"], Phase::Live);
+        // Next: `now` leaves the table at 12:31, its end plus the grace.
+        assert_eq!(built.table.next_change(), Some(noon + 31 * 60_000));
+        // Without a clock (the retrier, dry runs) every enabled pigeon is there.
+        assert_eq!(RouteTable::build(&pigeons, &BTreeMap::new(), None).table.len(), 5);
+        // A letter is judged by its own time.
+        let now = built.table.route("now").unwrap();
+        assert!(now.takes(noon) && !now.takes(noon + 3_600_000));
+        assert_eq!(now.live_since, noon - 30 * 60_000);
+    }
+
+    #[test]
+    fn topic_patterns_match_topics_but_never_the_bus_s_own() {
+        let table = RouteTable::compile(
+            &[
+                pigeon("any-live", "^live\\..*", "gift.*", vec![DestinationSpec::capability("m/c")]),
+                pigeon("gift", "live.gift", "gift.sent", vec![DestinationSpec::capability("m/d")]),
+            ],
+            &BTreeMap::new(),
+        )
+        .unwrap();
+        assert_eq!(ids(table.topic("live.gift").unwrap().matching("gift.sent")), ["any-live", "gift"]);
+        assert_eq!(ids(table.topic("live.other").unwrap().matching("gift.combo")), ["any-live"]);
+        assert!(table.topic("other.gift").is_none());
+        assert!(matches!(table.lookup(INGRESS), Lookup::Flown(_)));
+        assert_eq!(table.consumed_topics(), ["^live\\..*", "live.gift", "pigeon.ingress"]);
+
+        let errors = RouteTable::compile(
+            &[
+                pigeon("broken", "^live(", "**", vec![DestinationSpec::capability("m/c")]),
+                pigeon("greedy", "^pigeon\\..*", "**", vec![DestinationSpec::capability("m/c")]),
+                pigeon("loop", "^live\\..*", "**", vec![DestinationSpec::topic("live.out", "x")]),
+            ],
+            &BTreeMap::new(),
+        )
+        .unwrap_err()
+        .0
+        .join("\n");
+        assert!(
+            errors.contains("\"broken\": match.topic: topic pattern \"^live(\" does not compile"),
+            "{errors}"
+        );
+        assert!(errors.contains("\"greedy\": match.topic: topic pattern"), "{errors}");
+        assert!(errors.contains("\"loop\": destinations[0]: live.out/x would be matched again"), "{errors}");
     }
 }

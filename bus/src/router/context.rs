@@ -5,9 +5,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, RebalanceProtocol};
 use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{DeliveryResult, ProducerContext};
+use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -144,11 +145,119 @@ pub struct RouterConsumerContext {
     pub drain_timeout: Duration,
     /// Set once partitions are assigned: the router consumes.
     pub ready: Arc<AtomicBool>,
+    /// The route table now, and which subscriptions are freshly needed.
+    pub live: Arc<super::Live>,
 }
 
 impl ClientContext for RouterConsumerContext {}
 
+/// How long a rebalance waits for offset look-ups.
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl RouterConsumerContext {
+    /// Positions the assigned partitions of freshly needed topics at the first letter since
+    /// their pigeons went live, unless the group has committed further; returns those
+    /// positions, to be committed once assigned so any instance that takes the partition
+    /// later continues from there.
+    fn position_fresh(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        assigned: &mut TopicPartitionList,
+    ) -> TopicPartitionList {
+        let mut positioned = TopicPartitionList::new();
+        let fresh: Vec<(String, i32, i64)> = assigned
+            .elements()
+            .iter()
+            .filter_map(|e| Some((e.topic().to_owned(), e.partition(), self.live.fresh_since(e.topic())?)))
+            .collect();
+        if fresh.is_empty() {
+            return positioned;
+        }
+        let mut by_time = TopicPartitionList::new();
+        let mut query = TopicPartitionList::new();
+        for (topic, partition, since) in &fresh {
+            let _ = by_time.add_partition_offset(topic, *partition, Offset::Offset(*since));
+            query.add_partition(topic, *partition);
+        }
+        let committed = consumer.committed_offsets(query, LOOKUP_TIMEOUT).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "reading committed offsets of newly needed topics");
+            TopicPartitionList::new()
+        });
+        let since = consumer.offsets_for_times(by_time, LOOKUP_TIMEOUT).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "looking up offsets by time for newly needed topics");
+            TopicPartitionList::new()
+        });
+        for (topic, partition, since_ms) in fresh {
+            let offset_of = |list: &TopicPartitionList| match list
+                .find_partition(&topic, partition)
+                .map(|e| e.offset())
+            {
+                Some(Offset::Offset(n)) if n >= 0 => Some(n),
+                _ => None,
+            };
+            // No letter since then (or a broker that cannot look up by time): the end.
+            let start = match offset_of(&since) {
+                Some(n) => n,
+                None => match consumer.fetch_watermarks(&topic, partition, LOOKUP_TIMEOUT) {
+                    Ok((_, high)) => high,
+                    Err(e) => {
+                        tracing::warn!(topic, partition, error = %e, "cannot find where a newly needed topic ends; it continues from its committed offset");
+                        continue;
+                    }
+                },
+            };
+            let position = offset_of(&committed).map_or(start, |c| c.max(start));
+            let _ = assigned.set_partition_offset(&topic, partition, Offset::Offset(position));
+            let _ = positioned.add_partition_offset(&topic, partition, Offset::Offset(position));
+            tracing::info!(
+                topic,
+                partition,
+                offset = position,
+                since_ms,
+                "newly needed topic starts where its pigeons went live"
+            );
+        }
+        positioned
+    }
+}
+
 impl ConsumerContext for RouterConsumerContext {
+    fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
+        let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let positioned = self.position_fresh(consumer, tpl);
+                let assigned =
+                    if cooperative { consumer.incremental_assign(tpl) } else { consumer.assign(tpl) };
+                if let Err(e) = assigned {
+                    tracing::error!(error = %e, "assigning partitions");
+                }
+                if positioned.count() > 0 {
+                    if let Err(e) = consumer.commit(&positioned, CommitMode::Async) {
+                        tracing::warn!(error = %e, "committing the start of newly needed topics");
+                    }
+                }
+                self.post_rebalance(consumer, &Rebalance::Assign(tpl));
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                self.pre_rebalance(consumer, &Rebalance::Revoke(tpl));
+                let unassigned =
+                    if cooperative { consumer.incremental_unassign(tpl) } else { consumer.unassign() };
+                if let Err(e) = unassigned {
+                    tracing::error!(error = %e, "unassigning partitions");
+                }
+            }
+            other => {
+                tracing::error!(error = ?other, "rebalance failed; giving up the assignment");
+                let unassigned =
+                    if cooperative { consumer.incremental_unassign(tpl) } else { consumer.unassign() };
+                if let Err(e) = unassigned {
+                    tracing::error!(error = %e, "unassigning partitions");
+                }
+            }
+        }
+    }
+
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let Rebalance::Revoke(revoked) = rebalance else {
             return;

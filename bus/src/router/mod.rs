@@ -22,7 +22,7 @@ use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use self::breaker::Breakers;
@@ -31,8 +31,9 @@ use self::output::{output_headers, Outputs};
 use self::scripts::{ScriptJob, ScriptPool};
 use self::tracker::{Admission, Begun, PartitionTracker};
 use crate::config::RouterConfig;
+use crate::control::Routes;
 use crate::deadletter::{self, ErrorKind, Job, NewDeadLetter};
-use crate::route::{Route, RouteTable, INGRESS};
+use crate::route::{Lookup, Route, RouteTable, INGRESS};
 use crate::source;
 use crate::store::Store;
 
@@ -51,12 +52,67 @@ pub struct RouterStats {
     pub scripts_run: AtomicU64,
     /// Letters a script failed on (dead-lettered).
     pub script_failures: AtomicU64,
+    /// Route tables built (the first, and every change since).
+    pub route_reloads: AtomicU64,
+    /// Pigeons in the live route table.
+    pub pigeons_live: AtomicU64,
+    /// Pigeons left out because they do not compile.
+    pub pigeons_quarantined: AtomicU64,
+}
+
+/// The route table the router runs now, shared with its rebalance callbacks.
+#[derive(Debug)]
+pub struct Live {
+    table: Mutex<Arc<RouteTable>>,
+    /// Subscriptions (topics or topic patterns) that gained their first live pigeon while this
+    /// router ran: their partitions start where the pigeon went live, not at an old offset.
+    fresh: Mutex<HashSet<String>>,
+}
+
+impl Live {
+    fn new(table: Arc<RouteTable>) -> Self {
+        Self { table: Mutex::new(table), fresh: Mutex::default() }
+    }
+
+    /// The table now.
+    pub fn table(&self) -> Arc<RouteTable> {
+        Arc::clone(&self.table.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Swaps in a new table; returns the subscriptions it adds and removes.
+    fn swap(&self, table: Arc<RouteTable>) -> (Vec<String>, Vec<String>) {
+        let old =
+            std::mem::replace(&mut *self.table.lock().unwrap_or_else(|p| p.into_inner()), Arc::clone(&table));
+        let (before, after) = (old.consumed_topics(), table.consumed_topics());
+        let added: Vec<String> = after.iter().filter(|t| !before.contains(t)).cloned().collect();
+        let removed: Vec<String> = before.iter().filter(|t| !after.contains(t)).cloned().collect();
+        let mut fresh = self.fresh.lock().unwrap_or_else(|p| p.into_inner());
+        fresh.retain(|t| after.contains(t));
+        fresh.extend(added.iter().cloned());
+        (added, removed)
+    }
+
+    /// When the pigeons of a freshly needed topic went live (unix ms); `None` for a topic the
+    /// router has needed since it started, which continues from its committed offsets.
+    pub fn fresh_since(&self, topic: &str) -> Option<i64> {
+        let fresh = self.fresh.lock().unwrap_or_else(|p| p.into_inner());
+        let is_fresh = fresh.contains(topic)
+            || fresh
+                .iter()
+                .any(|t| t.starts_with('^') && regex::Regex::new(t).is_ok_and(|r| r.is_match(topic)));
+        drop(fresh);
+        if is_fresh {
+            self.table().live_since(topic)
+        } else {
+            None
+        }
+    }
 }
 
 /// Everything the router runs with.
 pub struct RouterParts {
-    /// Validated routes.
-    pub table: Arc<RouteTable>,
+    /// The route tables to run: the current one, and every rebuild after it.
+    pub routes: watch::Receiver<Arc<Routes>>,
     /// Router tuning.
     pub config: RouterConfig,
     /// Consumer properties (group, brokers, security…).
@@ -73,14 +129,8 @@ pub struct RouterParts {
 
 /// Runs the router until `cancel` fires, then drains, commits and returns.
 pub async fn run(parts: RouterParts, cancel: CancellationToken) -> anyhow::Result<()> {
-    let RouterParts { table, config, consumer, producer, store, ready, stats } = parts;
-    let topics = table.consumed_topics();
-    if topics.is_empty() {
-        tracing::warn!("no enabled pigeon: the router has nothing to consume");
-        ready.store(true, Ordering::Release);
-        cancel.cancelled().await;
-        return Ok(());
-    }
+    let RouterParts { mut routes, config, consumer, producer, store, ready, stats } = parts;
+    let live = Arc::new(Live::new(Arc::clone(&routes.borrow_and_update().table)));
 
     let (dead_tx, dead_rx) = mpsc::unbounded_channel();
     let writer_stop = CancellationToken::new();
@@ -111,14 +161,15 @@ pub async fn run(parts: RouterParts, cancel: CancellationToken) -> anyhow::Resul
             trackers: Arc::clone(&trackers),
             drain_timeout,
             ready: Arc::clone(&ready),
+            live: Arc::clone(&live),
         })?;
-    let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
-    consumer.subscribe(&topic_refs)?;
-    tracing::info!(topics = ?topics, pigeons = table.len(), "router subscribed");
+    let topics = live.table().consumed_topics();
+    subscribe(&consumer, &topics)?;
+    tracing::info!(topics = ?topics, pigeons = live.table().len(), "router subscribed");
 
     let (resume_tx, mut resume_rx) = mpsc::unbounded_channel::<Arc<PartitionTracker>>();
     let router = Forwarder {
-        table,
+        live: Arc::clone(&live),
         cap: config.max_in_flight_per_partition,
         trackers: Arc::clone(&trackers),
         resume_tx,
@@ -149,6 +200,17 @@ pub async fn run(parts: RouterParts, cancel: CancellationToken) -> anyhow::Resul
             }
             _ = store_tick.tick() => {
                 store_offsets(&consumer, &trackers);
+            }
+            Ok(()) = routes.changed() => {
+                let table = Arc::clone(&routes.borrow_and_update().table);
+                let (added, removed) = live.swap(Arc::clone(&table));
+                if !(added.is_empty() && removed.is_empty()) {
+                    let topics = table.consumed_topics();
+                    match subscribe(&consumer, &topics) {
+                        Ok(()) => tracing::info!(?topics, ?added, ?removed, "router subscription changed"),
+                        Err(e) => tracing::error!(error = %e, ?topics, "cannot change the subscription"),
+                    }
+                }
             }
             Some(change) = breaker_rx.recv() => {
                 if let breaker::Change::Closed(topic) = change {
@@ -208,6 +270,15 @@ pub async fn run(parts: RouterParts, cancel: CancellationToken) -> anyhow::Resul
     Ok(())
 }
 
+/// Subscribes to exactly these topics and topic patterns (a pattern starts with `^`).
+fn subscribe(
+    consumer: &StreamConsumer<RouterConsumerContext>,
+    topics: &[String],
+) -> rdkafka::error::KafkaResult<()> {
+    let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&refs)
+}
+
 /// Hands each partition's watermark to the consumer for its next commit; returns them.
 fn store_offsets(
     consumer: &StreamConsumer<RouterConsumerContext>,
@@ -245,7 +316,7 @@ type SourcePartition = (Arc<str>, i32);
 
 /// The per-letter work of the router.
 struct Forwarder<'p> {
-    table: Arc<RouteTable>,
+    live: Arc<Live>,
     cap: usize,
     trackers: Arc<Trackers>,
     resume_tx: mpsc::UnboundedSender<Arc<PartitionTracker>>,
@@ -349,21 +420,24 @@ impl Forwarder<'_> {
             PartitionTracker::new(topic, message.partition(), resume_below, self.resume_tx.clone())
         });
         let offset = message.offset();
-        let table = Arc::clone(&self.table);
-        let Some(source) = table.source_of(message.topic()) else {
-            return tracker.begin(offset, 0, self.cap).admission;
+        let table = self.live.table();
+        let lookup = table.lookup(message.topic());
+        let source = match &lookup {
+            Lookup::Flown(source) => *source,
+            Lookup::Routes(routes) => &routes.source,
+            Lookup::Nothing => return tracker.begin(offset, 0, self.cap).admission,
         };
         let meta = match source::read(message, source) {
             Ok(meta) => meta,
             Err(reason) => return self.dead_letter(message, &tracker, reason),
         };
-        let matched: Vec<&Arc<Route>> = match table.topic(message.topic()) {
+        let mut matched: Vec<&Arc<Route>> = match &lookup {
             // Flown to a pigeon by id, whatever its tag.
-            None => match table.flown(source::pigeon_header(message)) {
+            Lookup::Flown(_) | Lookup::Nothing => match table.flown(source::pigeon_header(message)) {
                 Ok(route) => vec![route],
                 Err(reason) => return self.dead_letter(message, &tracker, reason),
             },
-            Some(routes) => {
+            Lookup::Routes(routes) => {
                 let matched: Vec<&Arc<Route>> = match &meta.tag {
                     Some(tag) => routes.matching(tag).collect(),
                     None => routes.matching_untagged().collect(),
@@ -381,6 +455,23 @@ impl Forwarder<'_> {
                 matched
             }
         };
+        // Live windows judge the letter by its own timestamp.
+        if matched.iter().any(|r| r.window.is_some()) {
+            let time_ms = message.timestamp().to_millis().unwrap_or_else(crate::store::now_ms);
+            let first = Arc::clone(matched[0]);
+            matched.retain(|r| r.takes(time_ms));
+            if matched.is_empty() {
+                return match lookup {
+                    Lookup::Routes(_) => tracker.begin(offset, 0, self.cap).admission,
+                    // A flown letter names its pigeon: say why it did not fly rather than drop it.
+                    Lookup::Flown(_) | Lookup::Nothing => self.dead_letter(
+                        message,
+                        &tracker,
+                        format!("the letter's time is outside the live window of pigeon {:?}", first.id),
+                    ),
+                };
+            }
+        }
         // A script pigeon counts one step per letter; its worker adds the letters it emits.
         let outputs: usize =
             matched.iter().map(|r| if r.script.is_some() { 1 } else { r.destinations.len() }).sum();

@@ -53,7 +53,7 @@ pub struct StoredPigeon {
 impl StoredPigeon {
     /// The spec and version, as the route table compiles them.
     pub fn versioned(&self) -> VersionedPigeon {
-        VersionedPigeon { spec: self.spec.clone(), version: self.version }
+        VersionedPigeon { spec: self.spec.clone(), version: self.version, saved_at: self.updated_at }
     }
 }
 
