@@ -251,9 +251,10 @@ pub async fn watch(
 }
 
 /// A consumer of `pigeon.control` that joins no group and commits nothing: every instance
-/// reads every notice.
+/// reads every notice. (librdkafka wants a group id even to assign partitions; one that is
+/// never joined nor committed to leaves nothing on the brokers.)
 fn control_consumer(mut config: ClientConfig) -> anyhow::Result<StreamConsumer> {
-    config.remove("group.id");
+    config.set("group.id", format!("pigeon-control-{}", uuid::Uuid::now_v7().simple()));
     config.set("enable.auto.commit", "false");
     config.set("enable.auto.offset.store", "false");
     Ok(config.create()?)

@@ -111,6 +111,10 @@ pub async fn run(
             // Subscriptions change with the pigeons: move only the partitions that change.
             consumer.set("partition.assignment.strategy", "cooperative-sticky");
         }
+        if !config.kafka.consumer.contains_key("topic.metadata.refresh.interval.ms") {
+            // A topic created after its pigeon, or matching a topic pattern, is found soon.
+            consumer.set("topic.metadata.refresh.interval.ms", "10000");
+        }
         tracing::info!(consumer = %kafka::describe(&consumer), producer = %kafka::describe(&producer), "kafka clients");
         let parts =
             RouterParts { routes, config: config.router.clone(), consumer, producer, store, ready, stats };

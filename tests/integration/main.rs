@@ -7,6 +7,7 @@
 mod cli;
 mod faults;
 mod forward;
+mod lifecycle;
 mod retry;
 mod scripts;
 mod sdk;

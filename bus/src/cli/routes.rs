@@ -68,8 +68,8 @@ pub async fn fetch_all(client: &Client) -> anyhow::Result<Vec<PigeonView>> {
 /// `routes list`: one line per pigeon.
 pub async fn list(client: &Client) -> anyhow::Result<String> {
     let mut out = format!(
-        "{:<28} {:<8} {:>7}  {:<20} {:<16} {}\n",
-        "ID", "ENABLED", "VERSION", "TOPIC", "TAG", "DESTINATIONS"
+        "{:<28} {:<11} {:>7}  {:<20} {:<16} {}\n",
+        "ID", "STATE", "VERSION", "TOPIC", "TAG", "DESTINATIONS"
     );
     for p in fetch_all(client).await? {
         let destinations: Vec<String> = p
@@ -82,10 +82,11 @@ pub async fn list(client: &Client) -> anyhow::Result<String> {
                 _ => "?".into(),
             })
             .collect();
+        let state = serde_json::to_value(p.state).ok().and_then(|s| s.as_str().map(str::to_owned));
         out.push_str(&format!(
-            "{:<28} {:<8} {:>7}  {:<20} {:<16} {}\n",
+            "{:<28} {:<11} {:>7}  {:<20} {:<16} {}\n",
             p.spec.id,
-            if p.spec.enabled { "yes" } else { "no" },
+            state.unwrap_or_default(),
             p.version,
             p.spec.matcher.topic,
             p.spec.matcher.tag,

@@ -812,8 +812,8 @@ mod tests {
         assert_eq!(built.phases["now"], Phase::Live);
         assert_eq!(built.phases["soon"], Phase::Scheduled);
         assert_eq!(built.phases["always"], Phase::Live);
-        // Next: `now` leaves the table at 12:31, its end plus the grace.
-        assert_eq!(built.table.next_change(), Some(noon + 31 * 60_000));
+        // Next: `soon` goes live at 12:00:30.
+        assert_eq!(built.table.next_change(), Some(noon + 30_000));
         // Without a clock (the retrier, dry runs) every enabled pigeon is there.
         assert_eq!(RouteTable::build(&pigeons, &BTreeMap::new(), None).table.len(), 5);
         // A letter is judged by its own time.

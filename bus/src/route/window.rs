@@ -119,9 +119,10 @@ impl Window {
         self.start.saturating_sub(lead_ms) <= now_ms && now_ms < self.end.saturating_add(grace_ms)
     }
 
-    /// The next instant after `now_ms` at which [`Window::consumed_at`] changes, if any.
+    /// The next instant after `now_ms` at which [`Window::consumed_at`] or the
+    /// [`Window::phase`] changes, if any.
     pub fn next_change(&self, now_ms: i64, lead_ms: i64, grace_ms: i64) -> Option<i64> {
-        [self.start.saturating_sub(lead_ms), self.end.saturating_add(grace_ms)]
+        [self.start.saturating_sub(lead_ms), self.start, self.end, self.end.saturating_add(grace_ms)]
             .into_iter()
             .filter(|&t| t > now_ms && t != i64::MAX && t != i64::MIN)
             .min()
@@ -183,7 +184,9 @@ mod tests {
             [0, 899, 900, 1_500, 2_049, 2_050].iter().map(|&t| w.consumed_at(t, 100, 50)).collect();
         assert_eq!(consumed, [false, false, true, true, true, false]);
         assert_eq!(w.next_change(0, 100, 50), Some(900));
-        assert_eq!(w.next_change(900, 100, 50), Some(2_050));
+        assert_eq!(w.next_change(900, 100, 50), Some(1_000), "it goes live");
+        assert_eq!(w.next_change(1_000, 100, 50), Some(2_000), "it ends");
+        assert_eq!(w.next_change(2_000, 100, 50), Some(2_050));
         assert_eq!(w.next_change(2_050, 100, 50), None);
         let open = Window { start: i64::MIN, end: i64::MAX };
         assert!(open.consumed_at(0, 100, 50));
