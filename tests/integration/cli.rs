@@ -280,22 +280,34 @@ fn a_bad_config_file_is_refused_with_every_problem_listed() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn invalid_stored_pigeons_stop_the_start_with_every_error() {
+async fn invalid_stored_pigeons_are_quarantined_at_start_with_every_error() {
     let bad = [
         pigeon("loops", "src", "a.*", vec![DestinationSpec::topic("src", "a.b")]),
-        pigeon("nowhere", "src", "a", vec![]),
+        pigeon("nowhere", "src", "a..b", vec![]),
     ];
     // Saved behind the validator's back, as an older version or a hand edit might have.
     let db = Db::with_pigeons(&bad).await;
-    let out = Command::new(pigeon_bin())
+    let log = db.path("serve.log");
+    let mut child = Command::new(pigeon_bin())
         .args(["serve", "--brokers", "127.0.0.1:1", "--database", &db.url, "--listen", "127.0.0.1:0"])
-        .output()
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
         .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("2 problem(s)"), "{err}");
-    assert!(err.contains("\"loops\": destinations[0]: src/a.b would be matched again"), "{err}");
-    assert!(err.contains("\"nowhere\": has no destinations"), "{err}");
+    eventually("both pigeons quarantined", || read(&log).matches("pigeon quarantined").count() >= 2);
+    let err = read(&log);
+    let line = |id: &str| {
+        err.lines()
+            .find(|l| l.contains("quarantined") && l.contains(&format!("pigeon={id} ")))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert!(line("loops").contains("destinations[0]: src/a.b would be matched again"), "{err}");
+    assert!(line("nowhere").contains("tag pattern"), "{err}");
+    assert!(line("nowhere").contains("has no destinations"), "every problem at once: {err}");
+    assert!(child.try_wait().unwrap().is_none(), "the bus runs on without them:\n{err}");
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 #[test]

@@ -237,6 +237,17 @@ async fn the_subscription_follows_the_live_pigeons() {
     let removed = Instant::now();
     assert_eq!(api(&bus, &token, "DELETE", "/pigeons/views", None).await.0, 204);
     wait_log(&bus, "removed=[\"live.view\"]", 1);
+    // The rebalance that follows hands the partitions back, committed.
+    let started = Instant::now();
+    while !bus
+        .log()
+        .split("removed=[\"live.view\"]")
+        .nth(1)
+        .is_some_and(|after| after.contains("partitions revoked"))
+    {
+        assert!(started.elapsed() < CHANGE_DEADLINE, "live.view never revoked:\n{}", bus.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
     println!("unsubscribed from live.view {:?} after the delete", removed.elapsed());
     produce_at(&kafka.bootstrap, "live.view", &batch("view.open", 100, 20)); // nobody wants these
     std::thread::sleep(Duration::from_secs(2));
