@@ -114,9 +114,6 @@ pub async fn fly(
     ApiJson(body): ApiJson<FlyBody>,
 ) -> Result<Json<ReceiptView>, ApiError> {
     let letter = letter_of(&body)?;
-    let producer = state.producer.clone().ok_or_else(|| {
-        ApiError::unavailable("this bus runs without a Kafka producer; fly through pigeon.ingress")
-    })?;
     let stored = state
         .store
         .pigeon(&body.pigeon)
@@ -131,6 +128,15 @@ pub async fn fly(
     let message = message_of(&letter);
     let id = letter.id.to_string();
     let time_ms = ms(letter.time);
+    if !route.takes(time_ms) {
+        return Err(ApiError::conflict(format!(
+            "the letter's time is outside the live window of pigeon {:?}",
+            body.pigeon
+        )));
+    }
+    let producer = state.producer.clone().ok_or_else(|| {
+        ApiError::unavailable("this bus runs without a Kafka producer; fly through pigeon.ingress")
+    })?;
 
     let mut receipt = ReceiptView {
         letter_id: id.clone(),

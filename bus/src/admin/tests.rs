@@ -6,6 +6,7 @@ use serde_json::{json, Value};
 use tower::ServiceExt;
 
 use super::*;
+use crate::route::PigeonSpec;
 use crate::store::NewToken;
 use crate::token::{self, Role};
 
@@ -561,6 +562,20 @@ async fn operators_inspect_fix_retry_and_discard_dead_letters() {
 #[tokio::test]
 async fn flying_checks_the_letter_and_the_pigeon_before_kafka() {
     let api = Api::new().await;
+    let ingress = |id: &str| {
+        serde_json::from_value::<PigeonSpec>(json!({
+            "id": id, "match": { "topic": "pigeon.ingress" }, "destinations": [{ "capability": "act-toy/chest.drop" }]
+        }))
+        .unwrap()
+    };
+    let mut off = ingress("off");
+    off.enabled = false;
+    let mut over = ingress("over");
+    over.window =
+        Some(crate::route::WindowSpec { end: Some("2020-01-01T00:00:00Z".into()), ..Default::default() });
+    for pigeon in [ingress("p"), off, over] {
+        api.state.store.save_pigeon(&pigeon, "tests").await.unwrap();
+    }
     let fly = |pigeon: &str, letter: Value| json!({ "pigeon": pigeon, "letter": letter });
     let letter = json!({ "source": "act-toy", "tag": "progress.full", "payload": {"roomId": "r"} });
     let cases = [
@@ -590,6 +605,9 @@ async fn flying_checks_the_letter_and_the_pigeon_before_kafka() {
             StatusCode::UNPROCESSABLE_ENTITY,
             "extra",
         ),
+        (fly("nobody", letter.clone()), StatusCode::NOT_FOUND, "nobody"),
+        (fly("off", letter.clone()), StatusCode::CONFLICT, "is disabled"),
+        (fly("over", letter.clone()), StatusCode::CONFLICT, "outside the live window of pigeon \"over\""),
         // Valid, but this bus has no producer (the API test runs without Kafka).
         (fly("p", letter), StatusCode::SERVICE_UNAVAILABLE, "without a Kafka producer"),
     ];
