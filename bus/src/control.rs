@@ -198,7 +198,9 @@ pub async fn watch(
     let mut check = tokio::time::interval(watcher.config.check);
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let until_change = watcher.next_change.map(|t| Duration::from_millis((t - now_ms()).max(0) as u64));
+        // One millisecond late rather than early: the wall clock decides what is due.
+        let until_change =
+            watcher.next_change.map(|t| Duration::from_millis((t - now_ms()).max(0) as u64 + 1));
         let window_timer = async {
             match until_change {
                 Some(wait) => tokio::time::sleep(wait).await,
