@@ -293,7 +293,7 @@ fn window(start: Option<i64>, end: Option<i64>) -> Option<WindowSpec> {
 async fn live_windows_judge_letters_by_their_own_time() {
     const HOUR: i64 = 3_600_000;
     let kafka = Kafka::new(1);
-    topics(&kafka, &["live.gift", "live.open", "lane.w", "lane.o"]);
+    topics(&kafka, &["live.gift", "live.open", "live.close", "lane.w", "lane.o"]);
     let now = pigeon_bus::store::now_ms();
     let mut live =
         pigeon("live-now", "live.gift", "gift.sent", vec![DestinationSpec::topic("lane.w", "gift")]);
@@ -306,7 +306,10 @@ async fn live_windows_judge_letters_by_their_own_time() {
     let opens_at = now + 8_000;
     let mut opens = pigeon("opens", "live.open", "**", vec![DestinationSpec::topic("lane.o", "open")]);
     opens.window = window(Some(opens_at), None);
-    let db = Db::with_pigeons(&[live, later, over, opens]).await;
+    // Ends as the other opens: its topic is given up two seconds after the end.
+    let mut closes = pigeon("closes", "live.close", "**", vec![DestinationSpec::topic("lane.o", "close")]);
+    closes.window = window(Some(now - HOUR), Some(opens_at));
+    let db = Db::with_pigeons(&[live, later, over, opens, closes]).await;
     let config = db.path("bus.toml");
     std::fs::write(&config, "[router]\nwindow_lead_ms = 2000\nwindow_grace_ms = 2000\n").unwrap();
     let token = operator(&db).await;
@@ -320,11 +323,16 @@ async fn live_windows_judge_letters_by_their_own_time() {
         .iter()
         .map(|p| (p["id"].as_str().unwrap().to_owned(), p["state"].as_str().unwrap().to_owned()))
         .collect();
-    let expected: BTreeMap<String, String> =
-        [("later", "scheduled"), ("live-now", "live"), ("opens", "scheduled"), ("over", "ended")]
-            .into_iter()
-            .map(|(a, b)| (a.to_owned(), b.to_owned()))
-            .collect();
+    let expected: BTreeMap<String, String> = [
+        ("closes", "live"),
+        ("later", "scheduled"),
+        ("live-now", "live"),
+        ("opens", "scheduled"),
+        ("over", "ended"),
+    ]
+    .into_iter()
+    .map(|(a, b)| (a.to_owned(), b.to_owned()))
+    .collect();
     assert_eq!(states, expected);
     let listed = std::process::Command::new(pigeon_bin())
         .args(["routes", "list", "--url", &bus.admin, "--token", &token])
@@ -376,6 +384,16 @@ async fn live_windows_judge_letters_by_their_own_time() {
     let got = kafka.collect("lane.o", 1, Duration::from_secs(1));
     assert_eq!(got.iter().map(|m| seq_of(m).1).collect::<Vec<_>>(), [2], "only the letter of the window");
     wait_log(&bus, "phase=\"live\"", 1);
+
+    // The window that closes: logged as ended, and its topic given up after the grace.
+    wait_log(&bus, "pigeon=closes phase=\"ended\"", 1);
+    wait_log(&bus, "removed=[\"live.close\"]", 1);
+    println!(
+        "live.close given up; seen {} ms after its window ended (grace 2000 ms)",
+        pigeon_bus::store::now_ms() - opens_at
+    );
+    let (_, view) = api(&bus, &token, "GET", "/pigeons/closes", None).await;
+    assert_eq!(view["state"], "ended");
     bus.stop();
 }
 

@@ -655,9 +655,11 @@ mod rows {
 macro_rules! bind_dead_letter {
     ($query:expr, $dl:expr, $now:expr) => {{
         let dl = $dl;
+        // Once: the row's times must agree to the millisecond.
+        let now: i64 = $now;
         let status = dl.initial_status();
         let next_attempt = match (status, dl.first_retry) {
-            ($crate::deadletter::Status::Pending, Some(delay)) => Some($now + delay.as_millis() as i64),
+            ($crate::deadletter::Status::Pending, Some(delay)) => Some(now + delay.as_millis() as i64),
             _ => None,
         };
         $query
@@ -676,8 +678,8 @@ macro_rules! bind_dead_letter {
             .bind(&dl.error_message)
             .bind(status.as_str())
             .bind(next_attempt)
-            .bind($now)
-            .bind($now)
+            .bind(now)
+            .bind(now)
     }};
 }
 pub(crate) use bind_dead_letter;
