@@ -448,3 +448,30 @@ async fn mysql_store_conforms() {
     conformance(store).await;
     sqlx::query(&format!("DROP DATABASE {name}")).execute(&mut admin).await.unwrap();
 }
+
+/// Two transactions that lock rows in opposite orders deadlock on MariaDB, which rolls one
+/// back; the store recognises that error as a lost race, so racing claims run again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_real_deadlock_on_mariadb_is_a_lost_race() {
+    let table = format!("test.pigeon_deadlock_{}", uuid::Uuid::new_v4().simple());
+    let pool = sqlx::MySqlPool::connect(MARIADB).await.expect("MariaDB (scripts/test starts it)");
+    sqlx::query(&format!("CREATE TABLE {table} (id INT PRIMARY KEY, v INT) ENGINE=InnoDB"))
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query(&format!("INSERT INTO {table} VALUES (1, 0), (2, 0)")).execute(&pool).await.unwrap();
+    let (mut a, mut b) = (pool.begin().await.unwrap(), pool.begin().await.unwrap());
+    let update = |id: i32| format!("UPDATE {table} SET v = v + 1 WHERE id = {id}");
+    sqlx::query(&update(1)).execute(&mut *a).await.unwrap();
+    sqlx::query(&update(2)).execute(&mut *b).await.unwrap();
+    // Each now waits for the other's row: InnoDB picks a victim at once.
+    let (a_then_2, b_then_1) = (update(2), update(1));
+    let (first, second) =
+        tokio::join!(sqlx::query(&a_then_2).execute(&mut *a), sqlx::query(&b_then_1).execute(&mut *b));
+    let victim = first.err().or(second.err()).expect("one transaction is rolled back");
+    let error = StoreError::from(victim);
+    assert!(error.lost_a_race(), "{error}");
+    assert!(!StoreError::Conflict("x".into()).lost_a_race());
+    drop((a, b));
+    sqlx::query(&format!("DROP TABLE {table}")).execute(&pool).await.unwrap();
+}

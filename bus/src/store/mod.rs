@@ -39,6 +39,21 @@ pub enum StoreError {
     UnsupportedUrl(String),
 }
 
+impl StoreError {
+    /// Whether the database rolled the transaction back to break a deadlock or a write
+    /// conflict (MySQL/MariaDB 1213, TiDB 9007, SQLSTATE 40001): running it again is the cure.
+    pub fn lost_a_race(&self) -> bool {
+        match self {
+            StoreError::Database(sqlx::Error::Database(e)) => {
+                e.code().as_deref() == Some("40001")
+                    || e.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+                        .is_some_and(|m| matches!(m.number(), 1213 | 9007))
+            }
+            _ => false,
+        }
+    }
+}
+
 /// A pigeon as stored.
 #[derive(Clone, Debug, PartialEq)]
 pub struct StoredPigeon {

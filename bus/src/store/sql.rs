@@ -154,58 +154,19 @@ macro_rules! sql_store {
                 lease_until: i64,
                 limit: u32,
             ) -> Result<Claimed, StoreError> {
-                let now = now_ms();
-                let mut tx = self.pool.begin_with($dialect.begin_write).await?;
-                // Claims whose lease ran out first: their retrier died or hung mid-attempt. That
-                // attempt counts, so a letter that keeps killing retriers still reaches the end
-                // of its schedule.
-                let taken_over = sqlx::query(&($dialect.update_first)(
-                    "claim_token = ?, claimed_until = ?, updated_at = ?, attempts = attempts + 1",
-                    "status = 'retrying' AND claimed_until < ?",
-                    "claimed_until",
-                ))
-                .bind(token)
-                .bind(lease_until)
-                .bind(now)
-                .bind(now)
-                .bind(i64::from(limit))
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                if taken_over > 0 {
-                    let stale: Vec<(i64, i32)> =
-                        sqlx::query_as("SELECT id, attempts FROM dead_letters WHERE claim_token = ?")
-                            .bind(token)
-                            .fetch_all(&mut *tx)
-                            .await?;
-                    for (id, attempts) in stale {
-                        sqlx::query(rows::INSERT_ATTEMPT)
-                            .bind(id)
-                            .bind(attempts)
-                            .bind(now)
-                            .bind(token)
-                            .bind("taken_over")
-                            .bind("the previous claim's lease ran out before it reported; it may have been delivered")
-                            .execute(&mut *tx)
-                            .await?;
+                // Two retriers claiming at once may deadlock in the database, which then rolls
+                // one back: that one claims again.
+                let mut tries = 0u64;
+                let taken_over = loop {
+                    match self.claim_once(token, lease_until, limit).await {
+                        Err(e) if e.lost_a_race() && tries < 5 => {
+                            tries += 1;
+                            let jitter = (uuid::Uuid::new_v4().as_u128() % 20) as u64;
+                            tokio::time::sleep(std::time::Duration::from_millis(10 * tries + jitter)).await;
+                        }
+                        other => break other?,
                     }
-                }
-                let room = u64::from(limit).saturating_sub(taken_over);
-                if room > 0 {
-                    sqlx::query(&($dialect.update_first)(
-                        "status = 'retrying', claim_token = ?, claimed_until = ?, updated_at = ?",
-                        "status = 'pending' AND next_attempt_at <= ?",
-                        "next_attempt_at",
-                    ))
-                    .bind(token)
-                    .bind(lease_until)
-                    .bind(now)
-                    .bind(now)
-                    .bind(room as i64)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                tx.commit().await?;
+                };
                 let sql = format!(
                     "SELECT {} FROM dead_letters WHERE claim_token = ? AND status = 'retrying' ORDER BY next_attempt_at, id",
                     rows::DEAD_LETTER_COLUMNS
@@ -574,6 +535,64 @@ macro_rules! sql_store {
         }
 
         impl $store {
+            /// One claim transaction: expired claims taken over, then due letters claimed;
+            /// returns how many were taken over.
+            async fn claim_once(&self, token: &str, lease_until: i64, limit: u32) -> Result<u64, StoreError> {
+                let now = now_ms();
+                let mut tx = self.pool.begin_with($dialect.begin_write).await?;
+                // Claims whose lease ran out first: their retrier died or hung mid-attempt. That
+                // attempt counts, so a letter that keeps killing retriers still reaches the end
+                // of its schedule.
+            let taken_over = sqlx::query(&($dialect.update_first)(
+                    "claim_token = ?, claimed_until = ?, updated_at = ?, attempts = attempts + 1",
+                    "status = 'retrying' AND claimed_until < ?",
+                    "claimed_until",
+                ))
+                .bind(token)
+                .bind(lease_until)
+                .bind(now)
+                .bind(now)
+                .bind(i64::from(limit))
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if taken_over > 0 {
+                    let stale: Vec<(i64, i32)> =
+                        sqlx::query_as("SELECT id, attempts FROM dead_letters WHERE claim_token = ?")
+                            .bind(token)
+                            .fetch_all(&mut *tx)
+                            .await?;
+                    for (id, attempts) in stale {
+                        sqlx::query(rows::INSERT_ATTEMPT)
+                            .bind(id)
+                            .bind(attempts)
+                            .bind(now)
+                            .bind(token)
+                            .bind("taken_over")
+                            .bind("the previous claim's lease ran out before it reported; it may have been delivered")
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                }
+                let room = u64::from(limit).saturating_sub(taken_over);
+                if room > 0 {
+                    sqlx::query(&($dialect.update_first)(
+                        "status = 'retrying', claim_token = ?, claimed_until = ?, updated_at = ?",
+                        "status = 'pending' AND next_attempt_at <= ?",
+                        "next_attempt_at",
+                    ))
+                    .bind(token)
+                    .bind(lease_until)
+                    .bind(now)
+                    .bind(now)
+                    .bind(room as i64)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+                Ok(taken_over)
+            }
+
             /// Updates the pending and parked dead letters a selection names, and audits it.
             /// Each `?` of `set` is bound to the current time.
             async fn operate(
