@@ -247,7 +247,13 @@ pub async fn watch(
                 }
             }
             Ok(None) => {}
-            Err(e) => tracing::warn!(error = %e, "cannot check the pigeons; the current table keeps running"),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot check the pigeons; the current table keeps running");
+                // A window change that is due waits for the next check, not a tight loop.
+                if watcher.next_change.is_some_and(|t| t <= now_ms()) {
+                    watcher.next_change = Some(now_ms() + watcher.config.check.as_millis() as i64);
+                }
+            }
         }
     }
 }

@@ -393,11 +393,14 @@ impl RouteTable {
         topics
     }
 
-    /// Since when a topic has had a live pigeon (the earliest `live_since` of its pigeons).
-    pub fn live_since(&self, topic: &str) -> Option<i64> {
-        match self.lookup(topic) {
-            Lookup::Routes(routes) => routes.routes().map(|r| r.live_since).min(),
-            Lookup::Flown(_) | Lookup::Nothing => None,
+    /// Since when a subscription (a topic, or a topic pattern as written) has had a live
+    /// pigeon: the earliest `live_since` of its own pigeons.
+    pub fn subscription_since(&self, entry: &str) -> Option<i64> {
+        if entry.starts_with('^') {
+            let pattern = self.topic_patterns.iter().find(|p| p.regex.as_str() == entry)?;
+            pattern.routes.iter().map(|(_, r)| r.live_since).min()
+        } else {
+            self.topics.get(entry)?.routes().map(|r| r.live_since).min()
         }
     }
 
@@ -442,6 +445,18 @@ pub fn standing(pigeon: &VersionedPigeon, now_ms: i64) -> Result<Phase, Vec<Stri
 fn validate_source(topic: &str) -> Result<Option<Regex>, String> {
     if !topic.starts_with('^') {
         return validate_topic(topic).map(|()| None);
+    }
+    // librdkafka subscribes with POSIX extended regular expressions: refuse what only Rust's
+    // engine knows, or the router could not subscribe at all.
+    const NOT_POSIX: [&str; 16] = [
+        "(?", "\\d", "\\D", "\\w", "\\W", "\\s", "\\S", "\\b", "\\B", "\\p", "\\P", "\\A", "\\z", "*?", "+?",
+        "??",
+    ];
+    if let Some(bad) = NOT_POSIX.iter().find(|s| topic.contains(*s)) {
+        return Err(format!(
+            "topic pattern {topic:?} uses `{bad}`, which POSIX regular expressions (librdkafka's) lack; \
+             use classes such as [0-9] or [a-z_-] and plain groups"
+        ));
     }
     let regex = Regex::new(topic).map_err(|e| format!("topic pattern {topic:?} does not compile: {e}"))?;
     if regex.is_match(INGRESS) {
@@ -843,6 +858,7 @@ mod tests {
                 pigeon("broken", "^live(", "**", vec![DestinationSpec::capability("m/c")]),
                 pigeon("greedy", "^pigeon\\..*", "**", vec![DestinationSpec::capability("m/c")]),
                 pigeon("loop", "^live\\..*", "**", vec![DestinationSpec::topic("live.out", "x")]),
+                pigeon("rust-only", "^live\\.(?:a|b)\\d", "**", vec![DestinationSpec::capability("m/c")]),
             ],
             &BTreeMap::new(),
         )
@@ -855,5 +871,9 @@ mod tests {
         );
         assert!(errors.contains("\"greedy\": match.topic: topic pattern"), "{errors}");
         assert!(errors.contains("\"loop\": destinations[0]: live.out/x would be matched again"), "{errors}");
+        assert!(
+            errors.contains("\"rust-only\": match.topic: topic pattern \"^live\\\\.(?:a|b)\\\\d\" uses `(?`"),
+            "{errors}"
+        );
     }
 }

@@ -1,7 +1,7 @@
 //! librdkafka callbacks: delivery reports settle letters; revokes drain before they commit.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -147,6 +147,8 @@ pub struct RouterConsumerContext {
     pub ready: Arc<AtomicBool>,
     /// The route table now, and which subscriptions are freshly needed.
     pub live: Arc<super::Live>,
+    /// Partitions assigned to this router now.
+    pub assigned: AtomicI64,
 }
 
 impl ClientContext for RouterConsumerContext {}
@@ -158,7 +160,8 @@ impl RouterConsumerContext {
     /// Positions the assigned partitions of freshly needed topics at the first letter since
     /// their pigeons went live, unless the group has committed further; returns those
     /// positions, to be committed once assigned so any instance that takes the partition
-    /// later continues from there.
+    /// later continues from there. A look-up that fails leaves the partition at its committed
+    /// offset: old letters may then fly, but none is skipped.
     fn position_fresh(
         &self,
         consumer: &BaseConsumer<Self>,
@@ -168,47 +171,59 @@ impl RouterConsumerContext {
         let fresh: Vec<(String, i32, i64)> = assigned
             .elements()
             .iter()
-            .filter_map(|e| Some((e.topic().to_owned(), e.partition(), self.live.fresh_since(e.topic())?)))
+            .filter_map(|e| {
+                Some((e.topic().to_owned(), e.partition(), self.live.fresh_since(e.topic(), e.partition())?))
+            })
             .collect();
         if fresh.is_empty() {
             return positioned;
         }
-        let mut by_time = TopicPartitionList::new();
-        let mut query = TopicPartitionList::new();
-        for (topic, partition, since) in &fresh {
-            let _ = by_time.add_partition_offset(topic, *partition, Offset::Offset(*since));
-            query.add_partition(topic, *partition);
-        }
-        let committed = consumer.committed_offsets(query, LOOKUP_TIMEOUT).unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "reading committed offsets of newly needed topics");
-            TopicPartitionList::new()
+        let list = |offset: &dyn Fn(i64) -> Offset| {
+            let mut tpl = TopicPartitionList::new();
+            for (topic, partition, since) in &fresh {
+                let _ = tpl.add_partition_offset(topic, *partition, offset(*since));
+            }
+            tpl
+        };
+        // The ends before the times: a letter written between the two look-ups is then
+        // found by the second, never skipped by the first.
+        let looked_up = consumer.offsets_for_times(list(&|_| Offset::End), LOOKUP_TIMEOUT).and_then(|ends| {
+            let since = consumer.offsets_for_times(list(&Offset::Offset), LOOKUP_TIMEOUT)?;
+            let committed = consumer.committed_offsets(list(&|_| Offset::Invalid), LOOKUP_TIMEOUT)?;
+            Ok((ends, since, committed))
         });
-        let since = consumer.offsets_for_times(by_time, LOOKUP_TIMEOUT).unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "looking up offsets by time for newly needed topics");
-            TopicPartitionList::new()
-        });
+        let (ends, since, committed) = match looked_up {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!(error = %e, partitions = fresh.len(), "cannot find where newly needed topics start; they continue from their committed offsets");
+                return positioned;
+            }
+        };
         for (topic, partition, since_ms) in fresh {
-            let offset_of = |list: &TopicPartitionList| match list
-                .find_partition(&topic, partition)
-                .map(|e| e.offset())
-            {
-                Some(Offset::Offset(n)) if n >= 0 => Some(n),
-                _ => None,
+            let answer = |list: &TopicPartitionList| {
+                list.find_partition(&topic, partition).filter(|e| e.error().is_ok()).map(|e| e.offset())
             };
-            // No letter since then (or a broker that cannot look up by time): the end.
-            let start = match offset_of(&since) {
-                Some(n) => n,
-                None => match consumer.fetch_watermarks(&topic, partition, LOOKUP_TIMEOUT) {
-                    Ok((_, high)) => high,
-                    Err(e) => {
-                        tracing::warn!(topic, partition, error = %e, "cannot find where a newly needed topic ends; it continues from its committed offset");
-                        continue;
-                    }
-                },
+            let start = match (answer(&since), answer(&ends)) {
+                (Some(Offset::Offset(n)), _) if n >= 0 => n,
+                // No letter since then (or a broker that cannot look up by time): the end as it
+                // was before the look-up by time.
+                (Some(Offset::End), Some(Offset::Offset(end))) if end >= 0 => end,
+                _ => {
+                    tracing::warn!(
+                        topic,
+                        partition,
+                        "no start found for a newly needed topic; it continues from its committed offset"
+                    );
+                    continue;
+                }
             };
-            let position = offset_of(&committed).map_or(start, |c| c.max(start));
+            let position = match answer(&committed) {
+                Some(Offset::Offset(c)) => c.max(start),
+                _ => start,
+            };
             let _ = assigned.set_partition_offset(&topic, partition, Offset::Offset(position));
             let _ = positioned.add_partition_offset(&topic, partition, Offset::Offset(position));
+            self.live.positioned(&topic, partition);
             tracing::info!(
                 topic,
                 partition,
@@ -293,11 +308,13 @@ impl ConsumerContext for RouterConsumerContext {
                 tracing::warn!(error = %e, "committing offsets of revoked partitions");
             }
         }
+        self.assigned.fetch_sub(revoked.count() as i64, Ordering::AcqRel);
         tracing::info!(partitions = revoked.count(), "partitions revoked");
     }
 
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(assigned) = rebalance {
+            self.assigned.fetch_add(assigned.count() as i64, Ordering::AcqRel);
             tracing::info!(partitions = assigned.count(), "partitions assigned");
             self.ready.store(true, Ordering::Release);
         }

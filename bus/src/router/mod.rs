@@ -13,7 +13,7 @@ mod scripts;
 pub mod tracker;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -64,9 +64,32 @@ pub struct RouterStats {
 #[derive(Debug)]
 pub struct Live {
     table: Mutex<Arc<RouteTable>>,
-    /// Subscriptions (topics or topic patterns) that gained their first live pigeon while this
-    /// router ran: their partitions start where the pigeon went live, not at an old offset.
-    fresh: Mutex<HashSet<String>>,
+    fresh: Mutex<Fresh>,
+}
+
+/// Subscriptions (topics or topic patterns) that gained their first live pigeon while this
+/// router ran: their partitions start where the pigeons went live, not at an old offset.
+#[derive(Debug, Default)]
+struct Fresh {
+    /// When each one's pigeons went live (unix ms), fixed when it was added: a later edit of
+    /// its pigeon must not move the start past letters still unread.
+    since: HashMap<String, i64>,
+    /// Partitions this router positioned: later assignments continue from committed offsets.
+    positioned: HashSet<(String, i32)>,
+}
+
+impl Fresh {
+    /// The subscription a concrete topic belongs to, if it is fresh, and its start time.
+    fn since_of(&self, topic: &str) -> Option<i64> {
+        self.since.get(topic).copied().or_else(|| {
+            self.since
+                .iter()
+                .filter(|(entry, _)| entry.starts_with('^'))
+                .filter(|(entry, _)| regex::Regex::new(entry).is_ok_and(|r| r.is_match(topic)))
+                .map(|(_, since)| *since)
+                .min()
+        })
+    }
 }
 
 impl Live {
@@ -87,25 +110,36 @@ impl Live {
         let added: Vec<String> = after.iter().filter(|t| !before.contains(t)).cloned().collect();
         let removed: Vec<String> = before.iter().filter(|t| !after.contains(t)).cloned().collect();
         let mut fresh = self.fresh.lock().unwrap_or_else(|p| p.into_inner());
-        fresh.retain(|t| after.contains(t));
-        fresh.extend(added.iter().cloned());
+        fresh.since.retain(|t, _| after.contains(t));
+        for entry in added.iter().filter(|t| *t != INGRESS) {
+            if let Some(since) = table.subscription_since(entry) {
+                fresh.since.insert(entry.clone(), since);
+            }
+        }
+        let Fresh { since, positioned } = &mut *fresh;
+        positioned.retain(|(topic, _)| {
+            since.contains_key(topic)
+                || since
+                    .keys()
+                    .any(|e| e.starts_with('^') && regex::Regex::new(e).is_ok_and(|r| r.is_match(topic)))
+        });
         (added, removed)
     }
 
-    /// When the pigeons of a freshly needed topic went live (unix ms); `None` for a topic the
-    /// router has needed since it started, which continues from its committed offsets.
-    pub fn fresh_since(&self, topic: &str) -> Option<i64> {
+    /// Where a partition of a freshly needed topic starts: when its pigeons went live (unix
+    /// ms). `None` for a topic the router has needed since it started, and for a partition it
+    /// positioned already: those continue from their committed offsets.
+    pub fn fresh_since(&self, topic: &str, partition: i32) -> Option<i64> {
         let fresh = self.fresh.lock().unwrap_or_else(|p| p.into_inner());
-        let is_fresh = fresh.contains(topic)
-            || fresh
-                .iter()
-                .any(|t| t.starts_with('^') && regex::Regex::new(t).is_ok_and(|r| r.is_match(topic)));
-        drop(fresh);
-        if is_fresh {
-            self.table().live_since(topic)
-        } else {
-            None
+        if fresh.positioned.contains(&(topic.to_owned(), partition)) {
+            return None;
         }
+        fresh.since_of(topic)
+    }
+
+    /// Records that a fresh partition got its start and committed it.
+    pub fn positioned(&self, topic: &str, partition: i32) {
+        self.fresh.lock().unwrap_or_else(|p| p.into_inner()).positioned.insert((topic.to_owned(), partition));
     }
 }
 
@@ -162,9 +196,15 @@ pub async fn run(parts: RouterParts, cancel: CancellationToken) -> anyhow::Resul
             drain_timeout,
             ready: Arc::clone(&ready),
             live: Arc::clone(&live),
+            assigned: AtomicI64::new(0),
         })?;
     let topics = live.table().consumed_topics();
-    subscribe(&consumer, &topics)?;
+    if let Err(e) = subscribe(&consumer, &topics) {
+        // A topic pattern librdkafka will not take must not keep every other pigeon down.
+        let plain: Vec<String> = topics.iter().filter(|t| !t.starts_with('^')).cloned().collect();
+        tracing::error!(error = %e, ?topics, "cannot subscribe; trying without the topic patterns");
+        subscribe(&consumer, &plain)?;
+    }
     tracing::info!(topics = ?topics, pigeons = live.table().len(), "router subscribed");
 
     let (resume_tx, mut resume_rx) = mpsc::unbounded_channel::<Arc<PartitionTracker>>();
@@ -258,6 +298,7 @@ pub async fn run(parts: RouterParts, cancel: CancellationToken) -> anyhow::Resul
             }
         }
     }
+    leave_group(&consumer).await;
     drop(router);
     scripts.stop();
     let _ = producer.flush(Duration::from_secs(5));
@@ -268,6 +309,18 @@ pub async fn run(parts: RouterParts, cancel: CancellationToken) -> anyhow::Resul
     let _ = writer.await;
     tracing::info!("router stopped");
     Ok(())
+}
+
+/// Leaves the group before the consumer is closed: unsubscribes and serves the rebalance
+/// until every partition is revoked (each revoke commits its watermark). Closing in the middle
+/// of a cooperative rebalance trips an assertion in librdkafka. Letters read meanwhile are
+/// not routed and their offsets not stored: the next owner reads them.
+async fn leave_group(consumer: &StreamConsumer<RouterConsumerContext>) {
+    consumer.unsubscribe();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while consumer.context().assigned.load(Ordering::Acquire) > 0 && tokio::time::Instant::now() < deadline {
+        let _ = tokio::time::timeout(Duration::from_millis(100), consumer.recv()).await;
+    }
 }
 
 /// Subscribes to exactly these topics and topic patterns (a pattern starts with `^`).
