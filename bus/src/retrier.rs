@@ -287,9 +287,10 @@ fn plan(letter: &DeadLetter, table: &RouteTable, attempt: i32) -> Result<Vec<Out
         (Some(id), _) => {
             vec![table.route(id).ok_or_else(|| format!("pigeon {id} was deleted or disabled"))?]
         }
+        // As the router would have: only pigeons whose live window holds the letter's time.
         (None, Lookup::Routes(routes)) => match &meta.tag {
-            Some(tag) => routes.matching(tag).collect(),
-            None => routes.matching_untagged().collect(),
+            Some(tag) => routes.matching(tag).filter(|r| r.takes(time_ms)).collect(),
+            None => routes.matching_untagged().filter(|r| r.takes(time_ms)).collect(),
         },
         (None, _) => vec![table.flown(source::pigeon_header(&message))?],
     };
@@ -303,4 +304,54 @@ fn plan(letter: &DeadLetter, table: &RouteTable, attempt: i32) -> Result<Vec<Out
         dead.letter_id.clone()
     };
     owned_outputs(&message, &id, &tag, time_ms, &matched, attempt)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::deadletter::{ErrorKind, NewDeadLetter, Status};
+    use crate::route::{PigeonSpec, WindowSpec};
+
+    /// A letter that never left (an unreadable one an operator fixed) is routed again through
+    /// the pigeons of its topic whose live window holds its time, as the router would.
+    #[test]
+    fn a_redriven_letter_flies_only_with_pigeons_whose_window_holds_its_time() {
+        let spec = |id: &str, capability: &str, window: Option<WindowSpec>| {
+            let mut spec: PigeonSpec = serde_json::from_value(serde_json::json!({
+                "id": id, "match": { "topic": "live.gift", "tag": "gift.sent" },
+                "destinations": [{ "capability": capability }]
+            }))
+            .unwrap();
+            spec.window = window;
+            VersionedPigeon { spec, version: 1, saved_at: 0 }
+        };
+        let ended = WindowSpec { end: Some("2020-01-01T00:00:00Z".into()), ..Default::default() };
+        let table = RouteTable::compile(
+            &[spec("always", "a/x", None), spec("ended", "b/y", Some(ended))],
+            &BTreeMap::new(),
+        )
+        .unwrap();
+        let letter = pigeon_sdk::Letter::new("live", "gift.sent", serde_json::json!({ "roomId": "r" }));
+        let message = OwnedMessage::new(
+            Some(letter.payload_bytes()),
+            None,
+            "live.gift".into(),
+            rdkafka::Timestamp::CreateTime(now_ms()),
+            0,
+            7,
+            Some(letter.headers()),
+        );
+        let dead = DeadLetter {
+            id: 1,
+            letter: NewDeadLetter::from_message(&message, ErrorKind::Malformed, "fixed by hand".into()),
+            attempts: 1,
+            status: Status::Parked,
+            next_attempt_at: None,
+            created_at: now_ms(),
+            updated_at: now_ms(),
+        };
+        let outputs = plan(&dead, &table, 2).unwrap();
+        let topics: Vec<&str> = outputs.iter().map(|o| o.topic.as_str()).collect();
+        assert_eq!(topics, ["pigeon.module.a"], "the ended pigeon does not take today's letter");
+    }
 }
