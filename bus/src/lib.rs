@@ -10,6 +10,7 @@ pub mod config;
 pub mod control;
 pub mod deadletter;
 pub mod dev;
+pub mod dictionary;
 pub mod failures;
 pub mod kafka;
 pub mod registry;

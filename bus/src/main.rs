@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use pigeon_bus::cli::deadletters;
-use pigeon_bus::cli::{self, client::Client, routes};
+use pigeon_bus::cli::{self, client::Client, dictionary, routes};
 use pigeon_bus::config::{BusConfig, Role};
 use pigeon_bus::deadletter::DeadLetterFilter;
 use pigeon_bus::dev::{self, DevOptions};
@@ -90,6 +90,38 @@ enum Command {
         remote: Remote,
         #[command(subcommand)]
         command: DeadLettersCommand,
+    },
+    /// The global field names: list, set, delete (through the admin API).
+    Dictionary {
+        #[command(flatten)]
+        remote: Remote,
+        #[command(subcommand)]
+        command: DictionaryCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DictionaryCommand {
+    /// List every field.
+    List,
+    /// Create a field or change one: what you leave out stays as it is.
+    Set {
+        /// The field name (camelCase).
+        name: String,
+        /// string, integer, number, boolean, object or array.
+        #[arg(long = "type")]
+        kind: Option<pigeon_bus::dictionary::FieldType>,
+        /// What it means, in one line.
+        #[arg(long)]
+        description: Option<String>,
+        /// Another name it goes by (repeat for several; replaces the old aliases).
+        #[arg(long = "alias")]
+        aliases: Vec<String>,
+    },
+    /// Delete a field.
+    Delete {
+        /// The field name.
+        name: String,
     },
 }
 
@@ -392,6 +424,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&outputs)?);
             Ok(())
         }
+        Command::Dictionary { remote, command } => runtime.block_on(async {
+            let client = Client::new(&remote.url, &remote.token)?;
+            match command {
+                DictionaryCommand::List => print!("{}", dictionary::list(&client).await?),
+                DictionaryCommand::Set { name, kind, description, aliases } => {
+                    let change = dictionary::Change { kind, description, aliases };
+                    let saved = dictionary::set(&client, &name, change).await?;
+                    println!("{} is at version {}", saved.field.name, saved.version);
+                }
+                DictionaryCommand::Delete { name } => {
+                    let deleted = dictionary::delete(&client, &name).await?;
+                    println!("{} deleted (it was at version {})", deleted.field.name, deleted.version);
+                }
+            }
+            Ok(())
+        }),
         Command::Routes { remote, command } => runtime.block_on(async {
             let client = Client::new(&remote.url, &remote.token)?;
             match command {

@@ -370,3 +370,40 @@ fn scripts_test_prints_the_letters_a_script_emits_or_fails() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("does not compile at line 1"), "{out:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_dictionary_is_kept_from_the_command_line() {
+    let dev = Dev::start(&["--listen", "127.0.0.1:0", "--no-demo-traffic"]);
+    let listed = dev.pigeon(&["dictionary", "list"]);
+    assert!(
+        listed.lines().any(|l| l.starts_with("userId") && l.contains("integer") && l.contains("uid")),
+        "the seeded vocabulary: {listed}"
+    );
+    let set = |args: &[&str]| dev.pigeon(&[&["dictionary", "set", "comboCount"], args].concat());
+    let saved = set(&["--type", "integer", "--description", "Gifts in one combo", "--alias", "combo"]);
+    assert!(saved.contains("comboCount is at version 1"), "{saved}");
+    let saved = set(&["--alias", "combo", "--alias", "combo_count"]);
+    assert!(saved.contains("comboCount is at version 2"), "{saved}");
+    let listed = dev.pigeon(&["dictionary", "list"]);
+    let line = listed.lines().find(|l| l.starts_with("comboCount")).expect("listed");
+    assert!(
+        line.contains("combo, combo_count") && line.contains("Gifts in one combo"),
+        "kept the rest: {line}"
+    );
+
+    // Refused with the reason; nothing changed.
+    let refused = Command::new(pigeon_bin())
+        .args(["dictionary", "set", "tip", "--type", "number", "--description", "Tips", "--alias", "uid"])
+        .env("PIGEON_URL", &dev.admin)
+        .env("PIGEON_TOKEN", &dev.token)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(stderr.contains("\"uid\" is already used by field \"userId\""), "{stderr}");
+    assert!(!dev.pigeon(&["dictionary", "list"]).contains("tip "));
+
+    let deleted = dev.pigeon(&["dictionary", "delete", "comboCount"]);
+    assert!(deleted.contains("comboCount deleted (it was at version 2)"), "{deleted}");
+    dev.stop();
+}

@@ -9,6 +9,7 @@ use std::time::Duration;
 use pigeon_bus::deadletter::{
     DeadLetterFilter, ErrorKind, NewDeadLetter, Outcome, Report, Selection, Status, StoredHeader,
 };
+use pigeon_bus::dictionary::{Field, FieldType};
 use pigeon_bus::route::DestinationSpec;
 use pigeon_bus::store::{now_ms, InstanceState, NewToken, RegistrationChanges, Saved, Store, StoreError};
 use pigeon_bus::token::{self, Role};
@@ -29,6 +30,41 @@ async fn conformance(store: Arc<dyn Store>) {
     operators_retry_edit_and_discard(store.as_ref()).await;
     racing_retriers_claim_each_letter_once(Arc::clone(&store)).await;
     registrations_keep_instances_and_capabilities(store.as_ref()).await;
+    the_dictionary_is_seeded_versioned_and_audited(store.as_ref()).await;
+}
+
+async fn the_dictionary_is_seeded_versioned_and_audited(store: &dyn Store) {
+    let seeded = store.dictionary().await.unwrap();
+    let names: Vec<&str> = seeded.iter().map(|f| f.field.name.as_str()).collect();
+    let mut sdk: Vec<&str> = pigeon_sdk::fields::ALL.to_vec();
+    sdk.sort();
+    assert_eq!(names, sdk, "seeded with exactly the SDK's fields, by name");
+    let user = &seeded.iter().find(|f| f.field.name == "userId").unwrap();
+    assert_eq!((user.field.kind, user.version), (FieldType::Integer, 1));
+    assert_eq!(user.field.aliases, ["uid", "user_id"]);
+
+    let mut combo = Field {
+        name: "comboCount".into(),
+        kind: FieldType::Integer,
+        description: "Gifts sent in one combo".into(),
+        aliases: vec!["combo".into()],
+    };
+    assert_eq!(store.save_field(&combo, "ops").await.unwrap(), Saved { version: 1, changed: true });
+    assert_eq!(store.save_field(&combo, "ops").await.unwrap(), Saved { version: 1, changed: false });
+    combo.aliases.push("combo_count".into());
+    assert_eq!(store.save_field(&combo, "ops").await.unwrap(), Saved { version: 2, changed: true });
+    let stored =
+        store.dictionary().await.unwrap().into_iter().find(|f| f.field.name == "comboCount").unwrap();
+    assert_eq!((stored.field, stored.version), (combo.clone(), 2), "kept whole");
+
+    let deleted = store.delete_field("comboCount", "ops").await.unwrap().expect("it was there");
+    assert_eq!(deleted.version, 2);
+    assert!(store.delete_field("comboCount", "ops").await.unwrap().is_none());
+    let audit = store.audit(None, 3).await.unwrap();
+    let actions: Vec<&str> = audit.iter().map(|a| a.action.as_str()).collect();
+    assert_eq!(actions, ["dictionary.delete", "dictionary.update", "dictionary.create"]);
+    assert_eq!(audit[1].before.as_ref().unwrap()["aliases"], serde_json::json!(["combo"]));
+    assert_eq!(audit[0].target, "dictionary/comboCount");
 }
 
 fn registration(instance: &str, capabilities: &[(&str, &str)]) -> Registration {

@@ -7,6 +7,7 @@
 pub mod audit;
 pub mod auth;
 pub mod deadletters;
+pub mod dictionary;
 pub mod error;
 pub mod fly;
 pub mod pigeons;
@@ -104,7 +105,8 @@ pub struct ApiQuery<T>(pub T);
          (name = "dead-letters", description = "Failed deliveries: retry, edit, discard"),
          (name = "audit", description = "Who changed what"),
          (name = "providers", description = "Modules, their instances and capabilities"),
-         (name = "fly", description = "Modules fly letters to pigeons"))
+         (name = "fly", description = "Modules fly letters to pigeons"),
+         (name = "dictionary", description = "The field names every module agrees on"))
 )]
 struct ApiDoc;
 
@@ -138,7 +140,9 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(deadletters::edit))
         .routes(routes!(audit::list))
         .routes(routes!(providers::list))
-        .routes(routes!(fly::fly));
+        .routes(routes!(fly::fly))
+        .routes(routes!(dictionary::list))
+        .routes(routes!(dictionary::put, dictionary::delete));
     OpenApiRouter::with_openapi(ApiDoc::openapi()).nest("/api/v1", v1).split_for_parts()
 }
 

@@ -85,7 +85,7 @@ fn pigeon(id: &str, owner: &str) -> Value {
 }
 
 /// The role each operation needs. Must list exactly the documented operations.
-const ROLES: [(&str, &str, Role); 23] = [
+const ROLES: [(&str, &str, Role); 26] = [
     ("GET", "/api/v1/pigeons", Role::Viewer),
     ("POST", "/api/v1/pigeons", Role::Operator),
     ("POST", "/api/v1/pigeons/validate", Role::Viewer),
@@ -109,6 +109,9 @@ const ROLES: [(&str, &str, Role); 23] = [
     ("PUT", "/api/v1/dead-letters/{id}/payload", Role::Operator),
     ("GET", "/api/v1/providers", Role::Viewer),
     ("POST", "/api/v1/fly", Role::Module),
+    ("GET", "/api/v1/dictionary", Role::Viewer),
+    ("PUT", "/api/v1/dictionary/{name}", Role::Operator),
+    ("DELETE", "/api/v1/dictionary/{name}", Role::Operator),
 ];
 
 #[tokio::test]
@@ -618,4 +621,81 @@ async fn flying_checks_the_letter_and_the_pigeon_before_kafka() {
     }
     // A module token reads nothing.
     assert_eq!(api.call(Method::GET, "/api/v1/pigeons", &api.module, None).await.0, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn operators_keep_the_dictionary_and_every_change_is_audited() {
+    let api = Api::new().await;
+    let (status, list) = api.call(Method::GET, "/api/v1/dictionary", &api.viewer, None).await;
+    assert_eq!(status, StatusCode::OK);
+    let names: Vec<&str> = list.as_array().unwrap().iter().map(|f| f["name"].as_str().unwrap()).collect();
+    for seeded in pigeon_sdk::fields::ALL {
+        assert!(names.contains(seeded), "the SDK's field {seeded} is in the seeded dictionary: {names:?}");
+    }
+    let user = list.as_array().unwrap().iter().find(|f| f["name"] == "userId").unwrap();
+    assert_eq!((user["type"].as_str(), user["version"].as_i64()), (Some("integer"), Some(1)));
+    assert!(user["aliases"].as_array().unwrap().contains(&json!("uid")));
+
+    let combo = json!({ "name": "comboCount", "type": "integer", "description": "Gifts in one combo", "aliases": ["combo"] });
+    let (status, saved) =
+        api.call(Method::PUT, "/api/v1/dictionary/comboCount", &api.operator, Some(combo.clone())).await;
+    assert_eq!((status, saved["version"].as_i64()), (StatusCode::OK, Some(1)), "{saved}");
+    let mut changed = combo.clone();
+    changed["aliases"] = json!(["combo", "combo_count"]);
+    let (_, saved) =
+        api.call(Method::PUT, "/api/v1/dictionary/comboCount", &api.operator, Some(changed)).await;
+    assert_eq!(saved["version"], 2);
+
+    // Every problem at once; nothing saved.
+    let bad =
+        json!({ "name": "giftCombo", "type": "integer", "description": "", "aliases": ["uid", "combo"] });
+    let (status, error) =
+        api.call(Method::PUT, "/api/v1/dictionary/giftCombo", &api.operator, Some(bad)).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{error}");
+    let details = error["details"].to_string();
+    for expected in [
+        "description must be",
+        "\\\"uid\\\" is already used by field \\\"userId\\\"",
+        "\\\"combo\\\" is already used by field \\\"comboCount\\\"",
+    ] {
+        assert!(details.contains(expected), "missing {expected} in {details}");
+    }
+    let unknown_type = json!({ "name": "x", "type": "float", "description": "d" });
+    assert_eq!(
+        api.call(Method::PUT, "/api/v1/dictionary/x", &api.operator, Some(unknown_type)).await.0.as_u16()
+            / 100,
+        4
+    );
+    let misnamed = json!({ "name": "other", "type": "string", "description": "d" });
+    assert_eq!(
+        api.call(Method::PUT, "/api/v1/dictionary/x", &api.operator, Some(misnamed)).await.0,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    assert_eq!(
+        api.call(Method::PUT, "/api/v1/dictionary/comboCount", &api.viewer, Some(combo)).await.0,
+        StatusCode::FORBIDDEN
+    );
+
+    let (status, deleted) =
+        api.call(Method::DELETE, "/api/v1/dictionary/comboCount", &api.operator, None).await;
+    assert_eq!((status, deleted["version"].as_i64()), (StatusCode::OK, Some(2)));
+    assert_eq!(
+        api.call(Method::DELETE, "/api/v1/dictionary/comboCount", &api.operator, None).await.0,
+        StatusCode::NOT_FOUND
+    );
+
+    let (_, audit) = api.call(Method::GET, "/api/v1/audit", &api.viewer, None).await;
+    let actions: Vec<(&str, &str)> = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| (a["action"].as_str().unwrap(), a["actor"].as_str().unwrap()))
+        .filter(|(action, _)| action.starts_with("dictionary."))
+        .collect();
+    assert_eq!(
+        actions,
+        [("dictionary.delete", "olli"), ("dictionary.update", "olli"), ("dictionary.create", "olli")]
+    );
+    assert_eq!(audit["items"][1]["before"]["aliases"], json!(["combo"]));
+    assert_eq!(audit["items"][1]["after"]["aliases"], json!(["combo", "combo_count"]));
 }

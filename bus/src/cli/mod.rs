@@ -1,8 +1,9 @@
-//! The operator's commands: `pigeon tokens …` (local, on the store), `pigeon routes …` and
-//! `pigeon dead-letters …` (remote, through the admin API).
+//! The operator's commands: `pigeon tokens …` (local, on the store), `pigeon routes …`,
+//! `pigeon dead-letters …` and `pigeon dictionary …` (remote, through the admin API).
 
 pub mod client;
 pub mod deadletters;
+pub mod dictionary;
 pub mod routes;
 pub mod tokens;
 

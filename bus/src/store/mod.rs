@@ -11,6 +11,7 @@ use async_trait::async_trait;
 use crate::deadletter::{
     Attempt, DeadLetter, DeadLetterFilter, NewDeadLetter, Report, Selection, StoredHeader,
 };
+use crate::dictionary::Field;
 use crate::route::{PigeonSpec, VersionedPigeon};
 use crate::token::Role;
 use pigeon_sdk::registry::Registration;
@@ -258,6 +259,27 @@ pub trait Store: Send + Sync + 'static {
 
     /// Every capability ever declared, retired ones included, by module and name.
     async fn capabilities(&self) -> Result<Vec<CapabilityRecord>, StoreError>;
+
+    /// The dictionary, by name.
+    async fn dictionary(&self) -> Result<Vec<StoredField>, StoreError>;
+
+    /// Creates or changes a dictionary field: a new version, audited. An identical field
+    /// changes nothing. The caller checks it against the rest ([`crate::dictionary::validate`]).
+    async fn save_field(&self, field: &Field, actor: &str) -> Result<Saved, StoreError>;
+
+    /// Deletes a dictionary field, audited; returns it as it was.
+    async fn delete_field(&self, name: &str, actor: &str) -> Result<Option<StoredField>, StoreError>;
+}
+
+/// A dictionary field as stored.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredField {
+    /// The field.
+    pub field: Field,
+    /// Its version, bumped by every change.
+    pub version: i64,
+    /// When this version was saved (unix ms; 0 for the seeded vocabulary).
+    pub updated_at: i64,
 }
 
 /// A module instance as it last registered.
@@ -444,6 +466,37 @@ mod rows {
             .to_string()
     }
     use crate::deadletter::{ErrorKind, Status};
+
+    #[derive(sqlx::FromRow)]
+    pub struct FieldRow {
+        pub name: String,
+        pub kind: String,
+        pub description: String,
+        pub aliases: String,
+        pub version: i64,
+        pub updated_at: i64,
+    }
+
+    /// The columns of [`FieldRow`].
+    pub const SELECT_FIELDS: &str =
+        "SELECT name, kind, description, aliases, version, updated_at FROM dictionary";
+
+    impl TryFrom<FieldRow> for super::StoredField {
+        type Error = StoreError;
+        fn try_from(row: FieldRow) -> Result<Self, StoreError> {
+            let kind = row.kind.parse().map_err(StoreError::Corrupt)?;
+            let aliases = serde_json::from_str(&row.aliases)
+                .map_err(|e| StoreError::Corrupt(format!("aliases of field {}: {e}", row.name)))?;
+            let field =
+                crate::dictionary::Field { name: row.name, kind, description: row.description, aliases };
+            Ok(super::StoredField { field, version: row.version, updated_at: row.updated_at })
+        }
+    }
+
+    /// A field as the audit log shows it.
+    pub fn field_json(field: &crate::dictionary::Field) -> String {
+        serde_json::to_string(field).expect("a field serializes")
+    }
 
     #[derive(sqlx::FromRow)]
     pub struct PigeonRow {

@@ -532,6 +532,94 @@ macro_rules! sql_store {
                         .await?;
                 rows.into_iter().map(TryInto::try_into).collect()
             }
+
+            async fn dictionary(&self) -> Result<Vec<$crate::store::StoredField>, StoreError> {
+                let rows: Vec<$crate::store::rows::FieldRow> =
+                    sqlx::query_as(&format!("{} ORDER BY name", $crate::store::rows::SELECT_FIELDS))
+                        .fetch_all(&self.pool)
+                        .await?;
+                rows.into_iter().map(TryInto::try_into).collect()
+            }
+
+            async fn save_field(
+                &self,
+                field: &$crate::dictionary::Field,
+                actor: &str,
+            ) -> Result<Saved, StoreError> {
+                let now = now_ms();
+                let mut tx = self.pool.begin_with($dialect.begin_write).await?;
+                let before: Option<$crate::store::rows::FieldRow> = sqlx::query_as(&format!(
+                    "{} WHERE name = ?{}",
+                    $crate::store::rows::SELECT_FIELDS,
+                    $dialect.lock_row
+                ))
+                .bind(&field.name)
+                .fetch_optional(&mut *tx)
+                .await?;
+                let before: Option<$crate::store::StoredField> = before.map(TryInto::try_into).transpose()?;
+                if let Some(before) = &before {
+                    if before.field == *field {
+                        return Ok(Saved { version: before.version, changed: false });
+                    }
+                }
+                let version = before.as_ref().map_or(1, |b| b.version + 1);
+                let aliases = serde_json::to_string(&field.aliases).expect("aliases serialize");
+                let sql = match before {
+                    Some(_) => "UPDATE dictionary SET kind = ?, description = ?, aliases = ?, version = ?, updated_at = ? WHERE name = ?",
+                    None => "INSERT INTO dictionary (kind, description, aliases, version, updated_at, name) VALUES (?, ?, ?, ?, ?, ?)",
+                };
+                sqlx::query(sql)
+                    .bind(field.kind.as_str())
+                    .bind(&field.description)
+                    .bind(aliases)
+                    .bind(version)
+                    .bind(now)
+                    .bind(&field.name)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(rows::INSERT_AUDIT)
+                    .bind(now)
+                    .bind(actor)
+                    .bind(if before.is_some() { "dictionary.update" } else { "dictionary.create" })
+                    .bind(format!("dictionary/{}", field.name))
+                    .bind(before.as_ref().map(|b| $crate::store::rows::field_json(&b.field)))
+                    .bind(Some($crate::store::rows::field_json(field)))
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(Saved { version, changed: true })
+            }
+
+            async fn delete_field(
+                &self,
+                name: &str,
+                actor: &str,
+            ) -> Result<Option<$crate::store::StoredField>, StoreError> {
+                let mut tx = self.pool.begin_with($dialect.begin_write).await?;
+                let before: Option<$crate::store::rows::FieldRow> = sqlx::query_as(&format!(
+                    "{} WHERE name = ?{}",
+                    $crate::store::rows::SELECT_FIELDS,
+                    $dialect.lock_row
+                ))
+                .bind(name)
+                .fetch_optional(&mut *tx)
+                .await?;
+                let Some(before) = before.map($crate::store::StoredField::try_from).transpose()? else {
+                    return Ok(None);
+                };
+                sqlx::query("DELETE FROM dictionary WHERE name = ?").bind(name).execute(&mut *tx).await?;
+                sqlx::query(rows::INSERT_AUDIT)
+                    .bind(now_ms())
+                    .bind(actor)
+                    .bind("dictionary.delete")
+                    .bind(format!("dictionary/{name}"))
+                    .bind(Some($crate::store::rows::field_json(&before.field)))
+                    .bind(None::<String>)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(Some(before))
+            }
         }
 
         impl $store {
