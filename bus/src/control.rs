@@ -111,7 +111,8 @@ impl Watcher {
     /// Builds the first table.
     pub async fn first(&mut self) -> anyhow::Result<Routes> {
         let pigeons = self.load().await?;
-        Ok(self.build(&pigeons))
+        let versions = versions_of(&pigeons);
+        Ok(self.build(&pigeons, versions))
     }
 
     async fn load(&self) -> anyhow::Result<Vec<VersionedPigeon>> {
@@ -121,15 +122,15 @@ impl Watcher {
     /// A new table when the pigeons changed or a live window opened or closed since the last.
     pub async fn check(&mut self) -> anyhow::Result<Option<Routes>> {
         let pigeons = self.load().await?;
-        let versions: Vec<(String, i64)> = pigeons.iter().map(|p| (p.spec.id.clone(), p.version)).collect();
+        let versions = versions_of(&pigeons);
         let due = self.next_change.is_some_and(|t| t <= now_ms());
         if versions == self.versions && !due {
             return Ok(None);
         }
-        Ok(Some(self.build(&pigeons)))
+        Ok(Some(self.build(&pigeons, versions)))
     }
 
-    fn build(&mut self, pigeons: &[VersionedPigeon]) -> Routes {
+    fn build(&mut self, pigeons: &[VersionedPigeon], versions: Vec<(String, i64)>) -> Routes {
         let clock = Clock {
             now_ms: now_ms(),
             lead_ms: self.config.window_lead_ms,
@@ -137,7 +138,6 @@ impl Watcher {
         };
         let Built { table, quarantined, phases } =
             RouteTable::build(pigeons, &self.config.sources, Some(clock));
-        let versions: Vec<(String, i64)> = pigeons.iter().map(|p| (p.spec.id.clone(), p.version)).collect();
         if self.generation > 0 {
             self.log_changes(&versions, &phases);
         }
@@ -186,14 +186,20 @@ impl Watcher {
     }
 }
 
-/// Watches for pigeon changes until `cancel` fires, sending each new table on `tx`.
+/// Each pigeon's id and version: what a change of pigeons changes.
+fn versions_of(pigeons: &[VersionedPigeon]) -> Vec<(String, i64)> {
+    pigeons.iter().map(|p| (p.spec.id.clone(), p.version)).collect()
+}
+
+/// Watches for pigeon changes until `cancel` fires, sending each new table on `tx`. `consumer`
+/// reads `pigeon.control` on assigned partitions ([`crate::kafka::assigned_consumer_config`]).
 pub async fn watch(
     mut watcher: Watcher,
     consumer: ClientConfig,
     tx: watch::Sender<Arc<Routes>>,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
-    let consumer = Arc::new(control_consumer(consumer)?);
+    let consumer: Arc<StreamConsumer> = Arc::new(consumer.create()?);
     let mut assigned = false;
     let mut check = tokio::time::interval(watcher.config.check);
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -256,16 +262,6 @@ pub async fn watch(
             }
         }
     }
-}
-
-/// A consumer of `pigeon.control` that joins no group and commits nothing: every instance
-/// reads every notice. (librdkafka wants a group id even to assign partitions; one that is
-/// never joined nor committed to leaves nothing on the brokers.)
-fn control_consumer(mut config: ClientConfig) -> anyhow::Result<StreamConsumer> {
-    config.set("group.id", format!("pigeon-control-{}", uuid::Uuid::now_v7().simple()));
-    config.set("enable.auto.commit", "false");
-    config.set("enable.auto.offset.store", "false");
-    Ok(config.create()?)
 }
 
 /// Assigns every partition of the control topic from its end; false while it does not exist.

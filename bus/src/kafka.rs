@@ -4,8 +4,41 @@ use rdkafka::config::ClientConfig;
 
 use crate::config::{redact_properties, KafkaConfig};
 
-/// The router's consumer: offsets are stored by the router and committed by librdkafka.
+/// A consumer in `group`: offsets are stored by the application and committed by librdkafka.
 pub fn consumer_config(kafka: &KafkaConfig, group: &str) -> ClientConfig {
+    let mut config = group_consumer(kafka, group);
+    apply(&mut config, &kafka.consumer);
+    config
+}
+
+/// The router's consumer. Its subscription changes with the pigeons, so rebalancing is
+/// cooperative (only the partitions concerned move), and metadata is refreshed often (a topic
+/// created after its pigeon, or matching a topic pattern, is found soon).
+pub fn router_consumer_config(kafka: &KafkaConfig) -> ClientConfig {
+    let mut config = group_consumer(kafka, &kafka.router_group);
+    config
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set("topic.metadata.refresh.interval.ms", "10000");
+    apply(&mut config, &kafka.consumer);
+    config
+}
+
+/// A consumer of assigned partitions that joins no group and commits nothing, so that every
+/// instance reads the whole topic. librdkafka wants a group id even to assign partitions: it
+/// gets one of its own (`{name}-…`), never joined nor committed to, so nothing stays behind on
+/// the brokers.
+pub fn assigned_consumer_config(kafka: &KafkaConfig, name: &str) -> ClientConfig {
+    let mut config = base(kafka);
+    apply(&mut config, &kafka.consumer);
+    config
+        .set("group.id", format!("{name}-{}", uuid::Uuid::now_v7().simple()))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "false");
+    config
+}
+
+fn group_consumer(kafka: &KafkaConfig, group: &str) -> ClientConfig {
     let mut config = base(kafka);
     config
         .set("group.id", group)
@@ -14,7 +47,6 @@ pub fn consumer_config(kafka: &KafkaConfig, group: &str) -> ClientConfig {
         .set("auto.commit.interval.ms", "1000")
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false");
-    apply(&mut config, &kafka.consumer);
     config
 }
 
@@ -76,6 +108,26 @@ mod tests {
         assert_eq!(consumer.get("sasl.password"), Some("hunter2"));
         let shown = describe(&consumer);
         assert!(shown.contains("sasl.password=***") && !shown.contains("hunter2"), "{shown}");
+
+        let router = router_consumer_config(&kafka);
+        assert_eq!(router.get("partition.assignment.strategy"), Some("cooperative-sticky"));
+        assert_eq!(router.get("group.id"), Some("pigeon-router"));
+        kafka.consumer.insert("partition.assignment.strategy".into(), "range,roundrobin".into());
+        let router = router_consumer_config(&kafka);
+        assert_eq!(
+            router.get("partition.assignment.strategy"),
+            Some("range,roundrobin"),
+            "the operator wins"
+        );
+
+        // Every instance its own group id, never committing.
+        let (one, two) = (
+            assigned_consumer_config(&kafka, "pigeon-control"),
+            assigned_consumer_config(&kafka, "pigeon-control"),
+        );
+        assert!(one.get("group.id").unwrap().starts_with("pigeon-control-"));
+        assert_ne!(one.get("group.id"), two.get("group.id"));
+        assert_eq!(one.get("enable.auto.commit"), Some("false"));
     }
 
     #[test]

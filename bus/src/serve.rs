@@ -101,18 +101,10 @@ pub async fn run(
         // Logs every quarantined pigeon.
         let first = watcher.first().await.context("loading the pigeons")?;
         let (routes_tx, routes) = tokio::sync::watch::channel(Arc::new(first));
-        let control = kafka::consumer_config(&config.kafka, "pigeon-control");
+        let control = kafka::assigned_consumer_config(&config.kafka, "pigeon-control");
         roles.spawn(control::watch(watcher, control, routes_tx, cancel.clone()));
 
-        let mut consumer = kafka::consumer_config(&config.kafka, &config.kafka.router_group);
-        if !config.kafka.consumer.contains_key("partition.assignment.strategy") {
-            // Subscriptions change with the pigeons: move only the partitions that change.
-            consumer.set("partition.assignment.strategy", "cooperative-sticky");
-        }
-        if !config.kafka.consumer.contains_key("topic.metadata.refresh.interval.ms") {
-            // A topic created after its pigeon, or matching a topic pattern, is found soon.
-            consumer.set("topic.metadata.refresh.interval.ms", "10000");
-        }
+        let consumer = kafka::router_consumer_config(&config.kafka);
         tracing::info!(consumer = %kafka::describe(&consumer), producer = %kafka::describe(&producer), "kafka clients");
         let parts =
             RouterParts { routes, config: config.router.clone(), consumer, producer, store, ready, stats };

@@ -145,8 +145,8 @@ pub struct RouterConsumerContext {
     pub drain_timeout: Duration,
     /// Set once partitions are assigned: the router consumes.
     pub ready: Arc<AtomicBool>,
-    /// The route table now, and which subscriptions are freshly needed.
-    pub live: Arc<super::Live>,
+    /// Which subscriptions are freshly needed.
+    pub fresh: Arc<super::FreshTopics>,
     /// Partitions assigned to this router now.
     pub assigned: AtomicI64,
 }
@@ -172,7 +172,7 @@ impl RouterConsumerContext {
             .elements()
             .iter()
             .filter_map(|e| {
-                Some((e.topic().to_owned(), e.partition(), self.live.fresh_since(e.topic(), e.partition())?))
+                Some((e.topic().to_owned(), e.partition(), self.fresh.since(e.topic(), e.partition())?))
             })
             .collect();
         if fresh.is_empty() {
@@ -223,7 +223,7 @@ impl RouterConsumerContext {
             };
             let _ = assigned.set_partition_offset(&topic, partition, Offset::Offset(position));
             let _ = positioned.add_partition_offset(&topic, partition, Offset::Offset(position));
-            self.live.positioned(&topic, partition);
+            self.fresh.positioned(&topic, partition);
             tracing::info!(
                 topic,
                 partition,

@@ -60,15 +60,12 @@ pub struct RouterStats {
     pub pigeons_quarantined: AtomicU64,
 }
 
-/// The route table the router runs now, shared with its rebalance callbacks.
-#[derive(Debug)]
-pub struct Live {
-    table: Mutex<Arc<RouteTable>>,
-    fresh: Mutex<Fresh>,
-}
-
 /// Subscriptions (topics or topic patterns) that gained their first live pigeon while this
-/// router ran: their partitions start where the pigeons went live, not at an old offset.
+/// router ran: their partitions start where the pigeons went live, not at an old offset. Kept
+/// by the consume loop as it swaps tables, read by the rebalance callbacks.
+#[derive(Debug, Default)]
+pub struct FreshTopics(Mutex<Fresh>);
+
 #[derive(Debug, Default)]
 struct Fresh {
     /// When each one's pigeons went live (unix ms), fixed when it was added: a later edit of
@@ -79,7 +76,7 @@ struct Fresh {
 }
 
 impl Fresh {
-    /// The subscription a concrete topic belongs to, if it is fresh, and its start time.
+    /// When the pigeons of the fresh subscription a concrete topic belongs to went live.
     fn since_of(&self, topic: &str) -> Option<i64> {
         self.since.get(topic).copied().or_else(|| {
             self.since
@@ -92,45 +89,34 @@ impl Fresh {
     }
 }
 
-impl Live {
-    fn new(table: Arc<RouteTable>) -> Self {
-        Self { table: Mutex::new(table), fresh: Mutex::default() }
+impl FreshTopics {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Fresh> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The table now.
-    pub fn table(&self) -> Arc<RouteTable> {
-        Arc::clone(&self.table.lock().unwrap_or_else(|p| p.into_inner()))
-    }
-
-    /// Swaps in a new table; returns the subscriptions it adds and removes.
-    fn swap(&self, table: Arc<RouteTable>) -> (Vec<String>, Vec<String>) {
-        let old =
-            std::mem::replace(&mut *self.table.lock().unwrap_or_else(|p| p.into_inner()), Arc::clone(&table));
-        let (before, after) = (old.consumed_topics(), table.consumed_topics());
+    /// Follows a swap from `old` to `new`; returns the subscriptions it adds and removes.
+    fn update(&self, old: &RouteTable, new: &RouteTable) -> (Vec<String>, Vec<String>) {
+        let (before, after) = (old.consumed_topics(), new.consumed_topics());
         let added: Vec<String> = after.iter().filter(|t| !before.contains(t)).cloned().collect();
         let removed: Vec<String> = before.iter().filter(|t| !after.contains(t)).cloned().collect();
-        let mut fresh = self.fresh.lock().unwrap_or_else(|p| p.into_inner());
+        let mut fresh = self.lock();
         fresh.since.retain(|t, _| after.contains(t));
         for entry in added.iter().filter(|t| *t != INGRESS) {
-            if let Some(since) = table.subscription_since(entry) {
+            if let Some(since) = new.subscription_since(entry) {
                 fresh.since.insert(entry.clone(), since);
             }
         }
-        let Fresh { since, positioned } = &mut *fresh;
-        positioned.retain(|(topic, _)| {
-            since.contains_key(topic)
-                || since
-                    .keys()
-                    .any(|e| e.starts_with('^') && regex::Regex::new(e).is_ok_and(|r| r.is_match(topic)))
-        });
+        let positioned = std::mem::take(&mut fresh.positioned);
+        fresh.positioned =
+            positioned.into_iter().filter(|(topic, _)| fresh.since_of(topic).is_some()).collect();
         (added, removed)
     }
 
     /// Where a partition of a freshly needed topic starts: when its pigeons went live (unix
     /// ms). `None` for a topic the router has needed since it started, and for a partition it
     /// positioned already: those continue from their committed offsets.
-    pub fn fresh_since(&self, topic: &str, partition: i32) -> Option<i64> {
-        let fresh = self.fresh.lock().unwrap_or_else(|p| p.into_inner());
+    pub fn since(&self, topic: &str, partition: i32) -> Option<i64> {
+        let fresh = self.lock();
         if fresh.positioned.contains(&(topic.to_owned(), partition)) {
             return None;
         }
@@ -139,7 +125,7 @@ impl Live {
 
     /// Records that a fresh partition got its start and committed it.
     pub fn positioned(&self, topic: &str, partition: i32) {
-        self.fresh.lock().unwrap_or_else(|p| p.into_inner()).positioned.insert((topic.to_owned(), partition));
+        self.lock().positioned.insert((topic.to_owned(), partition));
     }
 }
 
@@ -164,7 +150,8 @@ pub struct RouterParts {
 /// Runs the router until `cancel` fires, then drains, commits and returns.
 pub async fn run(parts: RouterParts, cancel: CancellationToken) -> anyhow::Result<()> {
     let RouterParts { mut routes, config, consumer, producer, store, ready, stats } = parts;
-    let live = Arc::new(Live::new(Arc::clone(&routes.borrow_and_update().table)));
+    let table = Arc::clone(&routes.borrow_and_update().table);
+    let fresh = Arc::new(FreshTopics::default());
 
     let (dead_tx, dead_rx) = mpsc::unbounded_channel();
     let writer_stop = CancellationToken::new();
@@ -195,21 +182,16 @@ pub async fn run(parts: RouterParts, cancel: CancellationToken) -> anyhow::Resul
             trackers: Arc::clone(&trackers),
             drain_timeout,
             ready: Arc::clone(&ready),
-            live: Arc::clone(&live),
+            fresh: Arc::clone(&fresh),
             assigned: AtomicI64::new(0),
         })?;
-    let topics = live.table().consumed_topics();
-    if let Err(e) = subscribe(&consumer, &topics) {
-        // A topic pattern librdkafka will not take must not keep every other pigeon down.
-        let plain: Vec<String> = topics.iter().filter(|t| !t.starts_with('^')).cloned().collect();
-        tracing::error!(error = %e, ?topics, "cannot subscribe; trying without the topic patterns");
-        subscribe(&consumer, &plain)?;
-    }
-    tracing::info!(topics = ?topics, pigeons = live.table().len(), "router subscribed");
+    let topics = table.consumed_topics();
+    subscribe(&consumer, &topics)?;
+    tracing::info!(topics = ?topics, pigeons = table.len(), "router subscribed");
 
     let (resume_tx, mut resume_rx) = mpsc::unbounded_channel::<Arc<PartitionTracker>>();
-    let router = Forwarder {
-        live: Arc::clone(&live),
+    let mut router = Forwarder {
+        table,
         cap: config.max_in_flight_per_partition,
         trackers: Arc::clone(&trackers),
         resume_tx,
@@ -242,10 +224,12 @@ pub async fn run(parts: RouterParts, cancel: CancellationToken) -> anyhow::Resul
                 store_offsets(&consumer, &trackers);
             }
             Ok(()) = routes.changed() => {
+                // Swapped whole; letters in flight keep the routes they started with.
                 let table = Arc::clone(&routes.borrow_and_update().table);
-                let (added, removed) = live.swap(Arc::clone(&table));
+                let (added, removed) = fresh.update(&router.table, &table);
+                router.table = table;
                 if !(added.is_empty() && removed.is_empty()) {
-                    let topics = table.consumed_topics();
+                    let topics = router.table.consumed_topics();
                     match subscribe(&consumer, &topics) {
                         Ok(()) => tracing::info!(?topics, ?added, ?removed, "router subscription changed"),
                         Err(e) => tracing::error!(error = %e, ?topics, "cannot change the subscription"),
@@ -323,13 +307,19 @@ async fn leave_group(consumer: &StreamConsumer<RouterConsumerContext>) {
     }
 }
 
-/// Subscribes to exactly these topics and topic patterns (a pattern starts with `^`).
+/// Subscribes to exactly these topics and topic patterns (a pattern starts with `^`). Should
+/// librdkafka refuse a pattern, it subscribes to the plain topics alone, so one pattern cannot
+/// keep every other pigeon down.
 fn subscribe(
     consumer: &StreamConsumer<RouterConsumerContext>,
     topics: &[String],
 ) -> rdkafka::error::KafkaResult<()> {
     let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
-    consumer.subscribe(&refs)
+    consumer.subscribe(&refs).or_else(|e| {
+        tracing::error!(error = %e, ?topics, "cannot subscribe; trying without the topic patterns");
+        let plain: Vec<&str> = refs.into_iter().filter(|t| !t.starts_with('^')).collect();
+        consumer.subscribe(&plain)
+    })
 }
 
 /// Hands each partition's watermark to the consumer for its next commit; returns them.
@@ -369,7 +359,8 @@ type SourcePartition = (Arc<str>, i32);
 
 /// The per-letter work of the router.
 struct Forwarder<'p> {
-    live: Arc<Live>,
+    /// The route table in use; the consume loop swaps it.
+    table: Arc<RouteTable>,
     cap: usize,
     trackers: Arc<Trackers>,
     resume_tx: mpsc::UnboundedSender<Arc<PartitionTracker>>,
@@ -473,7 +464,7 @@ impl Forwarder<'_> {
             PartitionTracker::new(topic, message.partition(), resume_below, self.resume_tx.clone())
         });
         let offset = message.offset();
-        let table = self.live.table();
+        let table = &self.table;
         let lookup = table.lookup(message.topic());
         let source = match &lookup {
             Lookup::Flown(source) => *source,

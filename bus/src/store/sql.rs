@@ -548,15 +548,7 @@ macro_rules! sql_store {
             ) -> Result<Saved, StoreError> {
                 let now = now_ms();
                 let mut tx = self.pool.begin_with($dialect.begin_write).await?;
-                let before: Option<$crate::store::rows::FieldRow> = sqlx::query_as(&format!(
-                    "{} WHERE name = ?{}",
-                    $crate::store::rows::SELECT_FIELDS,
-                    $dialect.lock_row
-                ))
-                .bind(&field.name)
-                .fetch_optional(&mut *tx)
-                .await?;
-                let before: Option<$crate::store::StoredField> = before.map(TryInto::try_into).transpose()?;
+                let before = Self::field_for_update(&mut tx, &field.name).await?;
                 if let Some(before) = &before {
                     if before.field == *field {
                         return Ok(Saved { version: before.version, changed: false });
@@ -596,15 +588,7 @@ macro_rules! sql_store {
                 actor: &str,
             ) -> Result<Option<$crate::store::StoredField>, StoreError> {
                 let mut tx = self.pool.begin_with($dialect.begin_write).await?;
-                let before: Option<$crate::store::rows::FieldRow> = sqlx::query_as(&format!(
-                    "{} WHERE name = ?{}",
-                    $crate::store::rows::SELECT_FIELDS,
-                    $dialect.lock_row
-                ))
-                .bind(name)
-                .fetch_optional(&mut *tx)
-                .await?;
-                let Some(before) = before.map($crate::store::StoredField::try_from).transpose()? else {
+                let Some(before) = Self::field_for_update(&mut tx, name).await? else {
                     return Ok(None);
                 };
                 sqlx::query("DELETE FROM dictionary WHERE name = ?").bind(name).execute(&mut *tx).await?;
@@ -623,6 +607,22 @@ macro_rules! sql_store {
         }
 
         impl $store {
+            /// A dictionary field, locked for the rest of the transaction.
+            async fn field_for_update(
+                tx: &mut sqlx::Transaction<'_, <$store as Backend>::Db>,
+                name: &str,
+            ) -> Result<Option<$crate::store::StoredField>, StoreError> {
+                let row: Option<$crate::store::rows::FieldRow> = sqlx::query_as(&format!(
+                    "{} WHERE name = ?{}",
+                    $crate::store::rows::SELECT_FIELDS,
+                    $dialect.lock_row
+                ))
+                .bind(name)
+                .fetch_optional(&mut **tx)
+                .await?;
+                row.map(TryInto::try_into).transpose()
+            }
+
             /// One claim transaction: expired claims taken over, then due letters claimed;
             /// returns how many were taken over.
             async fn claim_once(&self, token: &str, lease_until: i64, limit: u32) -> Result<u64, StoreError> {
