@@ -53,6 +53,19 @@ pub enum PigeonState {
     Quarantined,
 }
 
+impl PigeonState {
+    /// The name operators read.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PigeonState::Disabled => "disabled",
+            PigeonState::Scheduled => "scheduled",
+            PigeonState::Live => "live",
+            PigeonState::Ended => "ended",
+            PigeonState::Quarantined => "quarantined",
+        }
+    }
+}
+
 impl From<StoredPigeon> for PigeonView {
     fn from(p: StoredPigeon) -> Self {
         let (state, problems) = match route::standing(&p.versioned(), now_ms()) {

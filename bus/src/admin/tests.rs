@@ -699,3 +699,11 @@ async fn operators_keep_the_dictionary_and_every_change_is_audited() {
     assert_eq!(audit["items"][1]["before"]["aliases"], json!(["combo"]));
     assert_eq!(audit["items"][1]["after"]["aliases"], json!(["combo", "combo_count"]));
 }
+
+#[test]
+fn pigeon_states_read_the_same_in_the_api_and_the_cli() {
+    use super::pigeons::PigeonState::*;
+    for state in [Disabled, Scheduled, Live, Ended, Quarantined] {
+        assert_eq!(serde_json::to_value(state).unwrap(), state.as_str());
+    }
+}

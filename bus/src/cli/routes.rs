@@ -82,11 +82,10 @@ pub async fn list(client: &Client) -> anyhow::Result<String> {
                 _ => "?".into(),
             })
             .collect();
-        let state = serde_json::to_value(p.state).ok().and_then(|s| s.as_str().map(str::to_owned));
         out.push_str(&format!(
             "{:<28} {:<11} {:>7}  {:<20} {:<16} {}\n",
             p.spec.id,
-            state.unwrap_or_default(),
+            p.state.as_str(),
             p.version,
             p.spec.matcher.topic,
             p.spec.matcher.tag,
