@@ -33,7 +33,7 @@ fn pigeon(script: Option<String>) -> PigeonSpec {
         enabled: true,
         action: if script.is_some() { Action::Script } else { Action::Forward },
         script,
-        matcher: MatchSpec { topic: SOURCE.into(), tag: "gift.sent".into() },
+        matcher: MatchSpec::new(SOURCE, "gift.sent"),
         destinations: vec![DestinationSpec::capability("act-toy/progress.add")],
         retry: None,
         window: None,

@@ -28,7 +28,7 @@ fn pigeon(id: &str, script: Option<String>) -> VersionedPigeon {
         enabled: true,
         action: if script.is_some() { Action::Script } else { Action::Forward },
         script,
-        matcher: MatchSpec { topic: "live.gift".into(), tag: "gift.sent".into() },
+        matcher: MatchSpec::new("live.gift", "gift.sent"),
         destinations: vec![DestinationSpec::capability("act-toy/progress.add")],
         retry: None,
         window: None,

@@ -24,6 +24,10 @@ pub struct BusConfig {
     pub router: RouterConfig,
     /// The retry worker.
     pub retrier: RetrierConfig,
+    /// The archive path.
+    pub archiver: ArchiverConfig,
+    /// Replay jobs (run by the admin role).
+    pub replay: ReplayConfig,
     /// The admin HTTP server.
     pub admin: AdminConfig,
     /// Topics `pigeon topics ensure` creates.
@@ -35,11 +39,13 @@ pub struct BusConfig {
 impl Default for BusConfig {
     fn default() -> Self {
         Self {
-            roles: vec![Role::Router, Role::Retrier, Role::Registry, Role::Admin],
+            roles: vec![Role::Router, Role::Archiver, Role::Retrier, Role::Registry, Role::Admin],
             kafka: KafkaConfig::default(),
             store: StoreConfig::default(),
             router: RouterConfig::default(),
             retrier: RetrierConfig::default(),
+            archiver: ArchiverConfig::default(),
+            replay: ReplayConfig::default(),
             admin: AdminConfig::default(),
             topics: TopicsConfig::default(),
             sources: BTreeMap::new(),
@@ -153,6 +159,83 @@ impl Default for RetrierConfig {
     }
 }
 
+/// The archive path: the archiver role's batches and the archive's retention.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default)]
+pub struct ArchiverConfig {
+    /// Consumer group of the archiver role (its own, so archiving never holds back forwarding).
+    pub group: String,
+    /// A batch is written once it holds this many letters…
+    pub batch_rows: usize,
+    /// …or this long after its first letter was read.
+    pub flush_ms: u64,
+    /// While the database cannot be reached, the batch is tried again after this long,
+    /// doubling up to `retry_max_ms`.
+    pub retry_ms: u64,
+    /// The longest wait between tries.
+    pub retry_max_ms: u64,
+    /// How long letters stay in the archive (`"90d"`); none: for ever.
+    pub retention: Option<String>,
+    /// When old letters are deleted: a cron expression with seconds.
+    pub retention_schedule: String,
+    /// Rows deleted per statement, so deleting never holds long locks.
+    pub retention_chunk: u32,
+}
+
+impl Default for ArchiverConfig {
+    fn default() -> Self {
+        Self {
+            group: "pigeon-archiver".into(),
+            batch_rows: 2_000,
+            flush_ms: 500,
+            retry_ms: 500,
+            retry_max_ms: 10_000,
+            retention: None,
+            retention_schedule: "0 30 3 * * *".into(),
+            retention_chunk: 5_000,
+        }
+    }
+}
+
+impl ArchiverConfig {
+    /// The retention as a duration, if one is set.
+    pub fn retention(&self) -> Result<Option<std::time::Duration>, String> {
+        self.retention
+            .as_deref()
+            .map(|text| match humantime::parse_duration(text) {
+                Ok(age) if !age.is_zero() => Ok(age),
+                _ => Err(format!("archiver.retention {text:?} must be a duration such as \"90d\"")),
+            })
+            .transpose()
+    }
+
+    /// The retention schedule.
+    pub fn retention_schedule(&self) -> Result<cron::Schedule, String> {
+        self.retention_schedule.parse().map_err(|e| {
+            format!("archiver.retention_schedule {:?} is not a cron expression: {e}", self.retention_schedule)
+        })
+    }
+}
+
+/// Replay jobs.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default)]
+pub struct ReplayConfig {
+    /// How long a runner's claim on a job holds without progress; another instance takes the
+    /// job over after it.
+    pub lease_ms: u64,
+    /// Letters read from the archive, sent and checkpointed at a time.
+    pub page: u32,
+    /// How often idle runners look for jobs.
+    pub check_ms: u64,
+}
+
+impl Default for ReplayConfig {
+    fn default() -> Self {
+        Self { lease_ms: 15_000, page: 500, check_ms: 1_000 }
+    }
+}
+
 /// When the retrier sweeps.
 #[derive(Clone, Debug)]
 pub enum Sweep {
@@ -195,6 +278,8 @@ impl Sweep {
 pub enum Role {
     /// The forward path.
     Router,
+    /// Keeps what archive pigeons choose in the archive.
+    Archiver,
     /// Redelivers due dead letters (and stores module handler failures).
     Retrier,
     /// Keeps the providers, instances and capabilities modules register.
@@ -326,6 +411,26 @@ impl BusConfig {
         if self.router.offset_store_interval_ms == 0 {
             errors.push("router.offset_store_interval_ms must be at least 1".into());
         }
+        let archiver = &self.archiver;
+        if archiver.group.trim().is_empty() {
+            errors.push("archiver.group is empty".into());
+        }
+        if archiver.batch_rows == 0 || archiver.flush_ms == 0 {
+            errors.push("archiver.batch_rows and archiver.flush_ms must be at least 1".into());
+        }
+        if archiver.retry_ms == 0 || archiver.retry_max_ms < archiver.retry_ms {
+            errors.push("archiver.retry_ms must be at least 1 and at most archiver.retry_max_ms".into());
+        }
+        if archiver.retention_chunk == 0 {
+            errors.push("archiver.retention_chunk must be at least 1".into());
+        }
+        errors.extend(archiver.retention().err());
+        errors.extend(archiver.retention_schedule().err());
+        if self.replay.page == 0 || self.replay.lease_ms < 1_000 || self.replay.check_ms == 0 {
+            errors.push(
+                "replay.page and replay.check_ms must be at least 1, replay.lease_ms at least 1000".into(),
+            );
+        }
         if let Err(e) = Sweep::parse(&self.retrier.sweep) {
             errors.push(e);
         }
@@ -449,7 +554,23 @@ mod tests {
         let cron = BusConfig::parse("[retrier]\nsweep = \"*/5 * * * * *\"\n").unwrap();
         let wait = Sweep::parse(&cron.retrier.sweep).unwrap().wait();
         assert!(wait <= std::time::Duration::from_secs(5), "next sweep within 5 s, got {wait:?}");
-        assert!(BusConfig::parse("roles = [\"archiver\"]").is_err(), "unknown roles are refused");
+        assert!(BusConfig::parse("roles = [\"archivist\"]").is_err(), "unknown roles are refused");
+        assert_eq!(BusConfig::parse("roles = [\"archiver\"]").unwrap().roles, vec![Role::Archiver]);
+    }
+
+    #[test]
+    fn archiver_settings_are_checked() {
+        let config = BusConfig::parse("[archiver]\nretention = \"30d\"\nbatch_rows = 500\n").unwrap();
+        assert_eq!(config.archiver.retention().unwrap(), Some(std::time::Duration::from_secs(30 * 86_400)));
+        assert_eq!(config.archiver.batch_rows, 500);
+        let errors = BusConfig::parse(
+            "[archiver]\nretention = \"soon\"\nretention_schedule = \"daily\"\nbatch_rows = 0\n",
+        )
+        .unwrap_err()
+        .0;
+        assert_eq!(errors.len(), 3, "every problem at once: {errors:?}");
+        assert!(errors.iter().any(|e| e.contains("archiver.retention \"soon\"")), "{errors:?}");
+        assert!(errors.iter().any(|e| e.contains("archiver.retention_schedule")), "{errors:?}");
     }
 
     #[test]

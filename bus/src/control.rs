@@ -23,7 +23,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::SourceConfig;
-use crate::route::{Built, Clock, Phase, Quarantined, RouteTable, VersionedPigeon};
+use crate::route::{Built, Clock, Paths, Phase, Quarantined, RouteTable, VersionedPigeon};
 use crate::router::RouterStats;
 use crate::store::{now_ms, Store};
 
@@ -70,11 +70,13 @@ pub struct WatchConfig {
     pub sources: BTreeMap<String, SourceConfig>,
 }
 
-/// The route table an instance runs, with what was left out of it.
+/// The route tables an instance runs, with what was left out of them.
 #[derive(Debug)]
 pub struct Routes {
-    /// The live pigeons.
+    /// The live forward and script pigeons: the router's.
     pub table: Arc<RouteTable>,
+    /// The live archive pigeons: the archiver's.
+    pub archive: Arc<RouteTable>,
     /// Pigeons that do not compile.
     pub quarantined: Vec<Quarantined>,
     /// Bumped by every rebuild.
@@ -136,8 +138,10 @@ impl Watcher {
             lead_ms: self.config.window_lead_ms,
             grace_ms: self.config.window_grace_ms,
         };
-        let Built { table, quarantined, phases } =
-            RouteTable::build(pigeons, &self.config.sources, Some(clock));
+        let Built { table, quarantined, mut phases } =
+            RouteTable::build_for(Paths::Deliver, pigeons, &self.config.sources, Some(clock));
+        let archive = RouteTable::build_for(Paths::Archive, pigeons, &self.config.sources, Some(clock));
+        phases.extend(archive.phases);
         if self.generation > 0 {
             self.log_changes(&versions, &phases);
         }
@@ -159,9 +163,14 @@ impl Watcher {
         self.versions = versions;
         self.phases = phases;
         self.quarantined = now_quarantined;
-        self.next_change = table.next_change();
+        self.next_change = table.next_change().into_iter().chain(archive.table.next_change()).min();
         self.generation += 1;
-        Routes { table: Arc::new(table), quarantined, generation: self.generation }
+        Routes {
+            table: Arc::new(table),
+            archive: Arc::new(archive.table),
+            quarantined,
+            generation: self.generation,
+        }
     }
 
     fn log_changes(&self, versions: &[(String, i64)], phases: &BTreeMap<String, Phase>) {

@@ -33,7 +33,7 @@ pub fn demo_pigeons() -> [PigeonSpec; 2] {
         enabled: true,
         action: Default::default(),
         script: None,
-        matcher: MatchSpec { topic: topic.into(), tag: tag.into() },
+        matcher: MatchSpec::new(topic, tag),
         destinations: vec![DestinationSpec::capability(&format!("{DEMO_MODULE}/{capability}"))],
         retry: None,
         window: None,

@@ -5,6 +5,7 @@
 //! failed in the [`store`]. [`serve`] and [`dev`] run it all; [`admin`] is the HTTP side.
 
 pub mod admin;
+pub mod archive;
 pub mod cli;
 pub mod config;
 pub mod control;

@@ -91,12 +91,120 @@ enum Command {
         #[command(subcommand)]
         command: DeadLettersCommand,
     },
+    /// Replay archived letters: count first (--dry-run), then send at a rate with a progress
+    /// bar; the job runs on the server (through the admin API).
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+    Replay {
+        #[command(flatten)]
+        remote: Remote,
+        #[command(flatten)]
+        start: ReplayArgs,
+        #[command(subcommand)]
+        command: Option<ReplayCommand>,
+    },
+    /// Search the archive (through the admin API).
+    Archive {
+        #[command(flatten)]
+        remote: Remote,
+        #[command(subcommand)]
+        command: ArchiveCommand,
+    },
     /// The global field names: list, set, delete (through the admin API).
     Dictionary {
         #[command(flatten)]
         remote: Remote,
         #[command(subcommand)]
         command: DictionaryCommand,
+    },
+}
+
+/// Which archived letters: every criterion given must hold.
+#[derive(Args)]
+struct SelectionArgs {
+    /// From: an age (`2h`, `3d`) or a time (`2026-11-24T10:00:00Z`).
+    #[arg(long)]
+    since: String,
+    /// Until (exclusive): an age or a time; default now.
+    #[arg(long)]
+    until: Option<String>,
+    /// Only letters of this source topic.
+    #[arg(long)]
+    topic: Option<String>,
+    /// Only letters with this tag.
+    #[arg(long)]
+    tag: Option<String>,
+    /// Only letters this archive pigeon kept.
+    #[arg(long)]
+    pigeon: Option<String>,
+    /// A business key, `userId=42` (also anchorId, roomId); repeat for several.
+    #[arg(long = "key", value_name = "FIELD=VALUE")]
+    keys: Vec<String>,
+}
+
+impl SelectionArgs {
+    fn selection(self) -> cli::replay::Selection {
+        cli::replay::Selection {
+            since: self.since,
+            until: self.until,
+            topic: self.topic,
+            tag: self.tag,
+            pigeon: self.pigeon,
+            keys: self.keys,
+        }
+    }
+}
+
+#[derive(Args)]
+struct ReplayArgs {
+    #[command(flatten)]
+    selection: Option<SelectionArgs>,
+    /// Send every letter, as it was, to this topic.
+    #[arg(long, conflicts_with = "through_pigeons")]
+    to_topic: Option<String>,
+    /// Send every letter through today's pigeons for its topic and tag.
+    #[arg(long)]
+    through_pigeons: bool,
+    /// At most this many letters per second (`500` or `500/s`).
+    #[arg(long)]
+    rate: Option<String>,
+    /// Count and show the first letters; send nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Start the job and return, without following it.
+    #[arg(long)]
+    detach: bool,
+}
+
+#[derive(Subcommand)]
+enum ReplayCommand {
+    /// Replay jobs, newest first.
+    List,
+    /// One job: where it stands.
+    Show {
+        /// Job id.
+        id: i64,
+    },
+    /// Cancel a pending or running job.
+    Cancel {
+        /// Job id.
+        id: i64,
+    },
+}
+
+#[derive(Subcommand)]
+enum ArchiveCommand {
+    /// Archived letters, oldest first.
+    Search {
+        #[command(flatten)]
+        selection: SelectionArgs,
+        /// Letters shown at most.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// One archived letter, whole.
+    Show {
+        /// Letter id.
+        letter_id: String,
     },
 }
 
@@ -438,6 +546,43 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     println!("{} deleted (it was at version {})", deleted.field.name, deleted.version);
                 }
             }
+            Ok(())
+        }),
+        Command::Replay { remote, start, command } => runtime.block_on(async {
+            let client = Client::new(&remote.url, &remote.token)?;
+            let out = match command {
+                Some(ReplayCommand::List) => cli::replay::list(&client).await?,
+                Some(ReplayCommand::Show { id }) => cli::replay::show(&client, id).await?,
+                Some(ReplayCommand::Cancel { id }) => cli::replay::cancel(&client, id).await?,
+                None => {
+                    let selection = start.selection.context("give --since (and what to replay)")?;
+                    let spec = pigeon_bus::archive::ReplaySpec {
+                        query: selection.selection().query()?,
+                        to_topic: start.to_topic,
+                        through_pigeons: start.through_pigeons,
+                        rate: start.rate.as_deref().map(cli::replay::parse_rate).transpose()?,
+                    };
+                    if spec.to_topic.is_none() && !spec.through_pigeons {
+                        anyhow::bail!("say where the letters go: --to-topic TOPIC or --through-pigeons");
+                    }
+                    match start.dry_run {
+                        true => cli::replay::dry_run(&client, &spec).await?,
+                        false => cli::replay::start(&client, &spec, !start.detach).await?,
+                    }
+                }
+            };
+            print!("{out}");
+            Ok(())
+        }),
+        Command::Archive { remote, command } => runtime.block_on(async {
+            let client = Client::new(&remote.url, &remote.token)?;
+            let out = match command {
+                ArchiveCommand::Search { selection, limit } => {
+                    cli::replay::search(&client, selection.selection().query()?, limit).await?
+                }
+                ArchiveCommand::Show { letter_id } => cli::replay::show_letter(&client, &letter_id).await?,
+            };
+            print!("{out}");
             Ok(())
         }),
         Command::Routes { remote, command } => runtime.block_on(async {

@@ -25,7 +25,7 @@ use crate::config::{RetrierConfig, SourceConfig, Sweep};
 use crate::deadletter::schedule::Schedule;
 use crate::deadletter::{DeadLetter, Outcome, Report};
 use crate::route::{Lookup, Route, RouteTable, VersionedPigeon};
-use crate::router::output::{owned_outputs, with_attempt, OwnedOutput as Output};
+use crate::router::output::{owned_outputs, reroute, with_attempt, OwnedOutput as Output};
 use crate::source;
 use crate::store::{now_ms, Store};
 use pigeon_sdk::{header, LetterId};
@@ -275,28 +275,21 @@ fn plan(letter: &DeadLetter, table: &RouteTable, attempt: i32) -> Result<Vec<Out
         dead.source_offset,
         Some(stored_headers()),
     );
-    let lookup = table.lookup(&dead.source_topic);
-    let source = match &lookup {
-        Lookup::Flown(source) => *source,
-        Lookup::Routes(routes) => &routes.source,
-        Lookup::Nothing => return Err(format!("no enabled pigeon listens on {} now", dead.source_topic)),
-    };
-    let meta = source::read(&message, source)?;
-    let tag = meta.tag.clone().unwrap_or_default();
-    let matched: Vec<&Arc<Route>> = match (&dead.pigeon_id, &lookup) {
-        (Some(id), _) => {
-            vec![table.route(id).ok_or_else(|| format!("pigeon {id} was deleted or disabled"))?]
+    let (tag, matched) = match &dead.pigeon_id {
+        Some(id) => {
+            let route = table.route(id).ok_or_else(|| format!("pigeon {id} was deleted or disabled"))?;
+            let tag = match table.lookup(&dead.source_topic) {
+                Lookup::Routes(routes) => source::read(&message, &routes.source)?.tag,
+                Lookup::Flown(source) => source::read(&message, source)?.tag,
+                Lookup::Nothing => {
+                    return Err(format!("no enabled pigeon listens on {} now", dead.source_topic))
+                }
+            };
+            (tag.unwrap_or_default().into_owned(), vec![Arc::clone(route)])
         }
-        // As the router would have: only pigeons whose live window holds the letter's time.
-        (None, Lookup::Routes(routes)) => match &meta.tag {
-            Some(tag) => routes.matching(tag).filter(|r| r.takes(time_ms)).collect(),
-            None => routes.matching_untagged().filter(|r| r.takes(time_ms)).collect(),
-        },
-        (None, _) => vec![table.flown(source::pigeon_header(&message))?],
+        None => reroute(table, &message, time_ms)?,
     };
-    if matched.is_empty() {
-        return Err(format!("no pigeon matches tag {tag:?} on {} now", dead.source_topic));
-    }
+    let matched: Vec<&Arc<Route>> = matched.iter().collect();
     let id = if dead.letter_id.is_empty() {
         LetterId::derived(&dead.source_topic, dead.source_partition, dead.source_offset, time_ms as u64)
             .to_string()

@@ -8,6 +8,8 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, AppState};
+use crate::archive::archiver::{self, ArchiverParts, ArchiverStats};
+use crate::archive::replay::{self, ReplayParts, ReplayStats};
 use crate::config::{redact_url, BusConfig, Role};
 use crate::control::{self, WatchConfig, Watcher};
 use crate::kafka;
@@ -52,6 +54,8 @@ pub async fn run(
     let url = format!("http://{}", listener.local_addr()?);
     on_listening(&url);
     let retrier_stats = Arc::new(RetrierStats::default());
+    let archiver_stats = Arc::new(ArchiverStats::default());
+    let replay_stats = Arc::new(ReplayStats::default());
     let producer = kafka::producer_config(&config.kafka);
     let fly_producer = match config.roles.contains(&Role::Admin) {
         true => Some(producer.create().context("creating the producer for flown letters")?),
@@ -63,7 +67,9 @@ pub async fn run(
             ready: Arc::clone(&ready),
             stats: Arc::clone(&stats),
             retrier: Arc::clone(&retrier_stats),
-            producer: fly_producer,
+            archiver: Arc::clone(&archiver_stats),
+            replays: Arc::clone(&replay_stats),
+            producer: fly_producer.clone(),
         },
         config.roles.contains(&Role::Admin),
     );
@@ -83,27 +89,53 @@ pub async fn run(
             sources: config.sources.clone(),
             producer: producer.clone(),
             store: Arc::clone(&store),
-            instance: instance_name(),
+            instance: instance_name("retrier"),
             stats: Arc::clone(&retrier_stats),
         };
         roles.spawn(retrier::run(parts, cancel.clone()));
         let failed = kafka::consumer_config(&config.kafka, crate::failures::GROUP);
         roles.spawn(crate::failures::run(failed, Arc::clone(&store), cancel.clone()));
     }
-    if config.roles.contains(&Role::Router) {
-        let watch_config = WatchConfig {
-            check: Duration::from_millis(config.router.reload_check_ms),
-            window_lead_ms: config.router.window_lead_ms as i64,
-            window_grace_ms: config.router.window_grace_ms as i64,
+    if let Some(producer) = fly_producer {
+        let parts = ReplayParts {
+            store: Arc::clone(&store),
+            producer,
+            config: config.replay.clone(),
             sources: config.sources.clone(),
+            owner: instance_name("replay"),
+            stats: replay_stats,
         };
-        let mut watcher = Watcher::new(Arc::clone(&store), watch_config, Arc::clone(&stats));
-        // Logs every quarantined pigeon.
-        let first = watcher.first().await.context("loading the pigeons")?;
-        let (routes_tx, routes) = tokio::sync::watch::channel(Arc::new(first));
-        let control = kafka::assigned_consumer_config(&config.kafka, "pigeon-control");
-        roles.spawn(control::watch(watcher, control, routes_tx, cancel.clone()));
-
+        roles.spawn(replay::run(parts, cancel.clone()));
+    }
+    let routes = match config.roles.contains(&Role::Router) || config.roles.contains(&Role::Archiver) {
+        true => {
+            let watch_config = WatchConfig {
+                check: Duration::from_millis(config.router.reload_check_ms),
+                window_lead_ms: config.router.window_lead_ms as i64,
+                window_grace_ms: config.router.window_grace_ms as i64,
+                sources: config.sources.clone(),
+            };
+            let mut watcher = Watcher::new(Arc::clone(&store), watch_config, Arc::clone(&stats));
+            // Logs every quarantined pigeon.
+            let first = watcher.first().await.context("loading the pigeons")?;
+            let (routes_tx, routes) = tokio::sync::watch::channel(Arc::new(first));
+            let control = kafka::assigned_consumer_config(&config.kafka, "pigeon-control");
+            roles.spawn(control::watch(watcher, control, routes_tx, cancel.clone()));
+            Some(routes)
+        }
+        false => None,
+    };
+    if config.roles.contains(&Role::Archiver) {
+        let parts = ArchiverParts {
+            routes: routes.clone().expect("the watcher runs for the archiver"),
+            config: config.archiver.clone(),
+            consumer: kafka::consumer_config(&config.kafka, &config.archiver.group),
+            store: Arc::clone(&store),
+            stats: archiver_stats,
+        };
+        roles.spawn(archiver::run(parts, cancel.clone()));
+    }
+    if let (true, Some(routes)) = (config.roles.contains(&Role::Router), routes) {
         let consumer = kafka::router_consumer_config(&config.kafka);
         tracing::info!(consumer = %kafka::describe(&consumer), producer = %kafka::describe(&producer), "kafka clients");
         let parts =
@@ -131,10 +163,10 @@ pub async fn run(
     result
 }
 
-/// This process in dead-letter histories: host and process id.
-fn instance_name() -> String {
+/// This process in dead-letter histories and replay jobs: the role, host and process id.
+fn instance_name(role: &str) -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-    format!("retrier@{}/{}", host.trim(), std::process::id())
+    format!("{role}@{}/{}", host.trim(), std::process::id())
 }
 
 /// Fires `cancel` on SIGTERM or SIGINT.

@@ -94,7 +94,7 @@ mod tests {
             enabled: true,
             action: Default::default(),
             script: None,
-            matcher: MatchSpec { topic: "live.gift".into(), tag: "gift".into() },
+            matcher: MatchSpec::new("live.gift", "gift"),
             destinations: vec![
                 DestinationSpec::capability("chest/drop"),
                 DestinationSpec::topic("lane.x", "t"),

@@ -68,6 +68,12 @@ impl LetterId {
         Self::derived_from(&format!("{input}/{version}/{index}"), timestamp_ms)
     }
 
+    /// The id letter `original` carries when replay job `job` sends it again: new, so modules
+    /// that drop duplicates take it, and the same each time that job sends it.
+    pub fn replayed(original: &str, job: i64, timestamp_ms: u64) -> Self {
+        Self::derived_from(&format!("replay/{job}/{original}"), timestamp_ms)
+    }
+
     /// A v7 id whose time bits are `timestamp_ms` and whose random bits hash `name`.
     fn derived_from(name: &str, timestamp_ms: u64) -> Self {
         let hashed = Uuid::new_v5(&Uuid::NAMESPACE_OID, name.as_bytes());

@@ -202,7 +202,7 @@ pub fn pigeon(id: &str, topic: &str, tag: &str, destinations: Vec<DestinationSpe
         enabled: true,
         action: Default::default(),
         script: None,
-        matcher: MatchSpec { topic: topic.into(), tag: tag.into() },
+        matcher: MatchSpec::new(topic, tag),
         destinations,
         retry: None,
         window: None,

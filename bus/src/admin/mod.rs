@@ -4,6 +4,7 @@
 //! Every API route is mounted through `utoipa_axum::routes!`, which documents it from the same
 //! handler, so the document and the router cannot drift apart.
 
+pub mod archive;
 pub mod audit;
 pub mod auth;
 pub mod deadletters;
@@ -45,6 +46,10 @@ pub struct AppState {
     pub stats: Arc<RouterStats>,
     /// Retrier counters.
     pub retrier: Arc<crate::retrier::RetrierStats>,
+    /// Archiver counters.
+    pub archiver: Arc<crate::archive::archiver::ArchiverStats>,
+    /// Replay runner counters.
+    pub replays: Arc<crate::archive::replay::ReplayStats>,
     /// Sends flown letters (`POST /fly`); absent where the bus has no Kafka.
     pub producer: Option<rdkafka::producer::FutureProducer>,
 }
@@ -106,7 +111,8 @@ pub struct ApiQuery<T>(pub T);
          (name = "audit", description = "Who changed what"),
          (name = "providers", description = "Modules, their instances and capabilities"),
          (name = "fly", description = "Modules fly letters to pigeons"),
-         (name = "dictionary", description = "The field names every module agrees on"))
+         (name = "dictionary", description = "The field names every module agrees on"),
+         (name = "archive", description = "Archived letters: search, and replay jobs"))
 )]
 struct ApiDoc;
 
@@ -142,7 +148,13 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(providers::list))
         .routes(routes!(fly::fly))
         .routes(routes!(dictionary::list))
-        .routes(routes!(dictionary::put, dictionary::delete));
+        .routes(routes!(dictionary::put, dictionary::delete))
+        .routes(routes!(archive::search))
+        .routes(routes!(archive::get))
+        .routes(routes!(archive::list, archive::create))
+        .routes(routes!(archive::dry_run))
+        .routes(routes!(archive::job))
+        .routes(routes!(archive::cancel));
     OpenApiRouter::with_openapi(ApiDoc::openapi()).nest("/api/v1", v1).split_for_parts()
 }
 
@@ -164,10 +176,11 @@ async fn not_found(uri: axum::http::Uri) -> ApiError {
     ApiError::not_found(format!("route {}", uri.path()))
 }
 
-/// Router and retrier counters in the Prometheus text format.
+/// Router, retrier, archiver and replay counters in the Prometheus text format.
 async fn metrics(State(state): State<AppState>) -> String {
     let stats = &state.stats;
     let retrier = &state.retrier;
+    let archiver = &state.archiver;
     let mut out = String::new();
     for (name, help, value) in [
         ("pigeon_letters_in_total", "Source letters read by the router.", &stats.letters_in),
@@ -205,6 +218,32 @@ async fn metrics(State(state): State<AppState>) -> String {
             "Retries whose claim ran out before the outcome was recorded (possibly sent twice).",
             &retrier.lost_claims,
         ),
+        ("pigeon_archive_read_total", "Messages the archiver read.", &archiver.read),
+        ("pigeon_archive_letters_total", "Letters newly written to the archive.", &archiver.archived),
+        (
+            "pigeon_archive_duplicates_total",
+            "Letters chosen again that the archive already held (redeliveries).",
+            &archiver.duplicates,
+        ),
+        ("pigeon_archive_batches_total", "Batches written to the archive.", &archiver.batches),
+        (
+            "pigeon_archive_write_failures_total",
+            "Batch writes that failed and were tried again.",
+            &archiver.write_failures,
+        ),
+        (
+            "pigeon_archive_filter_errors_total",
+            "Letters kept although their archive pigeon's filter failed on them.",
+            &archiver.filter_errors,
+        ),
+        ("pigeon_archive_expired_total", "Letters the retention job deleted.", &archiver.expired),
+        (
+            "pigeon_archive_paused",
+            "1 while the archiver waits for its database with its partitions paused.",
+            &archiver.paused,
+        ),
+        ("pigeon_replay_letters_total", "Archived letters replayed.", &state.replays.letters),
+        ("pigeon_replay_jobs_ended_total", "Replay jobs that ended here.", &state.replays.jobs_ended),
     ] {
         let kind = if name.ends_with("_total") { "counter" } else { "gauge" };
         let value = value.load(Ordering::Relaxed);

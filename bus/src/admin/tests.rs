@@ -41,6 +41,8 @@ impl Api {
             ready: Arc::new(AtomicBool::new(true)),
             stats: Arc::default(),
             retrier: Arc::default(),
+            archiver: Arc::default(),
+            replays: Arc::default(),
             producer: None,
         };
         let [module, viewer, operator, admin] = values.try_into().unwrap();

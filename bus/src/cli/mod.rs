@@ -1,9 +1,11 @@
 //! The operator's commands: `pigeon tokens …` (local, on the store), `pigeon routes …`,
-//! `pigeon dead-letters …` and `pigeon dictionary …` (remote, through the admin API).
+//! `pigeon dead-letters …`, `pigeon dictionary …`, `pigeon replay …` and `pigeon archive …`
+//! (remote, through the admin API).
 
 pub mod client;
 pub mod deadletters;
 pub mod dictionary;
+pub mod replay;
 pub mod routes;
 pub mod tokens;
 

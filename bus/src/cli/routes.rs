@@ -181,7 +181,7 @@ mod tests {
                 enabled: false,
                 action: Default::default(),
                 script: None,
-                matcher: MatchSpec { topic: "live.gift".into(), tag: "gift.*".into() },
+                matcher: MatchSpec::new("live.gift", "gift.*"),
                 destinations: vec![
                     DestinationSpec::capability("act-toy/progress.add"),
                     DestinationSpec::topic("lane", "x"),
@@ -196,7 +196,7 @@ mod tests {
                 enabled: true,
                 action: Default::default(),
                 script: None,
-                matcher: MatchSpec { topic: "live.view".into(), tag: "**".into() },
+                matcher: MatchSpec::new("live.view", "**"),
                 destinations: vec![DestinationSpec::capability("m/c")],
                 retry: None,
                 window: None,

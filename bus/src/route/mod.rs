@@ -12,7 +12,7 @@ pub use pattern::TagPattern;
 pub use spec::{parse_spec, Action, DestinationSpec, MatchSpec, PigeonSpec};
 pub use table::{
     module_topic, resolve, standing, validate, validate_topic, Built, Clock, CompileErrors, Destination,
-    Lookup, Quarantined, Route, RouteScript, RouteTable, Source, TagSource, TopicRoutes, VersionedPigeon,
-    INGRESS,
+    Lookup, Paths, Quarantined, Route, RouteScript, RouteTable, Source, TagSource, TopicRoutes,
+    VersionedPigeon, INGRESS,
 };
 pub use window::{Phase, Window, WindowSpec};

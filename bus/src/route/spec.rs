@@ -76,6 +76,20 @@ pub enum Action {
     Forward,
     /// Run the pigeon's script, which reshapes, filters or splits the letter.
     Script,
+    /// Keep the letter whole in the archive (the archiver role), for search and replay. An
+    /// archive pigeon has no destinations; `match.filter` narrows what it keeps.
+    Archive,
+}
+
+impl Action {
+    /// The name operators write.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Forward => "forward",
+            Action::Script => "script",
+            Action::Archive => "archive",
+        }
+    }
 }
 
 /// Which letters a pigeon takes.
@@ -87,6 +101,17 @@ pub struct MatchSpec {
     /// Tag pattern (see [`super::pattern`]); default `**`, every tag.
     #[serde(default = "every_tag")]
     pub tag: String,
+    /// Archive pigeons only: a Rhai expression on the letter (`payload`, `tag`, `key`, …, as
+    /// scripts see it) that must be true for the letter to be kept, e.g. `payload.amount >= 100`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<String>,
+}
+
+impl MatchSpec {
+    /// Letters of `topic` whose tag matches `tag`, unfiltered.
+    pub fn new(topic: &str, tag: &str) -> Self {
+        Self { topic: topic.into(), tag: tag.into(), filter: None }
+    }
 }
 
 fn every_tag() -> String {

@@ -37,6 +37,8 @@ pub struct Route {
     pub destinations: Vec<Destination>,
     /// The compiled script of a script pigeon.
     pub script: Option<RouteScript>,
+    /// The compiled `match.filter` of an archive pigeon.
+    pub filter: Option<CompiledScript>,
     /// When its failed deliveries are tried again.
     pub retry: Schedule,
     /// Letters fly only with a timestamp inside it; `None`: always.
@@ -150,6 +152,22 @@ struct TopicPattern {
     routes: Vec<(TagPattern, Arc<Route>)>,
 }
 
+/// Which pigeons a table holds: each path consumes in a consumer group of its own.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Paths {
+    /// Forward and script pigeons: the router's.
+    #[default]
+    Deliver,
+    /// Archive pigeons: the archiver's.
+    Archive,
+}
+
+impl Paths {
+    fn holds(self, action: Action) -> bool {
+        (action == Action::Archive) == (self == Paths::Archive)
+    }
+}
+
 /// What the router does with a letter of some topic.
 #[derive(Debug)]
 pub enum Lookup {
@@ -164,6 +182,7 @@ pub enum Lookup {
 /// Every live pigeon, indexed by source topic.
 #[derive(Debug, Default)]
 pub struct RouteTable {
+    paths: Paths,
     topics: HashMap<String, Arc<TopicRoutes>>,
     topic_patterns: Vec<TopicPattern>,
     /// Concrete topics resolved against `topics` and `topic_patterns` (only with patterns).
@@ -249,9 +268,21 @@ impl RouteTable {
         }
     }
 
-    /// Compiles every pigeon that compiles and quarantines the others. With a clock, only
-    /// pigeons whose live window the router consumes for at that instant are in the table.
+    /// Compiles every pigeon that compiles and quarantines the others; the table holds the
+    /// forward and script pigeons. With a clock, only pigeons whose live window the router
+    /// consumes for at that instant are in the table.
     pub fn build(
+        pigeons: &[VersionedPigeon],
+        sources: &BTreeMap<String, SourceConfig>,
+        clock: Option<Clock>,
+    ) -> Built {
+        Self::build_for(Paths::Deliver, pigeons, sources, clock)
+    }
+
+    /// [`RouteTable::build`] for one path's pigeons. Every pigeon is checked whatever its path,
+    /// so each table's quarantine names every pigeon that does not compile.
+    pub fn build_for(
+        paths: Paths,
         pigeons: &[VersionedPigeon],
         sources: &BTreeMap<String, SourceConfig>,
         clock: Option<Clock>,
@@ -259,6 +290,7 @@ impl RouteTable {
         let mut built = Built::default();
         let mut seen = HashSet::new();
         let table = &mut built.table;
+        table.paths = paths;
         table.sources = sources.clone();
         let mut topics: HashMap<String, TopicRoutes> = HashMap::new();
         for pigeon in pigeons {
@@ -281,7 +313,7 @@ impl RouteTable {
                     continue;
                 }
             };
-            if !pigeon.spec.enabled {
+            if !pigeon.spec.enabled || !paths.holds(route.action) {
                 continue;
             }
             if let (Some(clock), Some(window)) = (clock, route.window) {
@@ -296,7 +328,7 @@ impl RouteTable {
             }
             table.by_id.insert(Arc::clone(&route.id), Arc::clone(&route));
             let topic = &pigeon.spec.matcher.topic;
-            if topic == INGRESS {
+            if topic == INGRESS && paths == Paths::Deliver {
                 continue; // only flown to, by id
             }
             if topic.starts_with('^') {
@@ -318,7 +350,7 @@ impl RouteTable {
 
     /// What to do with letters of a topic.
     pub fn lookup(&self, topic: &str) -> Lookup {
-        if topic == INGRESS {
+        if topic == INGRESS && self.paths == Paths::Deliver {
             return Lookup::Flown(&FLOWN);
         }
         let routes = if self.topic_patterns.is_empty() {
@@ -376,13 +408,17 @@ impl RouteTable {
             .ok_or_else(|| format!("pigeon {pigeon:?} is unknown, disabled or outside its live window"))
     }
 
-    /// What the router subscribes to: every source topic and topic pattern, and [`INGRESS`]
-    /// (letters flown to a pigeon that is gone are parked, not left unread), sorted.
+    /// What the path's consumer subscribes to: every source topic and topic pattern, sorted.
+    /// The router always reads [`INGRESS`] too (letters flown to a pigeon that is gone are
+    /// parked, not left unread).
     pub fn consumed_topics(&self) -> Vec<String> {
         let mut topics = self.source_topics();
         topics.extend(self.topic_patterns.iter().map(|p| p.regex.as_str().to_owned()));
-        topics.push(INGRESS.to_owned());
+        if self.paths == Paths::Deliver {
+            topics.push(INGRESS.to_owned());
+        }
         topics.sort();
+        topics.dedup();
         topics
     }
 
@@ -490,7 +526,10 @@ fn compile_one(pigeon: &VersionedPigeon) -> Result<(Arc<Route>, TagPattern), Vec
     if let Err(e) = &pattern {
         error(format!("match.tag: {e}"));
     }
-    if spec.destinations.is_empty() {
+    let archive = spec.action == Action::Archive;
+    if archive && !spec.destinations.is_empty() {
+        error("an archive pigeon keeps letters in the archive; it has no destinations".into());
+    } else if !archive && spec.destinations.is_empty() {
         error("has no destinations".into());
     }
     let mut destinations = Vec::with_capacity(spec.destinations.len());
@@ -514,9 +553,9 @@ fn compile_one(pigeon: &VersionedPigeon) -> Result<(Arc<Route>, TagPattern), Vec
         }
     }
     let script = match (spec.action, &spec.script) {
-        (Action::Forward, None) => None,
-        (Action::Forward, Some(_)) => {
-            error("has a script but its action is forward (set action = script)".into());
+        (Action::Forward | Action::Archive, None) => None,
+        (action @ (Action::Forward | Action::Archive), Some(_)) => {
+            error(format!("has a script but its action is {} (set action = script)", action.as_str()));
             None
         }
         (Action::Script, None) => {
@@ -541,6 +580,23 @@ fn compile_one(pigeon: &VersionedPigeon) -> Result<(Arc<Route>, TagPattern), Vec
             }
         }
     };
+    let filter = match (&spec.matcher.filter, archive) {
+        (None, _) => None,
+        (Some(_), false) => {
+            error(
+                "match.filter is for archive pigeons (forward pigeons never read the payload; a script \
+                 filters in its script)"
+                    .into(),
+            );
+            None
+        }
+        (Some(source), true) => {
+            script::default_engine().compile(source).map_err(|e| error(format!("match.filter: {e}"))).ok()
+        }
+    };
+    if archive && spec.retry.is_some() {
+        error("retry is for deliveries; an archive pigeon delivers nothing".into());
+    }
     let retry = Schedule::parse(spec.retry.as_deref()).unwrap_or_else(|e| {
         error(e);
         Schedule::default()
@@ -557,6 +613,7 @@ fn compile_one(pigeon: &VersionedPigeon) -> Result<(Arc<Route>, TagPattern), Vec
                 action: spec.action,
                 destinations,
                 script,
+                filter,
                 retry,
                 window,
                 live_since,
@@ -618,7 +675,7 @@ mod tests {
                 enabled: true,
                 action: Action::Forward,
                 script: None,
-                matcher: MatchSpec { topic: topic.into(), tag: tag.into() },
+                matcher: MatchSpec::new(topic, tag),
                 destinations: dests,
                 retry: None,
                 window: None,

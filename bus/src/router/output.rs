@@ -210,6 +210,39 @@ pub fn owned_outputs(
     Ok(outputs)
 }
 
+/// The pigeons that take a letter read again (a redriven dead letter, a replayed one) as the
+/// router would take it now: by its topic and tag, only those whose live window holds
+/// `time_ms`, or the pigeon a flown letter names. Returns its tag too; the error says why no
+/// pigeon takes it.
+pub fn reroute(
+    table: &crate::route::RouteTable,
+    message: &OwnedMessage,
+    time_ms: i64,
+) -> Result<(String, Vec<Arc<crate::route::Route>>), String> {
+    use crate::route::Lookup;
+    let lookup = table.lookup(message.topic());
+    let source = match &lookup {
+        Lookup::Flown(source) => *source,
+        Lookup::Routes(routes) => &routes.source,
+        Lookup::Nothing => return Err(format!("no enabled pigeon listens on {} now", message.topic())),
+    };
+    let meta = crate::source::read(message, source)?;
+    let tag = meta.tag.clone().unwrap_or_default().into_owned();
+    let matched: Vec<Arc<crate::route::Route>> = match (&lookup, &meta.tag) {
+        (Lookup::Routes(routes), Some(tag)) => {
+            routes.matching(tag).filter(|r| r.takes(time_ms)).cloned().collect()
+        }
+        (Lookup::Routes(routes), None) => {
+            routes.matching_untagged().filter(|r| r.takes(time_ms)).cloned().collect()
+        }
+        _ => vec![Arc::clone(table.flown(crate::source::pigeon_header(message))?)],
+    };
+    if matched.is_empty() {
+        return Err(format!("no pigeon matches tag {tag:?} on {} now", message.topic()));
+    }
+    Ok((tag, matched))
+}
+
 /// The headers with `ce_attempt` set to `attempt`.
 pub fn with_attempt(headers: &OwnedHeaders, attempt: i32) -> OwnedHeaders {
     let attempt = attempt.to_string();

@@ -113,6 +113,20 @@ impl ScriptEngine {
         letter: &ScriptLetter<'_>,
         destinations: &[ScriptDestination],
     ) -> Result<Vec<ScriptOutput>, ScriptError> {
+        let value = self.eval(script, letter)?;
+        self.outputs(value, letter, destinations)
+    }
+
+    /// Runs a compiled filter expression on one letter: whether the letter passes. Anything
+    /// but `true` or `false` is an error.
+    pub fn test(&self, filter: &CompiledScript, letter: &ScriptLetter<'_>) -> Result<bool, ScriptError> {
+        let value = self.eval(filter, letter)?;
+        value
+            .as_bool()
+            .map_err(|kind| ScriptError::Output(format!("the filter gave {kind}, not true or false")))
+    }
+
+    fn eval(&self, script: &CompiledScript, letter: &ScriptLetter<'_>) -> Result<Dynamic, ScriptError> {
         let payload: Dynamic =
             serde_json::from_slice(letter.payload).map_err(|e| ScriptError::Payload(e.to_string()))?;
         let key_text = letter.key.map(|k| String::from_utf8_lossy(k).into_owned());
@@ -121,14 +135,13 @@ impl ScriptEngine {
         scope.push_constant("tag", letter.tag.to_owned());
         scope.push_constant("id", letter.id.to_owned());
         scope.push_constant("source", letter.source.to_owned());
-        scope.push_constant("key", key_text.clone().map_or(Dynamic::UNIT, Dynamic::from));
+        scope.push_constant("key", key_text.map_or(Dynamic::UNIT, Dynamic::from));
         scope.push_constant("time", letter.time.map_or(Dynamic::UNIT, |t| Dynamic::from(t.to_owned())));
 
         STARTED.with(|s| s.set(Some(Instant::now())));
         let result = self.engine.eval_ast_with_scope::<Dynamic>(&mut scope, &script.ast);
         STARTED.with(|s| s.set(None));
-        let value = result.map_err(|e| runtime_error(&e))?;
-        self.outputs(value, letter, destinations)
+        result.map_err(|e| runtime_error(&e))
     }
 
     fn outputs(

@@ -16,6 +16,7 @@ use crate::route::{PigeonSpec, VersionedPigeon};
 use crate::token::Role;
 use pigeon_sdk::registry::Registration;
 
+pub mod archive;
 pub mod mysql;
 mod sql;
 pub mod sqlite;
@@ -141,6 +142,9 @@ pub struct AuditEntry {
 pub trait Store: Send + Sync + 'static {
     /// Applies pending migrations.
     async fn migrate(&self) -> Result<(), StoreError>;
+
+    /// The archive and replay jobs, in the same database.
+    fn archive(&self) -> &dyn archive::Archive;
 
     /// Saves a pigeon: a new version when the spec changed, the same one otherwise. The spec
     /// must be validated by the caller. `actor` is recorded in the audit log.

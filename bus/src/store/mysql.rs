@@ -5,19 +5,26 @@ use std::time::Duration;
 
 use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
 
+use super::archive::{self, archive_store};
 use super::rows::{self, AttemptRow, AuditRow, DeadLetterRow, PigeonRow, TokenRow};
-use super::sql::{sql_store, update_first_mysql, Backend, Dialect};
+use super::sql::{delete_first_mysql, sql_store, update_first_mysql, Backend, Dialect};
 use super::{
     bind_dead_letter, bind_dead_letter_filter, bind_selection, now_ms, AuditEntry, Claimed, NewToken, Saved,
     StoreError, StoredPigeon, Token,
 };
+use crate::archive::{ArchiveQuery, ArchivedLetter, KeyField, Position, ReplayJob, ReplaySpec, ReplayStatus};
 use crate::deadletter::{Attempt, DeadLetter, DeadLetterFilter, NewDeadLetter, Outcome, Report, Selection};
 use crate::route::PigeonSpec;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/mysql");
 
-const MYSQL: Dialect =
-    Dialect { begin_write: "BEGIN", lock_row: " FOR UPDATE", update_first: update_first_mysql };
+const MYSQL: Dialect = Dialect {
+    begin_write: "BEGIN",
+    lock_row: " FOR UPDATE",
+    update_first: update_first_mysql,
+    delete_first: delete_first_mysql,
+    insert_once: ("INSERT", " ON DUPLICATE KEY UPDATE letter_id = letter_id"),
+};
 
 /// The MySQL/TiDB store.
 #[derive(Clone, Debug)]
@@ -43,3 +50,4 @@ impl Backend for MySqlStore {
 }
 
 sql_store!(MySqlStore, MIGRATOR, MYSQL, |result| result.last_insert_id() as i64);
+archive_store!(MySqlStore, MYSQL, |result| result.last_insert_id() as i64);

@@ -14,6 +14,22 @@ pub struct Dialect {
     /// TiDB take `ORDER BY … LIMIT` on an `UPDATE` but not in an `IN` subquery; SQLite the
     /// other way round.
     pub update_first: fn(set: &str, condition: &str, order: &str) -> String,
+    /// A `DELETE FROM {table} WHERE {condition} LIMIT ?`: MySQL and TiDB take it as it is,
+    /// SQLite (built without that option) through a subquery.
+    pub delete_first: fn(table: &str, condition: &str) -> String,
+    /// How to insert rows that may exist already, leaving those as they are: the statement's
+    /// start, and what follows its `VALUES`.
+    pub insert_once: (&'static str, &'static str),
+}
+
+/// [`Dialect::delete_first`] for MySQL and TiDB.
+pub fn delete_first_mysql(table: &str, condition: &str) -> String {
+    format!("DELETE FROM {table} WHERE {condition} LIMIT ?")
+}
+
+/// [`Dialect::delete_first`] for SQLite.
+pub fn delete_first_sqlite(table: &str, condition: &str) -> String {
+    format!("DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} WHERE {condition} LIMIT ?)")
 }
 
 /// [`Dialect::update_first`] for MySQL and TiDB.
@@ -34,6 +50,10 @@ macro_rules! sql_store {
     ($store:ty, $migrator:expr, $dialect:expr, |$result:ident| $last_id:expr) => {
         #[async_trait::async_trait]
         impl $crate::store::Store for $store {
+            fn archive(&self) -> &dyn $crate::store::archive::Archive {
+                self
+            }
+
             async fn migrate(&self) -> Result<(), StoreError> {
                 $migrator.run(&self.pool).await?;
                 Ok(())

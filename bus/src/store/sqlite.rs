@@ -7,19 +7,26 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
+use super::archive::{self, archive_store};
 use super::rows::{self, AttemptRow, AuditRow, DeadLetterRow, PigeonRow, TokenRow};
-use super::sql::{sql_store, update_first_sqlite, Backend, Dialect};
+use super::sql::{delete_first_sqlite, sql_store, update_first_sqlite, Backend, Dialect};
 use super::{
     bind_dead_letter, bind_dead_letter_filter, bind_selection, now_ms, AuditEntry, Claimed, NewToken, Saved,
     StoreError, StoredPigeon, Token,
 };
+use crate::archive::{ArchiveQuery, ArchivedLetter, KeyField, Position, ReplayJob, ReplaySpec, ReplayStatus};
 use crate::deadletter::{Attempt, DeadLetter, DeadLetterFilter, NewDeadLetter, Outcome, Report, Selection};
 use crate::route::PigeonSpec;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
 
-const SQLITE: Dialect =
-    Dialect { begin_write: "BEGIN IMMEDIATE", lock_row: "", update_first: update_first_sqlite };
+const SQLITE: Dialect = Dialect {
+    begin_write: "BEGIN IMMEDIATE",
+    lock_row: "",
+    update_first: update_first_sqlite,
+    delete_first: delete_first_sqlite,
+    insert_once: ("INSERT", " ON CONFLICT (letter_id) DO NOTHING"),
+};
 
 /// The SQLite store.
 #[derive(Clone, Debug)]
@@ -45,3 +52,4 @@ impl Backend for SqliteStore {
 }
 
 sql_store!(SqliteStore, MIGRATOR, SQLITE, |result| result.last_insert_rowid());
+archive_store!(SqliteStore, SQLITE, |result| result.last_insert_rowid());

@@ -1,0 +1,487 @@
+//! The archiver role: reads the topics of archive pigeons in a consumer group of its own and
+//! writes the letters they choose to the archive in batches.
+//!
+//! A batch is written when it holds `batch_rows` letters or `flush_ms` after its first letter,
+//! in one transaction of multi-row inserts that leave an already archived letter id alone. Only
+//! then are the batch's offsets handed to the consumer to commit, so a letter is archived
+//! before its offset is committed, and a redelivered one is stored once. While the database
+//! cannot be reached the archiver pauses its partitions and tries the same batch again, with
+//! a growing wait, committing nothing.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::{Headers, Message, OwnedMessage};
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::{ArchivedLetter, KeyField, Position, MAX_KEY_LEN};
+use crate::config::ArchiverConfig;
+use crate::control::Routes;
+use crate::deadletter::StoredHeader;
+use crate::route::{Lookup, Route, RouteTable};
+use crate::script::{self, ScriptLetter};
+use crate::store::{now_ms, Store};
+
+/// The archiver's counters, exported on `/metrics`.
+#[derive(Debug, Default)]
+pub struct ArchiverStats {
+    /// Messages read from archive pigeons' topics.
+    pub read: AtomicU64,
+    /// Letters newly written to the archive.
+    pub archived: AtomicU64,
+    /// Letters chosen again that the archive already held (redeliveries).
+    pub duplicates: AtomicU64,
+    /// Batches written.
+    pub batches: AtomicU64,
+    /// Batch writes that failed (each is tried again).
+    pub write_failures: AtomicU64,
+    /// Letters kept although their pigeon's filter failed on them.
+    pub filter_errors: AtomicU64,
+    /// Letters deleted by the retention job.
+    pub expired: AtomicU64,
+    /// 1 while the archiver waits for the database with its partitions paused.
+    pub paused: AtomicU64,
+}
+
+/// Everything the archiver runs with.
+pub struct ArchiverParts {
+    /// The route tables; the archiver runs `archive`.
+    pub routes: watch::Receiver<Arc<Routes>>,
+    /// Batching and retention.
+    pub config: ArchiverConfig,
+    /// Consumer properties (the archiver's group).
+    pub consumer: ClientConfig,
+    /// The archive's database.
+    pub store: Arc<dyn Store>,
+    /// Counters.
+    pub stats: Arc<ArchiverStats>,
+}
+
+/// Where the business keys are found in payloads: each key's dictionary name and aliases.
+#[derive(Clone, Debug)]
+pub struct KeyNames(Vec<(String, KeyField)>);
+
+impl Default for KeyNames {
+    fn default() -> Self {
+        Self(KeyField::ALL.iter().map(|k| (k.name().to_owned(), *k)).collect())
+    }
+}
+
+impl KeyNames {
+    /// The keys' names and the aliases the dictionary knows for them.
+    pub async fn from_dictionary(store: &dyn Store) -> Self {
+        let mut names = Self::default();
+        match store.dictionary().await {
+            Ok(fields) => {
+                for stored in fields {
+                    if let Ok(key) = stored.field.name.parse::<KeyField>() {
+                        names.0.extend(stored.field.aliases.iter().map(|alias| (alias.clone(), key)));
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the dictionary; business keys are found by name only")
+            }
+        }
+        names
+    }
+
+    /// The business keys of a JSON payload's top level: strings as they are, numbers as written.
+    pub fn find(&self, payload: Option<&[u8]>) -> std::collections::BTreeMap<KeyField, String> {
+        let mut keys = std::collections::BTreeMap::new();
+        let Some(payload) = payload else { return keys };
+        let Ok(object) = serde_json::from_slice::<HashMap<String, &serde_json::value::RawValue>>(payload)
+        else {
+            return keys;
+        };
+        for (name, key) in &self.0 {
+            if keys.contains_key(key) {
+                continue;
+            }
+            let Some(raw) = object.get(name.as_str()) else { continue };
+            let text = raw.get();
+            let value = match text.as_bytes().first() {
+                Some(b'"') => serde_json::from_str::<String>(text).ok(),
+                Some(b'-' | b'0'..=b'9') => Some(text.to_owned()),
+                _ => None,
+            };
+            if let Some(value) = value.filter(|v| !v.is_empty() && v.len() <= MAX_KEY_LEN) {
+                keys.insert(*key, value);
+            }
+        }
+        keys
+    }
+}
+
+/// A message one of the archive pigeons may keep; the filter is run when the batch is written.
+struct Candidate {
+    message: OwnedMessage,
+    id: Option<String>,
+    tag: String,
+    time: i64,
+    routes: Vec<Arc<Route>>,
+}
+
+/// Letters read since the last write, and the offsets they reach.
+#[derive(Default)]
+struct Batch {
+    candidates: Vec<Candidate>,
+    /// Built at the first try to write, kept for the next tries.
+    letters: Option<Vec<ArchivedLetter>>,
+    /// Per partition, the offset after the last message read.
+    offsets: HashMap<(String, i32), i64>,
+    /// When the first message of the batch was read.
+    started: Option<Instant>,
+}
+
+impl Batch {
+    fn is_empty(&self) -> bool {
+        self.started.is_none()
+    }
+
+    fn len(&self) -> usize {
+        self.candidates.len() + self.letters.as_ref().map_or(0, Vec::len)
+    }
+}
+
+/// Runs the archiver until `cancel` fires; the batch in hand is written before it returns.
+pub async fn run(parts: ArchiverParts, cancel: CancellationToken) -> anyhow::Result<()> {
+    let ArchiverParts { mut routes, config, consumer, store, stats } = parts;
+    let consumer: StreamConsumer = consumer.create()?;
+    let names = Arc::new(KeyNames::from_dictionary(store.as_ref()).await);
+    let mut table = Arc::clone(&routes.borrow_and_update().archive);
+    let mut topics = table.consumed_topics();
+    subscribe(&consumer, &topics);
+
+    let retention =
+        tokio::spawn(retention(Arc::clone(&store), config.clone(), Arc::clone(&stats), cancel.clone()));
+    let flush_after = Duration::from_millis(config.flush_ms);
+    let mut batch = Batch::default();
+    // While the database is away: when to try again, and the wait after that.
+    let mut outage: Option<(Instant, Duration)> = None;
+    loop {
+        let due = match (outage, batch.started) {
+            (Some((retry_at, _)), _) => Some(retry_at),
+            (None, Some(started)) => Some(started + flush_after),
+            (None, None) => None,
+        };
+        // A full batch is written at once; one waiting for the database still takes what was
+        // fetched before its partitions paused.
+        let full = outage.is_none() && batch.len() >= config.batch_rows;
+        if !full {
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => break,
+                Ok(()) = routes.changed() => {
+                    table = Arc::clone(&routes.borrow_and_update().archive);
+                    let now = table.consumed_topics();
+                    if now != topics {
+                        tracing::info!(topics = ?now, "archiver subscription changed");
+                        topics = now;
+                        subscribe(&consumer, &topics);
+                    }
+                    continue;
+                }
+                _ = sleep_until(due), if due.is_some() => {}
+                received = consumer.recv() => {
+                    match received {
+                        Ok(message) => take(&mut batch, &message, &table, &stats),
+                        Err(e) => tracing::warn!(error = %e, "archiver consumer error"),
+                    }
+                    if batch.len() < config.batch_rows || outage.is_some() {
+                        continue;
+                    }
+                }
+            }
+        }
+        if outage.is_some_and(|(retry_at, _)| Instant::now() < retry_at) {
+            continue;
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        match write(&mut batch, &store, &names, &stats).await {
+            Ok(()) => {
+                store_offsets(&consumer, &batch.offsets);
+                batch = Batch::default();
+                if outage.take().is_some() {
+                    stats.paused.store(0, Ordering::Relaxed);
+                    set_paused(&consumer, false);
+                    tracing::info!("the archive's database is back; archiving again");
+                }
+            }
+            Err(e) => {
+                stats.write_failures.fetch_add(1, Ordering::Relaxed);
+                let wait = match outage {
+                    None => {
+                        tracing::warn!(error = %e, letters = batch.len(), "cannot write to the archive; partitions paused, nothing committed, trying again");
+                        stats.paused.store(1, Ordering::Relaxed);
+                        Duration::from_millis(config.retry_ms)
+                    }
+                    Some((_, wait)) => {
+                        tracing::debug!(error = %e, "archive still unreachable");
+                        (wait * 2).min(Duration::from_millis(config.retry_max_ms))
+                    }
+                };
+                // Partitions assigned since the last try are paused too.
+                set_paused(&consumer, true);
+                outage = Some((Instant::now() + wait, wait));
+            }
+        }
+    }
+
+    if !batch.is_empty() {
+        match write(&mut batch, &store, &names, &stats).await {
+            Ok(()) => store_offsets(&consumer, &batch.offsets),
+            Err(e) => {
+                tracing::warn!(error = %e, letters = batch.len(), "the last batch was not archived; its letters are read again after restart")
+            }
+        }
+    }
+    if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+        tracing::debug!(error = %e, "final archiver commit");
+    }
+    consumer.unsubscribe();
+    retention.abort();
+    tracing::info!("archiver stopped");
+    Ok(())
+}
+
+async fn sleep_until(due: Option<Instant>) {
+    match due {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Subscribes to the archive pigeons' topics and topic patterns; to nothing when there are none.
+fn subscribe(consumer: &StreamConsumer, topics: &[String]) {
+    if topics.is_empty() {
+        consumer.unsubscribe();
+        return;
+    }
+    let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+    if let Err(e) = consumer.subscribe(&refs) {
+        tracing::error!(error = %e, ?topics, "the archiver cannot subscribe");
+    }
+}
+
+/// Notes a message read: its offset, and the message itself if an archive pigeon may keep it.
+fn take(
+    batch: &mut Batch,
+    message: &rdkafka::message::BorrowedMessage<'_>,
+    table: &RouteTable,
+    stats: &ArchiverStats,
+) {
+    stats.read.fetch_add(1, Ordering::Relaxed);
+    batch.started.get_or_insert_with(Instant::now);
+    batch.offsets.insert((message.topic().to_owned(), message.partition()), message.offset() + 1);
+    let Lookup::Routes(topic_routes) = table.lookup(message.topic()) else { return };
+    let time = message.timestamp().to_millis().unwrap_or_else(now_ms);
+    let (tag, id) = match crate::source::read(message, &topic_routes.source) {
+        Ok(meta) => (meta.tag.map(|t| t.into_owned()), meta.id.map(str::to_owned)),
+        Err(_) => (None, None),
+    };
+    let routes: Vec<Arc<Route>> = match &tag {
+        Some(tag) => topic_routes.matching(tag).filter(|r| r.takes(time)).cloned().collect(),
+        None => topic_routes.matching_untagged().filter(|r| r.takes(time)).cloned().collect(),
+    };
+    if routes.is_empty() {
+        return;
+    }
+    batch.candidates.push(Candidate {
+        message: message.detach(),
+        id,
+        tag: tag.unwrap_or_default(),
+        time,
+        routes,
+    });
+}
+
+/// Writes the batch. Letters are built (filters run, keys found) off the async runtime, once:
+/// a batch waiting for the database keeps them, and builds only what was read since.
+async fn write(
+    batch: &mut Batch,
+    store: &Arc<dyn Store>,
+    names: &Arc<KeyNames>,
+    stats: &Arc<ArchiverStats>,
+) -> anyhow::Result<()> {
+    if !batch.candidates.is_empty() {
+        let candidates = std::mem::take(&mut batch.candidates);
+        let (names, stats) = (Arc::clone(names), Arc::clone(stats));
+        let built = tokio::task::spawn_blocking(move || {
+            candidates.iter().filter_map(|c| letter(c, &names, &stats)).collect::<Vec<_>>()
+        })
+        .await?;
+        batch.letters.get_or_insert_with(Vec::new).extend(built);
+    }
+    let letters = batch.letters.as_deref().unwrap_or_default();
+    if letters.is_empty() {
+        return Ok(());
+    }
+    let new = store.archive().archive_letters(letters).await?;
+    stats.batches.fetch_add(1, Ordering::Relaxed);
+    stats.archived.fetch_add(new, Ordering::Relaxed);
+    stats.duplicates.fetch_add((letters.len() as u64).saturating_sub(new), Ordering::Relaxed);
+    Ok(())
+}
+
+/// The letter the first of its pigeons whose filter takes it keeps, if any. A filter that
+/// fails on a letter keeps it (and counts it): an archive loses nothing over a bad filter.
+fn letter(candidate: &Candidate, names: &KeyNames, stats: &ArchiverStats) -> Option<ArchivedLetter> {
+    let message = &candidate.message;
+    let id = candidate.id.clone().filter(|id| !id.is_empty() && id.len() <= 64).unwrap_or_else(|| {
+        pigeon_sdk::LetterId::derived(
+            message.topic(),
+            message.partition(),
+            message.offset(),
+            candidate.time as u64,
+        )
+        .to_string()
+    });
+    let header_text = |name: &str| {
+        message
+            .headers()
+            .and_then(|hs| hs.iter().find(|h| h.key == name))
+            .and_then(|h| h.value)
+            .and_then(|v| std::str::from_utf8(v).ok())
+    };
+    let pigeon = candidate.routes.iter().find(|route| {
+        let Some(filter) = &route.filter else { return true };
+        let input = ScriptLetter {
+            id: &id,
+            tag: &candidate.tag,
+            source: header_text(pigeon_sdk::header::SOURCE).unwrap_or(message.topic()),
+            key: message.key(),
+            time: header_text(pigeon_sdk::header::TIME),
+            payload: message.payload().unwrap_or(b"null"),
+        };
+        script::default_engine().test(filter, &input).unwrap_or_else(|e| {
+            stats.filter_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(pigeon = %route.id, letter = %id, error = %e, "archive filter failed; the letter is kept");
+            true
+        })
+    })?;
+    let headers = message
+        .headers()
+        .map(|hs| hs.iter().map(|h| StoredHeader::new(h.key, h.value)).collect())
+        .unwrap_or_default();
+    Some(ArchivedLetter {
+        letter_id: id,
+        pigeon_id: pigeon.id.to_string(),
+        position: Position {
+            time: candidate.time,
+            topic: message.topic().to_owned(),
+            partition: message.partition(),
+            offset: message.offset(),
+        },
+        tag: truncate(&candidate.tag, 255),
+        keys: names.find(message.payload()),
+        key: message.key().map(<[u8]>::to_vec),
+        headers,
+        payload: message.payload().map(<[u8]>::to_vec),
+        archived_at: 0,
+    })
+}
+
+/// At most `max` bytes of `text`, cut at a character boundary (the column's limit; the
+/// letter's headers keep the whole tag).
+fn truncate(text: &str, max: usize) -> String {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_owned()
+}
+
+/// Hands the batch's offsets to the consumer for its next commit. A partition revoked
+/// meanwhile is refused, which is right: its next owner reads from the last commit, and the
+/// letters it reads again are already archived.
+fn store_offsets(consumer: &StreamConsumer, offsets: &HashMap<(String, i32), i64>) {
+    if offsets.is_empty() {
+        return;
+    }
+    let mut tpl = TopicPartitionList::new();
+    for ((topic, partition), offset) in offsets {
+        if let Err(e) = tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset)) {
+            tracing::warn!(topic, partition, error = %e, "archiver offset");
+        }
+    }
+    if let Err(e) = consumer.store_offsets(&tpl) {
+        tracing::debug!(error = %e, "storing archiver offsets (a partition was revoked)");
+    }
+}
+
+/// Pauses or resumes every assigned partition.
+fn set_paused(consumer: &StreamConsumer, paused: bool) {
+    let assignment = match consumer.assignment() {
+        Ok(assignment) => assignment,
+        Err(e) => {
+            tracing::warn!(error = %e, "reading the archiver's assignment");
+            return;
+        }
+    };
+    let result = match paused {
+        true => consumer.pause(&assignment),
+        false => consumer.resume(&assignment),
+    };
+    if let Err(e) = result {
+        tracing::warn!(error = %e, paused, "pausing or resuming the archiver's partitions");
+    }
+}
+
+/// Deletes letters older than the retention on its schedule, in small chunks.
+async fn retention(
+    store: Arc<dyn Store>,
+    config: ArchiverConfig,
+    stats: Arc<ArchiverStats>,
+    cancel: CancellationToken,
+) {
+    let (Ok(Some(age)), Ok(schedule)) = (config.retention(), config.retention_schedule()) else {
+        return; // no retention: letters stay (the configuration was checked at start)
+    };
+    loop {
+        let wait = schedule
+            .upcoming(chrono::Utc)
+            .next()
+            .and_then(|at| (at - chrono::Utc::now()).to_std().ok())
+            .unwrap_or(Duration::from_secs(60));
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        let before = now_ms() - age.as_millis() as i64;
+        match expire(store.as_ref(), before, config.retention_chunk, &cancel).await {
+            Ok(deleted) => {
+                stats.expired.fetch_add(deleted, Ordering::Relaxed);
+                tracing::info!(deleted, before, "archive retention");
+            }
+            Err(e) => tracing::warn!(error = %e, "archive retention stopped; it runs again at its next time"),
+        }
+    }
+}
+
+/// Deletes every letter older than `before`, `chunk` rows per statement; returns how many.
+pub async fn expire(
+    store: &dyn Store,
+    before: i64,
+    chunk: u32,
+    cancel: &CancellationToken,
+) -> Result<u64, crate::store::StoreError> {
+    let mut deleted = 0;
+    while !cancel.is_cancelled() {
+        let n = store.archive().delete_archived_before(before, chunk).await?;
+        deleted += n;
+        if n < u64::from(chunk) {
+            break;
+        }
+    }
+    Ok(deleted)
+}

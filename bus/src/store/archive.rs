@@ -1,0 +1,479 @@
+//! The archive and replay jobs in the store: one implementation for both backends, expanded by
+//! [`archive_store!`] like [`super::sql`].
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+
+use super::StoreError;
+use crate::archive::{ArchiveQuery, ArchivedLetter, KeyField, Position, ReplayJob, ReplaySpec, ReplayStatus};
+use crate::deadletter::StoredHeader;
+
+/// Rows per multi-row `INSERT`: 14 parameters each stays under SQLite's and MySQL's limits.
+pub const INSERT_CHUNK: usize = 1_000;
+
+/// The archive: letters kept whole, and the replay jobs that send them again.
+#[async_trait]
+pub trait Archive: Send + Sync {
+    /// Stores letters in one transaction, with multi-row inserts. A letter id already stored is
+    /// left as it is, so a redelivered letter is stored once. Returns how many rows are new.
+    async fn archive_letters(&self, letters: &[ArchivedLetter]) -> Result<u64, StoreError>;
+
+    /// Archived letters the query matches, after `after` in archive order, at most `limit`.
+    async fn archived(
+        &self,
+        query: &ArchiveQuery,
+        after: Option<&Position>,
+        limit: u32,
+    ) -> Result<Vec<ArchivedLetter>, StoreError>;
+
+    /// How many archived letters the query matches.
+    async fn count_archived(&self, query: &ArchiveQuery) -> Result<i64, StoreError>;
+
+    /// One archived letter.
+    async fn archived_letter(&self, letter_id: &str) -> Result<Option<ArchivedLetter>, StoreError>;
+
+    /// Deletes up to `limit` letters older than `before` (unix ms); returns how many.
+    async fn delete_archived_before(&self, before: i64, limit: u32) -> Result<u64, StoreError>;
+
+    /// Creates a pending replay job of `total` letters, audited; returns its id.
+    async fn create_replay(&self, spec: &ReplaySpec, total: i64, actor: &str) -> Result<i64, StoreError>;
+
+    /// Replay jobs, newest first.
+    async fn replay_jobs(&self, limit: u32) -> Result<Vec<ReplayJob>, StoreError>;
+
+    /// One replay job.
+    async fn replay_job(&self, id: i64) -> Result<Option<ReplayJob>, StoreError>;
+
+    /// Takes a pending job, or a running one whose runner's lease ran out (its letters in
+    /// flight then count as resent), for `owner` until `lease_until`.
+    async fn claim_replay(
+        &self,
+        owner: &str,
+        now: i64,
+        lease_until: i64,
+    ) -> Result<Option<ReplayJob>, StoreError>;
+
+    /// Records progress under `owner`: `sent` more letters acknowledged up to `checkpoint`,
+    /// `in_flight` now on their way, the lease extended. False when the job is no longer this
+    /// runner's (cancelled, or taken over): the runner stops.
+    async fn replay_progress(
+        &self,
+        id: i64,
+        owner: &str,
+        progress: &ReplayProgress,
+    ) -> Result<bool, StoreError>;
+
+    /// Ends a job this runner holds as `done` or `failed`.
+    async fn finish_replay(
+        &self,
+        id: i64,
+        owner: &str,
+        status: ReplayStatus,
+        message: &str,
+    ) -> Result<bool, StoreError>;
+
+    /// Cancels a pending or running job, audited; false when it had finished.
+    async fn cancel_replay(&self, id: i64, actor: &str) -> Result<bool, StoreError>;
+}
+
+/// A replay runner's progress report.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplayProgress {
+    /// The last letter acknowledged.
+    pub checkpoint: Option<Position>,
+    /// Letters acknowledged since the last report.
+    pub sent: i64,
+    /// Letters on their way now.
+    pub in_flight: i64,
+    /// The runner's lease, extended.
+    pub lease_until: i64,
+}
+
+/// An archived letter as read from the store.
+#[derive(sqlx::FromRow)]
+pub struct ArchivedRow {
+    pub letter_id: String,
+    pub pigeon_id: String,
+    pub topic: String,
+    pub kafka_partition: i32,
+    pub kafka_offset: i64,
+    pub letter_time: i64,
+    pub tag: String,
+    pub user_id: Option<String>,
+    pub anchor_id: Option<String>,
+    pub room_id: Option<String>,
+    pub msg_key: Option<Vec<u8>>,
+    pub headers: Vec<u8>,
+    pub payload: Option<Vec<u8>>,
+    pub archived_at: i64,
+}
+
+/// The columns of [`ArchivedRow`], in order.
+pub const ARCHIVED_COLUMNS: &str =
+    "letter_id, pigeon_id, topic, kafka_partition, kafka_offset, letter_time, \
+    tag, user_id, anchor_id, room_id, msg_key, headers, payload, archived_at";
+
+/// Archive order.
+pub const ARCHIVE_ORDER: &str = "letter_time, topic, kafka_partition, kafka_offset";
+
+impl TryFrom<ArchivedRow> for ArchivedLetter {
+    type Error = StoreError;
+    fn try_from(row: ArchivedRow) -> Result<Self, StoreError> {
+        let headers: Vec<StoredHeader> = serde_json::from_slice(&row.headers)
+            .map_err(|e| StoreError::Corrupt(format!("archived letter {}: headers: {e}", row.letter_id)))?;
+        let keys: BTreeMap<KeyField, String> = [
+            (KeyField::UserId, row.user_id),
+            (KeyField::AnchorId, row.anchor_id),
+            (KeyField::RoomId, row.room_id),
+        ]
+        .into_iter()
+        .filter_map(|(field, value)| value.map(|v| (field, v)))
+        .collect();
+        Ok(ArchivedLetter {
+            letter_id: row.letter_id,
+            pigeon_id: row.pigeon_id,
+            position: Position {
+                time: row.letter_time,
+                topic: row.topic,
+                partition: row.kafka_partition,
+                offset: row.kafka_offset,
+            },
+            tag: row.tag,
+            keys,
+            key: row.msg_key,
+            headers,
+            payload: row.payload,
+            archived_at: row.archived_at,
+        })
+    }
+}
+
+/// A replay job as read from the store.
+#[derive(sqlx::FromRow)]
+pub struct ReplayRow {
+    pub id: i64,
+    pub spec: String,
+    pub status: String,
+    pub total: i64,
+    pub sent: i64,
+    pub resent: i64,
+    pub in_flight: i64,
+    pub checkpoint_time: Option<i64>,
+    pub checkpoint_topic: Option<String>,
+    pub checkpoint_partition: Option<i32>,
+    pub checkpoint_offset: Option<i64>,
+    pub message: Option<String>,
+    pub owner: Option<String>,
+    pub created_by: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// The columns of [`ReplayRow`], in order.
+pub const REPLAY_COLUMNS: &str = "id, spec, status, total, sent, resent, in_flight, checkpoint_time, \
+    checkpoint_topic, checkpoint_partition, checkpoint_offset, message, owner, created_by, created_at, updated_at";
+
+impl TryFrom<ReplayRow> for ReplayJob {
+    type Error = StoreError;
+    fn try_from(row: ReplayRow) -> Result<Self, StoreError> {
+        let corrupt = |what: String| StoreError::Corrupt(format!("replay job {}: {what}", row.id));
+        let spec: ReplaySpec = serde_json::from_str(&row.spec).map_err(|e| corrupt(format!("spec: {e}")))?;
+        let status = row.status.parse().map_err(corrupt)?;
+        let checkpoint = match (
+            row.checkpoint_time,
+            row.checkpoint_topic,
+            row.checkpoint_partition,
+            row.checkpoint_offset,
+        ) {
+            (Some(time), Some(topic), Some(partition), Some(offset)) => {
+                Some(Position { time, topic, partition, offset })
+            }
+            _ => None,
+        };
+        Ok(ReplayJob {
+            id: row.id,
+            spec,
+            status,
+            total: row.total,
+            sent: row.sent,
+            resent: row.resent,
+            in_flight: row.in_flight,
+            checkpoint,
+            message: row.message,
+            owner: row.owner,
+            created_by: row.created_by,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        })
+    }
+}
+
+/// Appends the query's conditions (and the position after which to start) to `builder`.
+macro_rules! push_archive_query {
+    ($builder:expr, $query:expr, $after:expr) => {{
+        let query: &ArchiveQuery = $query;
+        let builder = $builder;
+        builder.push(" WHERE letter_time >= ").push_bind(query.since);
+        builder.push(" AND letter_time < ").push_bind(query.until);
+        if let Some(topic) = &query.topic {
+            builder.push(" AND topic = ").push_bind(topic.clone());
+        }
+        if let Some(tag) = &query.tag {
+            builder.push(" AND tag = ").push_bind(tag.clone());
+        }
+        if let Some(pigeon) = &query.pigeon {
+            builder.push(" AND pigeon_id = ").push_bind(pigeon.clone());
+        }
+        for (field, value) in &query.keys {
+            builder.push(format_args!(" AND {} = ", field.column())).push_bind(value.clone());
+        }
+        let after: Option<&Position> = $after;
+        if let Some(after) = after {
+            // The plain bound lets every database range-scan the time index; the row value
+            // orders letters of the same millisecond.
+            builder.push(" AND letter_time >= ").push_bind(after.time);
+            builder.push(" AND (letter_time, topic, kafka_partition, kafka_offset) > (");
+            builder.push_bind(after.time).push(", ").push_bind(after.topic.clone());
+            builder.push(", ").push_bind(after.partition).push(", ").push_bind(after.offset).push(")");
+        }
+    }};
+}
+pub(crate) use push_archive_query;
+
+/// Implements [`Archive`] for `$store` (with a `pool` field) with `$dialect`'s SQL.
+macro_rules! archive_store {
+    ($store:ty, $dialect:expr, |$result:ident| $last_id:expr) => {
+        #[async_trait::async_trait]
+        impl $crate::store::archive::Archive for $store {
+            async fn archive_letters(&self, letters: &[ArchivedLetter]) -> Result<u64, StoreError> {
+                if letters.is_empty() {
+                    return Ok(0);
+                }
+                let now = now_ms();
+                let mut tx = self.pool.begin_with($dialect.begin_write).await?;
+                let mut inserted = 0;
+                for chunk in letters.chunks(archive::INSERT_CHUNK) {
+                    let mut builder = sqlx::QueryBuilder::new(format!(
+                        "{} INTO archived_letters ({}) ",
+                        $dialect.insert_once.0,
+                        archive::ARCHIVED_COLUMNS
+                    ));
+                    builder.push_values(chunk, |mut row, letter| {
+                        let headers = serde_json::to_vec(&letter.headers).expect("headers serialize");
+                        row.push_bind(letter.letter_id.clone())
+                            .push_bind(letter.pigeon_id.clone())
+                            .push_bind(letter.position.topic.clone())
+                            .push_bind(letter.position.partition)
+                            .push_bind(letter.position.offset)
+                            .push_bind(letter.position.time)
+                            .push_bind(letter.tag.clone())
+                            .push_bind(letter.keys.get(&KeyField::UserId).cloned())
+                            .push_bind(letter.keys.get(&KeyField::AnchorId).cloned())
+                            .push_bind(letter.keys.get(&KeyField::RoomId).cloned())
+                            .push_bind(letter.key.clone())
+                            .push_bind(headers)
+                            .push_bind(letter.payload.clone())
+                            .push_bind(now);
+                    });
+                    builder.push($dialect.insert_once.1);
+                    inserted += builder.build().execute(&mut *tx).await?.rows_affected();
+                }
+                tx.commit().await?;
+                Ok(inserted)
+            }
+
+            async fn archived(
+                &self,
+                query: &ArchiveQuery,
+                after: Option<&Position>,
+                limit: u32,
+            ) -> Result<Vec<ArchivedLetter>, StoreError> {
+                let mut builder =
+                    sqlx::QueryBuilder::new(format!("SELECT {} FROM archived_letters", archive::ARCHIVED_COLUMNS));
+                archive::push_archive_query!(&mut builder, query, after);
+                builder.push(format_args!(" ORDER BY {} LIMIT ", archive::ARCHIVE_ORDER)).push_bind(i64::from(limit));
+                let rows: Vec<archive::ArchivedRow> = builder.build_query_as().fetch_all(&self.pool).await?;
+                rows.into_iter().map(TryInto::try_into).collect()
+            }
+
+            async fn count_archived(&self, query: &ArchiveQuery) -> Result<i64, StoreError> {
+                let mut builder = sqlx::QueryBuilder::new("SELECT COUNT(*) FROM archived_letters");
+                archive::push_archive_query!(&mut builder, query, None);
+                let (count,): (i64,) = builder.build_query_as().fetch_one(&self.pool).await?;
+                Ok(count)
+            }
+
+            async fn archived_letter(&self, letter_id: &str) -> Result<Option<ArchivedLetter>, StoreError> {
+                let sql = format!("SELECT {} FROM archived_letters WHERE letter_id = ?", archive::ARCHIVED_COLUMNS);
+                let row: Option<archive::ArchivedRow> =
+                    sqlx::query_as(&sql).bind(letter_id).fetch_optional(&self.pool).await?;
+                row.map(TryInto::try_into).transpose()
+            }
+
+            async fn delete_archived_before(&self, before: i64, limit: u32) -> Result<u64, StoreError> {
+                let sql = ($dialect.delete_first)("archived_letters", "letter_time < ?");
+                let result = sqlx::query(&sql).bind(before).bind(i64::from(limit)).execute(&self.pool).await?;
+                Ok(result.rows_affected())
+            }
+
+            async fn create_replay(&self, spec: &ReplaySpec, total: i64, actor: &str) -> Result<i64, StoreError> {
+                let now = now_ms();
+                let spec_json = serde_json::to_string(spec).expect("a replay spec serializes");
+                let mut tx = self.pool.begin_with($dialect.begin_write).await?;
+                let $result = sqlx::query(
+                    "INSERT INTO replay_jobs (spec, status, total, sent, resent, in_flight, created_by, \
+                     created_at, updated_at) VALUES (?, 'pending', ?, 0, 0, 0, ?, ?, ?)",
+                )
+                .bind(&spec_json)
+                .bind(total)
+                .bind(actor)
+                .bind(now)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                let id: i64 = $last_id;
+                let after = serde_json::json!({ "spec": spec, "total": total });
+                sqlx::query(rows::INSERT_AUDIT)
+                    .bind(now)
+                    .bind(actor)
+                    .bind("replay.create")
+                    .bind(format!("replay/{id}"))
+                    .bind(None::<String>)
+                    .bind(Some(after.to_string()))
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(id)
+            }
+
+            async fn replay_jobs(&self, limit: u32) -> Result<Vec<ReplayJob>, StoreError> {
+                let sql = format!("SELECT {} FROM replay_jobs ORDER BY id DESC LIMIT ?", archive::REPLAY_COLUMNS);
+                let rows: Vec<archive::ReplayRow> =
+                    sqlx::query_as(&sql).bind(i64::from(limit)).fetch_all(&self.pool).await?;
+                rows.into_iter().map(TryInto::try_into).collect()
+            }
+
+            async fn replay_job(&self, id: i64) -> Result<Option<ReplayJob>, StoreError> {
+                let sql = format!("SELECT {} FROM replay_jobs WHERE id = ?", archive::REPLAY_COLUMNS);
+                let row: Option<archive::ReplayRow> = sqlx::query_as(&sql).bind(id).fetch_optional(&self.pool).await?;
+                row.map(TryInto::try_into).transpose()
+            }
+
+            async fn claim_replay(
+                &self,
+                owner: &str,
+                now: i64,
+                lease_until: i64,
+            ) -> Result<Option<ReplayJob>, StoreError> {
+                const CLAIMABLE: &str = "(status = 'pending' OR (status = 'running' AND lease_until < ?))";
+                let candidates: Vec<(i64,)> = sqlx::query_as(&format!(
+                    "SELECT id FROM replay_jobs WHERE {CLAIMABLE} ORDER BY id LIMIT 8"
+                ))
+                .bind(now)
+                .fetch_all(&self.pool)
+                .await?;
+                for (id,) in candidates {
+                    // Only one runner's update finds the row still claimable.
+                    let claimed = sqlx::query(&format!(
+                        "UPDATE replay_jobs SET status = 'running', owner = ?, lease_until = ?, \
+                         resent = resent + in_flight, in_flight = 0, updated_at = ? WHERE id = ? AND {CLAIMABLE}"
+                    ))
+                    .bind(owner)
+                    .bind(lease_until)
+                    .bind(now)
+                    .bind(id)
+                    .bind(now)
+                    .execute(&self.pool)
+                    .await?
+                    .rows_affected();
+                    if claimed == 1 {
+                        return self.replay_job(id).await;
+                    }
+                }
+                Ok(None)
+            }
+
+            async fn replay_progress(
+                &self,
+                id: i64,
+                owner: &str,
+                progress: &archive::ReplayProgress,
+            ) -> Result<bool, StoreError> {
+                let checkpoint = progress.checkpoint.as_ref();
+                let updated = sqlx::query(
+                    "UPDATE replay_jobs SET checkpoint_time = COALESCE(?, checkpoint_time), \
+                     checkpoint_topic = COALESCE(?, checkpoint_topic), \
+                     checkpoint_partition = COALESCE(?, checkpoint_partition), \
+                     checkpoint_offset = COALESCE(?, checkpoint_offset), sent = sent + ?, in_flight = ?, \
+                     lease_until = ?, updated_at = ? WHERE id = ? AND owner = ? AND status = 'running'",
+                )
+                .bind(checkpoint.map(|c| c.time))
+                .bind(checkpoint.map(|c| c.topic.clone()))
+                .bind(checkpoint.map(|c| c.partition))
+                .bind(checkpoint.map(|c| c.offset))
+                .bind(progress.sent)
+                .bind(progress.in_flight)
+                .bind(progress.lease_until)
+                .bind(now_ms())
+                .bind(id)
+                .bind(owner)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+                Ok(updated == 1)
+            }
+
+            async fn finish_replay(
+                &self,
+                id: i64,
+                owner: &str,
+                status: ReplayStatus,
+                message: &str,
+            ) -> Result<bool, StoreError> {
+                let updated = sqlx::query(
+                    "UPDATE replay_jobs SET status = ?, message = ?, in_flight = 0, lease_until = NULL, \
+                     updated_at = ? WHERE id = ? AND owner = ? AND status = 'running'",
+                )
+                .bind(status.as_str())
+                .bind(message)
+                .bind(now_ms())
+                .bind(id)
+                .bind(owner)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+                Ok(updated == 1)
+            }
+
+            async fn cancel_replay(&self, id: i64, actor: &str) -> Result<bool, StoreError> {
+                let now = now_ms();
+                let mut tx = self.pool.begin_with($dialect.begin_write).await?;
+                let cancelled = sqlx::query(
+                    "UPDATE replay_jobs SET status = 'cancelled', message = ?, lease_until = NULL, \
+                     updated_at = ? WHERE id = ? AND status IN ('pending', 'running')",
+                )
+                .bind(format!("cancelled by {actor}"))
+                .bind(now)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if cancelled == 1 {
+                    sqlx::query(rows::INSERT_AUDIT)
+                        .bind(now)
+                        .bind(actor)
+                        .bind("replay.cancel")
+                        .bind(format!("replay/{id}"))
+                        .bind(None::<String>)
+                        .bind(None::<String>)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
+                Ok(cancelled == 1)
+            }
+        }
+    };
+}
+pub(crate) use archive_store;
