@@ -24,8 +24,8 @@ pub const DEMO_SOURCE: &str = "live.gift";
 pub const DEMO_MODULE: &str = act_toy::NAME;
 
 /// The demo pigeons: gifts fill the toy activity's progress bar; a full bar (flown by the
-/// module) drops a treasure chest.
-pub fn demo_pigeons() -> [PigeonSpec; 2] {
+/// module) drops a treasure chest; every gift is archived for replay.
+pub fn demo_pigeons() -> [PigeonSpec; 3] {
     let pigeon = |id: &str, name: &str, topic: &str, tag: &str, capability: &str| PigeonSpec {
         id: id.into(),
         name: name.into(),
@@ -47,6 +47,18 @@ pub fn demo_pigeons() -> [PigeonSpec; 2] {
             "progress.full",
             "chest.drop",
         ),
+        PigeonSpec {
+            id: "demo-gift-archive".into(),
+            name: "Every gift, kept for replay".into(),
+            owner: "demo".into(),
+            enabled: true,
+            action: crate::route::Action::Archive,
+            script: None,
+            matcher: MatchSpec::new(DEMO_SOURCE, "gift.*"),
+            destinations: Vec::new(),
+            retry: None,
+            window: None,
+        },
     ]
 }
 

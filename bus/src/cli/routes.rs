@@ -89,7 +89,10 @@ pub async fn list(client: &Client) -> anyhow::Result<String> {
             p.version,
             p.spec.matcher.topic,
             p.spec.matcher.tag,
-            destinations.join(", ")
+            match p.spec.action {
+                crate::route::Action::Archive => "(archive)".to_owned(),
+                _ => destinations.join(", "),
+            }
         ));
     }
     Ok(out)

@@ -23,7 +23,10 @@ const MYSQL: Dialect = Dialect {
     lock_row: " FOR UPDATE",
     update_first: update_first_mysql,
     delete_first: delete_first_mysql,
-    insert_once: ("INSERT", " ON DUPLICATE KEY UPDATE letter_id = letter_id"),
+    // IGNORE skips rows whose key exists (and reports only new ones as affected). It would
+    // also turn a value too long for its column into a warning: the archive cuts every value
+    // to its column before it writes.
+    insert_once: ("INSERT IGNORE", ""),
 };
 
 /// The MySQL/TiDB store.
