@@ -4,6 +4,7 @@
 //! serve`), so it can be killed like a real one. Store tests run the same suite on SQLite and
 //! on the local MariaDB.
 
+mod archive;
 mod archive_store;
 mod cli;
 mod faults;
