@@ -534,6 +534,12 @@ mod tests {
         assert_eq!(example.retrier.batch, defaults.retrier.batch);
         assert_eq!(example.retrier.lease_ms, defaults.retrier.lease_ms);
         assert_eq!(example.retrier.delivery_timeout_ms, defaults.retrier.delivery_timeout_ms);
+        let (a, d) = (&example.archiver, &defaults.archiver);
+        assert_eq!((&a.group, a.batch_rows, a.flush_ms), (&d.group, d.batch_rows, d.flush_ms));
+        assert_eq!((a.retry_ms, a.retry_max_ms, &a.retention), (d.retry_ms, d.retry_max_ms, &d.retention));
+        assert_eq!((&a.retention_schedule, a.retention_chunk), (&d.retention_schedule, d.retention_chunk));
+        let (r, d) = (&example.replay, &defaults.replay);
+        assert_eq!((r.lease_ms, r.page, r.check_ms), (d.lease_ms, d.page, d.check_ms));
     }
 
     #[test]

@@ -485,3 +485,35 @@ pub async fn expire(
     }
     Ok(deleted)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn business_keys_are_found_by_name_and_alias() {
+        let mut names = KeyNames::default();
+        names.0.push(("uid".into(), KeyField::UserId));
+        let keys = |payload: &str| names.find(Some(payload.as_bytes()));
+        let found = keys(r#"{"userId": 42, "anchorId": "a-7", "roomId": -3, "other": {"userId": 1}}"#);
+        assert_eq!(found.get(&KeyField::UserId).map(String::as_str), Some("42"));
+        assert_eq!(found.get(&KeyField::AnchorId).map(String::as_str), Some("a-7"));
+        assert_eq!(found.get(&KeyField::RoomId).map(String::as_str), Some("-3"));
+        assert_eq!(keys(r#"{"uid": "u\"1"}"#).get(&KeyField::UserId).map(String::as_str), Some("u\"1"));
+        assert!(
+            keys(r#"{"userId": true, "roomId": "", "anchorId": null}"#).is_empty(),
+            "only strings and numbers"
+        );
+        let long = format!(r#"{{"userId": "{}"}}"#, "x".repeat(MAX_KEY_LEN + 1));
+        assert!(keys(&long).is_empty(), "too long to index");
+        assert!(keys("not json").is_empty());
+        assert!(keys("[1, 2]").is_empty());
+        assert!(names.find(None).is_empty());
+    }
+
+    #[test]
+    fn long_tags_are_cut_at_a_character_boundary() {
+        assert_eq!(truncate("gift.sent", 255), "gift.sent");
+        assert_eq!(truncate("ééé", 3), "é");
+    }
+}

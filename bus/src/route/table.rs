@@ -691,6 +691,67 @@ mod tests {
         ids
     }
 
+    fn archiving(id: &str, topic: &str, tag: &str) -> VersionedPigeon {
+        let mut p = pigeon(id, topic, tag, Vec::new());
+        p.spec.action = Action::Archive;
+        p
+    }
+
+    /// Archive pigeons live in the archiver's table only; forward and script pigeons in the
+    /// router's. Each table checks every pigeon, so both name every broken one.
+    #[test]
+    fn each_path_holds_its_own_pigeons() {
+        let mut filtered = archiving("big-gifts", "live.gift", "gift.*");
+        filtered.spec.matcher.filter = Some("payload.amount >= 100".into());
+        let mut broken_filter = archiving("broken", "live.gift", "**");
+        broken_filter.spec.matcher.filter = Some("payload.amount >=".into());
+        let pigeons = [
+            pigeon(
+                "forward",
+                "live.gift",
+                "gift.sent",
+                vec![DestinationSpec::capability("toy/progress.add")],
+            ),
+            filtered,
+            archiving("flown", INGRESS, "progress.*"),
+            broken_filter,
+        ];
+        let deliver = RouteTable::build(&pigeons, &BTreeMap::new(), None);
+        let archive = RouteTable::build_for(Paths::Archive, &pigeons, &BTreeMap::new(), None);
+        assert_eq!(ids(deliver.table.topic("live.gift").unwrap().matching("gift.sent")), ["forward"]);
+        assert_eq!(deliver.table.consumed_topics(), ["live.gift", INGRESS], "sorted");
+        assert!(deliver.table.route("big-gifts").is_none(), "the router never flies an archive pigeon");
+        assert_eq!(ids(archive.table.topic("live.gift").unwrap().matching("gift.sent")), ["big-gifts"]);
+        assert!(archive.table.topic(INGRESS).is_some(), "the archiver reads flown letters like any topic");
+        assert_eq!(archive.table.consumed_topics(), ["live.gift", INGRESS]);
+        assert!(archive.table.route("big-gifts").unwrap().filter.is_some());
+        for built in [&deliver, &archive] {
+            let quarantined: Vec<&str> = built.quarantined.iter().map(|q| q.id.as_str()).collect();
+            assert_eq!(quarantined, ["broken"]);
+            assert!(built.quarantined[0].problems[0].contains("match.filter"), "{:?}", built.quarantined);
+        }
+    }
+
+    #[test]
+    fn archive_pigeons_keep_letters_and_nothing_else() {
+        let problems = |p: VersionedPigeon| compile_one(&p).err().unwrap_or_default();
+        assert!(problems(archiving("keep", "live.gift", "**")).is_empty());
+        let mut with_destination = archiving("keep", "live.gift", "**");
+        with_destination.spec.destinations = vec![DestinationSpec::capability("toy/progress.add")];
+        assert!(problems(with_destination)[0].contains("has no destinations"));
+        let mut with_script = archiving("keep", "live.gift", "**");
+        with_script.spec.script = Some("payload".into());
+        assert!(problems(with_script)[0].contains("its action is archive"));
+        let mut with_retry = archiving("keep", "live.gift", "**");
+        with_retry.spec.retry = Some(vec!["1s".into()]);
+        assert!(problems(with_retry)[0].contains("delivers nothing"));
+        let mut forward_filter =
+            pigeon("fwd", "live.gift", "**", vec![DestinationSpec::capability("toy/progress.add")]);
+        forward_filter.spec.matcher.filter = Some("true".into());
+        assert!(problems(forward_filter)[0].contains("match.filter is for archive pigeons"));
+        assert!(problems(pigeon("fwd", "live.gift", "**", Vec::new()))[0].contains("has no destinations"));
+    }
+
     #[test]
     fn letters_find_their_pigeons() {
         let table = RouteTable::compile(
