@@ -151,7 +151,14 @@ impl Batch {
     }
 }
 
-/// Runs the archiver until `cancel` fires; the batch in hand is written before it returns.
+/// A batch being written, and how it went.
+type Writing = tokio::task::JoinHandle<(Batch, anyhow::Result<()>)>;
+
+/// Runs the archiver until `cancel` fires; the batches in hand are written before it returns.
+///
+/// One batch is written while the next fills, so reading and writing overlap. Batches are
+/// written in order and a batch's offsets are stored only once it is durable; a batch that
+/// fails is tried again before any later one, so no offset ever passes an unwritten letter.
 pub async fn run(parts: ArchiverParts, cancel: CancellationToken) -> anyhow::Result<()> {
     let ArchiverParts { mut routes, config, consumer, store, stats } = parts;
     let consumer: StreamConsumer = consumer.create()?;
@@ -163,85 +170,125 @@ pub async fn run(parts: ArchiverParts, cancel: CancellationToken) -> anyhow::Res
     let retention =
         tokio::spawn(retention(Arc::clone(&store), config.clone(), Arc::clone(&stats), cancel.clone()));
     let flush_after = Duration::from_millis(config.flush_ms);
+    let spawn_write = |mut batch: Batch| -> Writing {
+        let (store, names, stats) = (Arc::clone(&store), Arc::clone(&names), Arc::clone(&stats));
+        tokio::spawn(async move {
+            let result = write(&mut batch, &store, &names, &stats).await;
+            (batch, result)
+        })
+    };
     let mut batch = Batch::default();
-    // While the database is away: when to try again, and the wait after that.
+    let mut writing: Option<Writing> = None;
+    // A batch the database refused, waiting to be tried again; when, and the wait after that.
+    let mut failed: Option<Batch> = None;
     let mut outage: Option<(Instant, Duration)> = None;
     loop {
-        let due = match (outage, batch.started) {
-            (Some((retry_at, _)), _) => Some(retry_at),
-            (None, Some(started)) => Some(started + flush_after),
-            (None, None) => None,
+        let due = match (&writing, &outage, batch.started) {
+            (Some(_), _, _) => None,
+            (None, Some((retry_at, _)), _) => Some(*retry_at),
+            (None, None, Some(started)) => Some(started + flush_after),
+            (None, None, None) => None,
         };
-        // A full batch is written at once; one waiting for the database still takes what was
-        // fetched before its partitions paused.
+        // A full batch waits for the write before it; one waiting for the database still takes
+        // what was fetched before its partitions paused.
         let full = outage.is_none() && batch.len() >= config.batch_rows;
-        if !full {
-            tokio::select! {
-                biased;
-                _ = cancel.cancelled() => break,
-                Ok(()) = routes.changed() => {
-                    table = Arc::clone(&routes.borrow_and_update().archive);
-                    let now = table.consumed_topics();
-                    if now != topics {
-                        tracing::info!(topics = ?now, "archiver subscription changed");
-                        topics = now;
-                        subscribe(&consumer, &topics);
+        let written = async {
+            match writing.as_mut() {
+                Some(handle) => handle.await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => break,
+            Ok(()) = routes.changed() => {
+                table = Arc::clone(&routes.borrow_and_update().archive);
+                let now = table.consumed_topics();
+                if now != topics {
+                    tracing::info!(topics = ?now, "archiver subscription changed");
+                    topics = now;
+                    subscribe(&consumer, &topics);
+                }
+                continue;
+            }
+            done = written => {
+                writing = None;
+                let (done, result) = done?;
+                match result {
+                    Ok(()) => {
+                        store_offsets(&consumer, &done.offsets);
+                        if outage.take().is_some() {
+                            stats.paused.store(0, Ordering::Relaxed);
+                            set_paused(&consumer, false);
+                            tracing::info!("the archive's database is back; archiving again");
+                        }
                     }
+                    Err(e) => {
+                        stats.write_failures.fetch_add(1, Ordering::Relaxed);
+                        let wait = match outage {
+                            None => {
+                                tracing::warn!(error = %e, letters = done.len(), "cannot write to the archive; partitions paused, nothing committed, trying again");
+                                stats.paused.store(1, Ordering::Relaxed);
+                                Duration::from_millis(config.retry_ms)
+                            }
+                            Some((_, wait)) => {
+                                tracing::debug!(error = %e, "archive still unreachable");
+                                (wait * 2).min(Duration::from_millis(config.retry_max_ms))
+                            }
+                        };
+                        // Partitions assigned since the last try are paused too.
+                        set_paused(&consumer, true);
+                        outage = Some((Instant::now() + wait, wait));
+                        failed = Some(done);
+                    }
+                }
+            }
+            _ = sleep_until(due), if due.is_some() => {}
+            received = consumer.recv(), if !full => {
+                match received {
+                    Ok(message) => take(&mut batch, &message, &table, &stats),
+                    Err(e) => tracing::warn!(error = %e, "archiver consumer error"),
+                }
+                if batch.len() < config.batch_rows {
                     continue;
                 }
-                _ = sleep_until(due), if due.is_some() => {}
-                received = consumer.recv() => {
-                    match received {
-                        Ok(message) => take(&mut batch, &message, &table, &stats),
-                        Err(e) => tracing::warn!(error = %e, "archiver consumer error"),
-                    }
-                    if batch.len() < config.batch_rows || outage.is_some() {
-                        continue;
-                    }
-                }
             }
         }
-        if outage.is_some_and(|(retry_at, _)| Instant::now() < retry_at) {
+        if writing.is_some() {
             continue;
         }
-        if batch.is_empty() {
-            continue;
-        }
-        match write(&mut batch, &store, &names, &stats).await {
-            Ok(()) => {
-                store_offsets(&consumer, &batch.offsets);
-                batch = Batch::default();
-                if outage.take().is_some() {
-                    stats.paused.store(0, Ordering::Relaxed);
-                    set_paused(&consumer, false);
-                    tracing::info!("the archive's database is back; archiving again");
+        if let Some((retry_at, _)) = outage {
+            if Instant::now() >= retry_at {
+                if let Some(again) = failed.take() {
+                    writing = Some(spawn_write(again));
                 }
             }
-            Err(e) => {
-                stats.write_failures.fetch_add(1, Ordering::Relaxed);
-                let wait = match outage {
-                    None => {
-                        tracing::warn!(error = %e, letters = batch.len(), "cannot write to the archive; partitions paused, nothing committed, trying again");
-                        stats.paused.store(1, Ordering::Relaxed);
-                        Duration::from_millis(config.retry_ms)
-                    }
-                    Some((_, wait)) => {
-                        tracing::debug!(error = %e, "archive still unreachable");
-                        (wait * 2).min(Duration::from_millis(config.retry_max_ms))
-                    }
-                };
-                // Partitions assigned since the last try are paused too.
-                set_paused(&consumer, true);
-                outage = Some((Instant::now() + wait, wait));
-            }
+            continue;
+        }
+        let due = batch.started.is_some_and(|started| started + flush_after <= Instant::now());
+        if due || batch.len() >= config.batch_rows {
+            writing = Some(spawn_write(std::mem::take(&mut batch)));
         }
     }
 
-    if !batch.is_empty() {
-        match write(&mut batch, &store, &names, &stats).await {
-            Ok(()) => store_offsets(&consumer, &batch.offsets),
+    // Finish in order: the write in flight, the one that failed, then the batch in hand.
+    let mut ready = true;
+    if let Some(handle) = writing.take() {
+        let (done, result) = handle.await?;
+        match result {
+            Ok(()) => store_offsets(&consumer, &done.offsets),
+            Err(_) => failed = Some(done),
+        }
+    }
+    for mut last in failed.into_iter().chain(Some(batch)).filter(|b| !b.is_empty()) {
+        if !ready {
+            break;
+        }
+        match write(&mut last, &store, &names, &stats).await {
+            Ok(()) => store_offsets(&consumer, &last.offsets),
             Err(e) => {
-                tracing::warn!(error = %e, letters = batch.len(), "the last batch was not archived; its letters are read again after restart")
+                tracing::warn!(error = %e, letters = last.len(), "the last batches were not archived; their letters are read again after restart");
+                ready = false;
             }
         }
     }
