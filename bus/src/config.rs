@@ -186,7 +186,7 @@ impl Default for ArchiverConfig {
     fn default() -> Self {
         Self {
             group: "pigeon-archiver".into(),
-            batch_rows: 2_000,
+            batch_rows: 5_000,
             flush_ms: 500,
             retry_ms: 500,
             retry_max_ms: 10_000,

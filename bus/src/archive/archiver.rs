@@ -246,7 +246,7 @@ pub async fn run(parts: ArchiverParts, cancel: CancellationToken) -> anyhow::Res
             _ = sleep_until(due), if due.is_some() => {}
             received = consumer.recv(), if !full => {
                 match received {
-                    Ok(message) => take(&mut batch, &message, &table, &stats),
+                    Ok(message) => take(&mut batch, &message, &table, &names, &stats),
                     Err(e) => tracing::warn!(error = %e, "archiver consumer error"),
                 }
                 if batch.len() < config.batch_rows {
@@ -325,6 +325,7 @@ fn take(
     batch: &mut Batch,
     message: &rdkafka::message::BorrowedMessage<'_>,
     table: &RouteTable,
+    names: &KeyNames,
     stats: &ArchiverStats,
 ) {
     stats.read.fetch_add(1, Ordering::Relaxed);
@@ -341,6 +342,12 @@ fn take(
         None => topic_routes.matching_untagged().filter(|r| r.takes(time)).cloned().collect(),
     };
     if routes.is_empty() {
+        return;
+    }
+    if routes.iter().all(|r| r.filter.is_none()) {
+        // No script to run: built now, while the batch before is being written.
+        let letter = letter(message, id.as_deref(), tag.as_deref().unwrap_or_default(), time, &routes, names, stats);
+        batch.letters.get_or_insert_with(Vec::new).extend(letter);
         return;
     }
     batch.candidates.push(Candidate {
@@ -364,7 +371,10 @@ async fn write(
         let candidates = std::mem::take(&mut batch.candidates);
         let (names, stats) = (Arc::clone(names), Arc::clone(stats));
         let built = tokio::task::spawn_blocking(move || {
-            candidates.iter().filter_map(|c| letter(c, &names, &stats)).collect::<Vec<_>>()
+            candidates
+                .iter()
+                .filter_map(|c| letter(&c.message, c.id.as_deref(), &c.tag, c.time, &c.routes, &names, &stats))
+                .collect::<Vec<_>>()
         })
         .await?;
         batch.letters.get_or_insert_with(Vec::new).extend(built);
@@ -382,17 +392,20 @@ async fn write(
 
 /// The letter the first of its pigeons whose filter takes it keeps, if any. A filter that
 /// fails on a letter keeps it (and counts it): an archive loses nothing over a bad filter.
-fn letter(candidate: &Candidate, names: &KeyNames, stats: &ArchiverStats) -> Option<ArchivedLetter> {
-    let message = &candidate.message;
-    let id = candidate.id.clone().filter(|id| !id.is_empty() && id.len() <= 64).unwrap_or_else(|| {
-        pigeon_sdk::LetterId::derived(
-            message.topic(),
-            message.partition(),
-            message.offset(),
-            candidate.time as u64,
-        )
-        .to_string()
-    });
+fn letter<M: Message>(
+    message: &M,
+    id: Option<&str>,
+    tag: &str,
+    time: i64,
+    routes: &[Arc<Route>],
+    names: &KeyNames,
+    stats: &ArchiverStats,
+) -> Option<ArchivedLetter> {
+    let id = match id.filter(|id| !id.is_empty() && id.len() <= 64) {
+        Some(id) => id.to_owned(),
+        None => pigeon_sdk::LetterId::derived(message.topic(), message.partition(), message.offset(), time as u64)
+            .to_string(),
+    };
     let header_text = |name: &str| {
         message
             .headers()
@@ -400,11 +413,11 @@ fn letter(candidate: &Candidate, names: &KeyNames, stats: &ArchiverStats) -> Opt
             .and_then(|h| h.value)
             .and_then(|v| std::str::from_utf8(v).ok())
     };
-    let pigeon = candidate.routes.iter().find(|route| {
+    let pigeon = routes.iter().find(|route| {
         let Some(filter) = &route.filter else { return true };
         let input = ScriptLetter {
             id: &id,
-            tag: &candidate.tag,
+            tag,
             source: header_text(pigeon_sdk::header::SOURCE).unwrap_or(message.topic()),
             key: message.key(),
             time: header_text(pigeon_sdk::header::TIME),
@@ -424,12 +437,12 @@ fn letter(candidate: &Candidate, names: &KeyNames, stats: &ArchiverStats) -> Opt
         letter_id: id,
         pigeon_id: pigeon.id.to_string(),
         position: Position {
-            time: candidate.time,
+            time,
             topic: message.topic().to_owned(),
             partition: message.partition(),
             offset: message.offset(),
         },
-        tag: truncate(&candidate.tag, 255),
+        tag: truncate(tag, 255),
         keys: names.find(message.payload()),
         key: message.key().map(<[u8]>::to_vec),
         headers,
