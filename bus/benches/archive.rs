@@ -89,7 +89,8 @@ async fn count(db: &mut MySqlConnection, table: &str) -> i64 {
 
 async fn round() -> Round {
     let name = format!("pigeon_bench_{}", uuid::Uuid::new_v4().simple());
-    let mut admin = MySqlConnection::connect(&format!("{MARIADB}/test")).await.expect("MariaDB at 127.0.0.1:3306");
+    let mut admin =
+        MySqlConnection::connect(&format!("{MARIADB}/test")).await.expect("MariaDB at 127.0.0.1:3306");
     sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut admin).await.expect("create database");
     let url = format!("{MARIADB}/{name}");
     let store = pigeon_bus::serve::open_store(&url).await.expect("store");
@@ -143,12 +144,16 @@ async fn round() -> Round {
     let archiver_rows_per_sec = (LETTERS - first_count) as f64 / archiver_wall.as_secs_f64();
 
     // The same rows, inserted bare.
-    sqlx::query("CREATE TABLE bare_letters LIKE archived_letters").execute(&mut db).await.expect("bare table");
-    // In the order the archiver wrote them, batch by batch.
-    let rows = sqlx::query("SELECT * FROM archived_letters ORDER BY archived_at, kafka_partition, kafka_offset")
-        .fetch_all(&mut db)
+    sqlx::query("CREATE TABLE bare_letters LIKE archived_letters")
+        .execute(&mut db)
         .await
-        .expect("rows");
+        .expect("bare table");
+    // In the order the archiver wrote them, batch by batch.
+    let rows =
+        sqlx::query("SELECT * FROM archived_letters ORDER BY archived_at, kafka_partition, kafka_offset")
+            .fetch_all(&mut db)
+            .await
+            .expect("rows");
     let started = Instant::now();
     for chunk in rows.chunks(BARE_ROWS_PER_STATEMENT) {
         let mut insert = QueryBuilder::new(

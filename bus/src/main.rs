@@ -10,7 +10,7 @@ use pigeon_bus::cli::{self, client::Client, dictionary, routes};
 use pigeon_bus::config::{BusConfig, Role};
 use pigeon_bus::deadletter::DeadLetterFilter;
 use pigeon_bus::dev::{self, DevOptions};
-use pigeon_bus::route::DestinationSpec;
+use pigeon_bus::route::{DestinationSpec, RouteTable};
 use pigeon_bus::script::dryrun::{dry_run, SampleLetter};
 use pigeon_bus::script::{Limits, ScriptEngine};
 use pigeon_bus::{kafka, serve, topics};
@@ -458,7 +458,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let options = DevOptions { data_dir, demo_traffic: !no_demo_traffic };
             let config = dev::dev_config(config, &mock.bootstrap_servers(), &options);
             config.validate()?;
-            let mut wanted = topics::required_topics(&config.topics.modules, None, &[]);
+            let mut wanted = topics::required_topics(&config.topics.modules, &[]);
             wanted.push(dev::DEMO_SOURCE.into());
             for topic in &wanted {
                 mock.create_topic(topic, config.topics.partitions, 1)
@@ -650,15 +650,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             config.validate()?;
             runtime.block_on(async {
                 // Destinations and sources of stored pigeons too, when a store is reachable.
-                let table = match serve::open_store(&config.store.url).await {
-                    Ok(store) => Some(serve::load_table(store.as_ref(), &config).await?),
+                let tables = match serve::open_store(&config.store.url).await {
+                    Ok(store) => Some(serve::load_tables(store.as_ref(), &config).await?),
                     Err(e) => {
                         tracing::warn!(error = %e, "no store: creating only the bus and module topics");
                         None
                     }
                 };
-                let destinations = table.as_ref().map(|t| t.destination_topics()).unwrap_or_default();
-                let wanted = topics::required_topics(&config.topics.modules, table.as_ref(), &destinations);
+                let tables: Vec<&RouteTable> =
+                    tables.iter().flat_map(|(deliver, archive)| [deliver, archive]).collect();
+                let wanted = topics::required_topics(&config.topics.modules, &tables);
                 let client = kafka::admin_config(&config.kafka);
                 let done =
                     topics::ensure(&client, &wanted, config.topics.partitions, config.topics.replication)

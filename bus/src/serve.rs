@@ -14,7 +14,7 @@ use crate::config::{redact_url, BusConfig, Role};
 use crate::control::{self, WatchConfig, Watcher};
 use crate::kafka;
 use crate::retrier::{self, RetrierParts, RetrierStats};
-use crate::route::{RouteTable, VersionedPigeon};
+use crate::route::{Paths, RouteTable, VersionedPigeon};
 use crate::router::{self, RouterParts, RouterStats};
 use crate::store::{self, Store};
 
@@ -25,15 +25,16 @@ pub async fn open_store(url: &str) -> anyhow::Result<Arc<dyn Store>> {
     Ok(store)
 }
 
-/// Compiles the stored pigeons, every live window included; pigeons that do not compile are
-/// logged and left out.
-pub async fn load_table(store: &dyn Store, config: &BusConfig) -> anyhow::Result<RouteTable> {
+/// Compiles the stored pigeons, every live window included, into the router's table and the
+/// archiver's; pigeons that do not compile are logged and left out.
+pub async fn load_tables(store: &dyn Store, config: &BusConfig) -> anyhow::Result<(RouteTable, RouteTable)> {
     let pigeons: Vec<VersionedPigeon> = store.pigeons().await?.iter().map(|p| p.versioned()).collect();
     let built = RouteTable::build(&pigeons, &config.sources, None);
     for q in &built.quarantined {
         tracing::warn!(pigeon = %q.id, version = q.version, problems = ?q.problems, "pigeon does not compile");
     }
-    Ok(built.table)
+    let archive = RouteTable::build_for(Paths::Archive, &pigeons, &config.sources, None);
+    Ok((built.table, archive.table))
 }
 
 /// Runs every role until `cancel` fires (or SIGTERM/SIGINT, which fire it), then drains.

@@ -24,18 +24,14 @@ pub const CONTROL: &str = "pigeon.control";
 /// The topics of the bus itself.
 pub const BUS_TOPICS: [&str; 5] = [INGRESS, REGISTRY, FAILED, RECEIPTS, CONTROL];
 
-/// Every topic the bus needs: its own, the configured modules', and every destination the
-/// pigeons name.
-pub fn required_topics(
-    modules: &[String],
-    table: Option<&RouteTable>,
-    destinations: &[String],
-) -> Vec<String> {
+/// Every topic the bus needs: its own, the configured modules', and every source and
+/// destination of the pigeons in `tables` (the router's and the archiver's).
+pub fn required_topics(modules: &[String], tables: &[&RouteTable]) -> Vec<String> {
     let mut topics: BTreeSet<String> = BUS_TOPICS.iter().map(|t| t.to_string()).collect();
     topics.extend(modules.iter().map(|m| module_topic(m)));
-    topics.extend(destinations.iter().cloned());
-    if let Some(table) = table {
+    for table in tables {
         topics.extend(table.source_topics());
+        topics.extend(table.destination_topics());
     }
     topics.into_iter().collect()
 }
@@ -102,17 +98,22 @@ mod tests {
             retry: None,
             window: None,
         };
-        let table =
-            RouteTable::compile(&[VersionedPigeon { spec, version: 1, saved_at: 0 }], &Default::default())
-                .unwrap();
-        let destinations = table.destination_topics();
-        assert_eq!(destinations, ["lane.x", "pigeon.module.chest"]);
-        let topics = required_topics(&["act-toy".into()], Some(&table), &destinations);
+        let mut archive = spec.clone();
+        archive.id = "keep".into();
+        archive.action = crate::route::Action::Archive;
+        archive.matcher = MatchSpec::new("live.like", "**");
+        archive.destinations.clear();
+        let pigeons = [spec, archive].map(|spec| VersionedPigeon { spec, version: 1, saved_at: 0 });
+        let table = RouteTable::compile(&pigeons, &Default::default()).unwrap();
+        let archiving =
+            RouteTable::build_for(crate::route::Paths::Archive, &pigeons, &Default::default(), None).table;
+        let topics = required_topics(&["act-toy".into()], &[&table, &archiving]);
         assert_eq!(
             topics,
             [
                 "lane.x",
                 "live.gift",
+                "live.like",
                 "pigeon.control",
                 "pigeon.failed",
                 "pigeon.ingress",

@@ -346,7 +346,8 @@ fn take(
     }
     if routes.iter().all(|r| r.filter.is_none()) {
         // No script to run: built now, while the batch before is being written.
-        let letter = letter(message, id.as_deref(), tag.as_deref().unwrap_or_default(), time, &routes, names, stats);
+        let letter =
+            letter(message, id.as_deref(), tag.as_deref().unwrap_or_default(), time, &routes, names, stats);
         batch.letters.get_or_insert_with(Vec::new).extend(letter);
         return;
     }
@@ -373,7 +374,9 @@ async fn write(
         let built = tokio::task::spawn_blocking(move || {
             candidates
                 .iter()
-                .filter_map(|c| letter(&c.message, c.id.as_deref(), &c.tag, c.time, &c.routes, &names, &stats))
+                .filter_map(|c| {
+                    letter(&c.message, c.id.as_deref(), &c.tag, c.time, &c.routes, &names, &stats)
+                })
                 .collect::<Vec<_>>()
         })
         .await?;
@@ -403,8 +406,10 @@ fn letter<M: Message>(
 ) -> Option<ArchivedLetter> {
     let id = match id.filter(|id| !id.is_empty() && id.len() <= 64) {
         Some(id) => id.to_owned(),
-        None => pigeon_sdk::LetterId::derived(message.topic(), message.partition(), message.offset(), time as u64)
-            .to_string(),
+        None => {
+            pigeon_sdk::LetterId::derived(message.topic(), message.partition(), message.offset(), time as u64)
+                .to_string()
+        }
     };
     let header_text = |name: &str| {
         message
