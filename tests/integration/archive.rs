@@ -309,6 +309,27 @@ async fn replays_by_key_and_by_time_range_send_the_originals_again() {
     let replayed = kafka.collect("replay.range", in_range.len(), Duration::from_secs(1));
     assert_replays_of(&replayed, &in_range);
 
+    // A slow replay cancelled mid-way stops after the page in flight.
+    let (status, slow) = call(
+        &bus,
+        &token,
+        "POST",
+        "/replays",
+        Some(json!({ "query": everything["query"], "to_topic": "replay.slow", "rate": 20 })),
+    )
+    .await;
+    assert_eq!(status, 201, "{slow}");
+    let id = slow["id"].as_i64().unwrap();
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let (status, cancelled) = call(&bus, &token, "POST", &format!("/replays/{id}/cancel"), None).await;
+    assert_eq!((status, cancelled["status"].as_str()), (200, Some("cancelled")), "{cancelled}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (_, after) = call(&bus, &token, "GET", &format!("/replays/{id}"), None).await;
+    assert_eq!(after["status"], "cancelled", "{after}");
+    assert!(after["sent"].as_i64() < Some(200), "the runner stopped: {after}");
+    let (status, again) = call(&bus, &token, "POST", &format!("/replays/{id}/cancel"), None).await;
+    assert_eq!(status, 409, "{again}");
+
     // Bad requests say what is wrong and start nothing.
     let (status, error) =
         call(&bus, &token, "POST", "/replays", Some(json!({ "query": { "since": 5, "until": 1 } }))).await;
@@ -320,7 +341,7 @@ async fn replays_by_key_and_by_time_range_send_the_originals_again() {
         "{error}"
     );
     let (_, jobs) = call(&bus, &token, "GET", "/replays", None).await;
-    assert_eq!(jobs.as_array().unwrap().len(), 2);
+    assert_eq!(jobs.as_array().unwrap().len(), 3);
     bus.stop();
 }
 

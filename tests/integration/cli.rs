@@ -93,6 +93,59 @@ async fn pigeon_dev_runs_the_demo_activity_end_to_end() {
     assert!(log.contains("module stopped"), "the demo module drains on SIGTERM:\n{log}");
 }
 
+/// The demo archive pigeon keeps every gift `pigeon dev` sends; the CLI searches the archive,
+/// counts a replay, runs it to its end and lists it.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cli_searches_the_archive_and_replays_it_against_pigeon_dev() {
+    let dev = Dev::start(&["--listen", "127.0.0.1:0", "--no-demo-traffic"]);
+    let gifts: Vec<pigeon_sdk::Letter> = (0..30)
+        .map(|n| {
+            pigeon_sdk::Letter::build("gift.sent")
+                .source("tour")
+                .user_id(n % 3)
+                .room_id("r-cli")
+                .key("r-cli")
+                .finish()
+        })
+        .collect();
+    produce(&dev.kafka, "live.gift", gifts.iter().map(Outgoing::from), None);
+    eventually("the demo archive pigeon keeps every gift", || {
+        dev.pigeon(&["archive", "search", "--since", "1h", "--key", "roomId=r-cli"]).lines().count() == 31
+    });
+    let found = dev.pigeon(&["archive", "search", "--since", "1h", "--key", "userId=1", "--limit", "5"]);
+    assert!(found.contains("userId=1") && !found.contains("userId=2"), "{found}");
+    assert!(
+        found.contains("(more: narrow the search or raise --limit)"),
+        "10 letters, 5 shown:
+{found}"
+    );
+    let shown = dev.pigeon(&["archive", "show", &gifts[4].id.to_string()]);
+    assert!(shown.contains("\"pigeon\": \"demo-gift-archive\"") && shown.contains("r-cli"), "{shown}");
+
+    let user1 = ["--since", "1h", "--key", "userId=1", "--to-topic", "replay.cli"];
+    let dry = dev.pigeon(&[&["replay"][..], &user1, &["--dry-run"]].concat());
+    assert!(dry.starts_with("10 letter(s) would be replayed to replay.cli"), "{dry}");
+    let done = dev.pigeon(&[&["replay"][..], &user1, &["--rate", "100/s"]].concat());
+    assert!(done.contains("done — 10 of 10 letter(s) sent"), "{done}");
+    let replayed = Kafka::collect_from(&dev.kafka, "replay.cli", 10);
+    let originals: std::collections::HashSet<String> =
+        gifts.iter().skip(1).step_by(3).map(|l| l.id.to_string()).collect();
+    let marks: std::collections::HashSet<String> =
+        replayed.iter().filter_map(|m| header(m, "ce_replayof")).collect();
+    assert_eq!(marks, originals, "user 1's gifts, each marked as a replay");
+    let listed = dev.pigeon(&["replay", "list"]);
+    assert!(listed.contains("done") && listed.contains("replay.cli"), "{listed}");
+    let refused = Command::new(pigeon_bin())
+        .args(["replay", "--since", "1h", "--key", "uid=1", "--through-pigeons"])
+        .env("PIGEON_URL", &dev.admin)
+        .env("PIGEON_TOKEN", &dev.token)
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("not an indexed key"));
+    dev.stop();
+}
+
 /// A `pigeon dev` child process and the addresses it printed.
 struct Dev {
     child: std::process::Child,

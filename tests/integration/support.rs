@@ -119,6 +119,28 @@ impl Kafka {
         (got, seen)
     }
 
+    /// Reads `count` messages of a topic of the cluster at `bootstrap` (one the test does not
+    /// own, such as `pigeon dev`'s), failing at the deadline.
+    pub fn collect_from(bootstrap: &str, topic: &str, count: usize) -> Vec<OwnedMessage> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("group.id", format!("collector-{}", uuid::Uuid::new_v4()))
+            .set("auto.offset.reset", "earliest")
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("consumer");
+        consumer.subscribe(&[topic]).expect("subscribe");
+        let mut out = Vec::new();
+        let deadline = Instant::now() + DEADLINE;
+        while out.len() < count {
+            assert!(Instant::now() < deadline, "{topic}: only {} of {count} messages arrived", out.len());
+            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+                out.push(m.detach());
+            }
+        }
+        out
+    }
+
     /// The offset the router's group committed for a partition (-1001 when none).
     pub fn committed(&self, group: &str, topic: &str, partition: i32) -> i64 {
         let consumer: BaseConsumer = ClientConfig::new()

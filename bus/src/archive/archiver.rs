@@ -576,6 +576,34 @@ mod tests {
         assert!(names.find(None).is_empty());
     }
 
+    /// The retention job deletes everything older than its cut-off, a chunk at a time.
+    #[tokio::test]
+    async fn retention_deletes_old_letters_in_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("archive.db").display());
+        let store = crate::serve::open_store(&url).await.unwrap();
+        let letters: Vec<ArchivedLetter> = (0..30)
+            .map(|i| ArchivedLetter {
+                letter_id: format!("l{i}"),
+                pigeon_id: "keep".into(),
+                position: Position { time: i * 100, topic: "live.gift".into(), partition: 0, offset: i },
+                tag: "gift.sent".into(),
+                keys: Default::default(),
+                key: None,
+                headers: Vec::new(),
+                payload: None,
+                archived_at: 0,
+            })
+            .collect();
+        store.archive().archive_letters(&letters).await.unwrap();
+        let deleted = expire(store.as_ref(), 2_500, 10, &CancellationToken::new()).await.unwrap();
+        assert_eq!(deleted, 25, "times 0 to 2400");
+        let everything = crate::archive::ArchiveQuery { since: 0, until: i64::MAX, ..Default::default() };
+        let left = store.archive().archived(&everything, None, 100).await.unwrap();
+        let ids: Vec<&str> = left.iter().map(|l| l.letter_id.as_str()).collect();
+        assert_eq!(ids, ["l25", "l26", "l27", "l28", "l29"]);
+    }
+
     #[test]
     fn long_tags_are_cut_at_a_character_boundary() {
         assert_eq!(truncate("gift.sent", 255), "gift.sent");
