@@ -39,6 +39,7 @@ fn archive_pigeon() -> PigeonSpec {
         destinations: Vec::new(),
         retry: None,
         window: None,
+        dictionary: Default::default(),
     }
 }
 

@@ -37,6 +37,7 @@ fn pigeon(script: Option<String>) -> PigeonSpec {
         destinations: vec![DestinationSpec::capability("act-toy/progress.add")],
         retry: None,
         window: None,
+        dictionary: Default::default(),
     }
 }
 

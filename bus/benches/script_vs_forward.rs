@@ -32,6 +32,7 @@ fn pigeon(id: &str, script: Option<String>) -> VersionedPigeon {
         destinations: vec![DestinationSpec::capability("act-toy/progress.add")],
         retry: None,
         window: None,
+        dictionary: Default::default(),
     };
     VersionedPigeon { spec, version: 1, saved_at: 0 }
 }

@@ -23,9 +23,10 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::SourceConfig;
-use crate::route::{Built, Clock, Paths, Phase, Quarantined, RouteTable, VersionedPigeon};
+use crate::dictionary::Vocabulary;
+use crate::route::{Built, Clock, Contracts, Paths, Phase, Quarantined, RouteTable, VersionedPigeon};
 use crate::router::RouterStats;
-use crate::store::{now_ms, Store};
+use crate::store::{now_ms, Store, StoreError};
 
 /// The topic notices travel on.
 pub const TOPIC: &str = "pigeon.control";
@@ -89,6 +90,8 @@ pub struct Watcher {
     config: WatchConfig,
     stats: Arc<RouterStats>,
     versions: Vec<(String, i64)>,
+    /// The dictionary's and the capabilities' versions the tables were built with.
+    contracts: Vec<(String, i64)>,
     phases: BTreeMap<String, Phase>,
     quarantined: BTreeSet<(String, i64)>,
     next_change: Option<i64>,
@@ -103,6 +106,7 @@ impl Watcher {
             config,
             stats,
             versions: Vec::new(),
+            contracts: Vec::new(),
             phases: BTreeMap::new(),
             quarantined: BTreeSet::new(),
             next_change: None,
@@ -112,34 +116,41 @@ impl Watcher {
 
     /// Builds the first table.
     pub async fn first(&mut self) -> anyhow::Result<Routes> {
-        let pigeons = self.load().await?;
+        let loaded = self.load().await?;
+        Ok(self.build(loaded))
+    }
+
+    async fn load(&self) -> anyhow::Result<Loaded> {
+        let pigeons: Vec<VersionedPigeon> =
+            self.store.pigeons().await?.iter().map(|p| p.versioned()).collect();
         let versions = versions_of(&pigeons);
-        Ok(self.build(&pigeons, versions))
+        let (contracts, stamps) = load_contracts(self.store.as_ref()).await?;
+        Ok(Loaded { pigeons, versions, stamps, contracts })
     }
 
-    async fn load(&self) -> anyhow::Result<Vec<VersionedPigeon>> {
-        Ok(self.store.pigeons().await?.iter().map(|p| p.versioned()).collect())
-    }
-
-    /// A new table when the pigeons changed or a live window opened or closed since the last.
+    /// A new table when the pigeons, the dictionary or the capabilities changed, or a live
+    /// window opened or closed, since the last.
     pub async fn check(&mut self) -> anyhow::Result<Option<Routes>> {
-        let pigeons = self.load().await?;
-        let versions = versions_of(&pigeons);
+        let loaded = self.load().await?;
         let due = self.next_change.is_some_and(|t| t <= now_ms());
-        if versions == self.versions && !due {
+        if loaded.versions == self.versions && loaded.stamps == self.contracts && !due {
             return Ok(None);
         }
-        Ok(Some(self.build(&pigeons, versions)))
+        Ok(Some(self.build(loaded)))
     }
 
-    fn build(&mut self, pigeons: &[VersionedPigeon], versions: Vec<(String, i64)>) -> Routes {
+    fn build(&mut self, loaded: Loaded) -> Routes {
+        let Loaded { pigeons, versions, stamps, contracts } = loaded;
+        let pigeons = &pigeons[..];
+        let contracts = Arc::new(contracts);
         let clock = Clock {
             now_ms: now_ms(),
             lead_ms: self.config.window_lead_ms,
             grace_ms: self.config.window_grace_ms,
         };
-        let Built { table, quarantined, mut phases } =
+        let Built { mut table, quarantined, mut phases } =
             RouteTable::build_for(Paths::Deliver, pigeons, &self.config.sources, Some(clock));
+        table.set_contracts(contracts);
         let archive = RouteTable::build_for(Paths::Archive, pigeons, &self.config.sources, Some(clock));
         phases.extend(archive.phases);
         if self.generation > 0 {
@@ -161,6 +172,7 @@ impl Watcher {
         self.stats.pigeons_live.store(table.len() as u64, Ordering::Relaxed);
         self.stats.route_reloads.fetch_add(1, Ordering::Relaxed);
         self.versions = versions;
+        self.contracts = stamps;
         self.phases = phases;
         self.quarantined = now_quarantined;
         self.next_change = table.next_change().into_iter().chain(archive.table.next_change()).min();
@@ -193,6 +205,35 @@ impl Watcher {
             }
         }
     }
+}
+
+/// What a table is built from.
+struct Loaded {
+    pigeons: Vec<VersionedPigeon>,
+    versions: Vec<(String, i64)>,
+    /// The dictionary's and the capabilities' versions.
+    stamps: Vec<(String, i64)>,
+    contracts: Contracts,
+}
+
+/// What pigeons that hold letters to the dictionary check them against: the dictionary and
+/// the required fields of every capability a live module declares; with each part's version,
+/// so a change is noticed.
+pub async fn load_contracts(store: &dyn Store) -> Result<(Contracts, Vec<(String, i64)>), StoreError> {
+    let dictionary = store.dictionary().await?;
+    let capabilities = store.capabilities().await?;
+    let mut stamps: Vec<(String, i64)> =
+        dictionary.iter().map(|f| (format!("field:{}", f.field.name), f.version)).collect();
+    let mut contracts = Contracts {
+        vocabulary: Vocabulary::new(&dictionary.into_iter().map(|f| f.field).collect::<Vec<_>>()),
+        ..Contracts::default()
+    };
+    for capability in capabilities.into_iter().filter(|c| c.retired_at.is_none()) {
+        let name = format!("{}/{}", capability.module, capability.name);
+        stamps.push((format!("capability:{name}"), capability.updated_at));
+        contracts.requires.insert(name, capability.requires);
+    }
+    Ok((contracts, stamps))
 }
 
 /// Each pigeon's id and version: what a change of pigeons changes.

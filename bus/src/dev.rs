@@ -37,6 +37,7 @@ pub fn demo_pigeons() -> [PigeonSpec; 3] {
         destinations: vec![DestinationSpec::capability(&format!("{DEMO_MODULE}/{capability}"))],
         retry: None,
         window: None,
+        dictionary: Default::default(),
     };
     [
         pigeon("demo-gift-progress", "Gifts fill the progress bar", DEMO_SOURCE, "gift.sent", "progress.add"),
@@ -58,6 +59,7 @@ pub fn demo_pigeons() -> [PigeonSpec; 3] {
             destinations: Vec::new(),
             retry: None,
             window: None,
+            dictionary: Default::default(),
         },
     ]
 }

@@ -2,9 +2,11 @@
 //! with its type, a description and the aliases found in older payloads (`uid`, `rid`, …).
 //!
 //! The store keeps it (seeded with the live-stream vocabulary by a migration); operators edit
-//! it through the API and the CLI. Nothing here knows about Kafka or the store.
+//! it through the API and the CLI. A pigeon may hold its letters to it ([`Mode`]): a
+//! [`Vocabulary`] renames aliases to dictionary names, coerces obvious types and says what does
+//! not fit. Nothing here knows about Kafka or the store.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -65,6 +67,260 @@ pub struct Field {
     /// Other names it goes by in older payloads (`uid`), renamed to `name` on normalisation.
     #[serde(default)]
     pub aliases: Vec<String>,
+}
+
+/// How a pigeon holds its letters to the dictionary.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Letters fly as they are; a forward pigeon never reads the payload.
+    #[default]
+    Off,
+    /// Aliases are renamed to dictionary names and obvious types coerced (`"42"` → `42`); what
+    /// still does not fit flies as it is.
+    Normalize,
+    /// Normalised, then checked: a field of the wrong type, or missing a field a destination
+    /// capability requires, makes the letter a dead letter that says exactly why.
+    Enforce,
+}
+
+impl Mode {
+    /// Whether this is the default (`off`).
+    pub fn is_off(&self) -> bool {
+        *self == Mode::Off
+    }
+}
+
+/// The dictionary compiled for normalising letters: each field's type, and every name and
+/// alias (compared without case) to the name it stands for.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Vocabulary {
+    types: HashMap<String, FieldType>,
+    names: HashMap<String, String>,
+}
+
+/// A letter's payload after normalisation.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Normalized {
+    /// The payload, renamed and coerced.
+    pub payload: Vec<u8>,
+    /// Whether anything was renamed or coerced.
+    pub changed: bool,
+    /// Top-level fields the dictionary does not know (the drift report counts them).
+    pub unknown: Vec<String>,
+    /// Dictionary fields whose values do not have their type, even after coercion.
+    pub problems: Vec<String>,
+    /// The top-level field names after normalisation.
+    pub fields: Vec<String>,
+}
+
+impl Vocabulary {
+    /// The vocabulary of these fields.
+    pub fn new(fields: &[Field]) -> Self {
+        let mut vocabulary = Self::default();
+        for field in fields {
+            vocabulary.types.insert(field.name.clone(), field.kind);
+            for name in std::iter::once(&field.name).chain(&field.aliases) {
+                vocabulary.names.insert(name.to_ascii_lowercase(), field.name.clone());
+            }
+        }
+        vocabulary
+    }
+
+    /// The dictionary name a payload field stands for, if any.
+    pub fn name_of(&self, field: &str) -> Option<&str> {
+        if let Some((name, _)) = self.types.get_key_value(field) {
+            return Some(name);
+        }
+        self.names.get(&field.to_ascii_lowercase()).map(String::as_str)
+    }
+
+    /// Renames aliases at the payload's top level to dictionary names and coerces values to
+    /// their field's type where the meaning is plain. A field given under two names keeps the
+    /// dictionary name's value when both agree; when they differ, both stay and the conflict is
+    /// a problem. The error: the payload is not a JSON object.
+    pub fn normalize(&self, payload: &[u8]) -> Result<Normalized, String> {
+        let object: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_slice(payload).map_err(|e| format!("the payload is not a JSON object: {e}"))?;
+        let mut out = serde_json::Map::with_capacity(object.len());
+        let (mut changed, mut unknown, mut problems) = (false, Vec::new(), Vec::new());
+        // Dictionary names first, so an alias never overwrites the field under its own name.
+        let (canonical, others): (Vec<_>, Vec<_>) =
+            object.into_iter().partition(|(key, _)| self.types.contains_key(key));
+        for (key, value) in canonical.into_iter().chain(others) {
+            let Some(name) = self.name_of(&key).map(str::to_owned) else {
+                unknown.push(key.clone());
+                out.insert(key, value);
+                continue;
+            };
+            let kind = self.types[&name];
+            let (value, coerced) = coerce(value, kind);
+            changed |= coerced;
+            if !fits(&value, kind) {
+                problems.push(format!("{name}: expected {}, got {}", kind.as_str(), describe(&value)));
+            }
+            match out.get(&name) {
+                Some(existing) if *existing == value => changed = true, // the alias said the same
+                Some(existing) => {
+                    problems.push(format!(
+                        "{name} is given twice with different values: {existing} and {key}: {value}"
+                    ));
+                    out.insert(key, value);
+                }
+                None => {
+                    changed |= name != key;
+                    out.insert(name, value);
+                }
+            }
+        }
+        let fields = out.keys().cloned().collect();
+        let payload = serde_json::to_vec(&out).expect("a JSON object serializes");
+        Ok(Normalized { payload, changed, unknown, problems, fields })
+    }
+}
+
+/// The value converted to `kind` where the meaning is plain: `"42"` for an integer, `"4.5"`
+/// for a number, `"true"` for a boolean, `42` for a string, `42.0` for an integer. Returns
+/// whether it changed.
+fn coerce(value: serde_json::Value, kind: FieldType) -> (serde_json::Value, bool) {
+    use serde_json::Value;
+    let converted = match (&value, kind) {
+        (Value::String(text), FieldType::Integer) => text.trim().parse::<i64>().ok().map(Value::from),
+        (Value::String(text), FieldType::Number) => {
+            let text = text.trim();
+            text.parse::<i64>().ok().map(Value::from).or_else(|| {
+                text.parse::<f64>()
+                    .ok()
+                    .filter(|f| f.is_finite())
+                    .and_then(serde_json::Number::from_f64)
+                    .map(Value::Number)
+            })
+        }
+        (Value::String(text), FieldType::Boolean) => match text.trim() {
+            "true" => Some(Value::Bool(true)),
+            "false" => Some(Value::Bool(false)),
+            _ => None,
+        },
+        (Value::Number(n), FieldType::String) => Some(Value::String(n.to_string())),
+        (Value::Number(n), FieldType::Integer) if n.as_i64().is_none() && n.as_u64().is_none() => {
+            n.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15).map(|f| Value::from(f as i64))
+        }
+        _ => None,
+    };
+    match converted {
+        Some(converted) => (converted, true),
+        None => (value, false),
+    }
+}
+
+/// Whether a value has the field's type (`null` has none).
+fn fits(value: &serde_json::Value, kind: FieldType) -> bool {
+    use serde_json::Value;
+    match kind {
+        FieldType::String => value.is_string(),
+        FieldType::Integer => value.is_i64() || value.is_u64(),
+        FieldType::Number => value.is_number(),
+        FieldType::Boolean => value.is_boolean(),
+        FieldType::Object => value.is_object(),
+        FieldType::Array => matches!(value, Value::Array(_)),
+    }
+}
+
+/// A value for an error message: its type, and itself when short.
+fn describe(value: &serde_json::Value) -> String {
+    let kind = match value {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "boolean",
+        serde_json::Value::Number(_) => "number",
+        serde_json::Value::String(_) => "string",
+        serde_json::Value::Array(_) => "array",
+        serde_json::Value::Object(_) => "object",
+    };
+    let text = value.to_string();
+    match text.len() <= 40 {
+        true => format!("{kind} {text}"),
+        false => kind.to_owned(),
+    }
+}
+
+/// Sightings of a top-level field the dictionary does not know, on one source topic.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct Drift {
+    /// Source topic.
+    pub topic: String,
+    /// The field name.
+    pub field: String,
+    /// How many letters carried it.
+    pub seen: i64,
+    /// First sighting (unix ms).
+    pub first_seen: i64,
+    /// Last sighting (unix ms).
+    pub last_seen: i64,
+}
+
+/// Distinct (topic, field) pairs a tally keeps between flushes; more are counted as one
+/// field named [`OTHER_FIELDS`].
+pub const MAX_DRIFT_FIELDS: usize = 10_000;
+/// Where sightings beyond [`MAX_DRIFT_FIELDS`] are counted.
+pub const OTHER_FIELDS: &str = "(other fields)";
+
+/// Per (topic, field): how often, first and last seen (unix ms).
+type Sightings = HashMap<(String, String), (i64, i64, i64)>;
+
+/// Unknown-field sightings since the last flush, in memory.
+#[derive(Debug, Default)]
+pub struct DriftTally {
+    entries: std::sync::Mutex<Sightings>,
+}
+
+impl DriftTally {
+    /// Counts one letter of `topic` carrying each of `fields`, seen at `now` (unix ms).
+    pub fn record(&self, topic: &str, fields: &[String], now: i64) {
+        if fields.is_empty() {
+            return;
+        }
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        for field in fields {
+            let mut key = (topic.to_owned(), field.chars().take(255).collect::<String>());
+            if entries.len() >= MAX_DRIFT_FIELDS && !entries.contains_key(&key) {
+                key.1 = OTHER_FIELDS.to_owned();
+            }
+            let entry = entries.entry(key).or_insert((0, now, now));
+            entry.0 += 1;
+            entry.2 = entry.2.max(now);
+        }
+    }
+
+    /// Takes everything counted so far.
+    pub fn take(&self) -> Vec<Drift> {
+        let entries = std::mem::take(&mut *self.entries.lock().unwrap_or_else(|p| p.into_inner()));
+        entries
+            .into_iter()
+            .map(|((topic, field), (seen, first_seen, last_seen))| Drift {
+                topic,
+                field,
+                seen,
+                first_seen,
+                last_seen,
+            })
+            .collect()
+    }
+
+    /// Puts back what could not be stored, for the next flush.
+    pub fn restore(&self, drift: Vec<Drift>) {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        for d in drift {
+            let entry = entries.entry((d.topic, d.field)).or_insert((0, d.first_seen, d.last_seen));
+            entry.0 += d.seen;
+            entry.1 = entry.1.min(d.first_seen);
+            entry.2 = entry.2.max(d.last_seen);
+        }
+    }
+}
+
+/// The fields of `required` that a normalised letter lacks.
+pub fn missing<'a>(fields: &[String], required: &'a [String]) -> Vec<&'a str> {
+    required.iter().filter(|r| !fields.contains(r)).map(String::as_str).collect()
 }
 
 /// Checks a field against the rest of the dictionary; every problem at once.
@@ -164,6 +420,75 @@ mod tests {
         let mut empty = field("x", FieldType::Boolean, &[]);
         empty.description = " ".into();
         assert_eq!(validate(&empty, &[]).unwrap_err(), ["description must be 1 to 500 characters"]);
+    }
+
+    fn vocabulary() -> Vocabulary {
+        Vocabulary::new(&[
+            field("userId", FieldType::Integer, &["uid", "user_id"]),
+            field("anchorId", FieldType::Integer, &["aid"]),
+            field("roomId", FieldType::String, &["rid"]),
+            field("amount", FieldType::Number, &["amt"]),
+            field("vip", FieldType::Boolean, &[]),
+        ])
+    }
+
+    /// Letter in, letter or error out.
+    #[test]
+    fn normalisation_renames_aliases_and_coerces_plain_values() {
+        let v = vocabulary();
+        // Payload in, payload out (or the error), unknown fields, problems.
+        type Case<'a> = (&'a str, Result<&'a str, &'a str>, &'a [&'a str], &'a [&'a str]);
+        let cases: [Case; 8] = [
+            (r#"{"userId":42,"roomId":"r1"}"#, Ok(r#"{"roomId":"r1","userId":42}"#), &[], &[]),
+            (
+                r#"{"uid":"42","RID":7,"amt":"4.5"}"#,
+                Ok(r#"{"amount":4.5,"roomId":"7","userId":42}"#),
+                &[],
+                &[],
+            ),
+            (
+                r#"{"USER_ID":42.0,"vip":"true","gift":1}"#,
+                Ok(r#"{"gift":1,"userId":42,"vip":true}"#),
+                &["gift"],
+                &[],
+            ),
+            (
+                r#"{"userId":"abc","vip":1}"#,
+                Ok(r#"{"userId":"abc","vip":1}"#),
+                &[],
+                &["userId: expected integer, got string \"abc\"", "vip: expected boolean, got number 1"],
+            ),
+            (r#"{"userId":7,"uid":7}"#, Ok(r#"{"userId":7}"#), &[], &[]),
+            (
+                r#"{"userId":7,"uid":8}"#,
+                Ok(r#"{"uid":8,"userId":7}"#),
+                &[],
+                &["userId is given twice with different values: 7 and uid: 8"],
+            ),
+            (
+                r#"{"amount":null}"#,
+                Ok(r#"{"amount":null}"#),
+                &[],
+                &["amount: expected number, got null null"],
+            ),
+            ("[1,2]", Err("the payload is not a JSON object"), &[], &[]),
+        ];
+        for (input, expected, unknown, problems) in cases {
+            match (v.normalize(input.as_bytes()), expected) {
+                (Ok(out), Ok(payload)) => {
+                    let got: serde_json::Value = serde_json::from_slice(&out.payload).unwrap();
+                    let want: serde_json::Value = serde_json::from_str(payload).unwrap();
+                    assert_eq!(got, want, "{input}");
+                    assert_eq!(out.unknown, unknown, "{input}");
+                    assert_eq!(out.problems, problems, "{input}");
+                    let unchanged = serde_json::from_str::<serde_json::Value>(input).unwrap() == got;
+                    assert_eq!(out.changed, !unchanged, "{input}");
+                }
+                (Err(e), Err(want)) => assert!(e.starts_with(want), "{input}: {e}"),
+                (got, want) => panic!("{input}: got {got:?}, expected {want:?}"),
+            }
+        }
+        assert_eq!(missing(&["userId".into()], &["userId".into(), "anchorId".into()]), ["anchorId"]);
     }
 
     #[test]

@@ -231,6 +231,8 @@ enum DictionaryCommand {
         /// The field name.
         name: String,
     },
+    /// Fields the dictionary does not know, seen in letters, per source topic.
+    Drift,
 }
 
 #[derive(Subcommand)]
@@ -243,7 +245,7 @@ enum DeadLettersCommand {
         /// Only in this status: pending, retrying, delivered, parked or discarded.
         #[arg(long)]
         status: Option<String>,
-        /// Only of this kind: produce, handler, script or malformed.
+        /// Only of this kind: produce, handler, script, malformed or dictionary.
         #[arg(long)]
         kind: Option<String>,
         /// Only those stored since: an age (2h) or a time (2026-11-23T10:00:00Z).
@@ -541,6 +543,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     let saved = dictionary::set(&client, &name, change).await?;
                     println!("{} is at version {}", saved.field.name, saved.version);
                 }
+                DictionaryCommand::Drift => print!("{}", dictionary::drift(&client).await?),
                 DictionaryCommand::Delete { name } => {
                     let deleted = dictionary::delete(&client, &name).await?;
                     println!("{} deleted (it was at version {})", deleted.field.name, deleted.version);

@@ -185,7 +185,9 @@ impl Retrier {
     /// The current pigeons, compiled again only when a version changed.
     async fn table(&mut self) -> anyhow::Result<Arc<RouteTable>> {
         let stored = self.parts.store.pigeons().await?;
-        let versions: Versions = stored.iter().map(|p| (p.spec.id.clone(), p.version)).collect();
+        let (contracts, stamps) = crate::control::load_contracts(self.parts.store.as_ref()).await?;
+        let versions: Versions =
+            stored.iter().map(|p| (p.spec.id.clone(), p.version)).chain(stamps).collect();
         if let Some((seen, table)) = &self.table {
             if *seen == versions {
                 return Ok(Arc::clone(table));
@@ -197,7 +199,9 @@ impl Retrier {
         for q in &built.quarantined {
             tracing::warn!(pigeon = %q.id, version = q.version, problems = ?q.problems, "pigeon quarantined: its dead letters wait");
         }
-        let table = Arc::new(built.table);
+        let mut table = built.table;
+        table.set_contracts(Arc::new(contracts));
+        let table = Arc::new(table);
         self.table = Some((versions, Arc::clone(&table)));
         Ok(table)
     }
@@ -296,7 +300,7 @@ fn plan(letter: &DeadLetter, table: &RouteTable, attempt: i32) -> Result<Vec<Out
     } else {
         dead.letter_id.clone()
     };
-    owned_outputs(&message, &id, &tag, time_ms, &matched, attempt)
+    owned_outputs(&message, &id, &tag, time_ms, &matched, attempt, table.contracts()).map_err(|e| e.message)
 }
 
 #[cfg(test)]

@@ -97,6 +97,7 @@ mod tests {
             ],
             retry: None,
             window: None,
+            dictionary: Default::default(),
         };
         let mut archive = spec.clone();
         archive.id = "keep".into();

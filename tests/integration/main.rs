@@ -7,6 +7,7 @@
 mod archive;
 mod archive_store;
 mod cli;
+mod dictionary;
 mod faults;
 mod forward;
 mod lifecycle;

@@ -228,6 +228,7 @@ pub fn pigeon(id: &str, topic: &str, tag: &str, destinations: Vec<DestinationSpe
         destinations,
         retry: None,
         window: None,
+        dictionary: Default::default(),
     }
 }
 

@@ -107,7 +107,7 @@ pub struct ListQuery {
     pub pigeon: Option<String>,
     /// Only in this status: pending, retrying, delivered, parked or discarded.
     pub status: Option<Status>,
-    /// Only of this error kind: produce, handler, script or malformed.
+    /// Only of this error kind: produce, handler, script, malformed or dictionary.
     pub kind: Option<ErrorKind>,
     /// Only those stored at or after this time (unix ms).
     pub since: Option<i64>,

@@ -9,7 +9,7 @@ use super::auth::{AsOperator, AsViewer};
 use super::error::{ApiError, ErrorBody};
 use super::{ApiJson, AppState};
 use crate::dictionary::{self, Field};
-use crate::store::StoredField;
+use crate::store::{Drift, StoredField};
 
 /// A dictionary field with its version.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -58,7 +58,10 @@ pub async fn put(
     let others: Vec<Field> = state.store.dictionary().await?.into_iter().map(|f| f.field).collect();
     dictionary::validate(&field, &others)
         .map_err(|problems| ApiError::invalid("invalid_field", "the field is invalid", problems))?;
-    state.store.save_field(&field, &caller.name).await?;
+    if state.store.save_field(&field, &caller.name).await?.changed {
+        // Pigeons that hold letters to the dictionary pick the change up at once.
+        super::pigeons::announce(&state, Vec::new(), &caller.name);
+    }
     let saved = state.store.dictionary().await?.into_iter().find(|f| f.field.name == name);
     Ok(Json(saved.ok_or_else(|| ApiError::not_found(format!("field {name:?}")))?.into()))
 }
@@ -74,7 +77,20 @@ pub async fn delete(
     Path(name): Path<String>,
 ) -> Result<Json<FieldView>, ApiError> {
     match state.store.delete_field(&name, &caller.name).await? {
-        Some(deleted) => Ok(Json(deleted.into())),
+        Some(deleted) => {
+            super::pigeons::announce(&state, Vec::new(), &caller.name);
+            Ok(Json(deleted.into()))
+        }
         None => Err(ApiError::not_found(format!("field {name:?}"))),
     }
+}
+
+/// The drift report: top-level fields the dictionary does not know, per source topic, most
+/// seen first. Counted by routers running pigeons in `normalize` or `enforce` mode (the only
+/// ones that read payloads), every few seconds.
+#[utoipa::path(get, path = "/dictionary/drift", tag = "dictionary",
+    responses((status = 200, body = Vec<Drift>), (status = 401, body = ErrorBody)),
+    security(("token" = [])))]
+pub async fn drift(_: AsViewer, State(state): State<AppState>) -> Result<Json<Vec<Drift>>, ApiError> {
+    Ok(Json(state.store.drift().await?))
 }

@@ -122,8 +122,12 @@ pub async fn fly(
     if !stored.spec.enabled {
         return Err(ApiError::conflict(format!("pigeon {:?} is disabled", body.pigeon)));
     }
-    let table = RouteTable::compile(&[stored.versioned()], &Default::default())
+    let mut table = RouteTable::compile(&[stored.versioned()], &Default::default())
         .map_err(|e| ApiError::conflict(format!("pigeon {:?} does not compile: {e}", body.pigeon)))?;
+    if !stored.spec.dictionary.is_off() {
+        let (contracts, _) = crate::control::load_contracts(state.store.as_ref()).await?;
+        table.set_contracts(Arc::new(contracts));
+    }
     let route = Arc::clone(table.route(&body.pigeon).expect("an enabled pigeon is in its table"));
     let message = message_of(&letter);
     let id = letter.id.to_string();
@@ -146,9 +150,10 @@ pub async fn fly(
         dead_lettered: Vec::new(),
     };
     let mut dead_letters = Vec::new();
-    match owned_outputs(&message, &id, &letter.tag, time_ms, &[&route], 1) {
-        Err(error) => {
-            let mut dead = NewDeadLetter::from_message(&message, ErrorKind::Script, error.clone());
+    match owned_outputs(&message, &id, &letter.tag, time_ms, &[&route], 1, table.contracts()) {
+        Err(refused) => {
+            let error = refused.message;
+            let mut dead = NewDeadLetter::from_message(&message, refused.kind, error.clone());
             dead.letter_id = id.clone();
             dead.pigeon_id = Some(route.id.to_string());
             dead.pigeon_version = Some(route.version);

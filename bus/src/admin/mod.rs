@@ -149,6 +149,7 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(fly::fly))
         .routes(routes!(dictionary::list))
         .routes(routes!(dictionary::put, dictionary::delete))
+        .routes(routes!(dictionary::drift))
         .routes(routes!(archive::search))
         .routes(routes!(archive::get))
         .routes(routes!(archive::list, archive::create))

@@ -79,8 +79,8 @@ impl From<StoredPigeon> for PigeonView {
     }
 }
 
-/// Tells every running instance that pigeons changed.
-fn announce(state: &AppState, pigeons: Vec<String>, actor: &str) {
+/// Tells every running instance that pigeons (or what they check letters against) changed.
+pub(crate) fn announce(state: &AppState, pigeons: Vec<String>, actor: &str) {
     if let Some(producer) = &state.producer {
         crate::control::notify(producer, pigeons, actor);
     }

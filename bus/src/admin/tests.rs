@@ -87,7 +87,7 @@ fn pigeon(id: &str, owner: &str) -> Value {
 }
 
 /// The role each operation needs. Must list exactly the documented operations.
-const ROLES: [(&str, &str, Role); 33] = [
+const ROLES: [(&str, &str, Role); 34] = [
     ("GET", "/api/v1/pigeons", Role::Viewer),
     ("POST", "/api/v1/pigeons", Role::Operator),
     ("POST", "/api/v1/pigeons/validate", Role::Viewer),
@@ -114,6 +114,7 @@ const ROLES: [(&str, &str, Role); 33] = [
     ("GET", "/api/v1/dictionary", Role::Viewer),
     ("PUT", "/api/v1/dictionary/{name}", Role::Operator),
     ("DELETE", "/api/v1/dictionary/{name}", Role::Operator),
+    ("GET", "/api/v1/dictionary/drift", Role::Viewer),
     ("POST", "/api/v1/archive/search", Role::Viewer),
     ("GET", "/api/v1/archive/{letter_id}", Role::Viewer),
     ("GET", "/api/v1/replays", Role::Viewer),

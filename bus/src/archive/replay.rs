@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{ArchivedLetter, Position, ReplayJob, ReplaySpec, ReplayStatus};
 use crate::config::{ReplayConfig, SourceConfig};
-use crate::deadletter::{ErrorKind, NewDeadLetter};
+use crate::deadletter::NewDeadLetter;
 use crate::route::{RouteTable, VersionedPigeon};
 use crate::router::output::{owned_outputs, reroute, OwnedOutput};
 use crate::store::archive::ReplayProgress;
@@ -254,7 +254,10 @@ async fn send(
 /// own time, which the pigeons' windows judge).
 async fn deliver_table(parts: &ReplayParts) -> anyhow::Result<Arc<RouteTable>> {
     let pigeons: Vec<VersionedPigeon> = parts.store.pigeons().await?.iter().map(|p| p.versioned()).collect();
-    Ok(Arc::new(RouteTable::build(&pigeons, &parts.sources, None).table))
+    let mut table = RouteTable::build(&pigeons, &parts.sources, None).table;
+    let (contracts, _) = crate::control::load_contracts(parts.store.as_ref()).await?;
+    table.set_contracts(Arc::new(contracts));
+    Ok(Arc::new(table))
 }
 
 /// Why a letter was not sent.
@@ -315,12 +318,13 @@ pub fn plan(
     let (tag, routes) = reroute(table, &message, letter.position.time).map_err(Unsent::NoPigeon)?;
     let routes: Vec<_> = routes.iter().collect();
     let outputs =
-        owned_outputs(&message, &replay_id, &tag, letter.position.time, &routes, 1).map_err(|e| {
-            let mut failed =
-                NewDeadLetter::from_message(&message, ErrorKind::Script, format!("replay job {job}: {e}"));
-            failed.letter_id = letter.letter_id.clone();
-            Unsent::Script(Box::new(failed))
-        })?;
+        owned_outputs(&message, &replay_id, &tag, letter.position.time, &routes, 1, table.contracts())
+            .map_err(|e| {
+                let mut failed =
+                    NewDeadLetter::from_message(&message, e.kind, format!("replay job {job}: {e}"));
+                failed.letter_id = letter.letter_id.clone();
+                Unsent::Script(Box::new(failed))
+            })?;
     Ok(outputs
         .into_iter()
         .map(|output| OwnedOutput {

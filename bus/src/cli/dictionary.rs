@@ -74,6 +74,25 @@ pub async fn delete(client: &Client, name: &str) -> anyhow::Result<FieldView> {
     client.call(Method::DELETE, &format!("/dictionary/{name}"), None::<&()>).await
 }
 
+/// `dictionary drift`: fields the dictionary does not know, per source topic.
+pub async fn drift(client: &Client) -> anyhow::Result<String> {
+    let drift: Vec<crate::store::Drift> = client.call(Method::GET, "/dictionary/drift", None::<&()>).await?;
+    if drift.is_empty() {
+        return Ok("no unknown fields seen (only pigeons in normalize or enforce mode look)\n".into());
+    }
+    let mut out = format!("{:<24} {:<24} {:>10}  {}\n", "TOPIC", "FIELD", "SEEN", "LAST SEEN");
+    for d in drift {
+        out.push_str(&format!(
+            "{:<24} {:<24} {:>10}  {}\n",
+            d.topic,
+            d.field,
+            d.seen,
+            pigeon_sdk::letter::format_time_ms(d.last_seen)
+        ));
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -191,6 +191,7 @@ mod tests {
                 ],
                 retry: None,
                 window: None,
+                dictionary: Default::default(),
             },
             PigeonSpec {
                 id: "view".into(),
@@ -203,6 +204,7 @@ mod tests {
                 destinations: vec![DestinationSpec::capability("m/c")],
                 retry: None,
                 window: None,
+                dictionary: Default::default(),
             },
         ];
         for format in [Format::Yaml, Format::Toml] {

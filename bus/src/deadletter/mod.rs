@@ -30,6 +30,9 @@ pub enum ErrorKind {
     Script,
     /// A module's handler failed on the letter (reported on `pigeon.failed`).
     Handler,
+    /// The letter does not fit the dictionary: a field of the wrong type, or one a destination
+    /// requires is missing (a pigeon in `enforce` mode).
+    Dictionary,
 }
 
 impl ErrorKind {
@@ -45,6 +48,7 @@ impl ErrorKind {
             ErrorKind::Malformed => "malformed",
             ErrorKind::Script => "script",
             ErrorKind::Handler => "handler",
+            ErrorKind::Dictionary => "dictionary",
         }
     }
 }
@@ -63,6 +67,7 @@ impl FromStr for ErrorKind {
             "malformed" => Ok(ErrorKind::Malformed),
             "script" => Ok(ErrorKind::Script),
             "handler" => Ok(ErrorKind::Handler),
+            "dictionary" => Ok(ErrorKind::Dictionary),
             other => Err(format!("unknown error kind {other:?}")),
         }
     }

@@ -57,6 +57,11 @@ pub struct PigeonSpec {
     /// When the pigeon flies, judged by each letter's timestamp; none: always.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub window: Option<WindowSpec>,
+    /// How letters are held to the global dictionary: `off` (default), `normalize` (aliases
+    /// renamed, plain types coerced) or `enforce` (normalised, then a wrong type or a field a
+    /// destination capability requires but the letter lacks makes it a dead letter).
+    #[serde(default, skip_serializing_if = "crate::dictionary::Mode::is_off")]
+    pub dictionary: crate::dictionary::Mode,
     /// When failed deliveries are tried again, as delays after each failure (`"10s"`, `"5m"`);
     /// the letter is parked after the last. Default: 10s, 30s, 1m, 5m, 10m, 30m, 1h, 2h.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -39,6 +39,8 @@ pub struct Route {
     pub script: Option<RouteScript>,
     /// The compiled `match.filter` of an archive pigeon.
     pub filter: Option<CompiledScript>,
+    /// How its letters are held to the dictionary.
+    pub dictionary: crate::dictionary::Mode,
     /// When its failed deliveries are tried again.
     pub retry: Schedule,
     /// Letters fly only with a timestamp inside it; `None`: always.
@@ -70,6 +72,31 @@ pub struct Destination {
     pub topic: String,
     /// Tag the letter carries there.
     pub tag: String,
+}
+
+impl Destination {
+    /// The module capability this is (`module/capability`), when it is a module's topic.
+    pub fn capability(&self) -> Option<String> {
+        let module = self.topic.strip_prefix("pigeon.module.")?;
+        Some(format!("{module}/{}", self.tag))
+    }
+}
+
+/// What pigeons that hold letters to the dictionary check them against: the dictionary, and
+/// the fields each capability requires (`module/capability` → fields), as registered.
+#[derive(Debug, Default)]
+pub struct Contracts {
+    /// The dictionary, compiled.
+    pub vocabulary: crate::dictionary::Vocabulary,
+    /// Required fields by capability.
+    pub requires: HashMap<String, Vec<String>>,
+}
+
+impl Contracts {
+    /// The fields a destination requires (none for a raw topic or an unknown capability).
+    pub fn required(&self, destination: &Destination) -> &[String] {
+        destination.capability().and_then(|c| self.requires.get(&c)).map_or(&[], Vec::as_slice)
+    }
 }
 
 /// Where a source topic's letters keep their tag.
@@ -183,6 +210,7 @@ pub enum Lookup {
 #[derive(Debug, Default)]
 pub struct RouteTable {
     paths: Paths,
+    contracts: Arc<Contracts>,
     topics: HashMap<String, Arc<TopicRoutes>>,
     topic_patterns: Vec<TopicPattern>,
     /// Concrete topics resolved against `topics` and `topic_patterns` (only with patterns).
@@ -454,6 +482,21 @@ impl RouteTable {
         topics
     }
 
+    /// Sets what pigeons that hold letters to the dictionary check them against.
+    pub fn set_contracts(&mut self, contracts: Arc<Contracts>) {
+        self.contracts = contracts;
+    }
+
+    /// The dictionary and the capabilities' required fields.
+    pub fn contracts(&self) -> &Contracts {
+        &self.contracts
+    }
+
+    /// The same, shared.
+    pub fn contracts_arc(&self) -> Arc<Contracts> {
+        Arc::clone(&self.contracts)
+    }
+
     /// Pigeons in the table.
     pub fn len(&self) -> usize {
         self.by_id.len()
@@ -594,6 +637,9 @@ fn compile_one(pigeon: &VersionedPigeon) -> Result<(Arc<Route>, TagPattern), Vec
             script::default_engine().compile(source).map_err(|e| error(format!("match.filter: {e}"))).ok()
         }
     };
+    if archive && !spec.dictionary.is_off() {
+        error("an archive pigeon keeps letters as they came: its dictionary mode is off".into());
+    }
     if archive && spec.retry.is_some() {
         error("retry is for deliveries; an archive pigeon delivers nothing".into());
     }
@@ -614,6 +660,7 @@ fn compile_one(pigeon: &VersionedPigeon) -> Result<(Arc<Route>, TagPattern), Vec
                 destinations,
                 script,
                 filter,
+                dictionary: spec.dictionary,
                 retry,
                 window,
                 live_since,
@@ -679,6 +726,7 @@ mod tests {
                 destinations: dests,
                 retry: None,
                 window: None,
+                dictionary: Default::default(),
             },
             version: 1,
             saved_at: 1_000,
@@ -742,6 +790,9 @@ mod tests {
         let mut with_script = archiving("keep", "live.gift", "**");
         with_script.spec.script = Some("payload".into());
         assert!(problems(with_script)[0].contains("its action is archive"));
+        let mut normalizing = archiving("keep", "live.gift", "**");
+        normalizing.spec.dictionary = crate::dictionary::Mode::Normalize;
+        assert!(problems(normalizing)[0].contains("keeps letters as they came"));
         let mut with_retry = archiving("keep", "live.gift", "**");
         with_retry.spec.retry = Some(vec!["1s".into()]);
         assert!(problems(with_retry)[0].contains("delivers nothing"));

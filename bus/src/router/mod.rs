@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::message::{BorrowedMessage, Message, OwnedMessage};
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::{mpsc, watch};
@@ -33,6 +33,7 @@ use self::tracker::{Admission, Begun, PartitionTracker};
 use crate::config::RouterConfig;
 use crate::control::Routes;
 use crate::deadletter::{self, ErrorKind, Job, NewDeadLetter};
+use crate::dictionary::{self, DriftTally, Mode, Normalized};
 use crate::route::{Lookup, Route, RouteTable, INGRESS};
 use crate::source;
 use crate::store::Store;
@@ -155,6 +156,8 @@ pub async fn run(parts: RouterParts, cancel: CancellationToken) -> anyhow::Resul
 
     let (dead_tx, dead_rx) = mpsc::unbounded_channel();
     let writer_stop = CancellationToken::new();
+    let drift = Arc::new(DriftTally::default());
+    let drift_store = Arc::clone(&store);
     let writer = tokio::spawn(deadletter::write_dead_letters(store, dead_rx, writer_stop.clone()));
 
     let drain_timeout = Duration::from_secs(config.drain_timeout_secs);
@@ -199,9 +202,12 @@ pub async fn run(parts: RouterParts, cancel: CancellationToken) -> anyhow::Resul
         scripts: &scripts,
         dead_letters: dead_tx,
         stats,
+        drift: Arc::clone(&drift),
         breakers: Arc::clone(&breakers),
         breaker_paused: Mutex::default(),
     };
+    let mut drift_tick = tokio::time::interval(DRIFT_FLUSH);
+    drift_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut probe_tick = tokio::time::interval(Duration::from_millis(500));
     probe_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut store_tick = tokio::time::interval(Duration::from_millis(config.offset_store_interval_ms));
@@ -222,6 +228,9 @@ pub async fn run(parts: RouterParts, cancel: CancellationToken) -> anyhow::Resul
             }
             _ = store_tick.tick() => {
                 store_offsets(&consumer, &trackers);
+            }
+            _ = drift_tick.tick() => {
+                tokio::spawn(flush_drift(Arc::clone(&drift_store), Arc::clone(&drift)));
             }
             Ok(()) = routes.changed() => {
                 // Swapped whole; letters in flight keep the routes they started with.
@@ -291,8 +300,25 @@ pub async fn run(parts: RouterParts, cancel: CancellationToken) -> anyhow::Resul
     drop(producer);
     writer_stop.cancel();
     let _ = writer.await;
+    flush_drift(drift_store, drift).await;
     tracing::info!("router stopped");
     Ok(())
+}
+
+/// How often the drift report's counts go to the store.
+const DRIFT_FLUSH: Duration = Duration::from_secs(5);
+
+/// Adds the fields seen since the last flush to the drift report; what the store does not take
+/// waits for the next flush.
+async fn flush_drift(store: Arc<dyn Store>, drift: Arc<DriftTally>) {
+    let sightings = drift.take();
+    if sightings.is_empty() {
+        return;
+    }
+    if let Err(e) = store.record_drift(&sightings).await {
+        tracing::warn!(error = %e, "cannot store the drift report; it is kept for the next try");
+        drift.restore(sightings);
+    }
 }
 
 /// Leaves the group before the consumer is closed: unsubscribes and serves the rebalance
@@ -357,6 +383,16 @@ fn partition_list_of(message: &BorrowedMessage<'_>) -> TopicPartitionList {
 /// A source topic and partition.
 type SourcePartition = (Arc<str>, i32);
 
+/// What a pigeon does with a letter, by its dictionary mode.
+enum Plan {
+    /// Sends the payload as it came.
+    AsIs,
+    /// Sends the normalised payload.
+    Normalized,
+    /// Dead-letters it: it does not fit the dictionary (`enforce`).
+    Unfit(String),
+}
+
 /// The per-letter work of the router.
 struct Forwarder<'p> {
     /// The route table in use; the consume loop swaps it.
@@ -368,6 +404,8 @@ struct Forwarder<'p> {
     scripts: &'p ScriptPool,
     dead_letters: mpsc::UnboundedSender<Job>,
     stats: Arc<RouterStats>,
+    /// Fields the dictionary does not know, seen since the last flush.
+    drift: Arc<DriftTally>,
     breakers: Arc<Breakers>,
     /// Source partitions paused because a destination they feed has an open breaker.
     breaker_paused: Mutex<HashMap<String, HashSet<SourcePartition>>>,
@@ -516,9 +554,47 @@ impl Forwarder<'_> {
                 };
             }
         }
-        // A script pigeon counts one step per letter; its worker adds the letters it emits.
-        let outputs: usize =
-            matched.iter().map(|r| if r.script.is_some() { 1 } else { r.destinations.len() }).sum();
+        // Pigeons that hold letters to the dictionary read the payload, once for all of them.
+        let contracts = table.contracts();
+        let mut normalized: Option<Result<Normalized, String>> = None;
+        let plans: Vec<Plan> = matched
+            .iter()
+            .map(|route| {
+                if route.dictionary == Mode::Off {
+                    return Plan::AsIs;
+                }
+                let checked = normalized.get_or_insert_with(|| {
+                    contracts.vocabulary.normalize(message.payload().unwrap_or(b"null"))
+                });
+                match (checked, route.dictionary) {
+                    (Ok(n), Mode::Enforce) if !n.problems.is_empty() => Plan::Unfit(format!(
+                        "the letter does not fit the dictionary: {}",
+                        n.problems.join("; ")
+                    )),
+                    (Ok(_), _) => Plan::Normalized,
+                    (Err(e), Mode::Enforce) => Plan::Unfit(e.clone()),
+                    // Normalising is a courtesy: what cannot be read flies as it is.
+                    (Err(_), _) => Plan::AsIs,
+                }
+            })
+            .collect();
+        let normalized = match normalized {
+            Some(Ok(n)) => {
+                self.drift.record(message.topic(), &n.unknown, crate::store::now_ms());
+                Some(n)
+            }
+            _ => None,
+        };
+        // A script pigeon counts one step per letter; its worker adds the letters it emits. A
+        // letter that does not fit a pigeon's dictionary is one dead letter for it.
+        let outputs: usize = matched
+            .iter()
+            .zip(&plans)
+            .map(|(r, plan)| match (r.script.is_some(), plan) {
+                (true, _) | (_, Plan::Unfit(_)) => 1,
+                _ => r.destinations.len(),
+            })
+            .sum();
         // Begin before producing: a delivery report may arrive before `send` returns.
         let Begun { admission, in_flight } = tracker.begin(offset, outputs as u32, self.cap);
         self.stats.in_flight_peak.fetch_max(in_flight as u64, Ordering::Relaxed);
@@ -534,22 +610,44 @@ impl Forwarder<'_> {
             }
         };
         let admission = self.breaker_admission(&matched, &tracker, admission);
-        let mut detached = None;
-        for route in matched {
+        let (mut detached, mut detached_normalized) = (None, None);
+        for (route, plan) in matched.into_iter().zip(plans) {
+            let normalized = match plan {
+                Plan::Unfit(reason) => {
+                    self.unfit(message, route, id, &tracker, reason);
+                    continue;
+                }
+                Plan::Normalized => normalized.as_ref(),
+                Plan::AsIs => None,
+            };
             if route.script.is_some() {
-                let message = detached.get_or_insert_with(|| Arc::new(message.detach()));
+                let message = match normalized {
+                    None => detached.get_or_insert_with(|| Arc::new(message.detach())),
+                    Some(n) => detached_normalized.get_or_insert_with(|| {
+                        Arc::new(OwnedMessage::new(
+                            Some(n.payload.clone()),
+                            message.key().map(<[u8]>::to_vec),
+                            message.topic().to_owned(),
+                            message.timestamp(),
+                            message.partition(),
+                            offset,
+                            message.headers().map(|h| h.detach()),
+                        ))
+                    }),
+                };
                 let job = ScriptJob {
                     route: Arc::clone(route),
                     message: Arc::clone(message),
                     id: id.to_owned(),
                     tag: meta.tag.as_deref().unwrap_or_default().to_owned(),
                     tracker: Arc::clone(&tracker),
+                    contracts: table.contracts_arc(),
                 };
                 self.scripts.submit(job).await;
                 continue;
             }
             for destination in &route.destinations {
-                let headers = output_headers(message, id, &destination.tag, &route.id, false);
+                let headers = output_headers(message, id, &destination.tag, &route.id, normalized.is_some());
                 let mut record = BaseRecord::with_opaque_to(
                     &destination.topic,
                     Box::new(Delivery { tracker: Arc::clone(&tracker), offset, route: Arc::clone(route) }),
@@ -558,8 +656,31 @@ impl Forwarder<'_> {
                 if let Some(key) = message.key() {
                     record = record.key(key);
                 }
-                if let Some(payload) = message.payload() {
-                    record = record.payload(payload);
+                match normalized {
+                    Some(n) => record = record.payload(n.payload.as_slice()),
+                    None => {
+                        if let Some(payload) = message.payload() {
+                            record = record.payload(payload);
+                        }
+                    }
+                }
+                if let (Mode::Enforce, Some(n)) = (route.dictionary, normalized) {
+                    let missing = dictionary::missing(&n.fields, contracts.required(destination));
+                    if !missing.is_empty() {
+                        let reason = format!(
+                            "missing {}, required by {}",
+                            missing.join(", "),
+                            destination.capability().unwrap_or_default()
+                        );
+                        self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                        let dead_letter = output::unfit_output(&record, reason);
+                        let _ = self.dead_letters.send(Job {
+                            dead_letter,
+                            tracker: Arc::clone(&tracker),
+                            offset,
+                        });
+                        continue;
+                    }
                 }
                 self.send(record).await;
             }
@@ -573,6 +694,26 @@ impl Forwarder<'_> {
             record = back;
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
+    }
+
+    /// Dead-letters a letter that does not fit the dictionary of a pigeon in `enforce` mode:
+    /// parked for an operator, who can fix it and send it through the pigeon again.
+    fn unfit(
+        &self,
+        message: &BorrowedMessage<'_>,
+        route: &Route,
+        id: &str,
+        tracker: &Arc<PartitionTracker>,
+        reason: String,
+    ) {
+        let mut dead_letter = NewDeadLetter::from_message(message, ErrorKind::Dictionary, reason);
+        dead_letter.letter_id = id.to_owned();
+        dead_letter.pigeon_id = Some(route.id.to_string());
+        dead_letter.pigeon_version = Some(route.version);
+        dead_letter.first_retry = None;
+        self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+        let offset = message.offset();
+        let _ = self.dead_letters.send(Job { dead_letter, tracker: Arc::clone(tracker), offset });
     }
 
     /// Dead-letters a source message that cannot be routed at all.

@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 
 use super::context::{output_dead_letter, Delivery, RouterProducerContext};
 use super::RouterStats;
-use crate::deadletter::Job;
+use crate::deadletter::{ErrorKind, Job, NewDeadLetter};
 use pigeon_sdk::header;
 
 /// A record of one output letter.
@@ -106,6 +106,16 @@ fn text<'a>(key: &'a str, value: &'a str) -> Header<'a, &'a [u8]> {
     Header { key, value: Some(value.as_bytes()) }
 }
 
+/// A dead letter for an output that does not fit the dictionary (a field its destination
+/// requires is missing): kept as it would have been sent, parked for an operator, who can fix
+/// the payload and redrive it to the same destination.
+pub fn unfit_output(record: &OutputRecord<'_>, reason: String) -> NewDeadLetter {
+    let mut dead = output_dead_letter(&owned(record), &record.delivery_opaque, reason);
+    dead.error_kind = ErrorKind::Dictionary;
+    dead.first_retry = None;
+    dead
+}
+
 /// A refused record copied into a message, so it can be dead-lettered like a failed delivery.
 fn owned(record: &OutputRecord<'_>) -> OwnedMessage {
     OwnedMessage::new(
@@ -152,9 +162,33 @@ impl OwnedOutput {
     }
 }
 
+/// Why a letter makes no outputs: its pigeon's script failed, or it does not fit the
+/// dictionary.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refused {
+    /// Which of the two.
+    pub kind: ErrorKind,
+    /// What exactly.
+    pub message: String,
+}
+
+impl Refused {
+    fn unfit(message: String) -> Self {
+        Self { kind: ErrorKind::Dictionary, message }
+    }
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
 /// The outputs `routes` make of a letter, owned, with `ce_attempt` set to `attempt`: a forward
 /// route's one per destination, a script route's as its script says (with derived ids, as the
-/// router makes them). `time_ms` is the letter's time; the error is a script's failure.
+/// router makes them). A pigeon that holds letters to the dictionary normalises the letter
+/// first and, in `enforce` mode, refuses one that does not fit `contracts`. `time_ms` is the
+/// letter's time; the error is a script's failure or the letter's misfit.
 pub fn owned_outputs(
     message: &OwnedMessage,
     id: &str,
@@ -162,7 +196,8 @@ pub fn owned_outputs(
     time_ms: i64,
     routes: &[&Arc<crate::route::Route>],
     attempt: i32,
-) -> Result<Vec<OwnedOutput>, String> {
+    contracts: &crate::route::Contracts,
+) -> Result<Vec<OwnedOutput>, Refused> {
     let header_text = |name: &str| {
         message
             .headers()
@@ -172,14 +207,40 @@ pub fn owned_outputs(
     };
     let mut outputs = Vec::new();
     for route in routes {
+        use crate::dictionary::Mode;
+        let normalized = match route.dictionary {
+            Mode::Off => None,
+            mode => match (contracts.vocabulary.normalize(message.payload().unwrap_or(b"null")), mode) {
+                (Ok(n), Mode::Enforce) if !n.problems.is_empty() => {
+                    return Err(Refused::unfit(format!(
+                        "the letter does not fit the dictionary: {}",
+                        n.problems.join("; ")
+                    )))
+                }
+                (Ok(n), _) => Some(n),
+                (Err(e), Mode::Enforce) => return Err(Refused::unfit(e)),
+                (Err(_), _) => None,
+            },
+        };
+        let payload = normalized.as_ref().map_or(message.payload(), |n| Some(n.payload.as_slice()));
         let Some(script) = &route.script else {
             for destination in &route.destinations {
-                let headers = output_headers(message, id, &destination.tag, &route.id, false);
+                if let (Mode::Enforce, Some(n)) = (route.dictionary, &normalized) {
+                    let missing = crate::dictionary::missing(&n.fields, contracts.required(destination));
+                    if !missing.is_empty() {
+                        return Err(Refused::unfit(format!(
+                            "missing {}, required by {}",
+                            missing.join(", "),
+                            destination.capability().unwrap_or_default()
+                        )));
+                    }
+                }
+                let headers = output_headers(message, id, &destination.tag, &route.id, normalized.is_some());
                 outputs.push(OwnedOutput {
                     topic: destination.topic.clone(),
                     key: message.key().map(<[u8]>::to_vec),
                     headers: with_attempt(&headers, attempt),
-                    payload: message.payload().map(<[u8]>::to_vec),
+                    payload: payload.map(<[u8]>::to_vec),
                 });
             }
             continue;
@@ -190,11 +251,14 @@ pub fn owned_outputs(
             source: header_text(header::SOURCE).unwrap_or(message.topic()),
             key: message.key(),
             time: header_text(header::TIME),
-            payload: message.payload().unwrap_or(b"null"),
+            payload: payload.unwrap_or(b"null"),
         };
         let emitted = crate::script::default_engine()
             .run(&script.compiled, &input, &script.destinations)
-            .map_err(|e| format!("pigeon {} version {}: {e}", route.id, route.version))?;
+            .map_err(|e| Refused {
+                kind: ErrorKind::Script,
+                message: format!("pigeon {} version {}: {e}", route.id, route.version),
+            })?;
         for (index, out) in emitted.into_iter().enumerate() {
             let out_id =
                 pigeon_sdk::LetterId::derived_output(id, route.version, index, time_ms as u64).to_string();

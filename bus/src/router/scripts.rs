@@ -21,7 +21,8 @@ use super::context::Delivery;
 use super::output::{output_headers, Outputs};
 use super::tracker::PartitionTracker;
 use crate::deadletter::{ErrorKind, Job, NewDeadLetter};
-use crate::route::Route;
+use crate::dictionary::Mode;
+use crate::route::{Contracts, Destination, Route};
 use crate::script::{self, ScriptLetter};
 use pigeon_sdk::{header, LetterId};
 
@@ -44,6 +45,8 @@ pub struct ScriptJob {
     pub tag: String,
     /// Its partition's tracker; the job itself is one unsettled output.
     pub tracker: Arc<PartitionTracker>,
+    /// The dictionary and the capabilities' required fields, for a pigeon in `enforce` mode.
+    pub contracts: Arc<Contracts>,
 }
 
 /// A pigeon's breaker state, by pigeon id and version.
@@ -171,12 +174,41 @@ fn run(job: ScriptJob, outputs: &Outputs, breaker: &Breaker) {
         if let Some(key) = &out.key {
             record = record.key(key.as_slice());
         }
+        if route.dictionary == Mode::Enforce {
+            let target = Destination { topic: destination.topic.clone(), tag: destination.tag.clone() };
+            let required = job.contracts.required(&target);
+            if let Some(reason) = lacking(&out.payload, required, &target) {
+                outputs.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                let dead_letter = super::output::unfit_output(&record, reason);
+                let _ =
+                    outputs.dead_letters.send(Job { dead_letter, tracker: Arc::clone(&job.tracker), offset });
+                continue;
+            }
+        }
         while let Err(back) = outputs.try_send(record) {
             record = back;
             std::thread::sleep(Duration::from_millis(2));
         }
     }
     job.tracker.settle(offset);
+}
+
+/// Why a script's output may not go to its capability: the required fields it lacks.
+fn lacking(payload: &[u8], required: &[String], destination: &Destination) -> Option<String> {
+    if required.is_empty() {
+        return None;
+    }
+    let fields: Vec<String> = serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(payload)
+        .map(|object| object.into_iter().map(|(k, _)| k).collect())
+        .unwrap_or_default();
+    let missing = crate::dictionary::missing(&fields, required);
+    (!missing.is_empty()).then(|| {
+        format!(
+            "missing {}, required by {}",
+            missing.join(", "),
+            destination.capability().unwrap_or_default()
+        )
+    })
 }
 
 /// Dead-letters the letter for this pigeon; the store write settles the job.

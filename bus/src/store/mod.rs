@@ -273,7 +273,16 @@ pub trait Store: Send + Sync + 'static {
 
     /// Deletes a dictionary field, audited; returns it as it was.
     async fn delete_field(&self, name: &str, actor: &str) -> Result<Option<StoredField>, StoreError>;
+
+    /// Adds sightings of fields the dictionary does not know to the drift report, in one
+    /// transaction.
+    async fn record_drift(&self, sightings: &[Drift]) -> Result<(), StoreError>;
+
+    /// The drift report, most seen first.
+    async fn drift(&self) -> Result<Vec<Drift>, StoreError>;
 }
+
+pub use crate::dictionary::Drift;
 
 /// A dictionary field as stored.
 #[derive(Clone, Debug, PartialEq)]

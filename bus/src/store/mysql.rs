@@ -27,6 +27,7 @@ const MYSQL: Dialect = Dialect {
     // also turn a value too long for its column into a warning: the archive cuts every value
     // to its column before it writes.
     insert_once: ("INSERT IGNORE", ""),
+    add_drift: " ON DUPLICATE KEY UPDATE seen = seen + VALUES(seen), last_seen = GREATEST(last_seen, VALUES(last_seen))",
 };
 
 /// The MySQL/TiDB store.

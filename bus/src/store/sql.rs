@@ -20,6 +20,9 @@ pub struct Dialect {
     /// How to insert rows that may exist already, leaving those as they are: the statement's
     /// start, and what follows its `VALUES`.
     pub insert_once: (&'static str, &'static str),
+    /// What follows `INSERT INTO dictionary_drift … VALUES …` so a known (topic, field) adds
+    /// its count and moves its last sighting.
+    pub add_drift: &'static str,
 }
 
 /// [`Dialect::delete_first`] for MySQL and TiDB.
@@ -52,6 +55,48 @@ macro_rules! sql_store {
         impl $crate::store::Store for $store {
             fn archive(&self) -> &dyn $crate::store::archive::Archive {
                 self
+            }
+
+            async fn record_drift(&self, sightings: &[$crate::store::Drift]) -> Result<(), StoreError> {
+                if sightings.is_empty() {
+                    return Ok(());
+                }
+                let mut tx = self.pool.begin_with($dialect.begin_write).await?;
+                for chunk in sightings.chunks(500) {
+                    let mut builder = sqlx::QueryBuilder::new(
+                        "INSERT INTO dictionary_drift (topic, field, seen, first_seen, last_seen) ",
+                    );
+                    builder.push_values(chunk, |mut row, s| {
+                        row.push_bind(s.topic.clone())
+                            .push_bind(s.field.clone())
+                            .push_bind(s.seen)
+                            .push_bind(s.first_seen)
+                            .push_bind(s.last_seen);
+                    });
+                    builder.push($dialect.add_drift);
+                    builder.build().execute(&mut *tx).await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn drift(&self) -> Result<Vec<$crate::store::Drift>, StoreError> {
+                let rows: Vec<(String, String, i64, i64, i64)> = sqlx::query_as(
+                    "SELECT topic, field, seen, first_seen, last_seen FROM dictionary_drift \
+                     ORDER BY seen DESC, topic, field",
+                )
+                .fetch_all(&self.pool)
+                .await?;
+                Ok(rows
+                    .into_iter()
+                    .map(|(topic, field, seen, first_seen, last_seen)| $crate::store::Drift {
+                        topic,
+                        field,
+                        seen,
+                        first_seen,
+                        last_seen,
+                    })
+                    .collect())
             }
 
             async fn migrate(&self) -> Result<(), StoreError> {

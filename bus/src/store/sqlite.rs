@@ -26,6 +26,7 @@ const SQLITE: Dialect = Dialect {
     update_first: update_first_sqlite,
     delete_first: delete_first_sqlite,
     insert_once: ("INSERT", " ON CONFLICT (letter_id) DO NOTHING"),
+    add_drift: " ON CONFLICT (topic, field) DO UPDATE SET seen = seen + excluded.seen, last_seen = MAX(last_seen, excluded.last_seen)",
 };
 
 /// The SQLite store.

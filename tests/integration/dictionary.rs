@@ -1,0 +1,156 @@
+//! Pigeons that hold letters to the dictionary: normalised on the way, refused with a precise
+//! dead letter in `enforce` mode, and unknown fields counted in the drift report.
+
+use std::time::Duration;
+
+use pigeon_bus::deadletter::{DeadLetterFilter, ErrorKind, Status};
+use pigeon_bus::dictionary::Mode;
+use pigeon_bus::route::{Action, DestinationSpec, PigeonSpec};
+use pigeon_sdk::registry::{CapabilityInfo, Registration};
+use pigeon_sdk::Letter;
+use rdkafka::message::Message;
+use serde_json::{json, Value};
+
+use crate::support::*;
+
+/// The `rank` module, registered with `gift`, which requires `userId` and `anchorId`.
+fn rank_module() -> Registration {
+    Registration {
+        module: "rank".into(),
+        instance: "rank-1".into(),
+        host: "h1".into(),
+        version: "1.0".into(),
+        topic: "pigeon.module.rank".into(),
+        lanes: Vec::new(),
+        capabilities: vec![CapabilityInfo {
+            name: "gift".into(),
+            description: "ranks gifts".into(),
+            requires: vec!["userId".into(), "anchorId".into()],
+        }],
+        heartbeat_ms: 60_000,
+        leaving: false,
+        sent_at_ms: pigeon_bus::store::now_ms(),
+    }
+}
+
+fn checked(id: &str, topic: &str, mode: Mode) -> PigeonSpec {
+    let mut spec = pigeon(id, topic, "**", vec![DestinationSpec::capability("rank/gift")]);
+    spec.dictionary = mode;
+    spec
+}
+
+fn letter(topic_tag: &str, payload: &[u8]) -> Outgoing {
+    let mut outgoing = Outgoing::from(&Letter::new("tests", topic_tag, Value::Null));
+    outgoing.payload = Some(payload.to_vec());
+    outgoing
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn enforced_pigeons_normalise_refuse_and_report_drift() {
+    let kafka = Kafka::new(1);
+    for topic in ["live.gift", "live.like", "live.view", "pigeon.module.rank"] {
+        kafka.topic(topic, 4);
+    }
+    let mut scripted = checked("scripted", "live.view", Mode::Enforce);
+    scripted.action = Action::Script;
+    scripted.script = Some("let out = #{ userId: payload.userId }; if payload.anchorId != () { out.anchorId = payload.anchorId; } out".into());
+    let db = Db::with_pigeons(&[
+        checked("enforced", "live.gift", Mode::Enforce),
+        checked("normalized", "live.like", Mode::Normalize),
+        scripted,
+    ])
+    .await;
+    db.store().await.record_registration(&rank_module(), pigeon_bus::store::now_ms()).await.unwrap();
+    let bus = Bus::start(&kafka, &db, &["--roles", "router"]);
+
+    // Letter in → letter or dead letter out, in enforce mode.
+    kafka.produce(
+        "live.gift",
+        [
+            letter("gift.sent", br#"{"uid":"42","AID":7,"amount":"5","mystery":true}"#),
+            letter("gift.sent", br#"{"userId":42}"#),
+            letter("gift.sent", br#"{"userId":"abc","anchorId":7}"#),
+            letter("gift.sent", b"not json"),
+        ],
+    );
+    // Normalize mode delivers what it cannot fix; a script sees dictionary names.
+    kafka.produce("live.like", [letter("like.sent", br#"{"uid":"x","mystery":1}"#)]);
+    kafka.produce(
+        "live.view",
+        [letter("view.enter", br#"{"uid":1,"aid":2}"#), letter("view.enter", br#"{"uid":3}"#)],
+    );
+
+    let delivered = kafka.collect("pigeon.module.rank", 3, Duration::from_secs(2));
+    let mut payloads: Vec<Value> =
+        delivered.iter().map(|m| serde_json::from_slice(m.payload().unwrap()).unwrap()).collect();
+    payloads.sort_by_key(|p| p.to_string());
+    assert_eq!(
+        payloads,
+        [
+            json!({"amount": 5, "anchorId": 7, "mystery": true, "userId": 42}),
+            json!({"anchorId": 2, "userId": 1}),
+            json!({"mystery": 1, "userId": "x"}),
+        ],
+        "aliases renamed, plain types coerced; the rest as it came"
+    );
+    for m in &delivered {
+        assert_eq!(header(m, "content-type").as_deref(), Some("application/json"));
+    }
+
+    let store = db.store().await;
+    let filter = DeadLetterFilter { error_kind: Some(ErrorKind::Dictionary), ..Default::default() };
+    let deadline = std::time::Instant::now() + DEADLINE;
+    let dead = loop {
+        let dead = store.dead_letters(&filter, None, 10).await.unwrap();
+        if dead.len() >= 4 {
+            break dead;
+        }
+        assert!(std::time::Instant::now() < deadline, "only {} letters refused:\n{}", dead.len(), bus.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let mut reasons: Vec<(String, Option<String>)> =
+        dead.iter().map(|d| (d.letter.error_message.clone(), d.letter.dest_topic.clone())).collect();
+    reasons.sort();
+    let texts: Vec<&str> = reasons.iter().map(|(r, _)| r.as_str()).collect();
+    assert_eq!(dead.len(), 4, "{texts:?}");
+    assert!(texts[0].starts_with("missing anchorId, required by rank/gift"), "{texts:?}");
+    assert_eq!(reasons[0].1.as_deref(), Some("pigeon.module.rank"), "kept as the output it would have been");
+    assert!(
+        texts[1].starts_with("missing anchorId, required by rank/gift"),
+        "the script's output: {texts:?}"
+    );
+    assert!(
+        texts[2].starts_with(
+            "the letter does not fit the dictionary: userId: expected integer, got string \"abc\""
+        ),
+        "{texts:?}"
+    );
+    assert!(texts[3].starts_with("the payload is not a JSON object"), "{texts:?}");
+    assert!(
+        dead.iter().all(|d| d.status == Status::Parked),
+        "an operator decides: none is retried by itself"
+    );
+    assert!(dead.iter().all(|d| d.letter.pigeon_id.is_some()));
+
+    // Unknown fields, counted per source topic.
+    let deadline = std::time::Instant::now() + DEADLINE;
+    let drift = loop {
+        let drift = store.drift().await.unwrap();
+        if drift.len() >= 2 {
+            break drift;
+        }
+        assert!(std::time::Instant::now() < deadline, "no drift report:\n{}", bus.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let rows: Vec<(&str, &str, i64)> =
+        drift.iter().map(|d| (d.topic.as_str(), d.field.as_str(), d.seen)).collect();
+    assert!(
+        rows.contains(&("live.gift", "mystery", 1)) && rows.contains(&("live.like", "mystery", 1)),
+        "{rows:?}"
+    );
+    assert!(
+        !rows.iter().any(|(_, f, _)| ["uid", "AID", "amount", "userId"].contains(f)),
+        "known fields are not drift: {rows:?}"
+    );
+    bus.stop();
+}
