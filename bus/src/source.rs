@@ -61,8 +61,12 @@ pub fn read<'a, M: Message>(message: &'a M, source: &Source) -> Result<Meta<'a>,
 
 /// The pigeon a flown letter names: its `ce_pigeon` header, if it is UTF-8.
 pub fn pigeon_header<M: Message>(message: &M) -> Option<&str> {
-    let headers = message.headers()?;
-    let header = headers.iter().find(|h| h.key == pigeon_sdk::header::PIGEON)?;
+    header_text(message, pigeon_sdk::header::PIGEON)
+}
+
+/// A header's value, if the message has it and it is UTF-8.
+pub fn header_text<'m, M: Message>(message: &'m M, name: &str) -> Option<&'m str> {
+    let header = message.headers()?.iter().find(|h| h.key == name)?;
     header.value.and_then(|v| std::str::from_utf8(v).ok())
 }
 

@@ -216,13 +216,8 @@ fn assert_replays_of(replayed: &[OwnedMessage], originals: &[&OwnedMessage]) {
 /// topics, identical to the originals but for the replay marker; a dry run counts first.
 #[tokio::test(flavor = "multi_thread")]
 async fn replays_by_key_and_by_time_range_send_the_originals_again() {
-    let kafka = Kafka::new(1);
-    kafka.topic(SOURCE, PARTITIONS);
     let big_only = archive_pigeon("big-gifts", Some("payload.amount >= 100"));
-    let db = Db::with_pigeons(&[big_only]).await;
-    let token = pigeon_bus::cli::tokens::create(db.store().await.as_ref(), "ops", Role::Operator, "tests")
-        .await
-        .unwrap();
+    let (kafka, db, token) = archive_on_sqlite(big_only).await;
     let bus = Bus::start(&kafka, &db, &["--roles", "archiver,admin"]);
 
     // 1,000 letters, one second apart in their own time, with one that is not JSON.
@@ -348,12 +343,7 @@ async fn replays_by_key_and_by_time_range_send_the_originals_again() {
 /// A replay at 200 letters a second takes about as long as it should.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_replay_keeps_to_its_rate() {
-    let kafka = Kafka::new(1);
-    kafka.topic(SOURCE, PARTITIONS);
-    let db = Db::with_pigeons(&[archive_pigeon("gifts-archive", None)]).await;
-    let token = pigeon_bus::cli::tokens::create(db.store().await.as_ref(), "ops", Role::Operator, "tests")
-        .await
-        .unwrap();
+    let (kafka, db, token) = archive_on_sqlite(archive_pigeon("gifts-archive", None)).await;
     let bus = Bus::start(&kafka, &db, &["--roles", "archiver,admin"]);
     let letters: Vec<Letter> = (0..601).map(gift).collect();
     kafka.produce(SOURCE, letters.iter().map(Outgoing::from));
@@ -374,6 +364,18 @@ async fn a_replay_keeps_to_its_rate() {
     bus.stop();
 }
 
+/// A mock cluster with the source topic, a SQLite store with an archive pigeon, and an
+/// operator token.
+async fn archive_on_sqlite(pigeon: PigeonSpec) -> (Kafka, Db, String) {
+    let kafka = Kafka::new(1);
+    kafka.topic(SOURCE, PARTITIONS);
+    let db = Db::with_pigeons(&[pigeon]).await;
+    let token = pigeon_bus::cli::tokens::create(db.store().await.as_ref(), "ops", Role::Operator, "tests")
+        .await
+        .unwrap();
+    (kafka, db, token)
+}
+
 /// Waits until the SQLite archive holds `count` letters.
 async fn wait_sqlite(db: &Db, count: i64) {
     let store = db.store().await;
@@ -390,12 +392,7 @@ async fn wait_sqlite(db: &Db, count: i64) {
 /// arrive twice, no more than the job counts as resent.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_killed_replay_resumes_from_its_checkpoint() {
-    let kafka = Kafka::new(1);
-    kafka.topic(SOURCE, PARTITIONS);
-    let db = Db::with_pigeons(&[archive_pigeon("gifts-archive", None)]).await;
-    let token = pigeon_bus::cli::tokens::create(db.store().await.as_ref(), "ops", Role::Operator, "tests")
-        .await
-        .unwrap();
+    let (kafka, db, token) = archive_on_sqlite(archive_pigeon("gifts-archive", None)).await;
     let config = db.path("replay.toml");
     std::fs::write(&config, "[replay]\nlease_ms = 2000\ncheck_ms = 200\n").unwrap();
     let args = ["--roles", "archiver,admin", "-c", config.to_str().unwrap()];

@@ -411,13 +411,7 @@ fn letter<M: Message>(
                 .to_string()
         }
     };
-    let header_text = |name: &str| {
-        message
-            .headers()
-            .and_then(|hs| hs.iter().find(|h| h.key == name))
-            .and_then(|h| h.value)
-            .and_then(|v| std::str::from_utf8(v).ok())
-    };
+    let header_text = |name: &str| crate::source::header_text(message, name);
     let pigeon = routes.iter().find(|route| {
         let Some(filter) = &route.filter else { return true };
         let input = ScriptLetter {

@@ -198,13 +198,7 @@ pub fn owned_outputs(
     attempt: i32,
     contracts: &crate::route::Contracts,
 ) -> Result<Vec<OwnedOutput>, Refused> {
-    let header_text = |name: &str| {
-        message
-            .headers()
-            .and_then(|hs| hs.iter().find(|h| h.key == name))
-            .and_then(|h| h.value)
-            .and_then(|v| std::str::from_utf8(v).ok())
-    };
+    let header_text = |name: &str| crate::source::header_text(message, name);
     let mut outputs = Vec::new();
     for route in routes {
         use crate::dictionary::Mode;

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use rdkafka::message::{Headers, Message, OwnedMessage};
+use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::BaseRecord;
 use tokio::sync::mpsc;
 
@@ -130,13 +130,7 @@ fn run(job: ScriptJob, outputs: &Outputs, breaker: &Breaker) {
         let reason = format!("circuit breaker open after {BREAKER_AFTER} consecutive script failures");
         return fail(&job, outputs, reason);
     }
-    let header = |name: &str| {
-        job.message
-            .headers()
-            .and_then(|hs| hs.iter().find(|h| h.key == name))
-            .and_then(|h| h.value)
-            .and_then(|v| std::str::from_utf8(v).ok())
-    };
+    let header = |name: &str| crate::source::header_text(job.message.as_ref(), name);
     let letter = ScriptLetter {
         id: &job.id,
         tag: &job.tag,
