@@ -119,6 +119,9 @@ pub struct RouterConfig {
     pub window_lead_ms: u64,
     /// How long after a live window ends the router still reads its topic for late letters.
     pub window_grace_ms: u64,
+    /// The router reads the payload of one letter in this many (by offset) to learn which
+    /// fields each topic and tag carry: the observed source schema (0: never).
+    pub schema_sample_every: u64,
 }
 
 impl Default for RouterConfig {
@@ -133,6 +136,7 @@ impl Default for RouterConfig {
             reload_check_ms: 10_000,
             window_lead_ms: 30_000,
             window_grace_ms: 60_000,
+            schema_sample_every: 100,
         }
     }
 }
@@ -331,6 +335,9 @@ pub struct SourceConfig {
     /// Header holding the letter id; default `ce_id`. Without one, the id is derived from
     /// topic, partition and offset.
     pub id_header: Option<String>,
+    /// The top-level fields letters of each tag carry, as their producers declare them
+    /// (`fields."gift.sent" = ["userId", "giftId"]`): the declared source schema.
+    pub fields: BTreeMap<String, Vec<String>>,
 }
 
 /// Every problem found in a configuration.
@@ -526,6 +533,7 @@ mod tests {
         assert_eq!(example.router.reload_check_ms, defaults.router.reload_check_ms);
         assert_eq!(example.router.window_lead_ms, defaults.router.window_lead_ms);
         assert_eq!(example.router.window_grace_ms, defaults.router.window_grace_ms);
+        assert_eq!(example.router.schema_sample_every, defaults.router.schema_sample_every);
         assert_eq!(example.admin.listen, defaults.admin.listen);
         assert_eq!(example.topics.partitions, defaults.topics.partitions);
         assert_eq!(example.topics.replication, defaults.topics.replication);

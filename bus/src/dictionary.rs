@@ -318,6 +318,119 @@ impl DriftTally {
     }
 }
 
+/// The fields one tag of one source topic was seen to carry, from sampled letters.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Observed {
+    /// Source topic.
+    pub topic: String,
+    /// Tag.
+    pub tag: String,
+    /// Letters sampled.
+    pub sampled: i64,
+    /// Last sample (unix ms).
+    pub last_seen: i64,
+    /// Each top-level field and JSON type seen, with how many sampled letters had it.
+    pub fields: Vec<ObservedField>,
+}
+
+/// A field seen in sampled letters, with one JSON type.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ObservedField {
+    /// The field name.
+    pub field: String,
+    /// Its JSON type: string, integer, number, boolean, object, array or null.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Sampled letters that carried it with that type.
+    pub seen: i64,
+}
+
+/// Distinct (topic, tag) pairs an observation tally keeps between flushes.
+pub const MAX_OBSERVED_TAGS: usize = 2_000;
+/// Distinct fields kept per (topic, tag).
+pub const MAX_OBSERVED_FIELDS: usize = 200;
+
+/// Per (topic, tag): letters sampled, last sample, and per (field, type) how many.
+type TagSightings = HashMap<(String, String), (i64, i64, HashMap<(String, &'static str), i64>)>;
+
+/// Sampled letters' fields since the last flush, in memory.
+#[derive(Debug, Default)]
+pub struct ObservedTally {
+    entries: std::sync::Mutex<TagSightings>,
+}
+
+/// A JSON value's type name.
+fn json_type(value: &serde_json::Value) -> &'static str {
+    match value {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "boolean",
+        serde_json::Value::Number(n) if n.is_i64() || n.is_u64() => "integer",
+        serde_json::Value::Number(_) => "number",
+        serde_json::Value::String(_) => "string",
+        serde_json::Value::Array(_) => "array",
+        serde_json::Value::Object(_) => "object",
+    }
+}
+
+impl ObservedTally {
+    /// Notes one sampled letter: the type of each of its top-level fields. A payload that is
+    /// not a JSON object counts as sampled with no fields.
+    pub fn record(&self, topic: &str, tag: &str, payload: Option<&[u8]>, now: i64) {
+        let object: serde_json::Map<String, serde_json::Value> =
+            payload.and_then(|p| serde_json::from_slice(p).ok()).unwrap_or_default();
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        // Names are cut to their columns (191 characters).
+        let key = (topic.to_owned(), tag.chars().take(191).collect::<String>());
+        if entries.len() >= MAX_OBSERVED_TAGS && !entries.contains_key(&key) {
+            return;
+        }
+        let entry = entries.entry(key).or_insert_with(|| (0, now, HashMap::new()));
+        entry.0 += 1;
+        entry.1 = entry.1.max(now);
+        for (field, value) in &object {
+            let kind = json_type(value);
+            let field: String = field.chars().take(191).collect();
+            let known = entry.2.contains_key(&(field.clone(), kind));
+            if known || entry.2.len() < MAX_OBSERVED_FIELDS {
+                *entry.2.entry((field, kind)).or_default() += 1;
+            }
+        }
+    }
+
+    /// Takes everything noted so far.
+    pub fn take(&self) -> Vec<Observed> {
+        let entries = std::mem::take(&mut *self.entries.lock().unwrap_or_else(|p| p.into_inner()));
+        entries
+            .into_iter()
+            .map(|((topic, tag), (sampled, last_seen, fields))| {
+                let mut fields: Vec<ObservedField> = fields
+                    .into_iter()
+                    .map(|((field, kind), seen)| ObservedField { field, kind: kind.to_owned(), seen })
+                    .collect();
+                fields.sort_by(|a, b| (&a.field, &a.kind).cmp(&(&b.field, &b.kind)));
+                Observed { topic, tag, sampled, last_seen, fields }
+            })
+            .collect()
+    }
+
+    /// Puts back what could not be stored, for the next flush.
+    pub fn restore(&self, observed: Vec<Observed>) {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        for o in observed {
+            let entry = entries.entry((o.topic, o.tag)).or_insert_with(|| (0, o.last_seen, HashMap::new()));
+            entry.0 += o.sampled;
+            entry.1 = entry.1.max(o.last_seen);
+            for f in o.fields {
+                let kind = ["null", "boolean", "integer", "number", "string", "array", "object"]
+                    .into_iter()
+                    .find(|k| *k == f.kind)
+                    .unwrap_or("null");
+                *entry.2.entry((f.field, kind)).or_default() += f.seen;
+            }
+        }
+    }
+}
+
 /// The fields of `required` that a normalised letter lacks.
 pub fn missing<'a>(fields: &[String], required: &'a [String]) -> Vec<&'a str> {
     required.iter().filter(|r| !fields.contains(r)).map(String::as_str).collect()

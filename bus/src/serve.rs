@@ -70,6 +70,7 @@ pub async fn run(
             retrier: Arc::clone(&retrier_stats),
             archiver: Arc::clone(&archiver_stats),
             replays: Arc::clone(&replay_stats),
+            sources: Arc::new(config.sources.clone()),
             producer: fly_producer.clone(),
         },
         config.roles.contains(&Role::Admin),

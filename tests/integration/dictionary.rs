@@ -61,7 +61,21 @@ async fn enforced_pigeons_normalise_refuse_and_report_drift() {
     ])
     .await;
     db.store().await.record_registration(&rank_module(), pigeon_bus::store::now_ms()).await.unwrap();
-    let bus = Bus::start(&kafka, &db, &["--roles", "router"]);
+    let token = pigeon_bus::cli::tokens::create(
+        db.store().await.as_ref(),
+        "viewer",
+        pigeon_bus::token::Role::Viewer,
+        "tests",
+    )
+    .await
+    .unwrap();
+    let config = db.path("bus.toml");
+    std::fs::write(
+        &config,
+        "[router]\nschema_sample_every = 1\n[sources.\"live.gift\"]\nfields.\"gift.sent\" = [\"userId\", \"anchorId\"]\n",
+    )
+    .unwrap();
+    let bus = Bus::start(&kafka, &db, &["--roles", "router,admin", "-c", config.to_str().unwrap()]);
 
     // Letter in → letter or dead letter out, in enforce mode.
     kafka.produce(
@@ -152,5 +166,31 @@ async fn enforced_pigeons_normalise_refuse_and_report_drift() {
         !rows.iter().any(|(_, f, _)| ["uid", "AID", "amount", "userId"].contains(f)),
         "known fields are not drift: {rows:?}"
     );
+
+    // Source schemas: declared in the source-topic settings, observed in sampled letters.
+    let schemas: Value = reqwest::Client::new()
+        .get(format!("{}/api/v1/schemas?topic=live.gift", bus.admin))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let sent = schemas.as_array().unwrap().iter().find(|s| s["tag"] == "gift.sent").expect("gift.sent");
+    assert_eq!(sent["declared"], json!(["userId", "anchorId"]), "{schemas:#}");
+    assert_eq!(sent["sampled"], 4, "every letter sampled at schema_sample_every = 1: {schemas:#}");
+    let seen = |field: &str, kind: &str| {
+        sent["observed"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["field"] == field && f["type"] == kind)
+            .cloned()
+    };
+    assert_eq!(seen("userId", "integer").unwrap()["frequency"], 0.25, "{schemas:#}");
+    assert_eq!(seen("userId", "string").unwrap()["seen"], 1);
+    assert_eq!(seen("uid", "string").unwrap()["seen"], 1, "observed as the letters came");
+    assert!(seen("anchorId", "integer").is_some() && seen("mystery", "boolean").is_some());
     bus.stop();
 }

@@ -31,6 +31,51 @@ async fn conformance(store: Arc<dyn Store>) {
     racing_retriers_claim_each_letter_once(Arc::clone(&store)).await;
     registrations_keep_instances_and_capabilities(store.as_ref()).await;
     the_dictionary_is_seeded_versioned_and_audited(store.as_ref()).await;
+    drift_and_observed_schemas_add_up(store.as_ref()).await;
+}
+
+async fn drift_and_observed_schemas_add_up(store: &dyn Store) {
+    use pigeon_bus::dictionary::{ObservedField, ObservedTally};
+    use pigeon_bus::store::Drift;
+    let drift = |field: &str, seen: i64, at: i64| Drift {
+        topic: "live.gift".into(),
+        field: field.into(),
+        seen,
+        first_seen: at,
+        last_seen: at,
+    };
+    store.record_drift(&[drift("combo", 3, 100), drift("skin", 1, 100)]).await.unwrap();
+    store.record_drift(&[drift("combo", 2, 500)]).await.unwrap();
+    let report = store.drift().await.unwrap();
+    assert_eq!(
+        report,
+        [Drift { seen: 5, last_seen: 500, ..drift("combo", 0, 100) }, drift("skin", 1, 100)],
+        "counts add up, the first sighting stays, most seen first"
+    );
+
+    let tally = ObservedTally::default();
+    tally.record("live.gift", "gift.sent", Some(br#"{"userId":1,"roomId":"r"}"#), 100);
+    tally.record("live.gift", "gift.sent", Some(br#"{"userId":"2"}"#), 200);
+    tally.record("live.gift", "gift.combo", Some(b"not json"), 300);
+    store.record_observed(&tally.take()).await.unwrap();
+    tally.record("live.gift", "gift.sent", Some(br#"{"userId":3}"#), 400);
+    store.record_observed(&tally.take()).await.unwrap();
+    let observed = store.observed(Some("live.gift")).await.unwrap();
+    assert_eq!(observed.len(), 2);
+    assert_eq!(
+        (observed[0].tag.as_str(), observed[0].sampled, observed[0].fields.len()),
+        ("gift.combo", 1, 0)
+    );
+    let sent = &observed[1];
+    assert_eq!((sent.sampled, sent.last_seen), (3, 400));
+    let field =
+        |field: &str, kind: &str, seen: i64| ObservedField { field: field.into(), kind: kind.into(), seen };
+    assert_eq!(
+        sent.fields,
+        [field("roomId", "string", 1), field("userId", "integer", 2), field("userId", "string", 1)]
+    );
+    assert!(store.observed(Some("live.view")).await.unwrap().is_empty());
+    assert_eq!(store.observed(None).await.unwrap().len(), 2);
 }
 
 async fn the_dictionary_is_seeded_versioned_and_audited(store: &dyn Store) {

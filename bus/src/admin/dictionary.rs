@@ -94,3 +94,98 @@ pub async fn delete(
 pub async fn drift(_: AsViewer, State(state): State<AppState>) -> Result<Json<Vec<Drift>>, ApiError> {
     Ok(Json(state.store.drift().await?))
 }
+
+/// Which source schemas to show.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct SchemaParams {
+    /// Only this source topic's.
+    pub topic: Option<String>,
+}
+
+/// What one tag of one source topic carries: as declared in the bus's source-topic settings,
+/// and as observed in the letters routers sample.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SourceSchema {
+    /// Source topic.
+    pub topic: String,
+    /// Tag.
+    pub tag: String,
+    /// The fields declared for it (`sources."TOPIC".fields."TAG"`), if any are.
+    pub declared: Option<Vec<String>>,
+    /// Letters sampled (0 when none was).
+    pub sampled: i64,
+    /// The last sample (unix ms), if any.
+    pub last_seen: Option<i64>,
+    /// Each field and JSON type seen, with the share of sampled letters that had it.
+    pub observed: Vec<ObservedFieldView>,
+}
+
+/// A field seen in sampled letters.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ObservedFieldView {
+    /// The field name.
+    pub field: String,
+    /// Its JSON type.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Sampled letters that had it with that type.
+    pub seen: i64,
+    /// `seen / sampled`, from 0 to 1.
+    pub frequency: f64,
+}
+
+/// Source schemas, declared and observed, by topic and tag.
+#[utoipa::path(get, path = "/schemas", tag = "dictionary", params(SchemaParams),
+    responses((status = 200, body = Vec<SourceSchema>), (status = 401, body = ErrorBody)),
+    security(("token" = [])))]
+pub async fn schemas(
+    _: AsViewer,
+    State(state): State<AppState>,
+    axum::extract::Query(params): axum::extract::Query<SchemaParams>,
+) -> Result<Json<Vec<SourceSchema>>, ApiError> {
+    let topic = params.topic.as_deref();
+    let mut schemas: std::collections::BTreeMap<(String, String), SourceSchema> = Default::default();
+    for observed in state.store.observed(topic).await? {
+        let sampled = observed.sampled.max(1) as f64;
+        let fields = observed
+            .fields
+            .into_iter()
+            .map(|f| ObservedFieldView {
+                frequency: f.seen as f64 / sampled,
+                field: f.field,
+                kind: f.kind,
+                seen: f.seen,
+            })
+            .collect();
+        let key = (observed.topic.clone(), observed.tag.clone());
+        schemas.insert(
+            key,
+            SourceSchema {
+                topic: observed.topic,
+                tag: observed.tag,
+                declared: None,
+                sampled: observed.sampled,
+                last_seen: Some(observed.last_seen),
+                observed: fields,
+            },
+        );
+    }
+    for (source, config) in state.sources.iter().filter(|(t, _)| topic.is_none_or(|want| want == t.as_str()))
+    {
+        for (tag, fields) in &config.fields {
+            schemas
+                .entry((source.clone(), tag.clone()))
+                .or_insert_with(|| SourceSchema {
+                    topic: source.clone(),
+                    tag: tag.clone(),
+                    declared: None,
+                    sampled: 0,
+                    last_seen: None,
+                    observed: Vec::new(),
+                })
+                .declared = Some(fields.clone());
+        }
+    }
+    Ok(Json(schemas.into_values().collect()))
+}

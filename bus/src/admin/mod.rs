@@ -50,6 +50,8 @@ pub struct AppState {
     pub archiver: Arc<crate::archive::archiver::ArchiverStats>,
     /// Replay runner counters.
     pub replays: Arc<crate::archive::replay::ReplayStats>,
+    /// Source topic settings: their declared schemas.
+    pub sources: Arc<std::collections::BTreeMap<String, crate::config::SourceConfig>>,
     /// Sends flown letters (`POST /fly`); absent where the bus has no Kafka.
     pub producer: Option<rdkafka::producer::FutureProducer>,
 }
@@ -150,6 +152,7 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(dictionary::list))
         .routes(routes!(dictionary::put, dictionary::delete))
         .routes(routes!(dictionary::drift))
+        .routes(routes!(dictionary::schemas))
         .routes(routes!(archive::search))
         .routes(routes!(archive::get))
         .routes(routes!(archive::list, archive::create))

@@ -43,6 +43,7 @@ impl Api {
             retrier: Arc::default(),
             archiver: Arc::default(),
             replays: Arc::default(),
+            sources: Arc::default(),
             producer: None,
         };
         let [module, viewer, operator, admin] = values.try_into().unwrap();
@@ -87,7 +88,7 @@ fn pigeon(id: &str, owner: &str) -> Value {
 }
 
 /// The role each operation needs. Must list exactly the documented operations.
-const ROLES: [(&str, &str, Role); 34] = [
+const ROLES: [(&str, &str, Role); 35] = [
     ("GET", "/api/v1/pigeons", Role::Viewer),
     ("POST", "/api/v1/pigeons", Role::Operator),
     ("POST", "/api/v1/pigeons/validate", Role::Viewer),
@@ -115,6 +116,7 @@ const ROLES: [(&str, &str, Role); 34] = [
     ("PUT", "/api/v1/dictionary/{name}", Role::Operator),
     ("DELETE", "/api/v1/dictionary/{name}", Role::Operator),
     ("GET", "/api/v1/dictionary/drift", Role::Viewer),
+    ("GET", "/api/v1/schemas", Role::Viewer),
     ("POST", "/api/v1/archive/search", Role::Viewer),
     ("GET", "/api/v1/archive/{letter_id}", Role::Viewer),
     ("GET", "/api/v1/replays", Role::Viewer),

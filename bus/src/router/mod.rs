@@ -33,7 +33,7 @@ use self::tracker::{Admission, Begun, PartitionTracker};
 use crate::config::RouterConfig;
 use crate::control::Routes;
 use crate::deadletter::{self, ErrorKind, Job, NewDeadLetter};
-use crate::dictionary::{self, DriftTally, Mode, Normalized};
+use crate::dictionary::{self, DriftTally, Mode, Normalized, ObservedTally};
 use crate::route::{Lookup, Route, RouteTable, INGRESS};
 use crate::source;
 use crate::store::Store;
@@ -157,6 +157,7 @@ pub async fn run(parts: RouterParts, cancel: CancellationToken) -> anyhow::Resul
     let (dead_tx, dead_rx) = mpsc::unbounded_channel();
     let writer_stop = CancellationToken::new();
     let drift = Arc::new(DriftTally::default());
+    let observed = Arc::new(ObservedTally::default());
     let drift_store = Arc::clone(&store);
     let writer = tokio::spawn(deadletter::write_dead_letters(store, dead_rx, writer_stop.clone()));
 
@@ -203,6 +204,8 @@ pub async fn run(parts: RouterParts, cancel: CancellationToken) -> anyhow::Resul
         dead_letters: dead_tx,
         stats,
         drift: Arc::clone(&drift),
+        observed: Arc::clone(&observed),
+        sample_every: config.schema_sample_every,
         breakers: Arc::clone(&breakers),
         breaker_paused: Mutex::default(),
     };
@@ -230,7 +233,7 @@ pub async fn run(parts: RouterParts, cancel: CancellationToken) -> anyhow::Resul
                 store_offsets(&consumer, &trackers);
             }
             _ = drift_tick.tick() => {
-                tokio::spawn(flush_drift(Arc::clone(&drift_store), Arc::clone(&drift)));
+                tokio::spawn(flush_reports(Arc::clone(&drift_store), Arc::clone(&drift), Arc::clone(&observed)));
             }
             Ok(()) = routes.changed() => {
                 // Swapped whole; letters in flight keep the routes they started with.
@@ -300,24 +303,30 @@ pub async fn run(parts: RouterParts, cancel: CancellationToken) -> anyhow::Resul
     drop(producer);
     writer_stop.cancel();
     let _ = writer.await;
-    flush_drift(drift_store, drift).await;
+    flush_reports(drift_store, drift, observed).await;
     tracing::info!("router stopped");
     Ok(())
 }
 
-/// How often the drift report's counts go to the store.
+/// How often the drift report's counts and the sampled fields go to the store.
 const DRIFT_FLUSH: Duration = Duration::from_secs(5);
 
-/// Adds the fields seen since the last flush to the drift report; what the store does not take
-/// waits for the next flush.
-async fn flush_drift(store: Arc<dyn Store>, drift: Arc<DriftTally>) {
+/// Adds what was seen since the last flush to the drift report and the observed schemas;
+/// what the store does not take waits for the next flush.
+async fn flush_reports(store: Arc<dyn Store>, drift: Arc<DriftTally>, observed: Arc<ObservedTally>) {
     let sightings = drift.take();
-    if sightings.is_empty() {
-        return;
+    if !sightings.is_empty() {
+        if let Err(e) = store.record_drift(&sightings).await {
+            tracing::warn!(error = %e, "cannot store the drift report; it is kept for the next try");
+            drift.restore(sightings);
+        }
     }
-    if let Err(e) = store.record_drift(&sightings).await {
-        tracing::warn!(error = %e, "cannot store the drift report; it is kept for the next try");
-        drift.restore(sightings);
+    let samples = observed.take();
+    if !samples.is_empty() {
+        if let Err(e) = store.record_observed(&samples).await {
+            tracing::warn!(error = %e, "cannot store the observed schemas; they are kept for the next try");
+            observed.restore(samples);
+        }
     }
 }
 
@@ -406,6 +415,10 @@ struct Forwarder<'p> {
     stats: Arc<RouterStats>,
     /// Fields the dictionary does not know, seen since the last flush.
     drift: Arc<DriftTally>,
+    /// Sampled letters' fields, since the last flush.
+    observed: Arc<ObservedTally>,
+    /// One letter in this many is sampled (0: none).
+    sample_every: u64,
     breakers: Arc<Breakers>,
     /// Source partitions paused because a destination they feed has an open breaker.
     breaker_paused: Mutex<HashMap<String, HashSet<SourcePartition>>>,
@@ -513,6 +526,11 @@ impl Forwarder<'_> {
             Ok(meta) => meta,
             Err(reason) => return self.dead_letter(message, &tracker, reason),
         };
+        // One letter in `sample_every` teaches the observed schema of its topic and tag.
+        if self.sample_every > 0 && offset.rem_euclid(self.sample_every as i64) == 0 {
+            let tag = meta.tag.as_deref().unwrap_or_default();
+            self.observed.record(message.topic(), tag, message.payload(), crate::store::now_ms());
+        }
         let mut matched: Vec<&Arc<Route>> = match &lookup {
             // Flown to a pigeon by id, whatever its tag.
             Lookup::Flown(_) | Lookup::Nothing => match table.flown(source::pigeon_header(message)) {

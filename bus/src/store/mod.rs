@@ -280,9 +280,15 @@ pub trait Store: Send + Sync + 'static {
 
     /// The drift report, most seen first.
     async fn drift(&self) -> Result<Vec<Drift>, StoreError>;
+
+    /// Adds sampled letters' fields to the observed source schemas, in one transaction.
+    async fn record_observed(&self, observed: &[Observed]) -> Result<(), StoreError>;
+
+    /// The observed source schemas (of one topic, or all), by topic and tag.
+    async fn observed(&self, topic: Option<&str>) -> Result<Vec<Observed>, StoreError>;
 }
 
-pub use crate::dictionary::Drift;
+pub use crate::dictionary::{Drift, Observed};
 
 /// A dictionary field as stored.
 #[derive(Clone, Debug, PartialEq)]

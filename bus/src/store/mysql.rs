@@ -7,7 +7,7 @@ use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
 
 use super::archive::{self, archive_store};
 use super::rows::{self, AttemptRow, AuditRow, DeadLetterRow, PigeonRow, TokenRow};
-use super::sql::{delete_first_mysql, sql_store, update_first_mysql, Backend, Dialect};
+use super::sql::{delete_first_mysql, sql_store, update_first_mysql, upsert_add_mysql, Backend, Dialect};
 use super::{
     bind_dead_letter, bind_dead_letter_filter, bind_selection, now_ms, AuditEntry, Claimed, NewToken, Saved,
     StoreError, StoredPigeon, Token,
@@ -27,7 +27,7 @@ const MYSQL: Dialect = Dialect {
     // also turn a value too long for its column into a warning: the archive cuts every value
     // to its column before it writes.
     insert_once: ("INSERT IGNORE", ""),
-    add_drift: " ON DUPLICATE KEY UPDATE seen = seen + VALUES(seen), last_seen = GREATEST(last_seen, VALUES(last_seen))",
+    upsert_add: upsert_add_mysql,
 };
 
 /// The MySQL/TiDB store.

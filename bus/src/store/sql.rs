@@ -20,9 +20,29 @@ pub struct Dialect {
     /// How to insert rows that may exist already, leaving those as they are: the statement's
     /// start, and what follows its `VALUES`.
     pub insert_once: (&'static str, &'static str),
-    /// What follows `INSERT INTO dictionary_drift … VALUES …` so a known (topic, field) adds
-    /// its count and moves its last sighting.
-    pub add_drift: &'static str,
+    /// What follows an `INSERT … VALUES …` so a row whose key (`conflict`, its columns) exists
+    /// adds the new values of the `add` columns and keeps the greater of the `max` columns.
+    pub upsert_add: fn(conflict: &str, add: &[&str], max: &[&str]) -> String,
+}
+
+/// [`Dialect::upsert_add`] for MySQL and TiDB.
+pub fn upsert_add_mysql(_conflict: &str, add: &[&str], max: &[&str]) -> String {
+    let sets: Vec<String> = add
+        .iter()
+        .map(|c| format!("{c} = {c} + VALUES({c})"))
+        .chain(max.iter().map(|c| format!("{c} = GREATEST({c}, VALUES({c}))")))
+        .collect();
+    format!(" ON DUPLICATE KEY UPDATE {}", sets.join(", "))
+}
+
+/// [`Dialect::upsert_add`] for SQLite.
+pub fn upsert_add_sqlite(conflict: &str, add: &[&str], max: &[&str]) -> String {
+    let sets: Vec<String> = add
+        .iter()
+        .map(|c| format!("{c} = {c} + excluded.{c}"))
+        .chain(max.iter().map(|c| format!("{c} = MAX({c}, excluded.{c})")))
+        .collect();
+    format!(" ON CONFLICT ({conflict}) DO UPDATE SET {}", sets.join(", "))
 }
 
 /// [`Dialect::delete_first`] for MySQL and TiDB.
@@ -73,7 +93,7 @@ macro_rules! sql_store {
                             .push_bind(s.first_seen)
                             .push_bind(s.last_seen);
                     });
-                    builder.push($dialect.add_drift);
+                    builder.push(($dialect.upsert_add)("topic, field", &["seen"], &["last_seen"]));
                     builder.build().execute(&mut *tx).await?;
                 }
                 tx.commit().await?;
@@ -95,6 +115,72 @@ macro_rules! sql_store {
                         seen,
                         first_seen,
                         last_seen,
+                    })
+                    .collect())
+            }
+
+            async fn record_observed(&self, observed: &[$crate::store::Observed]) -> Result<(), StoreError> {
+                if observed.is_empty() {
+                    return Ok(());
+                }
+                let mut tx = self.pool.begin_with($dialect.begin_write).await?;
+                for chunk in observed.chunks(500) {
+                    let mut tags =
+                        sqlx::QueryBuilder::new("INSERT INTO observed_tags (topic, tag, sampled, last_seen) ");
+                    tags.push_values(chunk, |mut row, o| {
+                        row.push_bind(o.topic.clone()).push_bind(o.tag.clone()).push_bind(o.sampled).push_bind(o.last_seen);
+                    });
+                    tags.push(($dialect.upsert_add)("topic, tag", &["sampled"], &["last_seen"]));
+                    tags.build().execute(&mut *tx).await?;
+                }
+                let fields: Vec<(&str, &str, &$crate::dictionary::ObservedField)> = observed
+                    .iter()
+                    .flat_map(|o| o.fields.iter().map(move |f| (o.topic.as_str(), o.tag.as_str(), f)))
+                    .collect();
+                for chunk in fields.chunks(500) {
+                    let mut rows =
+                        sqlx::QueryBuilder::new("INSERT INTO observed_fields (topic, tag, field, kind, seen) ");
+                    rows.push_values(chunk, |mut row, (topic, tag, f)| {
+                        row.push_bind(topic.to_string())
+                            .push_bind(tag.to_string())
+                            .push_bind(f.field.clone())
+                            .push_bind(f.kind.clone())
+                            .push_bind(f.seen);
+                    });
+                    rows.push(($dialect.upsert_add)("topic, tag, field, kind", &["seen"], &[]));
+                    rows.build().execute(&mut *tx).await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn observed(&self, topic: Option<&str>) -> Result<Vec<$crate::store::Observed>, StoreError> {
+                let tags: Vec<(String, String, i64, i64)> = sqlx::query_as(
+                    "SELECT topic, tag, sampled, last_seen FROM observed_tags \
+                     WHERE (? IS NULL OR topic = ?) ORDER BY topic, tag",
+                )
+                .bind(topic)
+                .bind(topic)
+                .fetch_all(&self.pool)
+                .await?;
+                let fields: Vec<(String, String, String, String, i64)> = sqlx::query_as(
+                    "SELECT topic, tag, field, kind, seen FROM observed_fields \
+                     WHERE (? IS NULL OR topic = ?) ORDER BY topic, tag, field, kind",
+                )
+                .bind(topic)
+                .bind(topic)
+                .fetch_all(&self.pool)
+                .await?;
+                let mut by_tag: std::collections::BTreeMap<(String, String), Vec<$crate::dictionary::ObservedField>> =
+                    Default::default();
+                for (topic, tag, field, kind, seen) in fields {
+                    by_tag.entry((topic, tag)).or_default().push($crate::dictionary::ObservedField { field, kind, seen });
+                }
+                Ok(tags
+                    .into_iter()
+                    .map(|(topic, tag, sampled, last_seen)| {
+                        let fields = by_tag.remove(&(topic.clone(), tag.clone())).unwrap_or_default();
+                        $crate::store::Observed { topic, tag, sampled, last_seen, fields }
                     })
                     .collect())
             }

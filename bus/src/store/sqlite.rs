@@ -9,7 +9,7 @@ use sqlx::sqlite::{
 
 use super::archive::{self, archive_store};
 use super::rows::{self, AttemptRow, AuditRow, DeadLetterRow, PigeonRow, TokenRow};
-use super::sql::{delete_first_sqlite, sql_store, update_first_sqlite, Backend, Dialect};
+use super::sql::{delete_first_sqlite, sql_store, update_first_sqlite, upsert_add_sqlite, Backend, Dialect};
 use super::{
     bind_dead_letter, bind_dead_letter_filter, bind_selection, now_ms, AuditEntry, Claimed, NewToken, Saved,
     StoreError, StoredPigeon, Token,
@@ -26,7 +26,7 @@ const SQLITE: Dialect = Dialect {
     update_first: update_first_sqlite,
     delete_first: delete_first_sqlite,
     insert_once: ("INSERT", " ON CONFLICT (letter_id) DO NOTHING"),
-    add_drift: " ON CONFLICT (topic, field) DO UPDATE SET seen = seen + excluded.seen, last_seen = MAX(last_seen, excluded.last_seen)",
+    upsert_add: upsert_add_sqlite,
 };
 
 /// The SQLite store.
