@@ -297,6 +297,7 @@ pub struct ModuleBuilder {
     properties: BTreeMap<String, String>,
     version: String,
     capabilities: Vec<Capability>,
+    flies: Vec<registry::FlownTag>,
     lanes: Vec<String>,
     concurrency: usize,
     retry: Retry,
@@ -341,6 +342,21 @@ impl ModuleBuilder {
     /// Adds a capability.
     pub fn capability(mut self, capability: Capability) -> Self {
         self.capabilities.push(capability);
+        self
+    }
+
+    /// Declares a tag the module flies and the dictionary fields its letters carry (use
+    /// [`crate::fields`]): the bus checks that pigeons taking these letters can feed their
+    /// destinations. Repeat for each tag.
+    pub fn flies<F: Into<String>>(
+        mut self,
+        tag: impl Into<String>,
+        fields: impl IntoIterator<Item = F>,
+    ) -> Self {
+        self.flies.push(registry::FlownTag {
+            tag: tag.into(),
+            fields: fields.into_iter().map(Into::into).collect(),
+        });
         self
     }
 
@@ -451,6 +467,7 @@ impl ModuleBuilder {
             topic: registry::module_topic(&self.name),
             lanes: self.lanes.clone(),
             capabilities: self.capabilities.iter().map(|c| c.info.clone()).collect::<Vec<CapabilityInfo>>(),
+            flies: self.flies.clone(),
             heartbeat_ms: self.heartbeat.as_millis() as u64,
             leaving: false,
             sent_at_ms: 0,
@@ -530,6 +547,7 @@ impl Module {
             properties: BTreeMap::new(),
             version: String::new(),
             capabilities: Vec::new(),
+            flies: Vec::new(),
             lanes: Vec::new(),
             concurrency: 8,
             retry: Retry::default(),

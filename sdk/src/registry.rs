@@ -32,6 +32,10 @@ pub struct Registration {
     /// What the module can do.
     #[serde(default)]
     pub capabilities: Vec<CapabilityInfo>,
+    /// The tags the module flies, each with the fields its letters carry: its declared
+    /// schema, which the bus checks pigeons' wiring against.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub flies: Vec<FlownTag>,
     /// How often the instance sends this again; it is stale after
     /// [`MISSED_HEARTBEATS`] missed ones.
     pub heartbeat_ms: u64,
@@ -53,6 +57,16 @@ pub struct CapabilityInfo {
     /// Dictionary fields a letter must carry for it (`userId`, `roomId`, …).
     #[serde(default)]
     pub requires: Vec<String>,
+}
+
+/// A tag a module flies, with the dictionary fields its letters carry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlownTag {
+    /// The tag, e.g. `progress.full`.
+    pub tag: String,
+    /// Dictionary fields every letter of it carries (`roomId`, `score`, …).
+    #[serde(default)]
+    pub fields: Vec<String>,
 }
 
 /// The topic a module's capabilities are delivered on.

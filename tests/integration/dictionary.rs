@@ -27,6 +27,10 @@ fn rank_module() -> Registration {
             description: "ranks gifts".into(),
             requires: vec!["userId".into(), "anchorId".into()],
         }],
+        flies: vec![pigeon_sdk::registry::FlownTag {
+            tag: "rank.top".into(),
+            fields: vec!["userId".into(), "score".into()],
+        }],
         heartbeat_ms: 60_000,
         leaving: false,
         sent_at_ms: pigeon_bus::store::now_ms(),
@@ -192,5 +196,22 @@ async fn enforced_pigeons_normalise_refuse_and_report_drift() {
     assert_eq!(seen("userId", "string").unwrap()["seen"], 1);
     assert_eq!(seen("uid", "string").unwrap()["seen"], 1, "observed as the letters came");
     assert!(seen("anchorId", "integer").is_some() && seen("mystery", "boolean").is_some());
+    assert_eq!(sent["declared_by"], json!(["settings"]));
+
+    // What modules declare they fly, on pigeon.ingress.
+    let flown: Value = reqwest::Client::new()
+        .get(format!("{}/api/v1/schemas?topic=pigeon.ingress", bus.admin))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        flown,
+        json!([{ "topic": "pigeon.ingress", "tag": "rank.top", "declared": ["userId", "score"],
+                 "declared_by": ["module:rank"], "sampled": 0, "last_seen": null, "observed": [] }])
+    );
     bus.stop();
 }

@@ -128,6 +128,10 @@ fn registration(instance: &str, capabilities: &[(&str, &str)]) -> Registration {
                 requires: vec!["roomId".into()],
             })
             .collect(),
+        flies: vec![pigeon_sdk::registry::FlownTag {
+            tag: "progress.full".into(),
+            fields: vec!["roomId".into()],
+        }],
         heartbeat_ms: 1_000,
         leaving: false,
         sent_at_ms: 0,
@@ -202,6 +206,14 @@ async fn registrations_keep_instances_and_capabilities(store: &dyn Store) {
         .iter()
         .filter(|e| e.target.starts_with("capability/"))
         .all(|e| e.actor == "module:act-toy"));
+    let declared = store.declared_tags().await.unwrap();
+    let tags: Vec<(&str, &str, Vec<String>)> =
+        declared.iter().map(|d| (d.module.as_str(), d.tag.as_str(), d.fields.clone())).collect();
+    assert_eq!(
+        tags,
+        [("act-toy", "progress.full", vec!["roomId".to_owned()])],
+        "what the module flies, declared"
+    );
 }
 
 async fn pigeons_are_versioned(store: &dyn Store) {

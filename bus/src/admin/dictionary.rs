@@ -111,8 +111,12 @@ pub struct SourceSchema {
     pub topic: String,
     /// Tag.
     pub tag: String,
-    /// The fields declared for it (`sources."TOPIC".fields."TAG"`), if any are.
+    /// The fields every declaration of it promises, if it is declared: in the bus's
+    /// source-topic settings (`sources."TOPIC".fields."TAG"`), or by the modules that fly it
+    /// (on `pigeon.ingress`).
     pub declared: Option<Vec<String>>,
+    /// Who declared it: `settings`, `module:NAME`.
+    pub declared_by: Vec<String>,
     /// Letters sampled (0 when none was).
     pub sampled: i64,
     /// The last sample (unix ms), if any.
@@ -165,27 +169,42 @@ pub async fn schemas(
                 topic: observed.topic,
                 tag: observed.tag,
                 declared: None,
+                declared_by: Vec::new(),
                 sampled: observed.sampled,
                 last_seen: Some(observed.last_seen),
                 observed: fields,
             },
         );
     }
-    for (source, config) in state.sources.iter().filter(|(t, _)| topic.is_none_or(|want| want == t.as_str()))
-    {
+    let mut declare = |source: &str, tag: &str, fields: &[String], by: String| {
+        let schema = schemas.entry((source.to_owned(), tag.to_owned())).or_insert_with(|| SourceSchema {
+            topic: source.to_owned(),
+            tag: tag.to_owned(),
+            declared: None,
+            declared_by: Vec::new(),
+            sampled: 0,
+            last_seen: None,
+            observed: Vec::new(),
+        });
+        // What every declaration promises.
+        schema.declared = Some(match schema.declared.take() {
+            None => fields.to_vec(),
+            Some(before) => before.into_iter().filter(|f| fields.contains(f)).collect(),
+        });
+        schema.declared_by.push(by);
+    };
+    for (source, config) in state.sources.iter() {
         for (tag, fields) in &config.fields {
-            schemas
-                .entry((source.clone(), tag.clone()))
-                .or_insert_with(|| SourceSchema {
-                    topic: source.clone(),
-                    tag: tag.clone(),
-                    declared: None,
-                    sampled: 0,
-                    last_seen: None,
-                    observed: Vec::new(),
-                })
-                .declared = Some(fields.clone());
+            declare(source, tag, fields, "settings".into());
         }
     }
-    Ok(Json(schemas.into_values().collect()))
+    for declared in state.store.declared_tags().await? {
+        declare(
+            crate::route::INGRESS,
+            &declared.tag,
+            &declared.fields,
+            format!("module:{}", declared.module),
+        );
+    }
+    Ok(Json(schemas.into_values().filter(|s| topic.is_none_or(|want| want == s.topic)).collect()))
 }

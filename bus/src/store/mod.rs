@@ -286,6 +286,22 @@ pub trait Store: Send + Sync + 'static {
 
     /// The observed source schemas (of one topic, or all), by topic and tag.
     async fn observed(&self, topic: Option<&str>) -> Result<Vec<Observed>, StoreError>;
+
+    /// The tags modules declare they fly, by module and tag.
+    async fn declared_tags(&self) -> Result<Vec<DeclaredTag>, StoreError>;
+}
+
+/// A tag a module declares it flies (on `pigeon.ingress`), with the fields its letters carry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeclaredTag {
+    /// The module.
+    pub module: String,
+    /// The tag.
+    pub tag: String,
+    /// Dictionary fields its letters carry.
+    pub fields: Vec<String>,
+    /// When the module last declared it (unix ms).
+    pub updated_at: i64,
 }
 
 pub use crate::dictionary::{Drift, Observed};

@@ -185,6 +185,20 @@ macro_rules! sql_store {
                     .collect())
             }
 
+            async fn declared_tags(&self) -> Result<Vec<$crate::store::DeclaredTag>, StoreError> {
+                let rows: Vec<(String, String, String, i64)> =
+                    sqlx::query_as("SELECT module, tag, fields, updated_at FROM declared_tags ORDER BY module, tag")
+                        .fetch_all(&self.pool)
+                        .await?;
+                rows.into_iter()
+                    .map(|(module, tag, fields, updated_at)| {
+                        let fields = serde_json::from_str(&fields)
+                            .map_err(|e| StoreError::Corrupt(format!("declared tag {module}/{tag}: {e}")))?;
+                        Ok($crate::store::DeclaredTag { module, tag, fields, updated_at })
+                    })
+                    .collect()
+            }
+
             async fn migrate(&self) -> Result<(), StoreError> {
                 $migrator.run(&self.pool).await?;
                 Ok(())
@@ -575,6 +589,17 @@ macro_rules! sql_store {
                     // A module that stops has not given its capabilities up.
                     tx.commit().await?;
                     return Ok(changes);
+                }
+                // What it flies, as its latest registration declares.
+                sqlx::query("DELETE FROM declared_tags WHERE module = ?").bind(&reg.module).execute(&mut *tx).await?;
+                for flown in &reg.flies {
+                    sqlx::query("INSERT INTO declared_tags (module, tag, fields, updated_at) VALUES (?, ?, ?, ?)")
+                        .bind(&reg.module)
+                        .bind(flown.tag.chars().take(191).collect::<String>())
+                        .bind(serde_json::to_string(&flown.fields).expect("field names serialize"))
+                        .bind(at)
+                        .execute(&mut *tx)
+                        .await?;
                 }
                 let actor = format!("module:{}", reg.module);
                 let audit = |action: &'static str, name: &str, before: Option<String>, after: Option<String>| {

@@ -36,6 +36,7 @@ pub fn module() -> ModuleBuilder {
         .version(env!("CARGO_PKG_VERSION"))
         .capability(progress)
         .capability(chest)
+        .flies("progress.full", [fields::ROOM_ID, fields::SCORE])
 }
 
 async fn add_progress(letter: Letter, cx: Context, bars: &Mutex<HashMap<String, i64>>) -> HandlerResult {
