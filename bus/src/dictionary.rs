@@ -127,6 +127,11 @@ impl Vocabulary {
         vocabulary
     }
 
+    /// A dictionary field's type.
+    pub fn type_of(&self, name: &str) -> Option<FieldType> {
+        self.types.get(name).copied()
+    }
+
     /// The dictionary name a payload field stands for, if any.
     pub fn name_of(&self, field: &str) -> Option<&str> {
         if let Some((name, _)) = self.types.get_key_value(field) {

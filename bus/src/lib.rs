@@ -24,3 +24,4 @@ pub mod source;
 pub mod store;
 pub mod token;
 pub mod topics;
+pub mod wiring;

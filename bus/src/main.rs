@@ -351,6 +351,10 @@ enum RoutesCommand {
         /// Also delete pigeons that the file does not list.
         #[arg(long)]
         prune: bool,
+        /// Save pigeons whose destinations require fields their source letters do not carry
+        /// (the override is audited).
+        #[arg(long)]
+        force: bool,
         /// yaml or toml (default: from the file name).
         #[arg(long, value_enum)]
         format: Option<routes::Format>,
@@ -608,8 +612,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         None => print!("{text}"),
                     }
                 }
-                RoutesCommand::Apply { file, dry_run, prune, format } => {
-                    print!("{}", routes::apply(&client, &file, format, dry_run, prune).await?);
+                RoutesCommand::Apply { file, dry_run, prune, force, format } => {
+                    print!("{}", routes::apply(&client, &file, format, dry_run, prune, force).await?);
                 }
             }
             Ok(())

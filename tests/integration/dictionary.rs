@@ -215,3 +215,99 @@ async fn enforced_pigeons_normalise_refuse_and_report_drift() {
     );
     bus.stop();
 }
+
+/// Saving a pigeon checks its wiring: a destination requiring a field the source is declared
+/// without is refused with the reason, accepted once a script maps it, accepted with a warning
+/// when nothing is known yet, and forced only on purpose (audited).
+#[tokio::test(flavor = "multi_thread")]
+async fn wiring_is_checked_before_a_pigeon_is_saved() {
+    let kafka = Kafka::new(1);
+    let db = Db::with_pigeons(&[]).await;
+    let store = db.store().await;
+    let now = pigeon_bus::store::now_ms();
+    store.record_registration(&rank_module(), now).await.unwrap();
+    let mut chest = rank_module();
+    chest.module = "chest".into();
+    chest.topic = "pigeon.module.chest".into();
+    chest.capabilities[0].name = "drop".into();
+    chest.capabilities[0].requires.clear();
+    store.record_registration(&chest, now).await.unwrap();
+    store.record_registration(&Registration { leaving: true, ..chest }, now).await.unwrap();
+    let token =
+        pigeon_bus::cli::tokens::create(store.as_ref(), "ops", pigeon_bus::token::Role::Operator, "tests")
+            .await
+            .unwrap();
+    let config = db.path("bus.toml");
+    std::fs::write(&config, "[sources.\"live.gift\"]\nfields.\"gift.sent\" = [\"userId\", \"roomId\"]\n")
+        .unwrap();
+    let bus = Bus::start(&kafka, &db, &["--roles", "admin", "-c", config.to_str().unwrap()]);
+    let create = |spec: PigeonSpec, force: bool| {
+        let (admin, token) = (bus.admin.clone(), token.clone());
+        async move {
+            let response = reqwest::Client::new()
+                .post(format!("{admin}/api/v1/pigeons{}", if force { "?force=true" } else { "" }))
+                .bearer_auth(token)
+                .json(&spec)
+                .send()
+                .await
+                .unwrap();
+            (response.status().as_u16(), response.json::<Value>().await.unwrap())
+        }
+    };
+
+    let forward = pigeon("gifts", "live.gift", "gift.sent", vec![DestinationSpec::capability("rank/gift")]);
+    let (status, refused) = create(forward.clone(), false).await;
+    assert_eq!((status, refused["code"].as_str()), (422, Some("unfit_wiring")), "{refused}");
+    assert_eq!(
+        refused["details"],
+        json!(["rank/gift requires anchorId, which live.gift gift.sent letters do not carry (declared by settings: roomId, userId)"])
+    );
+
+    let mut mapped = forward.clone();
+    mapped.id = "gifts-mapped".into();
+    mapped.action = Action::Script;
+    mapped.script = Some("payload.anchorId = payload.roomId; payload".into());
+    let (status, saved) = create(mapped, false).await;
+    assert_eq!(status, 201, "{saved}");
+    assert!(saved.get("warnings").is_none(), "{saved}");
+
+    let likes = pigeon("likes", "live.like", "**", vec![DestinationSpec::capability("rank/gift")]);
+    let (status, saved) = create(likes, false).await;
+    assert_eq!(status, 201, "{saved}");
+    assert_eq!(
+        saved["warnings"],
+        json!([
+            "nothing is declared or observed yet for live.like tags **: the wiring is accepted unchecked"
+        ])
+    );
+
+    let chests = pigeon("chests", "live.gift", "gift.sent", vec![DestinationSpec::capability("chest/drop")]);
+    let (status, saved) = create(chests, false).await;
+    assert_eq!(status, 201, "{saved}");
+    assert_eq!(
+        saved["warnings"],
+        json!(["chest/drop: no live instance of module chest; its letters wait on its topic"])
+    );
+
+    let (status, forced) = create(forward, true).await;
+    assert_eq!(status, 201, "{forced}");
+    assert!(
+        forced["warnings"][0].as_str().unwrap().starts_with("forced: rank/gift requires anchorId"),
+        "{forced}"
+    );
+    let audit: Value = reqwest::Client::new()
+        .get(format!("{}/api/v1/audit?limit=2", bus.admin))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let actions: Vec<&str> =
+        audit["items"].as_array().unwrap().iter().map(|a| a["action"].as_str().unwrap()).collect();
+    assert_eq!(actions, ["pigeon.create", "pigeon.force"], "{audit:#}");
+    assert_eq!(audit["items"][1]["actor"], "ops");
+    assert_eq!(audit["items"][1]["after"]["pigeons"], json!(["gifts"]));
+    bus.stop();
+}

@@ -19,6 +19,7 @@ use crate::script::{
 };
 use crate::store::{now_ms, StoredPigeon};
 use crate::token::Role;
+use crate::wiring;
 
 /// A pigeon with its version.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -35,6 +36,9 @@ pub struct PigeonView {
     /// Why it is quarantined.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub problems: Vec<String>,
+    /// What saving it could not check, or overrode (`force`): see checked wiring.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// Where a pigeon stands.
@@ -75,7 +79,14 @@ impl From<StoredPigeon> for PigeonView {
             Ok(Phase::Ended) => (PigeonState::Ended, Vec::new()),
             Err(problems) => (PigeonState::Quarantined, problems),
         };
-        Self { spec: p.spec, version: p.version, updated_at: p.updated_at, state, problems }
+        Self {
+            spec: p.spec,
+            version: p.version,
+            updated_at: p.updated_at,
+            state,
+            problems,
+            warnings: Vec::new(),
+        }
     }
 }
 
@@ -106,6 +117,129 @@ pub fn checked_spec(value: serde_json::Value) -> Result<PigeonSpec, ApiError> {
     parse_spec(value).map_err(|d| ApiError::invalid("invalid_pigeon", "the pigeon is invalid", d))
 }
 
+/// Whether to save a pigeon whose wiring does not check out.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ForceQuery {
+    /// Save even if a destination requires a field the source letters do not carry (the
+    /// override is audited as `pigeon.force`).
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// What is known about a source topic's letters and the capabilities pigeons send to.
+async fn evidence(state: &AppState, topic: &str) -> Result<wiring::Evidence, ApiError> {
+    let now = now_ms();
+    let mut declared: Vec<wiring::Declared> = state
+        .sources
+        .get(topic)
+        .map(|source| {
+            source
+                .fields
+                .iter()
+                .map(|(tag, fields)| wiring::Declared {
+                    tag: tag.clone(),
+                    fields: fields.clone(),
+                    by: "settings".into(),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if topic == route::INGRESS {
+        declared.extend(state.store.declared_tags().await?.into_iter().map(|d| wiring::Declared {
+            tag: d.tag,
+            fields: d.fields,
+            by: format!("module:{}", d.module),
+        }));
+    }
+    let live: std::collections::HashSet<String> = state
+        .store
+        .module_instances()
+        .await?
+        .into_iter()
+        .filter(|i| i.state(now) == crate::store::InstanceState::Live)
+        .map(|i| i.module)
+        .collect();
+    let capabilities = state
+        .store
+        .capabilities()
+        .await?
+        .into_iter()
+        .filter(|c| c.retired_at.is_none())
+        .map(|c| {
+            let online = live.contains(&c.module);
+            (format!("{}/{}", c.module, c.name), wiring::CapabilityState { requires: c.requires, online })
+        })
+        .collect();
+    let fields: Vec<crate::dictionary::Field> =
+        state.store.dictionary().await?.into_iter().map(|f| f.field).collect();
+    Ok(wiring::Evidence {
+        declared,
+        observed: state.store.observed(Some(topic)).await?,
+        capabilities,
+        vocabulary: crate::dictionary::Vocabulary::new(&fields),
+    })
+}
+
+/// How a wiring check ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Checking {
+    /// Problems refuse the save.
+    Strict,
+    /// Problems are audited as overridden, and reported.
+    Forced,
+    /// Nothing is saved (a dry run): problems are only reported.
+    Report,
+}
+
+/// Checks pigeons' wiring before they are saved: the problems refuse them, unless forced (then
+/// they are audited and become warnings); returns the warnings.
+async fn check_wiring(
+    state: &AppState,
+    specs: &[&PigeonSpec],
+    checking: Checking,
+    actor: &str,
+) -> Result<Vec<String>, ApiError> {
+    let (mut problems, mut warnings) = (Vec::new(), Vec::new());
+    for spec in specs {
+        let report = wiring::check(spec, &evidence(state, &spec.matcher.topic).await?);
+        let prefix =
+            |text: String| if specs.len() > 1 { format!("pigeon {:?}: {text}", spec.id) } else { text };
+        problems.extend(report.problems.into_iter().map(prefix));
+        warnings.extend(report.warnings.into_iter().map(prefix));
+    }
+    if problems.is_empty() {
+        return Ok(warnings);
+    }
+    match checking {
+        Checking::Strict => {
+            return Err(ApiError::invalid(
+                "unfit_wiring",
+                "a destination requires fields the source letters do not carry; fix the wiring, or save with force=true",
+                problems,
+            ))
+        }
+        Checking::Report => {
+            warnings.extend(problems.into_iter().map(|p| format!("would be refused: {p}")));
+            return Ok(warnings);
+        }
+        Checking::Forced => {}
+    }
+    let ids: Vec<&str> = specs.iter().map(|s| s.id.as_str()).collect();
+    let note = serde_json::json!({ "pigeons": ids, "overridden": problems });
+    state.store.audit_note(actor, "pigeon.force", &format!("pigeon/{}", ids.join(",")), &note).await?;
+    warnings.extend(problems.into_iter().map(|p| format!("forced: {p}")));
+    Ok(warnings)
+}
+
+fn checking(force: bool) -> Checking {
+    if force {
+        Checking::Forced
+    } else {
+        Checking::Strict
+    }
+}
+
 async fn current(state: &AppState, id: &str) -> Result<StoredPigeon, ApiError> {
     state.store.pigeon(id).await?.ok_or_else(|| ApiError::not_found(format!("pigeon {id:?}")))
 }
@@ -130,22 +264,28 @@ pub async fn list(
     Ok(Json(Page::from_overfetch(items, limit, |p| p.spec.id.clone())))
 }
 
-/// Create a pigeon (409 if the id exists).
-#[utoipa::path(post, path = "/pigeons", tag = "pigeons", request_body = PigeonSpec,
+/// Create a pigeon (409 if the id exists). Its wiring is checked first: a destination that
+/// requires a field the source letters do not carry refuses it (422 `unfit_wiring`) unless
+/// `force=true`; what cannot be checked comes back as `warnings`.
+#[utoipa::path(post, path = "/pigeons", tag = "pigeons", request_body = PigeonSpec, params(ForceQuery),
     responses((status = 201, body = PigeonView), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)),
     security(("token" = [])))]
 pub async fn create(
     AsOperator(caller): AsOperator,
     State(state): State<AppState>,
+    ApiQuery(query): ApiQuery<ForceQuery>,
     ApiJson(body): ApiJson<serde_json::Value>,
 ) -> Result<(StatusCode, Json<PigeonView>), ApiError> {
     let spec = checked_spec(body)?;
     if state.store.pigeon(&spec.id).await?.is_some() {
         return Err(ApiError::conflict(format!("pigeon {:?} exists; PUT /pigeons/{0} changes it", spec.id)));
     }
+    let warnings = check_wiring(&state, &[&spec], checking(query.force), &caller.name).await?;
     state.store.save_pigeon(&spec, &caller.name).await?;
     announce(&state, vec![spec.id.clone()], &caller.name);
-    Ok((StatusCode::CREATED, Json(current(&state, &spec.id).await?.into())))
+    let mut view = PigeonView::from(current(&state, &spec.id).await?);
+    view.warnings = warnings;
+    Ok((StatusCode::CREATED, Json(view)))
 }
 
 /// Validate a pigeon without saving it.
@@ -172,15 +312,17 @@ pub async fn get(
     Ok(Json(current(&state, &id).await?.into()))
 }
 
-/// Change a pigeon: a new version (the same one if nothing changed).
+/// Change a pigeon: a new version (the same one if nothing changed). Its wiring is checked as
+/// on create.
 #[utoipa::path(put, path = "/pigeons/{id}", tag = "pigeons", request_body = PigeonSpec,
-    params(("id" = String, Path, description = "pigeon id")),
+    params(("id" = String, Path, description = "pigeon id"), ForceQuery),
     responses((status = 200, body = PigeonView), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)),
     security(("token" = [])))]
 pub async fn update(
     AsOperator(caller): AsOperator,
     State(state): State<AppState>,
     Path(id): Path<String>,
+    ApiQuery(query): ApiQuery<ForceQuery>,
     ApiJson(body): ApiJson<serde_json::Value>,
 ) -> Result<Json<PigeonView>, ApiError> {
     let spec = checked_spec(body)?;
@@ -191,11 +333,17 @@ pub async fn update(
             vec![format!("id {:?} in the body, {id:?} in the path", spec.id)],
         ));
     }
-    current(&state, &id).await?;
+    let before = current(&state, &id).await?;
+    let warnings = match before.spec == spec {
+        true => Vec::new(),
+        false => check_wiring(&state, &[&spec], checking(query.force), &caller.name).await?,
+    };
     if state.store.save_pigeon(&spec, &caller.name).await?.changed {
         announce(&state, vec![id.clone()], &caller.name);
     }
-    Ok(Json(current(&state, &id).await?.into()))
+    let mut view = PigeonView::from(current(&state, &id).await?);
+    view.warnings = warnings;
+    Ok(Json(view))
 }
 
 /// Delete a pigeon (its version history stays).
@@ -281,6 +429,9 @@ pub struct ApplyRequest {
     /// Only compute the changes.
     #[serde(default)]
     pub dry_run: bool,
+    /// Save pigeons whose wiring does not check out (audited as `pigeon.force`).
+    #[serde(default)]
+    pub force: bool,
 }
 
 /// What applying does to one pigeon.
@@ -315,6 +466,9 @@ pub struct ApplyResponse {
     pub changes: Vec<PigeonChange>,
     /// False on a dry run.
     pub applied: bool,
+    /// What checking the changed pigeons' wiring could not check, or overrode.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// Make a set of pigeons true, atomically: the diff, then (unless a dry run) all of it or none.
@@ -378,13 +532,17 @@ pub async fn apply(
         }
     }
     changes.sort_by(|a, b| a.id.cmp(&b.id));
+    let to_check: Vec<&PigeonSpec> = save.iter().collect();
+    // A dry run reports refused wiring as warnings: it changes nothing to refuse.
+    let mode = if request.dry_run { Checking::Report } else { checking(request.force) };
+    let warnings = check_wiring(&state, &to_check, mode, &caller.name).await?;
     let applied = !request.dry_run;
     if applied && !(save.is_empty() && delete.is_empty()) {
         state.store.apply_pigeons(&save, &delete, &caller.name).await?;
         let ids = save.iter().map(|s| s.id.clone()).chain(delete).collect();
         announce(&state, ids, &caller.name);
     }
-    Ok(Json(ApplyResponse { changes, applied }))
+    Ok(Json(ApplyResponse { changes, applied, warnings }))
 }
 
 /// What a dry run emitted.

@@ -129,6 +129,7 @@ pub async fn apply(
     format: Option<Format>,
     dry_run: bool,
     prune: bool,
+    force: bool,
 ) -> anyhow::Result<String> {
     let format = match format {
         Some(f) => f,
@@ -139,6 +140,9 @@ pub async fn apply(
     let request = serde_json::json!({ "pigeons": pigeons, "prune": prune, "dry_run": true });
     let diff: ApplyResponse = client.call(Method::POST, "/pigeons/apply", Some(&request)).await?;
     let mut out = describe(&diff);
+    for warning in &diff.warnings {
+        out.push_str(&format!("warning: {warning}\n"));
+    }
     let changes = diff.changes.iter().filter(|c| c.change != Change::Unchanged).count();
     if changes == 0 {
         out.push_str("nothing to change\n");
@@ -148,8 +152,13 @@ pub async fn apply(
         out.push_str(&format!("dry run: {changes} change(s) not applied\n"));
         return Ok(out);
     }
-    let request = serde_json::json!({ "pigeons": pigeons, "prune": prune, "dry_run": false });
+    let request = serde_json::json!({ "pigeons": pigeons, "prune": prune, "dry_run": false, "force": force });
     let done: ApplyResponse = client.call(Method::POST, "/pigeons/apply", Some(&request)).await?;
+    if force {
+        for warning in done.warnings.iter().filter(|w| w.starts_with("forced: ")) {
+            out.push_str(&format!("{warning}\n"));
+        }
+    }
     let applied = done.changes.iter().filter(|c| c.change != Change::Unchanged).count();
     out.push_str(&format!("applied {applied} change(s)\n"));
     Ok(out)

@@ -289,6 +289,15 @@ pub trait Store: Send + Sync + 'static {
 
     /// The tags modules declare they fly, by module and tag.
     async fn declared_tags(&self) -> Result<Vec<DeclaredTag>, StoreError>;
+
+    /// Records a decision that is not itself a change (an override, say) in the audit log.
+    async fn audit_note(
+        &self,
+        actor: &str,
+        action: &str,
+        target: &str,
+        note: &serde_json::Value,
+    ) -> Result<(), StoreError>;
 }
 
 /// A tag a module declares it flies (on `pigeon.ingress`), with the fields its letters carry.

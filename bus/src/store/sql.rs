@@ -199,6 +199,25 @@ macro_rules! sql_store {
                     .collect()
             }
 
+            async fn audit_note(
+                &self,
+                actor: &str,
+                action: &str,
+                target: &str,
+                note: &serde_json::Value,
+            ) -> Result<(), StoreError> {
+                sqlx::query(rows::INSERT_AUDIT)
+                    .bind(now_ms())
+                    .bind(actor)
+                    .bind(action)
+                    .bind(target)
+                    .bind(None::<String>)
+                    .bind(Some(note.to_string()))
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
             async fn migrate(&self) -> Result<(), StoreError> {
                 $migrator.run(&self.pool).await?;
                 Ok(())
