@@ -264,10 +264,10 @@ mod tests {
         spec
     }
 
-    fn evidence(
-        declared: &[(&str, &[&str])],
-        observed: Option<(&str, i64, &[(&str, &str, i64)])>,
-    ) -> Evidence {
+    /// A tag, its sampled letters, and each (field, type, seen).
+    type Sampled<'a> = (&'a str, i64, &'a [(&'a str, &'a str, i64)]);
+
+    fn evidence(declared: &[(&str, &[&str])], observed: Option<Sampled>) -> Evidence {
         let field = |name: &str, kind| Field {
             name: name.into(),
             kind,
