@@ -9,6 +9,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use utoipa::ToSchema;
 
 /// The JSON type a field's values have.
@@ -143,44 +144,98 @@ impl Vocabulary {
     /// Renames aliases at the payload's top level to dictionary names and coerces values to
     /// their field's type where the meaning is plain. A field given under two names keeps the
     /// dictionary name's value when both agree; when they differ, both stay and the conflict is
-    /// a problem. The error: the payload is not a JSON object.
+    /// a problem. Only what changes is written again: other values keep their exact text and
+    /// the fields their order, and a payload with nothing to change comes back byte for byte.
+    /// The error: the payload is not a JSON object.
     pub fn normalize(&self, payload: &[u8]) -> Result<Normalized, String> {
-        let object: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_slice(payload).map_err(|e| format!("the payload is not a JSON object: {e}"))?;
-        let mut out = serde_json::Map::with_capacity(object.len());
+        let entries = serde_json::from_slice::<RawObject>(payload)
+            .map_err(|e| format!("the payload is not a JSON object: {e}"))?
+            .0;
+        let value_of = |raw: &RawValue| serde_json::from_str::<serde_json::Value>(raw.get()).unwrap_or_default();
+        // The values given under dictionary names, coerced, to compare aliases with.
+        let canonical: HashMap<&str, serde_json::Value> = entries
+            .iter()
+            .filter_map(|(key, raw)| self.types.get(key).map(|kind| (key.as_str(), coerce(value_of(raw), *kind).0)))
+            .collect();
+        let mut out: Vec<(String, Written)> = Vec::with_capacity(entries.len());
         let (mut changed, mut unknown, mut problems) = (false, Vec::new(), Vec::new());
-        // Dictionary names first, so an alias never overwrites the field under its own name.
-        let (canonical, others): (Vec<_>, Vec<_>) =
-            object.into_iter().partition(|(key, _)| self.types.contains_key(key));
-        for (key, value) in canonical.into_iter().chain(others) {
-            let Some(name) = self.name_of(&key).map(str::to_owned) else {
+        for (key, raw) in &entries {
+            let Some(name) = self.name_of(key) else {
                 unknown.push(key.clone());
-                out.insert(key, value);
+                out.push((key.clone(), Written::Raw(raw)));
                 continue;
             };
-            let kind = self.types[&name];
-            let (value, coerced) = coerce(value, kind);
-            changed |= coerced;
+            let kind = self.types[name];
+            let (value, coerced) = coerce(value_of(raw), kind);
             if !fits(&value, kind) {
                 problems.push(format!("{name}: expected {}, got {}", kind.as_str(), describe(&value)));
             }
-            match out.get(&name) {
-                Some(existing) if *existing == value => changed = true, // the alias said the same
-                Some(existing) => {
-                    problems.push(format!(
-                        "{name} is given twice with different values: {existing} and {key}: {value}"
-                    ));
-                    out.insert(key, value);
-                }
-                None => {
-                    changed |= name != key;
-                    out.insert(name, value);
+            if name != key {
+                if let Some(given) = canonical.get(name) {
+                    if *given == value {
+                        changed = true; // the alias said the same: dropped
+                    } else {
+                        problems.push(format!("{name} is given twice with different values: {given} and {key}: {value}"));
+                        out.push((key.clone(), Written::Raw(raw)));
+                    }
+                    continue;
                 }
             }
+            changed |= coerced || name != key;
+            let written = if coerced { Written::Value(value) } else { Written::Raw(raw) };
+            out.push((name.to_owned(), written));
         }
-        let fields = out.keys().cloned().collect();
-        let payload = serde_json::to_vec(&out).expect("a JSON object serializes");
+        let fields = out.iter().map(|(key, _)| key.clone()).collect();
+        let payload = match changed {
+            false => payload.to_vec(),
+            true => {
+                let mut text = String::with_capacity(payload.len() + 16);
+                text.push('{');
+                for (i, (key, value)) in out.iter().enumerate() {
+                    if i > 0 {
+                        text.push(',');
+                    }
+                    text.push_str(&serde_json::to_string(key).expect("a key serializes"));
+                    text.push(':');
+                    match value {
+                        Written::Raw(raw) => text.push_str(raw.get()),
+                        Written::Value(value) => text.push_str(&value.to_string()),
+                    }
+                }
+                text.push('}');
+                text.into_bytes()
+            }
+        };
         Ok(Normalized { payload, changed, unknown, problems, fields })
+    }
+}
+
+/// A value of a normalised payload: as it came, or coerced.
+enum Written<'a> {
+    Raw(&'a RawValue),
+    Value(serde_json::Value),
+}
+
+/// A JSON object's top-level fields in order, each value's text untouched.
+struct RawObject(Vec<(String, Box<RawValue>)>);
+
+impl<'de> Deserialize<'de> for RawObject {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Fields;
+        impl<'de> serde::de::Visitor<'de> for Fields {
+            type Value = RawObject;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(self, mut map: M) -> Result<RawObject, M::Error> {
+                let mut fields = Vec::with_capacity(map.size_hint().unwrap_or(8));
+                while let Some(entry) = map.next_entry::<String, Box<RawValue>>()? {
+                    fields.push(entry);
+                }
+                Ok(RawObject(fields))
+            }
+        }
+        deserializer.deserialize_map(Fields)
     }
 }
 
@@ -607,6 +662,17 @@ mod tests {
             }
         }
         assert_eq!(missing(&["userId".into()], &["userId".into(), "anchorId".into()]), ["anchorId"]);
+
+        // Only what changes is written again: big numbers, nested values and order stay.
+        let exact = r#"{"z":123456789012345678901234567890,"uid":"7","nested":{"b":1.0000000000000000001,"a":[1]}}"#;
+        let out = v.normalize(exact.as_bytes()).unwrap();
+        assert_eq!(
+            String::from_utf8(out.payload).unwrap(),
+            r#"{"z":123456789012345678901234567890,"userId":7,"nested":{"b":1.0000000000000000001,"a":[1]}}"#
+        );
+        let untouched = br#"{ "userId" : 7, "x": 1e400 }"#;
+        let out = v.normalize(untouched).unwrap();
+        assert_eq!((out.payload.as_slice(), out.changed), (&untouched[..], false), "byte for byte");
     }
 
     #[test]

@@ -43,6 +43,17 @@ pub fn parse(payload: Option<&[u8]>) -> Result<Registration, String> {
     for capability in &registration.capabilities {
         registry::validate_capability_name(&capability.name)?;
     }
+    let mut flown = std::collections::HashSet::new();
+    for declared in &registration.flies {
+        crate::route::pattern::validate_tag(&declared.tag)
+            .map_err(|e| format!("module {} flies {:?}: {e}", registration.module, declared.tag))?;
+        if declared.tag.len() > 191 {
+            return Err(format!("module {} flies a tag longer than 191 characters", registration.module));
+        }
+        if !flown.insert(declared.tag.to_ascii_lowercase()) {
+            return Err(format!("module {} declares {:?} twice", registration.module, declared.tag));
+        }
+    }
     if registration.heartbeat_ms == 0 {
         return Err(format!("module {} sent a zero heartbeat interval", registration.module));
     }
@@ -266,6 +277,11 @@ mod tests {
             (serde_json::json!({"capabilities": [{"name": "a/b"}]}), "capability name"),
             (serde_json::json!({"heartbeat_ms": 0}), "zero heartbeat"),
             (serde_json::json!({"instance": ""}), "instance id"),
+            (
+                serde_json::json!({"flies": [{"tag": "progress.full"}, {"tag": "Progress.Full"}]}),
+                "declares \"Progress.Full\" twice",
+            ),
+            (serde_json::json!({"flies": [{"tag": "bad tag"}]}), "flies \"bad tag\""),
         ];
         for (patch, expected) in cases {
             let mut bad = registration();

@@ -611,7 +611,10 @@ macro_rules! sql_store {
                 }
                 // What it flies, as its latest registration declares.
                 sqlx::query("DELETE FROM declared_tags WHERE module = ?").bind(&reg.module).execute(&mut *tx).await?;
-                for flown in &reg.flies {
+                // One row per tag as the key compares it (the registry refuses duplicates; a
+                // caller that did not check must not make the whole registration fail).
+                let mut tags = std::collections::HashSet::new();
+                for flown in reg.flies.iter().filter(|f| tags.insert(f.tag.chars().take(191).collect::<String>().to_lowercase())) {
                     sqlx::query("INSERT INTO declared_tags (module, tag, fields, updated_at) VALUES (?, ?, ?, ?)")
                         .bind(&reg.module)
                         .bind(flown.tag.chars().take(191).collect::<String>())
