@@ -151,11 +151,14 @@ impl Vocabulary {
         let entries = serde_json::from_slice::<RawObject>(payload)
             .map_err(|e| format!("the payload is not a JSON object: {e}"))?
             .0;
-        let value_of = |raw: &RawValue| serde_json::from_str::<serde_json::Value>(raw.get()).unwrap_or_default();
+        let value_of =
+            |raw: &RawValue| serde_json::from_str::<serde_json::Value>(raw.get()).unwrap_or_default();
         // The values given under dictionary names, coerced, to compare aliases with.
         let canonical: HashMap<&str, serde_json::Value> = entries
             .iter()
-            .filter_map(|(key, raw)| self.types.get(key).map(|kind| (key.as_str(), coerce(value_of(raw), *kind).0)))
+            .filter_map(|(key, raw)| {
+                self.types.get(key).map(|kind| (key.as_str(), coerce(value_of(raw), *kind).0))
+            })
             .collect();
         let mut out: Vec<(String, Written)> = Vec::with_capacity(entries.len());
         let (mut changed, mut unknown, mut problems) = (false, Vec::new(), Vec::new());
@@ -175,7 +178,9 @@ impl Vocabulary {
                     if *given == value {
                         changed = true; // the alias said the same: dropped
                     } else {
-                        problems.push(format!("{name} is given twice with different values: {given} and {key}: {value}"));
+                        problems.push(format!(
+                            "{name} is given twice with different values: {given} and {key}: {value}"
+                        ));
                         out.push((key.clone(), Written::Raw(raw)));
                     }
                     continue;
@@ -664,7 +669,8 @@ mod tests {
         assert_eq!(missing(&["userId".into()], &["userId".into(), "anchorId".into()]), ["anchorId"]);
 
         // Only what changes is written again: big numbers, nested values and order stay.
-        let exact = r#"{"z":123456789012345678901234567890,"uid":"7","nested":{"b":1.0000000000000000001,"a":[1]}}"#;
+        let exact =
+            r#"{"z":123456789012345678901234567890,"uid":"7","nested":{"b":1.0000000000000000001,"a":[1]}}"#;
         let out = v.normalize(exact.as_bytes()).unwrap();
         assert_eq!(
             String::from_utf8(out.payload).unwrap(),

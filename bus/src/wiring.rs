@@ -86,7 +86,11 @@ pub fn check(spec: &PigeonSpec, evidence: &Evidence) -> Report {
             }
         }
     }
-    if required.is_empty() {
+    // A script may give an output any tag, so it may reach any capability of its destinations'
+    // modules: it is checked whenever one of them is a module topic.
+    let script = spec.action == Action::Script;
+    let to_modules = spec.destinations.iter().any(|d| resolve(d).ok().and_then(|d| d.capability()).is_some());
+    if required.is_empty() && !(script && to_modules) {
         return report;
     }
     let source = &spec.matcher.topic;
@@ -104,7 +108,8 @@ pub fn check(spec: &PigeonSpec, evidence: &Evidence) -> Report {
         return report;
     }
     for (tag, carried) in &carried {
-        let outputs: Vec<(usize, BTreeSet<String>)> = match (&spec.action, &spec.script) {
+        // Each output's capability (by its own tag) and fields.
+        let outputs: Vec<(String, BTreeSet<String>)> = match (&spec.action, &spec.script) {
             (Action::Script, Some(source)) => {
                 match script_outputs(source, spec, tag, carried, &evidence.vocabulary) {
                     Ok(outputs) => outputs,
@@ -116,10 +121,15 @@ pub fn check(spec: &PigeonSpec, evidence: &Evidence) -> Report {
                     }
                 }
             }
-            _ => required.iter().map(|(i, _, _)| (*i, carried.fields.clone())).collect(),
+            _ => required
+                .iter()
+                .map(|(_, capability, _)| (capability.clone(), carried.fields.clone()))
+                .collect(),
         };
-        for (i, capability, requires) in &required {
-            for (_, fields) in outputs.iter().filter(|(dest, _)| dest == i) {
+        for (capability, fields) in &outputs {
+            let Some(state) = evidence.capabilities.get(capability) else { continue };
+            let requires = &state.requires;
+            {
                 let missing: Vec<&str> =
                     requires.iter().filter(|r| !fields.contains(*r)).map(String::as_str).collect();
                 if !missing.is_empty() {
@@ -195,7 +205,7 @@ fn script_outputs(
     tag: &str,
     carried: &Carried,
     vocabulary: &Vocabulary,
-) -> Result<Vec<(usize, BTreeSet<String>)>, String> {
+) -> Result<Vec<(String, BTreeSet<String>)>, String> {
     let compiled = script::default_engine().compile(source).map_err(|e| e.to_string())?;
     let destinations = script::dryrun::script_destinations(&spec.destinations)?;
     let sample: serde_json::Map<String, serde_json::Value> = carried
@@ -227,7 +237,9 @@ fn script_outputs(
             let fields = serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&out.payload)
                 .map(|o| o.into_iter().map(|(k, _)| k).collect())
                 .unwrap_or_default();
-            (out.dest, fields)
+            let target =
+                crate::route::Destination { topic: destinations[out.dest].topic.clone(), tag: out.tag };
+            (target.capability().unwrap_or_default(), fields)
         })
         .collect())
 }
@@ -336,6 +348,13 @@ mod tests {
         let declared = evidence(&[("gift.sent", &["userId", "roomId"])], None);
         let maps = "payload.anchorId = payload.roomId; payload";
         assert_eq!(check(&pigeon("live.gift", "gift.sent", Some(maps)), &declared), Report::default());
+        // An output's own tag names the capability it reaches.
+        let mut vip = declared;
+        vip.capabilities.insert("rank/vip".into(), CapabilityState { requires: vec!["level".into()], online: true });
+        let retagged = r#"[#{ payload: #{ userId: payload.userId, anchorId: 1 }, tag: "vip" }]"#;
+        let report = check(&pigeon("live.gift", "gift.sent", Some(retagged)), &vip);
+        assert!(report.problems[0].starts_with("rank/vip requires level"), "{report:?}");
+        let declared = evidence(&[("gift.sent", &["userId", "roomId"])], None);
         let forgets = "#{ userId: payload.userId }";
         let report = check(&pigeon("live.gift", "gift.sent", Some(forgets)), &declared);
         assert!(

@@ -123,7 +123,7 @@ impl KeyNames {
 /// A message one of the archive pigeons may keep; the filter is run when the batch is written.
 struct Candidate {
     message: OwnedMessage,
-    id: Option<String>,
+    id: String,
     tag: String,
     time: i64,
     routes: Vec<Arc<Route>>,
@@ -139,6 +139,8 @@ struct Batch {
     offsets: HashMap<(String, i32), i64>,
     /// When the first message of the batch was read.
     started: Option<Instant>,
+    /// About how many bytes its letters hold.
+    bytes: usize,
 }
 
 impl Batch {
@@ -149,7 +151,16 @@ impl Batch {
     fn len(&self) -> usize {
         self.candidates.len() + self.letters.as_ref().map_or(0, Vec::len)
     }
+
+    /// Whether it should be written now: `rows` letters, or [`MAX_BATCH_BYTES`].
+    fn is_full(&self, rows: usize) -> bool {
+        self.len() >= rows || self.bytes >= MAX_BATCH_BYTES
+    }
 }
+
+/// The most bytes of letters one batch (one transaction) holds, whatever `batch_rows` says:
+/// TiDB and MySQL refuse transactions and packets beyond their limits.
+pub const MAX_BATCH_BYTES: usize = 32 * 1024 * 1024;
 
 /// A batch being written, and how it went.
 type Writing = tokio::task::JoinHandle<(Batch, anyhow::Result<()>)>;
@@ -191,7 +202,7 @@ pub async fn run(parts: ArchiverParts, cancel: CancellationToken) -> anyhow::Res
         };
         // A full batch waits for the write before it; one waiting for the database still takes
         // what was fetched before its partitions paused.
-        let full = outage.is_none() && batch.len() >= config.batch_rows;
+        let full = outage.is_none() && batch.is_full(config.batch_rows);
         let written = async {
             match writing.as_mut() {
                 Some(handle) => handle.await,
@@ -249,7 +260,7 @@ pub async fn run(parts: ArchiverParts, cancel: CancellationToken) -> anyhow::Res
                     Ok(message) => take(&mut batch, &message, &table, &names, &stats),
                     Err(e) => tracing::warn!(error = %e, "archiver consumer error"),
                 }
-                if batch.len() < config.batch_rows {
+                if !batch.is_full(config.batch_rows) {
                     continue;
                 }
             }
@@ -266,7 +277,7 @@ pub async fn run(parts: ArchiverParts, cancel: CancellationToken) -> anyhow::Res
             continue;
         }
         let due = batch.started.is_some_and(|started| started + flush_after <= Instant::now());
-        if due || batch.len() >= config.batch_rows {
+        if due || batch.is_full(config.batch_rows) {
             writing = Some(spawn_write(std::mem::take(&mut batch)));
         }
     }
@@ -332,7 +343,11 @@ fn take(
     batch.started.get_or_insert_with(Instant::now);
     batch.offsets.insert((message.topic().to_owned(), message.partition()), message.offset() + 1);
     let Lookup::Routes(topic_routes) = table.lookup(message.topic()) else { return };
-    let time = message.timestamp().to_millis().unwrap_or_else(now_ms);
+    // A message without a timestamp is filed under its reading time, but its derived id must
+    // not change when it is read again.
+    let kafka_time = message.timestamp().to_millis();
+    let time = kafka_time.unwrap_or_else(now_ms);
+    batch.bytes += message.payload_len() + message.key().map_or(0, <[u8]>::len) + 256;
     let (tag, id) = match crate::source::read(message, &topic_routes.source) {
         Ok(meta) => (meta.tag.map(|t| t.into_owned()), meta.id.map(str::to_owned)),
         Err(_) => (None, None),
@@ -344,10 +359,17 @@ fn take(
     if routes.is_empty() {
         return;
     }
+    let id = match id.filter(|id| !id.is_empty() && id.len() <= 64) {
+        Some(id) => id,
+        None => {
+            let (topic, partition, offset) = (message.topic(), message.partition(), message.offset());
+            pigeon_sdk::LetterId::derived(topic, partition, offset, kafka_time.unwrap_or(0).max(0) as u64)
+                .to_string()
+        }
+    };
     if routes.iter().all(|r| r.filter.is_none()) {
         // No script to run: built now, while the batch before is being written.
-        let letter =
-            letter(message, id.as_deref(), tag.as_deref().unwrap_or_default(), time, &routes, names, stats);
+        let letter = letter(message, id, tag.as_deref().unwrap_or_default(), time, &routes, names, stats);
         batch.letters.get_or_insert_with(Vec::new).extend(letter);
         return;
     }
@@ -374,12 +396,16 @@ async fn write(
         let built = tokio::task::spawn_blocking(move || {
             candidates
                 .iter()
-                .filter_map(|c| {
-                    letter(&c.message, c.id.as_deref(), &c.tag, c.time, &c.routes, &names, &stats)
-                })
+                .filter_map(|c| letter(&c.message, c.id.clone(), &c.tag, c.time, &c.routes, &names, &stats))
                 .collect::<Vec<_>>()
         })
-        .await?;
+        .await
+        // The candidates went with the task: failing here, before any later offset is stored,
+        // is the only way not to skip them.
+        .unwrap_or_else(|e| match e.try_into_panic() {
+            Ok(panic) => std::panic::resume_unwind(panic),
+            Err(e) => panic!("building archive letters was cancelled: {e}"),
+        });
         batch.letters.get_or_insert_with(Vec::new).extend(built);
     }
     let letters = batch.letters.as_deref().unwrap_or_default();
@@ -397,20 +423,13 @@ async fn write(
 /// fails on a letter keeps it (and counts it): an archive loses nothing over a bad filter.
 fn letter<M: Message>(
     message: &M,
-    id: Option<&str>,
+    id: String,
     tag: &str,
     time: i64,
     routes: &[Arc<Route>],
     names: &KeyNames,
     stats: &ArchiverStats,
 ) -> Option<ArchivedLetter> {
-    let id = match id.filter(|id| !id.is_empty() && id.len() <= 64) {
-        Some(id) => id.to_owned(),
-        None => {
-            pigeon_sdk::LetterId::derived(message.topic(), message.partition(), message.offset(), time as u64)
-                .to_string()
-        }
-    };
     let header_text = |name: &str| crate::source::header_text(message, name);
     let pigeon = routes.iter().find(|route| {
         let Some(filter) = &route.filter else { return true };

@@ -169,7 +169,8 @@ fn run(job: ScriptJob, outputs: &Outputs, breaker: &Breaker) {
             record = record.key(key.as_slice());
         }
         if route.dictionary == Mode::Enforce {
-            let target = Destination { topic: destination.topic.clone(), tag: destination.tag.clone() };
+            // The module dispatches on the output's own tag: that capability's fields count.
+            let target = Destination { topic: destination.topic.clone(), tag: out.tag.clone() };
             let required = job.contracts.required(&target);
             if let Some(reason) = lacking(&out.payload, required, &target) {
                 outputs.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);

@@ -11,6 +11,35 @@ use crate::deadletter::StoredHeader;
 
 /// Rows per multi-row `INSERT`: 14 parameters each stays under SQLite's and MySQL's limits.
 pub const INSERT_CHUNK: usize = 1_000;
+/// Bytes of letters per multi-row `INSERT`, well under MySQL's default `max_allowed_packet`
+/// (16 MiB) and TiDB's entry limits.
+pub const INSERT_CHUNK_BYTES: usize = 4 * 1024 * 1024;
+
+/// Splits letters into statements of at most [`INSERT_CHUNK`] rows and about
+/// [`INSERT_CHUNK_BYTES`] (a single larger letter goes alone).
+pub fn insert_chunks(letters: &[ArchivedLetter]) -> Vec<&[ArchivedLetter]> {
+    let mut chunks = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, letter) in letters.iter().enumerate() {
+        let size = letter.payload.as_ref().map_or(0, Vec::len)
+            + letter.key.as_ref().map_or(0, Vec::len)
+            + letter
+                .headers
+                .iter()
+                .map(|h| h.name.len() + h.value().map_or(0, <[u8]>::len) + 32)
+                .sum::<usize>()
+            + 256;
+        if i > start && (i - start >= INSERT_CHUNK || bytes + size > INSERT_CHUNK_BYTES) {
+            chunks.push(&letters[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += size;
+    }
+    if start < letters.len() {
+        chunks.push(&letters[start..]);
+    }
+    chunks
+}
 
 /// The archive: letters kept whole, and the replay jobs that send them again.
 #[async_trait]
@@ -253,7 +282,7 @@ macro_rules! archive_store {
                 let now = now_ms();
                 let mut tx = self.pool.begin_with($dialect.begin_write).await?;
                 let mut inserted = 0;
-                for chunk in letters.chunks(archive::INSERT_CHUNK) {
+                for chunk in archive::insert_chunks(letters) {
                     let mut builder = sqlx::QueryBuilder::new(format!(
                         "{} INTO archived_letters ({}) ",
                         $dialect.insert_once.0,
@@ -477,3 +506,32 @@ macro_rules! archive_store {
     };
 }
 pub(crate) use archive_store;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statements_are_cut_by_rows_and_by_bytes() {
+        let letter = |payload: usize| ArchivedLetter {
+            letter_id: "l".into(),
+            pigeon_id: "p".into(),
+            position: Position::default(),
+            tag: "t".into(),
+            keys: BTreeMap::new(),
+            key: None,
+            headers: Vec::new(),
+            payload: Some(vec![b'x'; payload]),
+            archived_at: 0,
+        };
+        let small: Vec<ArchivedLetter> = (0..2_500).map(|_| letter(10)).collect();
+        let sizes: Vec<usize> = insert_chunks(&small).iter().map(|c| c.len()).collect();
+        assert_eq!(sizes, [1_000, 1_000, 500]);
+        let big: Vec<ArchivedLetter> = (0..10).map(|_| letter(1_500_000)).collect();
+        let sizes: Vec<usize> = insert_chunks(&big).iter().map(|c| c.len()).collect();
+        assert_eq!(sizes, [2, 2, 2, 2, 2], "about 4 MiB per statement");
+        let huge = [letter(10_000_000)];
+        assert_eq!(insert_chunks(&huge).len(), 1, "a letter larger than the cap goes alone");
+        assert!(insert_chunks(&[]).is_empty());
+    }
+}
