@@ -350,7 +350,8 @@ mod tests {
         assert_eq!(check(&pigeon("live.gift", "gift.sent", Some(maps)), &declared), Report::default());
         // An output's own tag names the capability it reaches.
         let mut vip = declared;
-        vip.capabilities.insert("rank/vip".into(), CapabilityState { requires: vec!["level".into()], online: true });
+        vip.capabilities
+            .insert("rank/vip".into(), CapabilityState { requires: vec!["level".into()], online: true });
         let retagged = r#"[#{ payload: #{ userId: payload.userId, anchorId: 1 }, tag: "vip" }]"#;
         let report = check(&pigeon("live.gift", "gift.sent", Some(retagged)), &vip);
         assert!(report.problems[0].starts_with("rank/vip requires level"), "{report:?}");

@@ -104,6 +104,12 @@ pub async fn run(parts: ReplayParts, cancel: CancellationToken) -> anyhow::Resul
                     tracing::info!(job = id, "replay job interrupted; it resumes at its checkpoint");
                     return Ok(());
                 }
+                // The store, not the job, failed: the job keeps its claim until the lease runs
+                // out, then resumes at its checkpoint (here or elsewhere).
+                Err(e) if e.downcast_ref::<crate::store::StoreError>().is_some() => {
+                    tracing::warn!(job = id, error = %e, "replay job paused: the store cannot be reached; it resumes at its checkpoint");
+                    break;
+                }
                 Err(e) => (ReplayStatus::Failed, format!("{e:#}")),
             };
             parts.stats.jobs_ended.fetch_add(1, Ordering::Relaxed);
@@ -289,13 +295,14 @@ pub fn plan(
                 headers.insert(Header { key: &h.name, value: h.value() })
             })
     };
+    // Always a `ce_id` of its own (a foreign letter archived under a derived id had none).
     let marked = |headers: &OwnedHeaders| {
-        let mut out = OwnedHeaders::new_with_capacity(headers.count() + 1);
-        for h in headers.iter() {
-            let value = if h.key == header::ID { Some(replay_id.as_bytes()) } else { h.value };
-            out = out.insert(Header { key: h.key, value });
+        let mut out = OwnedHeaders::new_with_capacity(headers.count() + 2);
+        for h in headers.iter().filter(|h| h.key != header::ID) {
+            out = out.insert(Header { key: h.key, value: h.value });
         }
-        out.insert(Header { key: header::REPLAYOF, value: Some(letter.letter_id.as_bytes()) })
+        out.insert(Header { key: header::ID, value: Some(replay_id.as_bytes()) })
+            .insert(Header { key: header::REPLAYOF, value: Some(letter.letter_id.as_bytes()) })
     };
     if let Some(topic) = &spec.to_topic {
         return Ok(vec![OwnedOutput {
@@ -323,6 +330,8 @@ pub fn plan(
                 let mut failed =
                     NewDeadLetter::from_message(&message, e.kind, format!("replay job {job}: {e}"));
                 failed.letter_id = letter.letter_id.clone();
+                failed.pigeon_id = Some(e.pigeon.0.clone());
+                failed.pigeon_version = Some(e.pigeon.1);
                 Unsent::Script(Box::new(failed))
             })?;
     Ok(outputs
@@ -389,6 +398,11 @@ mod tests {
         assert_eq!(again[0].header(header::ID).unwrap(), id, "the same job gives the same id");
         let other_job = plan(&letter, &spec(Some("replayed.gift")), 8, None).unwrap();
         assert_ne!(other_job[0].header(header::ID).unwrap(), id);
+        let mut foreign = archived();
+        foreign.headers.retain(|h| h.name != header::ID);
+        let out = &plan(&foreign, &spec(Some("replayed.gift")), 7, None).unwrap()[0];
+        let expected = LetterId::replayed(&foreign.letter_id, 7, foreign.position.time as u64).to_string();
+        assert_eq!(out.header(header::ID), Some(expected), "a foreign letter gets an id too");
         for h in &letter.headers {
             if h.name != header::ID {
                 assert_eq!(out.header(&h.name).as_deref(), h.text.as_deref(), "header {} kept", h.name);

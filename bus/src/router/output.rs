@@ -170,12 +170,8 @@ pub struct Refused {
     pub kind: ErrorKind,
     /// What exactly.
     pub message: String,
-}
-
-impl Refused {
-    fn unfit(message: String) -> Self {
-        Self { kind: ErrorKind::Dictionary, message }
-    }
+    /// The pigeon (id, version) that refused it.
+    pub pigeon: (String, i64),
 }
 
 impl std::fmt::Display for Refused {
@@ -202,17 +198,20 @@ pub fn owned_outputs(
     let mut outputs = Vec::new();
     for route in routes {
         use crate::dictionary::Mode;
+        let pigeon = (route.id.to_string(), route.version);
+        let refuse =
+            |message: String| Refused { kind: ErrorKind::Dictionary, message, pigeon: pigeon.clone() };
         let normalized = match route.dictionary {
             Mode::Off => None,
             mode => match (contracts.vocabulary.normalize(message.payload().unwrap_or(b"null")), mode) {
                 (Ok(n), Mode::Enforce) if !n.problems.is_empty() => {
-                    return Err(Refused::unfit(format!(
+                    return Err(refuse(format!(
                         "the letter does not fit the dictionary: {}",
                         n.problems.join("; ")
                     )))
                 }
                 (Ok(n), _) => Some(n),
-                (Err(e), Mode::Enforce) => return Err(Refused::unfit(e)),
+                (Err(e), Mode::Enforce) => return Err(refuse(e)),
                 (Err(_), _) => None,
             },
         };
@@ -222,7 +221,7 @@ pub fn owned_outputs(
                 if let (Mode::Enforce, Some(n)) = (route.dictionary, &normalized) {
                     let missing = crate::dictionary::missing(&n.fields, contracts.required(destination));
                     if !missing.is_empty() {
-                        return Err(Refused::unfit(format!(
+                        return Err(refuse(format!(
                             "missing {}, required by {}",
                             missing.join(", "),
                             destination.capability().unwrap_or_default()
@@ -252,6 +251,7 @@ pub fn owned_outputs(
             .map_err(|e| Refused {
                 kind: ErrorKind::Script,
                 message: format!("pigeon {} version {}: {e}", route.id, route.version),
+                pigeon: (route.id.to_string(), route.version),
             })?;
         for (index, out) in emitted.into_iter().enumerate() {
             let out_id =
