@@ -207,7 +207,7 @@ impl ArchiverConfig {
         self.retention
             .as_deref()
             .map(|text| match humantime::parse_duration(text) {
-                Ok(age) if !age.is_zero() => Ok(age),
+                Ok(age) if !age.is_zero() && age.as_secs() <= 100 * 365 * 86_400 => Ok(age),
                 _ => Err(format!("archiver.retention {text:?} must be a duration such as \"90d\"")),
             })
             .transpose()
@@ -433,9 +433,12 @@ impl BusConfig {
         }
         errors.extend(archiver.retention().err());
         errors.extend(archiver.retention_schedule().err());
-        if self.replay.page == 0 || self.replay.lease_ms < 1_000 || self.replay.check_ms == 0 {
+        if self.replay.page == 0
+            || self.replay.check_ms == 0
+            || !(1_000..=3_600_000).contains(&self.replay.lease_ms)
+        {
             errors.push(
-                "replay.page and replay.check_ms must be at least 1, replay.lease_ms at least 1000".into(),
+                "replay.page and replay.check_ms must be at least 1, replay.lease_ms 1000 to 3600000".into(),
             );
         }
         if let Err(e) = Sweep::parse(&self.retrier.sweep) {

@@ -308,6 +308,16 @@ pub async fn run(parts: RouterParts, cancel: CancellationToken) -> anyhow::Resul
     Ok(())
 }
 
+/// Whether the letter at `offset` is one of the one in `every` that are sampled (0: none). The
+/// offset is hashed (Fibonacci hashing), so a period in the traffic cannot line up with it.
+fn sampled(offset: i64, every: u64) -> bool {
+    if every == 0 {
+        return false;
+    }
+    let spread = (offset as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32;
+    spread < (1u64 << 32) / every
+}
+
 /// How often the drift report's counts and the sampled fields go to the store.
 const DRIFT_FLUSH: Duration = Duration::from_secs(5);
 
@@ -526,8 +536,9 @@ impl Forwarder<'_> {
             Ok(meta) => meta,
             Err(reason) => return self.dead_letter(message, &tracker, reason),
         };
-        // One letter in `sample_every` teaches the observed schema of its topic and tag.
-        if self.sample_every > 0 && offset.rem_euclid(self.sample_every as i64) == 0 {
+        // One letter in `sample_every` teaches the observed schema of its topic and tag; the
+        // offset is hashed first, so traffic that repeats with a period cannot hide a tag.
+        if sampled(offset, self.sample_every) {
             let tag = meta.tag.as_deref().unwrap_or_default();
             self.observed.record(message.topic(), tag, message.payload(), crate::store::now_ms());
         }
@@ -764,5 +775,20 @@ fn describe_tag_source(routes: &crate::route::TopicRoutes) -> String {
     match &routes.source.tag {
         crate::route::TagSource::Header(name) => format!("header {name} is missing"),
         crate::route::TagSource::Field(field) => format!("JSON field {field:?} is missing"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn one_letter_in_n_is_sampled_whatever_the_period() {
+        assert!((0..1_000).all(|o| super::sampled(o, 1)));
+        assert!(!(0..1_000).any(|o| super::sampled(o, 0)));
+        let hits = (0..100_000).filter(|o| super::sampled(*o, 100)).count();
+        assert!((800..=1_200).contains(&hits), "{hits} of 100,000");
+        // Every other offset (two tags alternating on a partition): both halves are sampled.
+        let even = (0..100_000).step_by(2).filter(|o| super::sampled(*o, 100)).count();
+        let odd = (1..100_000).step_by(2).filter(|o| super::sampled(*o, 100)).count();
+        assert!(even > 300 && odd > 300, "{even} even, {odd} odd");
     }
 }
