@@ -2,7 +2,7 @@
 -- routers whose pigeons hold letters to the dictionary.
 CREATE TABLE dictionary_drift (
     topic       VARCHAR(249) NOT NULL,
-    field       VARCHAR(255) COLLATE utf8mb4_bin NOT NULL,
+    field       VARCHAR(255) NOT NULL,
     seen        BIGINT       NOT NULL,
     first_seen  BIGINT       NOT NULL,
     last_seen   BIGINT       NOT NULL,

@@ -2,7 +2,7 @@
 -- source topic and tag carry, from the letters routers sample.
 CREATE TABLE observed_tags (
     topic      VARCHAR(249) NOT NULL,
-    tag        VARCHAR(191) COLLATE utf8mb4_bin NOT NULL,
+    tag        VARCHAR(191) NOT NULL,
     sampled    BIGINT       NOT NULL,
     last_seen  BIGINT       NOT NULL,
     PRIMARY KEY (topic, tag)
@@ -10,8 +10,8 @@ CREATE TABLE observed_tags (
 
 CREATE TABLE observed_fields (
     topic      VARCHAR(249) NOT NULL,
-    tag        VARCHAR(191) COLLATE utf8mb4_bin NOT NULL,
-    field      VARCHAR(191) COLLATE utf8mb4_bin NOT NULL,
+    tag        VARCHAR(191) NOT NULL,
+    field      VARCHAR(191) NOT NULL,
     kind       VARCHAR(16)  NOT NULL,
     seen       BIGINT       NOT NULL,
     PRIMARY KEY (topic, tag, field, kind)

@@ -2,7 +2,7 @@
 -- their letters carry, as its latest registration says.
 CREATE TABLE declared_tags (
     module      VARCHAR(128) NOT NULL,
-    tag         VARCHAR(191) COLLATE utf8mb4_bin NOT NULL,
+    tag         VARCHAR(191) NOT NULL,
     fields      TEXT         NOT NULL,
     updated_at  BIGINT       NOT NULL,
     PRIMARY KEY (module, tag)
