@@ -128,6 +128,12 @@ async fn record(message: &BorrowedMessage<'_>, store: &dyn Store, cancel: &Cance
                 }
                 return true;
             }
+            Err(e) if !e.is_transient() => {
+                // The same registration would fail for ever and hold every later one back:
+                // the module's next heartbeat registers it again.
+                tracing::error!(module = %registration.module, instance = %registration.instance, error = %e, "the store refuses this registration; skipping it");
+                return true;
+            }
             Err(e) => {
                 tracing::warn!(module = %registration.module, error = %e, "cannot store a registration; trying again");
                 tokio::select! {

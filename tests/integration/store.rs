@@ -564,7 +564,24 @@ async fn a_real_deadlock_on_mariadb_is_a_lost_race() {
     let victim = first.err().or(second.err()).expect("one transaction is rolled back");
     let error = StoreError::from(victim);
     assert!(error.lost_a_race(), "{error}");
+    assert!(error.is_transient(), "a deadlock victim may run again");
     assert!(!StoreError::Conflict("x".into()).lost_a_race());
     drop((a, b));
+    sqlx::query(&format!("DROP TABLE {table}")).execute(&pool).await.unwrap();
+}
+
+/// Store errors say whether trying again can help: an unreachable database can, a statement the
+/// database refuses cannot (callers skip it rather than retry it for ever).
+#[tokio::test(flavor = "multi_thread")]
+async fn store_errors_say_whether_trying_again_can_help() {
+    let unreachable = sqlx::MySqlConnection::connect("mysql://root@127.0.0.1:1/test").await.unwrap_err();
+    assert!(StoreError::from(unreachable).is_transient());
+    let table = format!("test.pigeon_refused_{}", uuid::Uuid::new_v4().simple());
+    let pool = sqlx::MySqlPool::connect(MARIADB).await.expect("MariaDB (scripts/test starts it)");
+    sqlx::query(&format!("CREATE TABLE {table} (id INT PRIMARY KEY)")).execute(&pool).await.unwrap();
+    sqlx::query(&format!("INSERT INTO {table} VALUES (1)")).execute(&pool).await.unwrap();
+    let duplicate = sqlx::query(&format!("INSERT INTO {table} VALUES (1)")).execute(&pool).await.unwrap_err();
+    let error = StoreError::from(duplicate);
+    assert!(!error.is_transient(), "a duplicate key fails the same way every time: {error}");
     sqlx::query(&format!("DROP TABLE {table}")).execute(&pool).await.unwrap();
 }

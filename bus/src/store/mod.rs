@@ -42,6 +42,24 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// Whether trying the same thing again may work: the database could not be reached, or
+    /// it broke a deadlock. A refusal of the statement itself (a constraint, a value that does
+    /// not fit) fails the same way every time.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Database(sqlx::Error::Database(_)) => self.lost_a_race(),
+            StoreError::Database(
+                sqlx::Error::Io(_)
+                | sqlx::Error::Tls(_)
+                | sqlx::Error::Protocol(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::WorkerCrashed,
+            ) => true,
+            _ => false,
+        }
+    }
+
     /// Whether the database rolled the transaction back to break a deadlock or a write
     /// conflict (MySQL/MariaDB 1213, TiDB 9007, SQLSTATE 40001): running it again is the cure.
     pub fn lost_a_race(&self) -> bool {
