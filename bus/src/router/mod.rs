@@ -583,43 +583,15 @@ impl Forwarder<'_> {
                 };
             }
         }
-        // Pigeons that hold letters to the dictionary read the payload, once for all of them.
         let contracts = table.contracts();
-        let mut normalized: Option<Result<Normalized, String>> = None;
-        let plans: Vec<Plan> = matched
-            .iter()
-            .map(|route| {
-                if route.dictionary == Mode::Off {
-                    return Plan::AsIs;
-                }
-                let checked = normalized.get_or_insert_with(|| {
-                    contracts.vocabulary.normalize(message.payload().unwrap_or(b"null"))
-                });
-                match (checked, route.dictionary) {
-                    (Ok(n), Mode::Enforce) if !n.problems.is_empty() => Plan::Unfit(format!(
-                        "the letter does not fit the dictionary: {}",
-                        n.problems.join("; ")
-                    )),
-                    (Ok(_), _) => Plan::Normalized,
-                    (Err(e), Mode::Enforce) => Plan::Unfit(e.clone()),
-                    // Normalising is a courtesy: what cannot be read flies as it is.
-                    (Err(_), _) => Plan::AsIs,
-                }
-            })
-            .collect();
-        let normalized = match normalized {
-            Some(Ok(n)) => {
-                self.drift.record(message.topic(), &n.unknown, crate::store::now_ms());
-                Some(n)
-            }
-            _ => None,
-        };
+        let (plans, normalized) = self.plans(&matched, message, contracts);
+        let plan_of = |i: usize| plans.get(i).unwrap_or(&Plan::AsIs);
         // A script pigeon counts one step per letter; its worker adds the letters it emits. A
         // letter that does not fit a pigeon's dictionary is one dead letter for it.
         let outputs: usize = matched
             .iter()
-            .zip(&plans)
-            .map(|(r, plan)| match (r.script.is_some(), plan) {
+            .enumerate()
+            .map(|(i, r)| match (r.script.is_some(), plan_of(i)) {
                 (true, _) | (_, Plan::Unfit(_)) => 1,
                 _ => r.destinations.len(),
             })
@@ -640,10 +612,10 @@ impl Forwarder<'_> {
         };
         let admission = self.breaker_admission(&matched, &tracker, admission);
         let (mut detached, mut detached_normalized) = (None, None);
-        for (route, plan) in matched.into_iter().zip(plans) {
-            let normalized = match plan {
+        for (i, route) in matched.into_iter().enumerate() {
+            let normalized = match plan_of(i) {
                 Plan::Unfit(reason) => {
-                    self.unfit(message, route, id, &tracker, reason);
+                    self.unfit(message, route, id, &tracker, reason.clone());
                     continue;
                 }
                 Plan::Normalized => normalized.as_ref(),
@@ -723,6 +695,39 @@ impl Forwarder<'_> {
             record = back;
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
+    }
+
+    /// What each matched pigeon does with the letter by its dictionary mode, and the letter
+    /// normalised once for all of them. Pigeons that all leave the dictionary off (the common
+    /// case) get no plans: the payload is not read and nothing is allocated.
+    fn plans(
+        &self,
+        matched: &[&Arc<Route>],
+        message: &BorrowedMessage<'_>,
+        contracts: &crate::route::Contracts,
+    ) -> (Vec<Plan>, Option<Normalized>) {
+        if matched.iter().all(|r| r.dictionary == Mode::Off) {
+            return (Vec::new(), None);
+        }
+        let checked = contracts.vocabulary.normalize(message.payload().unwrap_or(b"null"));
+        let plans = matched
+            .iter()
+            .map(|route| match (&checked, route.dictionary) {
+                (_, Mode::Off) => Plan::AsIs,
+                (Ok(n), Mode::Enforce) if !n.problems.is_empty() => {
+                    Plan::Unfit(format!("the letter does not fit the dictionary: {}", n.problems.join("; ")))
+                }
+                (Ok(_), _) => Plan::Normalized,
+                (Err(e), Mode::Enforce) => Plan::Unfit(e.clone()),
+                // Normalising is a courtesy: what cannot be read flies as it is.
+                (Err(_), _) => Plan::AsIs,
+            })
+            .collect();
+        let normalized = checked.ok();
+        if let Some(n) = &normalized {
+            self.drift.record(message.topic(), &n.unknown, crate::store::now_ms());
+        }
+        (plans, normalized)
     }
 
     /// Dead-letters a letter that does not fit the dictionary of a pigeon in `enforce` mode:
