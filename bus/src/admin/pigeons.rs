@@ -127,31 +127,15 @@ pub struct ForceQuery {
     pub force: bool,
 }
 
-/// What is known about a source topic's letters and the capabilities pigeons send to.
-async fn evidence(state: &AppState, topic: &str) -> Result<wiring::Evidence, ApiError> {
+/// What is known about each of `topics`' letters and about the capabilities pigeons send to:
+/// the capabilities, the dictionary and the modules' declarations are read once for all.
+async fn evidence(
+    state: &AppState,
+    topics: &std::collections::BTreeSet<&str>,
+) -> Result<BTreeMap<String, wiring::Evidence>, ApiError> {
     let now = now_ms();
-    let mut declared: Vec<wiring::Declared> = state
-        .sources
-        .get(topic)
-        .map(|source| {
-            source
-                .fields
-                .iter()
-                .map(|(tag, fields)| wiring::Declared {
-                    tag: tag.clone(),
-                    fields: fields.clone(),
-                    by: "settings".into(),
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    if topic == route::INGRESS {
-        declared.extend(state.store.declared_tags().await?.into_iter().map(|d| wiring::Declared {
-            tag: d.tag,
-            fields: d.fields,
-            by: format!("module:{}", d.module),
-        }));
-    }
+    // What routers check letters against: the dictionary and every live capability's fields.
+    let (contracts, _) = crate::control::load_contracts(state.store.as_ref()).await?;
     let live: std::collections::HashSet<String> = state
         .store
         .module_instances()
@@ -160,25 +144,44 @@ async fn evidence(state: &AppState, topic: &str) -> Result<wiring::Evidence, Api
         .filter(|i| i.state(now) == crate::store::InstanceState::Live)
         .map(|i| i.module)
         .collect();
-    let capabilities = state
-        .store
-        .capabilities()
-        .await?
+    let capabilities: std::collections::HashMap<String, wiring::CapabilityState> = contracts
+        .requires
         .into_iter()
-        .filter(|c| c.retired_at.is_none())
-        .map(|c| {
-            let online = live.contains(&c.module);
-            (format!("{}/{}", c.module, c.name), wiring::CapabilityState { requires: c.requires, online })
+        .map(|(name, requires)| {
+            let online = live.contains(name.split('/').next().unwrap_or_default());
+            (name, wiring::CapabilityState { requires, online })
         })
         .collect();
-    let fields: Vec<crate::dictionary::Field> =
-        state.store.dictionary().await?.into_iter().map(|f| f.field).collect();
-    Ok(wiring::Evidence {
-        declared,
-        observed: state.store.observed(Some(topic)).await?,
-        capabilities,
-        vocabulary: crate::dictionary::Vocabulary::new(&fields),
-    })
+    let flown = match topics.contains(route::INGRESS) {
+        true => state.store.declared_tags().await?,
+        false => Vec::new(),
+    };
+    let mut evidence = BTreeMap::new();
+    for topic in topics {
+        let mut declared: Vec<wiring::Declared> = state.sources.get(*topic).map_or_else(Vec::new, |source| {
+            let declare = |(tag, fields): (&String, &Vec<String>)| wiring::Declared {
+                tag: tag.clone(),
+                fields: fields.clone(),
+                by: "settings".into(),
+            };
+            source.fields.iter().map(declare).collect()
+        });
+        if *topic == route::INGRESS {
+            declared.extend(flown.iter().map(|d| wiring::Declared {
+                tag: d.tag.clone(),
+                fields: d.fields.clone(),
+                by: format!("module:{}", d.module),
+            }));
+        }
+        let known = wiring::Evidence {
+            declared,
+            observed: state.store.observed(Some(topic)).await?,
+            capabilities: capabilities.clone(),
+            vocabulary: contracts.vocabulary.clone(),
+        };
+        evidence.insert(topic.to_string(), known);
+    }
+    Ok(evidence)
 }
 
 /// How a wiring check ends.
@@ -201,8 +204,13 @@ async fn check_wiring(
     actor: &str,
 ) -> Result<Vec<String>, ApiError> {
     let (mut problems, mut warnings) = (Vec::new(), Vec::new());
+    if specs.is_empty() {
+        return Ok(warnings);
+    }
+    let topics = specs.iter().map(|s| s.matcher.topic.as_str()).collect();
+    let evidence = evidence(state, &topics).await?;
     for spec in specs {
-        let report = wiring::check(spec, &evidence(state, &spec.matcher.topic).await?);
+        let report = wiring::check(spec, &evidence[&spec.matcher.topic]);
         let prefix =
             |text: String| if specs.len() > 1 { format!("pigeon {:?}: {text}", spec.id) } else { text };
         problems.extend(report.problems.into_iter().map(prefix));
