@@ -363,13 +363,7 @@ macro_rules! archive_store {
                 .await?;
                 let id: i64 = $last_id;
                 let after = serde_json::json!({ "spec": spec, "total": total });
-                sqlx::query(rows::INSERT_AUDIT)
-                    .bind(now)
-                    .bind(actor)
-                    .bind("replay.create")
-                    .bind(format!("replay/{id}"))
-                    .bind(None::<String>)
-                    .bind(Some(after.to_string()))
+                audit_entry!(now, actor, "replay.create", format!("replay/{id}"), None::<String>, Some(after.to_string()))
                     .execute(&mut *tx)
                     .await?;
                 tx.commit().await?;
@@ -489,13 +483,7 @@ macro_rules! archive_store {
                 .await?
                 .rows_affected();
                 if cancelled == 1 {
-                    sqlx::query(rows::INSERT_AUDIT)
-                        .bind(now)
-                        .bind(actor)
-                        .bind("replay.cancel")
-                        .bind(format!("replay/{id}"))
-                        .bind(None::<String>)
-                        .bind(None::<String>)
+                    audit_entry!(now, actor, "replay.cancel", format!("replay/{id}"), None::<String>, None::<String>)
                         .execute(&mut *tx)
                         .await?;
                 }

@@ -814,6 +814,21 @@ macro_rules! bind_dead_letter {
 }
 pub(crate) use bind_dead_letter;
 
+/// The audit entry of one mutation, to run in its transaction: when, who, what, on what, and
+/// the thing before and after (JSON text, `None` when it did not exist).
+macro_rules! audit_entry {
+    ($at:expr, $actor:expr, $action:expr, $target:expr, $before:expr, $after:expr) => {
+        sqlx::query($crate::store::rows::INSERT_AUDIT)
+            .bind($at)
+            .bind($actor)
+            .bind($action)
+            .bind($target)
+            .bind($before)
+            .bind($after)
+    };
+}
+pub(crate) use audit_entry;
+
 /// Binds the conditions of [`rows::filter_sql`], in order.
 macro_rules! bind_dead_letter_filter {
     ($query:expr, $filter:expr) => {{

@@ -206,13 +206,7 @@ macro_rules! sql_store {
                 target: &str,
                 note: &serde_json::Value,
             ) -> Result<(), StoreError> {
-                sqlx::query(rows::INSERT_AUDIT)
-                    .bind(now_ms())
-                    .bind(actor)
-                    .bind(action)
-                    .bind(target)
-                    .bind(None::<String>)
-                    .bind(Some(note.to_string()))
+                audit_entry!(now_ms(), actor, action, target, None::<String>, Some(note.to_string()))
                     .execute(&self.pool)
                     .await?;
                 Ok(())
@@ -459,13 +453,7 @@ macro_rules! sql_store {
                     .execute(&mut *tx)
                     .await?;
                 let text = |bytes: &[u8]| serde_json::json!({ "payload": String::from_utf8_lossy(bytes) }).to_string();
-                sqlx::query(rows::INSERT_AUDIT)
-                    .bind(now)
-                    .bind(actor)
-                    .bind("dead_letter.edit")
-                    .bind(format!("dead-letter/{id}"))
-                    .bind(before.as_deref().map(text))
-                    .bind(Some(text(payload)))
+                audit_entry!(now, actor, "dead_letter.edit", format!("dead-letter/{id}"), before.as_deref().map(text), Some(text(payload)))
                     .execute(&mut *tx)
                     .await?;
                 tx.commit().await?;
@@ -488,13 +476,7 @@ macro_rules! sql_store {
                     .execute(&mut *tx)
                     .await?;
                 let after = serde_json::json!({ "name": token.name, "role": token.role });
-                sqlx::query(rows::INSERT_AUDIT)
-                    .bind(now_ms())
-                    .bind(actor)
-                    .bind("token.create")
-                    .bind(format!("token/{}", token.name))
-                    .bind(None::<String>)
-                    .bind(Some(after.to_string()))
+                audit_entry!(now_ms(), actor, "token.create", format!("token/{}", token.name), None::<String>, Some(after.to_string()))
                     .execute(&mut *tx)
                     .await?;
                 tx.commit().await?;
@@ -520,13 +502,7 @@ macro_rules! sql_store {
                     .await?;
                 let revoked = done.rows_affected() > 0;
                 if revoked {
-                    sqlx::query(rows::INSERT_AUDIT)
-                        .bind(now_ms())
-                        .bind(actor)
-                        .bind("token.revoke")
-                        .bind(format!("token/{name}"))
-                        .bind(None::<String>)
-                        .bind(None::<String>)
+                    audit_entry!(now_ms(), actor, "token.revoke", format!("token/{name}"), None::<String>, None::<String>)
                         .execute(&mut *tx)
                         .await?;
                 }
@@ -625,13 +601,7 @@ macro_rules! sql_store {
                 }
                 let actor = format!("module:{}", reg.module);
                 let audit = |action: &'static str, name: &str, before: Option<String>, after: Option<String>| {
-                    sqlx::query(rows::INSERT_AUDIT)
-                        .bind(at)
-                        .bind(actor.clone())
-                        .bind(action)
-                        .bind(format!("capability/{}/{}", reg.module, name))
-                        .bind(before)
-                        .bind(after)
+                    audit_entry!(at, actor.clone(), action, format!("capability/{}/{}", reg.module, name), before, after)
                 };
                 let current: Vec<CapabilityRow> =
                     sqlx::query_as(&format!("{SELECT_CAPABILITIES} WHERE module = ?"))
@@ -767,13 +737,7 @@ macro_rules! sql_store {
                     .bind(&field.name)
                     .execute(&mut *tx)
                     .await?;
-                sqlx::query(rows::INSERT_AUDIT)
-                    .bind(now)
-                    .bind(actor)
-                    .bind(if before.is_some() { "dictionary.update" } else { "dictionary.create" })
-                    .bind(format!("dictionary/{}", field.name))
-                    .bind(before.as_ref().map(|b| $crate::store::rows::field_json(&b.field)))
-                    .bind(Some($crate::store::rows::field_json(field)))
+                audit_entry!(now, actor, if before.is_some() { "dictionary.update" } else { "dictionary.create" }, format!("dictionary/{}", field.name), before.as_ref().map(|b| $crate::store::rows::field_json(&b.field)), Some($crate::store::rows::field_json(field)))
                     .execute(&mut *tx)
                     .await?;
                 tx.commit().await?;
@@ -790,13 +754,7 @@ macro_rules! sql_store {
                     return Ok(None);
                 };
                 sqlx::query("DELETE FROM dictionary WHERE name = ?").bind(name).execute(&mut *tx).await?;
-                sqlx::query(rows::INSERT_AUDIT)
-                    .bind(now_ms())
-                    .bind(actor)
-                    .bind("dictionary.delete")
-                    .bind(format!("dictionary/{name}"))
-                    .bind(Some($crate::store::rows::field_json(&before.field)))
-                    .bind(None::<String>)
+                audit_entry!(now_ms(), actor, "dictionary.delete", format!("dictionary/{name}"), Some($crate::store::rows::field_json(&before.field)), None::<String>)
                     .execute(&mut *tx)
                     .await?;
                 tx.commit().await?;
@@ -900,13 +858,7 @@ macro_rules! sql_store {
                     query = query.bind(now);
                 }
                 let count = bind_selection!(query, selection).execute(&mut *tx).await?.rows_affected();
-                sqlx::query(rows::INSERT_AUDIT)
-                    .bind(now)
-                    .bind(actor)
-                    .bind(action)
-                    .bind("dead-letters")
-                    .bind(None::<String>)
-                    .bind(Some(rows::selection_json(selection, count)))
+                audit_entry!(now, actor, action, "dead-letters", None::<String>, Some(rows::selection_json(selection, count)))
                     .execute(&mut *tx)
                     .await?;
                 tx.commit().await?;
@@ -979,13 +931,7 @@ macro_rules! sql_store {
                     .execute(&mut **tx)
                     .await?;
                 let action = if before.is_some() { "pigeon.update" } else { "pigeon.create" };
-                sqlx::query(rows::INSERT_AUDIT)
-                    .bind(now)
-                    .bind(actor)
-                    .bind(action)
-                    .bind(format!("pigeon/{}", spec.id))
-                    .bind(before.map(|b| rows::spec_json(&b.spec)))
-                    .bind(Some(json))
+                audit_entry!(now, actor, action, format!("pigeon/{}", spec.id), before.map(|b| rows::spec_json(&b.spec)), Some(json))
                     .execute(&mut **tx)
                     .await?;
                 Ok(Saved { version, changed: true })
@@ -1006,13 +952,7 @@ macro_rules! sql_store {
                 .await?;
                 let Some(current) = current else { return Ok(false) };
                 sqlx::query("DELETE FROM pigeons WHERE id = ?").bind(id).execute(&mut **tx).await?;
-                sqlx::query(rows::INSERT_AUDIT)
-                    .bind(now_ms())
-                    .bind(actor)
-                    .bind("pigeon.delete")
-                    .bind(format!("pigeon/{id}"))
-                    .bind(Some(current.spec))
-                    .bind(None::<String>)
+                audit_entry!(now_ms(), actor, "pigeon.delete", format!("pigeon/{id}"), Some(current.spec), None::<String>)
                     .execute(&mut **tx)
                     .await?;
                 Ok(true)

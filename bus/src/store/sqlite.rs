@@ -11,8 +11,8 @@ use super::archive::{self, archive_store};
 use super::rows::{self, AttemptRow, AuditRow, DeadLetterRow, PigeonRow, TokenRow};
 use super::sql::{delete_first_sqlite, sql_store, update_first_sqlite, upsert_add_sqlite, Backend, Dialect};
 use super::{
-    bind_dead_letter, bind_dead_letter_filter, bind_selection, now_ms, AuditEntry, Claimed, NewToken, Saved,
-    StoreError, StoredPigeon, Token,
+    audit_entry, bind_dead_letter, bind_dead_letter_filter, bind_selection, now_ms, AuditEntry, Claimed,
+    NewToken, Saved, StoreError, StoredPigeon, Token,
 };
 use crate::archive::{ArchiveQuery, ArchivedLetter, KeyField, Position, ReplayJob, ReplaySpec, ReplayStatus};
 use crate::deadletter::{Attempt, DeadLetter, DeadLetterFilter, NewDeadLetter, Outcome, Report, Selection};
