@@ -10,6 +10,8 @@
 //! each statement its own transaction, on one connection: what the database takes with no
 //! Kafka and no bus around it.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -41,15 +43,6 @@ fn archive_pigeon() -> PigeonSpec {
         window: None,
         dictionary: Default::default(),
     }
-}
-
-/// User plus system CPU time of a process, from /proc (10 ms ticks).
-fn cpu_time(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
-    let ticks: u64 = fields.get(11).and_then(|u| u.parse().ok()).unwrap_or(0)
-        + fields.get(12).and_then(|s| s.parse().ok()).unwrap_or(0);
-    Duration::from_millis(ticks * 10)
 }
 
 fn produce(bootstrap: &str) {
@@ -126,9 +119,9 @@ async fn round() -> Round {
     let (mut first, mut first_count) = (None, 0);
     let mut cpu_at_first = Duration::ZERO;
     loop {
-        let n = http::counter(&metrics, "pigeon_archive_letters_total").unwrap_or(0);
+        let n = common::counter(&metrics, "pigeon_archive_letters_total").unwrap_or(0);
         if n > 0 && first.is_none() {
-            (first, first_count, cpu_at_first) = (Some(Instant::now()), n, cpu_time(child.id()));
+            (first, first_count, cpu_at_first) = (Some(Instant::now()), n, common::cpu_time(child.id()));
         }
         if n >= LETTERS {
             break;
@@ -137,7 +130,7 @@ async fn round() -> Round {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let archiver_wall = first.expect("rows appeared").elapsed();
-    let archiver_cpu = cpu_time(child.id()) - cpu_at_first;
+    let archiver_cpu = common::cpu_time(child.id()) - cpu_at_first;
     let _ = child.kill();
     let _ = child.wait();
     let mut db = MySqlConnection::connect(&url).await.expect("connect");
@@ -185,23 +178,6 @@ async fn round() -> Round {
     drop(db);
     sqlx::query(&format!("DROP DATABASE {name}")).execute(&mut admin).await.expect("drop database");
     Round { archiver_rows_per_sec, archiver_cpu, bare_rows_per_sec }
-}
-
-/// A plain HTTP/1.1 GET on loopback, for the archiver's counters.
-mod http {
-    use std::io::{Read, Write};
-
-    /// The value of counter `name` at the metrics `url`.
-    pub fn counter(url: &str, name: &str) -> Option<i64> {
-        let rest = url.strip_prefix("http://")?;
-        let (addr, path) = rest.split_once('/').map_or((rest, "/".to_owned()), |(a, p)| (a, format!("/{p}")));
-        let mut stream = std::net::TcpStream::connect(addr).ok()?;
-        write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response).ok()?;
-        let line = response.lines().find(|l| l.starts_with(name) && !l.starts_with('#'))?;
-        line.split_whitespace().nth(1)?.parse().ok()
-    }
 }
 
 fn main() {

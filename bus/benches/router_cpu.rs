@@ -8,6 +8,8 @@
 //! router starts on empty topics; the benchmark then produces the letters and waits until
 //! every output is on the destination topic. Each contender runs twice, alternating.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -39,15 +41,6 @@ fn pigeon(script: Option<String>) -> PigeonSpec {
         window: None,
         dictionary: Default::default(),
     }
-}
-
-/// User plus system CPU time of a process, from /proc (10 ms ticks).
-fn cpu_time(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
-    let ticks: u64 = fields.get(11).and_then(|u| u.parse().ok()).unwrap_or(0)
-        + fields.get(12).and_then(|s| s.parse().ok()).unwrap_or(0);
-    Duration::from_millis(ticks * 10) // USER_HZ is 100 on Linux
 }
 
 fn produce(bootstrap: &str) {
@@ -126,13 +119,13 @@ fn run(script: Option<String>) -> Run {
         }
     };
     let health = format!("{admin}/healthz");
-    while http::status(&health) != Some(200) {
+    while common::get(&health).map(|(status, _)| status) != Some(200) {
         std::thread::sleep(Duration::from_millis(100));
     }
     // What the router costs doing nothing, over one second.
-    let before_idle = cpu_time(child.id());
+    let before_idle = common::cpu_time(child.id());
     std::thread::sleep(Duration::from_secs(1));
-    let start_cpu = cpu_time(child.id());
+    let start_cpu = common::cpu_time(child.id());
     let idle_cpu_per_sec = start_cpu - before_idle;
 
     let watcher: BaseConsumer =
@@ -144,26 +137,10 @@ fn run(script: Option<String>) -> Run {
         std::thread::sleep(Duration::from_millis(20));
     }
     let wall = started.elapsed();
-    let cpu = cpu_time(child.id()) - start_cpu;
+    let cpu = common::cpu_time(child.id()) - start_cpu;
     let _ = child.kill();
     let _ = child.wait();
     Run { cpu, wall, idle_cpu_per_sec }
-}
-
-/// A plain HTTP/1.1 GET on loopback, for the health check.
-mod http {
-    use std::io::{Read, Write};
-
-    /// The status code of `GET url`.
-    pub fn status(url: &str) -> Option<u16> {
-        let rest = url.strip_prefix("http://")?;
-        let (addr, path) = rest.split_once('/').map_or((rest, "/".to_owned()), |(a, p)| (a, format!("/{p}")));
-        let mut stream = std::net::TcpStream::connect(addr).ok()?;
-        write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response).ok()?;
-        response.split_whitespace().nth(1)?.parse().ok()
-    }
 }
 
 fn main() {

@@ -37,6 +37,12 @@ fn rank_module() -> Registration {
     }
 }
 
+/// `GET /api/v1{path}` as JSON.
+async fn get_json(bus: &Bus, token: &str, path: &str) -> Value {
+    let url = format!("{}/api/v1{path}", bus.admin);
+    reqwest::Client::new().get(url).bearer_auth(token).send().await.unwrap().json().await.unwrap()
+}
+
 fn checked(id: &str, topic: &str, mode: Mode) -> PigeonSpec {
     let mut spec = pigeon(id, topic, "**", vec![DestinationSpec::capability("rank/gift")]);
     spec.dictionary = mode;
@@ -172,15 +178,7 @@ async fn enforced_pigeons_normalise_refuse_and_report_drift() {
     );
 
     // Source schemas: declared in the source-topic settings, observed in sampled letters.
-    let schemas: Value = reqwest::Client::new()
-        .get(format!("{}/api/v1/schemas?topic=live.gift", bus.admin))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let schemas: Value = get_json(&bus, &token, "/schemas?topic=live.gift").await;
     let sent = schemas.as_array().unwrap().iter().find(|s| s["tag"] == "gift.sent").expect("gift.sent");
     assert_eq!(sent["declared"], json!(["userId", "anchorId"]), "{schemas:#}");
     assert_eq!(sent["sampled"], 4, "every letter sampled at schema_sample_every = 1: {schemas:#}");
@@ -199,15 +197,7 @@ async fn enforced_pigeons_normalise_refuse_and_report_drift() {
     assert_eq!(sent["declared_by"], json!(["settings"]));
 
     // What modules declare they fly, on pigeon.ingress.
-    let flown: Value = reqwest::Client::new()
-        .get(format!("{}/api/v1/schemas?topic=pigeon.ingress", bus.admin))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let flown: Value = get_json(&bus, &token, "/schemas?topic=pigeon.ingress").await;
     assert_eq!(
         flown,
         json!([{ "topic": "pigeon.ingress", "tag": "rank.top", "declared": ["userId", "score"],
@@ -295,15 +285,7 @@ async fn wiring_is_checked_before_a_pigeon_is_saved() {
         forced["warnings"][0].as_str().unwrap().starts_with("forced: rank/gift requires anchorId"),
         "{forced}"
     );
-    let audit: Value = reqwest::Client::new()
-        .get(format!("{}/api/v1/audit?limit=2", bus.admin))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let audit: Value = get_json(&bus, &token, "/audit?limit=2").await;
     let actions: Vec<&str> =
         audit["items"].as_array().unwrap().iter().map(|a| a["action"].as_str().unwrap()).collect();
     assert_eq!(actions, ["pigeon.create", "pigeon.force"], "{audit:#}");
