@@ -90,6 +90,32 @@ impl Mode {
     pub fn is_off(&self) -> bool {
         *self == Mode::Off
     }
+
+    /// What a pigeon in this mode does with a letter, given the letter normalised (or why it
+    /// could not be).
+    pub fn judge(self, checked: &Result<Normalized, String>) -> Judgement {
+        match (checked, self) {
+            (_, Mode::Off) => Judgement::AsIs,
+            (Ok(n), Mode::Enforce) if !n.problems.is_empty() => {
+                Judgement::Unfit(format!("the letter does not fit the dictionary: {}", n.problems.join("; ")))
+            }
+            (Ok(_), _) => Judgement::Normalized,
+            (Err(e), Mode::Enforce) => Judgement::Unfit(e.clone()),
+            // Normalising is a courtesy: what cannot be read flies as it is.
+            (Err(_), _) => Judgement::AsIs,
+        }
+    }
+}
+
+/// What a pigeon does with a letter, by its dictionary mode.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Judgement {
+    /// Sends the payload as it came.
+    AsIs,
+    /// Sends the normalised payload.
+    Normalized,
+    /// Dead-letters it: it does not fit the dictionary (`enforce`).
+    Unfit(String),
 }
 
 /// The dictionary compiled for normalising letters: each field's type, and every name and

@@ -97,6 +97,19 @@ impl Contracts {
     pub fn required(&self, destination: &Destination) -> &[String] {
         destination.capability().and_then(|c| self.requires.get(&c)).map_or(&[], Vec::as_slice)
     }
+
+    /// Why a letter with these top-level fields may not go to `destination`: the required
+    /// fields it lacks (`missing anchorId, required by rank/gift`); `None` when it may.
+    pub fn lacking(&self, fields: &[String], destination: &Destination) -> Option<String> {
+        let missing = crate::dictionary::missing(fields, self.required(destination));
+        (!missing.is_empty()).then(|| {
+            format!(
+                "missing {}, required by {}",
+                missing.join(", "),
+                destination.capability().unwrap_or_default()
+            )
+        })
+    }
 }
 
 /// Where a source topic's letters keep their tag.

@@ -33,7 +33,7 @@ use self::tracker::{Admission, Begun, PartitionTracker};
 use crate::config::RouterConfig;
 use crate::control::Routes;
 use crate::deadletter::{self, ErrorKind, Job, NewDeadLetter};
-use crate::dictionary::{self, DriftTally, Mode, Normalized, ObservedTally};
+use crate::dictionary::{DriftTally, Judgement, Mode, Normalized, ObservedTally};
 use crate::route::{Lookup, Route, RouteTable, INGRESS};
 use crate::source;
 use crate::store::Store;
@@ -402,16 +402,6 @@ fn partition_list_of(message: &BorrowedMessage<'_>) -> TopicPartitionList {
 /// A source topic and partition.
 type SourcePartition = (Arc<str>, i32);
 
-/// What a pigeon does with a letter, by its dictionary mode.
-enum Plan {
-    /// Sends the payload as it came.
-    AsIs,
-    /// Sends the normalised payload.
-    Normalized,
-    /// Dead-letters it: it does not fit the dictionary (`enforce`).
-    Unfit(String),
-}
-
 /// The per-letter work of the router.
 struct Forwarder<'p> {
     /// The route table in use; the consume loop swaps it.
@@ -585,14 +575,14 @@ impl Forwarder<'_> {
         }
         let contracts = table.contracts();
         let (plans, normalized) = self.plans(&matched, message, contracts);
-        let plan_of = |i: usize| plans.get(i).unwrap_or(&Plan::AsIs);
+        let plan_of = |i: usize| plans.get(i).unwrap_or(&Judgement::AsIs);
         // A script pigeon counts one step per letter; its worker adds the letters it emits. A
         // letter that does not fit a pigeon's dictionary is one dead letter for it.
         let outputs: usize = matched
             .iter()
             .enumerate()
             .map(|(i, r)| match (r.script.is_some(), plan_of(i)) {
-                (true, _) | (_, Plan::Unfit(_)) => 1,
+                (true, _) | (_, Judgement::Unfit(_)) => 1,
                 _ => r.destinations.len(),
             })
             .sum();
@@ -614,12 +604,12 @@ impl Forwarder<'_> {
         let (mut detached, mut detached_normalized) = (None, None);
         for (i, route) in matched.into_iter().enumerate() {
             let normalized = match plan_of(i) {
-                Plan::Unfit(reason) => {
+                Judgement::Unfit(reason) => {
                     self.unfit(message, route, id, &tracker, reason.clone());
                     continue;
                 }
-                Plan::Normalized => normalized.as_ref(),
-                Plan::AsIs => None,
+                Judgement::Normalized => normalized.as_ref(),
+                Judgement::AsIs => None,
             };
             if route.script.is_some() {
                 let message = match normalized {
@@ -666,13 +656,7 @@ impl Forwarder<'_> {
                     }
                 }
                 if let (Mode::Enforce, Some(n)) = (route.dictionary, normalized) {
-                    let missing = dictionary::missing(&n.fields, contracts.required(destination));
-                    if !missing.is_empty() {
-                        let reason = format!(
-                            "missing {}, required by {}",
-                            missing.join(", "),
-                            destination.capability().unwrap_or_default()
-                        );
+                    if let Some(reason) = contracts.lacking(&n.fields, destination) {
                         self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
                         let dead_letter = output::unfit_output(&record, reason);
                         let _ = self.dead_letters.send(Job {
@@ -705,24 +689,12 @@ impl Forwarder<'_> {
         matched: &[&Arc<Route>],
         message: &BorrowedMessage<'_>,
         contracts: &crate::route::Contracts,
-    ) -> (Vec<Plan>, Option<Normalized>) {
+    ) -> (Vec<Judgement>, Option<Normalized>) {
         if matched.iter().all(|r| r.dictionary == Mode::Off) {
             return (Vec::new(), None);
         }
         let checked = contracts.vocabulary.normalize(message.payload().unwrap_or(b"null"));
-        let plans = matched
-            .iter()
-            .map(|route| match (&checked, route.dictionary) {
-                (_, Mode::Off) => Plan::AsIs,
-                (Ok(n), Mode::Enforce) if !n.problems.is_empty() => {
-                    Plan::Unfit(format!("the letter does not fit the dictionary: {}", n.problems.join("; ")))
-                }
-                (Ok(_), _) => Plan::Normalized,
-                (Err(e), Mode::Enforce) => Plan::Unfit(e.clone()),
-                // Normalising is a courtesy: what cannot be read flies as it is.
-                (Err(_), _) => Plan::AsIs,
-            })
-            .collect();
+        let plans = matched.iter().map(|route| route.dictionary.judge(&checked)).collect();
         let normalized = checked.ok();
         if let Some(n) = &normalized {
             self.drift.record(message.topic(), &n.unknown, crate::store::now_ms());

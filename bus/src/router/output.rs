@@ -197,35 +197,27 @@ pub fn owned_outputs(
     let header_text = |name: &str| crate::source::header_text(message, name);
     let mut outputs = Vec::new();
     for route in routes {
-        use crate::dictionary::Mode;
+        use crate::dictionary::{Judgement, Mode};
         let pigeon = (route.id.to_string(), route.version);
         let refuse =
             |message: String| Refused { kind: ErrorKind::Dictionary, message, pigeon: pigeon.clone() };
         let normalized = match route.dictionary {
             Mode::Off => None,
-            mode => match (contracts.vocabulary.normalize(message.payload().unwrap_or(b"null")), mode) {
-                (Ok(n), Mode::Enforce) if !n.problems.is_empty() => {
-                    return Err(refuse(format!(
-                        "the letter does not fit the dictionary: {}",
-                        n.problems.join("; ")
-                    )))
+            mode => {
+                let checked = contracts.vocabulary.normalize(message.payload().unwrap_or(b"null"));
+                match mode.judge(&checked) {
+                    Judgement::Unfit(reason) => return Err(refuse(reason)),
+                    Judgement::Normalized => checked.ok(),
+                    Judgement::AsIs => None,
                 }
-                (Ok(n), _) => Some(n),
-                (Err(e), Mode::Enforce) => return Err(refuse(e)),
-                (Err(_), _) => None,
-            },
+            }
         };
         let payload = normalized.as_ref().map_or(message.payload(), |n| Some(n.payload.as_slice()));
         let Some(script) = &route.script else {
             for destination in &route.destinations {
                 if let (Mode::Enforce, Some(n)) = (route.dictionary, &normalized) {
-                    let missing = crate::dictionary::missing(&n.fields, contracts.required(destination));
-                    if !missing.is_empty() {
-                        return Err(refuse(format!(
-                            "missing {}, required by {}",
-                            missing.join(", "),
-                            destination.capability().unwrap_or_default()
-                        )));
+                    if let Some(reason) = contracts.lacking(&n.fields, destination) {
+                        return Err(refuse(reason));
                     }
                 }
                 let headers = output_headers(message, id, &destination.tag, &route.id, normalized.is_some());

@@ -170,9 +170,18 @@ fn run(job: ScriptJob, outputs: &Outputs, breaker: &Breaker) {
         }
         if route.dictionary == Mode::Enforce {
             // The module dispatches on the output's own tag: that capability's fields count.
+            // The output is read only when that capability requires any.
             let target = Destination { topic: destination.topic.clone(), tag: out.tag.clone() };
-            let required = job.contracts.required(&target);
-            if let Some(reason) = lacking(&out.payload, required, &target) {
+            let lacking = (!job.contracts.required(&target).is_empty())
+                .then(|| {
+                    let fields: Vec<String> =
+                        serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&out.payload)
+                            .map(|object| object.into_iter().map(|(k, _)| k).collect())
+                            .unwrap_or_default();
+                    job.contracts.lacking(&fields, &target)
+                })
+                .flatten();
+            if let Some(reason) = lacking {
                 outputs.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
                 let dead_letter = super::output::unfit_output(&record, reason);
                 let _ =
@@ -186,24 +195,6 @@ fn run(job: ScriptJob, outputs: &Outputs, breaker: &Breaker) {
         }
     }
     job.tracker.settle(offset);
-}
-
-/// Why a script's output may not go to its capability: the required fields it lacks.
-fn lacking(payload: &[u8], required: &[String], destination: &Destination) -> Option<String> {
-    if required.is_empty() {
-        return None;
-    }
-    let fields: Vec<String> = serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(payload)
-        .map(|object| object.into_iter().map(|(k, _)| k).collect())
-        .unwrap_or_default();
-    let missing = crate::dictionary::missing(&fields, required);
-    (!missing.is_empty()).then(|| {
-        format!(
-            "missing {}, required by {}",
-            missing.join(", "),
-            destination.capability().unwrap_or_default()
-        )
-    })
 }
 
 /// Dead-letters the letter for this pigeon; the store write settles the job.
