@@ -9,6 +9,7 @@ pub mod archive;
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod counters;
 pub mod deadletter;
 pub mod dev;
 pub mod dictionary;

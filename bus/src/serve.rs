@@ -80,6 +80,9 @@ pub async fn run(
         axum::serve(listener, app).with_graceful_shutdown(http_cancel.cancelled_owned()).await
     });
 
+    // Counts are flushed until every role has drained, so the last letters count too.
+    let counting_stop = CancellationToken::new();
+    let counting = tokio::spawn(crate::counters::run(Arc::clone(&store), counting_stop.clone()));
     let mut roles = tokio::task::JoinSet::new();
     if config.roles.contains(&Role::Registry) {
         let registry = kafka::consumer_config(&config.kafka, crate::registry::GROUP);
@@ -161,6 +164,8 @@ pub async fn run(
         }
     }
     cancel.cancel();
+    counting_stop.cancel();
+    let _ = counting.await;
     http.await.context("admin task")?.context("admin server")?;
     result
 }

@@ -186,6 +186,9 @@ pub async fn fly(
             }
         }
     }
+    route.counts.took();
+    route.counts.delivered_many(receipt.delivered.len() as u64);
+    route.counts.failed_many(receipt.dead_lettered.len() as u64);
     if !dead_letters.is_empty() {
         let refs: Vec<&NewDeadLetter> = dead_letters.iter().collect();
         state.store.insert_dead_letters(&refs).await.map_err(|e| {

@@ -13,7 +13,9 @@ pub mod error;
 pub mod fly;
 pub mod pigeons;
 pub mod providers;
+pub mod stats;
 pub mod tokens;
+pub mod ui;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -114,7 +116,8 @@ pub struct ApiQuery<T>(pub T);
          (name = "providers", description = "Modules, their instances and capabilities"),
          (name = "fly", description = "Modules fly letters to pigeons"),
          (name = "dictionary", description = "The field names every module agrees on"),
-         (name = "archive", description = "Archived letters: search, and replay jobs"))
+         (name = "archive", description = "Archived letters: search, and replay jobs"),
+         (name = "stats", description = "What the pigeons did, cluster-wide"))
 )]
 struct ApiDoc;
 
@@ -142,6 +145,9 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(tokens::list, tokens::create))
         .routes(routes!(tokens::revoke))
         .routes(routes!(deadletters::list))
+        .routes(routes!(stats::backlog))
+        .routes(routes!(stats::pigeons))
+        .routes(routes!(stats::me))
         .routes(routes!(deadletters::get))
         .routes(routes!(deadletters::retry))
         .routes(routes!(deadletters::discard))
@@ -171,7 +177,8 @@ pub fn app(state: AppState, with_api: bool) -> Router {
         let doc = Arc::new(doc);
         app = app
             .route("/api/v1/openapi.json", get(move || async move { Json(doc.as_ref().clone()) }))
-            .merge(api);
+            .merge(api)
+            .merge(ui::routes());
     }
     app.fallback(not_found).layer(DefaultBodyLimit::max(MAX_BODY_BYTES)).with_state(state)
 }

@@ -47,6 +47,8 @@ pub struct Route {
     pub window: Option<Window>,
     /// Since when (unix ms) this version has been live: saved, and its window started.
     pub live_since: i64,
+    /// What the pigeon did, shared by its every version in this process.
+    pub counts: Arc<crate::counters::Counts>,
 }
 
 impl Route {
@@ -667,6 +669,7 @@ fn compile_one(pigeon: &VersionedPigeon) -> Result<(Arc<Route>, TagPattern), Vec
     match pattern {
         Ok(pattern) if errors.is_empty() => Ok((
             Arc::new(Route {
+                counts: crate::counters::book().of(&Arc::from(spec.id.as_str())),
                 id: Arc::from(spec.id.as_str()),
                 version: pigeon.version,
                 action: spec.action,

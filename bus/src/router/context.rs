@@ -97,11 +97,13 @@ impl ProducerContext for RouterProducerContext {
         match result {
             Ok(message) => {
                 self.breakers.succeeded(message.topic());
+                delivery.route.counts.delivered();
                 delivery.tracker.settle(delivery.offset);
             }
             Err((error, message)) => {
                 self.breakers.failed(message.topic());
                 self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                delivery.route.counts.failed();
                 let dead_letter = output_dead_letter(message, &delivery, error.to_string());
                 // Without a writer (shutting down) the letter stays unsettled: its offset is
                 // not committed and it is read again after the restart.

@@ -573,6 +573,9 @@ impl Forwarder<'_> {
                 };
             }
         }
+        for route in &matched {
+            route.counts.took();
+        }
         let contracts = table.contracts();
         let (plans, normalized) = self.plans(&matched, message, contracts);
         let plan_of = |i: usize| plans.get(i).unwrap_or(&Judgement::AsIs);
@@ -658,6 +661,7 @@ impl Forwarder<'_> {
                 if let (Mode::Enforce, Some(n)) = (route.dictionary, normalized) {
                     if let Some(reason) = contracts.lacking(&n.fields, destination) {
                         self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                        route.counts.failed();
                         let dead_letter = output::unfit_output(&record, reason);
                         let _ = self.dead_letters.send(Job {
                             dead_letter,
@@ -718,6 +722,7 @@ impl Forwarder<'_> {
         dead_letter.pigeon_version = Some(route.version);
         dead_letter.first_retry = None;
         self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+        route.counts.failed();
         let offset = message.offset();
         let _ = self.dead_letters.send(Job { dead_letter, tracker: Arc::clone(tracker), offset });
     }

@@ -43,6 +43,7 @@ impl Outputs {
                 let delivery = back.delivery_opaque;
                 let dead_letter = output_dead_letter(&output, &delivery, error.to_string());
                 self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                delivery.route.counts.failed();
                 let _ = self.dead_letters.send(Job {
                     dead_letter,
                     tracker: delivery.tracker,

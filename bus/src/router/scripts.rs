@@ -183,6 +183,7 @@ fn run(job: ScriptJob, outputs: &Outputs, breaker: &Breaker) {
                 .flatten();
             if let Some(reason) = lacking {
                 outputs.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                route.counts.failed();
                 let dead_letter = super::output::unfit_output(&record, reason);
                 let _ =
                     outputs.dead_letters.send(Job { dead_letter, tracker: Arc::clone(&job.tracker), offset });
@@ -200,6 +201,7 @@ fn run(job: ScriptJob, outputs: &Outputs, breaker: &Breaker) {
 /// Dead-letters the letter for this pigeon; the store write settles the job.
 fn fail(job: &ScriptJob, outputs: &Outputs, reason: String) {
     outputs.stats.script_failures.fetch_add(1, Ordering::Relaxed);
+    job.route.counts.failed();
     let mut dead_letter = NewDeadLetter::from_message(job.message.as_ref(), ErrorKind::Script, reason);
     dead_letter.letter_id.clone_from(&job.id);
     dead_letter.pigeon_id = Some(job.route.id.to_string());

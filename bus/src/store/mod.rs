@@ -299,6 +299,18 @@ pub trait Store: Send + Sync + 'static {
     /// The drift report, most seen first.
     async fn drift(&self) -> Result<Vec<Drift>, StoreError>;
 
+    /// Adds pigeons' counts to their buckets, in one transaction.
+    async fn record_counts(&self, counts: &[crate::counters::BucketCount]) -> Result<(), StoreError>;
+
+    /// Every pigeon's counts in buckets that start at or after `since` (unix ms), oldest first.
+    async fn counts_since(&self, since: i64) -> Result<Vec<crate::counters::BucketCount>, StoreError>;
+
+    /// Deletes the buckets that start before `before`; returns how many.
+    async fn prune_counts(&self, before: i64) -> Result<u64, StoreError>;
+
+    /// How many dead letters are in each status (statuses with none are left out).
+    async fn dead_letter_backlog(&self) -> Result<Vec<(crate::deadletter::Status, u64)>, StoreError>;
+
     /// Adds sampled letters' fields to the observed source schemas, in one transaction.
     async fn record_observed(&self, observed: &[Observed]) -> Result<(), StoreError>;
 

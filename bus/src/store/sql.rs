@@ -119,6 +119,82 @@ macro_rules! sql_store {
                     .collect())
             }
 
+            async fn record_counts(&self, counts: &[$crate::counters::BucketCount]) -> Result<(), StoreError> {
+                if counts.is_empty() {
+                    return Ok(());
+                }
+                let mut tx = self.pool.begin_with($dialect.begin_write).await?;
+                for chunk in counts.chunks(500) {
+                    let mut builder = sqlx::QueryBuilder::new(
+                        "INSERT INTO pigeon_counts (bucket, pigeon_id, letters_in, letters_out, failures) ",
+                    );
+                    builder.push_values(chunk, |mut row, c| {
+                        row.push_bind(c.bucket)
+                            .push_bind(c.pigeon_id.clone())
+                            .push_bind(c.tally.letters_in as i64)
+                            .push_bind(c.tally.letters_out as i64)
+                            .push_bind(c.tally.failures as i64);
+                    });
+                    builder.push(($dialect.upsert_add)(
+                        "bucket, pigeon_id",
+                        &["letters_in", "letters_out", "failures"],
+                        &[],
+                    ));
+                    builder.build().execute(&mut *tx).await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn counts_since(&self, since: i64) -> Result<Vec<$crate::counters::BucketCount>, StoreError> {
+                let rows: Vec<(i64, String, i64, i64, i64)> = sqlx::query_as(
+                    "SELECT bucket, pigeon_id, letters_in, letters_out, failures FROM pigeon_counts \
+                     WHERE bucket >= ? ORDER BY bucket, pigeon_id",
+                )
+                .bind(since)
+                .fetch_all(&self.pool)
+                .await?;
+                Ok(rows
+                    .into_iter()
+                    .map(|(bucket, pigeon_id, letters_in, letters_out, failures)| {
+                        $crate::counters::BucketCount {
+                            bucket,
+                            pigeon_id,
+                            tally: $crate::counters::Tally {
+                                letters_in: letters_in.max(0) as u64,
+                                letters_out: letters_out.max(0) as u64,
+                                failures: failures.max(0) as u64,
+                            },
+                        }
+                    })
+                    .collect())
+            }
+
+            async fn prune_counts(&self, before: i64) -> Result<u64, StoreError> {
+                let done = sqlx::query("DELETE FROM pigeon_counts WHERE bucket < ?")
+                    .bind(before)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(done.rows_affected())
+            }
+
+            async fn dead_letter_backlog(
+                &self,
+            ) -> Result<Vec<($crate::deadletter::Status, u64)>, StoreError> {
+                let rows: Vec<(String, i64)> =
+                    sqlx::query_as("SELECT status, COUNT(*) FROM dead_letters GROUP BY status ORDER BY status")
+                        .fetch_all(&self.pool)
+                        .await?;
+                rows.into_iter()
+                    .map(|(status, count)| {
+                        let status = status
+                            .parse::<$crate::deadletter::Status>()
+                            .map_err(|e| StoreError::Corrupt(format!("dead letter status {status:?}: {e}")))?;
+                        Ok((status, count.max(0) as u64))
+                    })
+                    .collect()
+            }
+
             async fn record_observed(&self, observed: &[$crate::store::Observed]) -> Result<(), StoreError> {
                 if observed.is_empty() {
                     return Ok(());

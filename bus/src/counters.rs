@@ -1,0 +1,239 @@
+//! What each pigeon did, cluster-wide: every instance counts the letters its pigeons took,
+//! delivered and failed in memory, and adds them to the store in short time buckets, so the
+//! overview sums every instance's work and the history outlives restarts.
+//!
+//! A route holds its pigeon's [`Counts`] (one per pigeon id in the process, shared by every
+//! version and every table built), so counting a letter is one relaxed atomic add.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+use utoipa::ToSchema;
+
+use crate::store::{now_ms, Store};
+
+/// The length of one bucket in the store.
+pub const BUCKET_MS: i64 = 10_000;
+/// How often an instance adds its counts to the store.
+pub const FLUSH_EVERY: Duration = Duration::from_secs(5);
+/// How long buckets are kept.
+pub const KEEP_MS: i64 = 7 * 24 * 3600 * 1000;
+
+/// One pigeon's counts since the last flush.
+#[derive(Debug, Default)]
+pub struct Counts {
+    /// Letters the pigeon took (matched, inside its live window).
+    pub taken: AtomicU64,
+    /// Outputs delivered to a destination (by the router or a retry).
+    pub delivered: AtomicU64,
+    /// Letters or outputs that became dead letters.
+    pub failed: AtomicU64,
+}
+
+impl Counts {
+    /// Counts one letter taken.
+    pub fn took(&self) {
+        self.taken.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one output delivered.
+    pub fn delivered(&self) {
+        self.delivered.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts `n` outputs delivered.
+    pub fn delivered_many(&self, n: u64) {
+        self.delivered.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts one failure.
+    pub fn failed(&self) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts `n` failures.
+    pub fn failed_many(&self, n: u64) {
+        self.failed.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn take(&self) -> Tally {
+        Tally {
+            letters_in: self.taken.swap(0, Ordering::Relaxed),
+            letters_out: self.delivered.swap(0, Ordering::Relaxed),
+            failures: self.failed.swap(0, Ordering::Relaxed),
+        }
+    }
+
+    fn add(&self, tally: &Tally) {
+        self.taken.fetch_add(tally.letters_in, Ordering::Relaxed);
+        self.delivered.fetch_add(tally.letters_out, Ordering::Relaxed);
+        self.failed.fetch_add(tally.failures, Ordering::Relaxed);
+    }
+}
+
+/// Letters in, out and failed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Tally {
+    /// Letters the pigeon took.
+    pub letters_in: u64,
+    /// Outputs delivered.
+    pub letters_out: u64,
+    /// Letters and outputs that became dead letters.
+    pub failures: u64,
+}
+
+impl Tally {
+    /// Whether nothing was counted.
+    pub fn is_zero(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+impl std::ops::AddAssign for Tally {
+    fn add_assign(&mut self, other: Self) {
+        self.letters_in += other.letters_in;
+        self.letters_out += other.letters_out;
+        self.failures += other.failures;
+    }
+}
+
+/// One pigeon's counts in one bucket, as the store keeps them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BucketCount {
+    /// Start of the bucket (unix ms, a multiple of [`BUCKET_MS`]).
+    pub bucket: i64,
+    /// The pigeon.
+    pub pigeon_id: String,
+    /// What it did.
+    pub tally: Tally,
+}
+
+/// The counts of every pigeon this process has routes for.
+#[derive(Debug, Default)]
+pub struct CounterBook {
+    pigeons: Mutex<HashMap<Arc<str>, Arc<Counts>>>,
+}
+
+impl CounterBook {
+    /// The counts of pigeon `id`, created on first use.
+    pub fn of(&self, id: &Arc<str>) -> Arc<Counts> {
+        let mut pigeons = self.pigeons.lock().unwrap_or_else(|p| p.into_inner());
+        Arc::clone(pigeons.entry(Arc::clone(id)).or_default())
+    }
+
+    /// Takes every non-zero count, leaving zeros.
+    pub fn take(&self) -> Vec<(Arc<str>, Tally)> {
+        let pigeons = self.pigeons.lock().unwrap_or_else(|p| p.into_inner());
+        pigeons
+            .iter()
+            .map(|(id, counts)| (Arc::clone(id), counts.take()))
+            .filter(|(_, tally)| !tally.is_zero())
+            .collect()
+    }
+
+    /// Puts back counts the store did not take, for the next flush.
+    pub fn restore(&self, taken: &[(Arc<str>, Tally)]) {
+        for (id, tally) in taken {
+            self.of(id).add(tally);
+        }
+    }
+}
+
+/// The process's book: routes of every table built here count into it.
+pub fn book() -> &'static CounterBook {
+    static BOOK: LazyLock<CounterBook> = LazyLock::new(CounterBook::default);
+    &BOOK
+}
+
+/// The bucket that `at_ms` falls in.
+pub fn bucket_of(at_ms: i64) -> i64 {
+    at_ms - at_ms.rem_euclid(BUCKET_MS)
+}
+
+/// Adds the book's counts to the store in the current bucket; what the store does not take
+/// waits for the next flush. Returns whether the store took them.
+pub async fn flush(store: &dyn Store, book: &CounterBook) -> bool {
+    let taken = book.take();
+    if taken.is_empty() {
+        return true;
+    }
+    let bucket = bucket_of(now_ms());
+    let rows: Vec<BucketCount> = taken
+        .iter()
+        .map(|(id, tally)| BucketCount { bucket, pigeon_id: id.to_string(), tally: *tally })
+        .collect();
+    match store.record_counts(&rows).await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot store the pigeons' counts; they are kept for the next try");
+            book.restore(&taken);
+            false
+        }
+    }
+}
+
+/// Flushes the process's book every [`FLUSH_EVERY`] and once more when cancelled; deletes
+/// buckets older than [`KEEP_MS`] every hour.
+pub async fn run(store: Arc<dyn Store>, cancel: CancellationToken) {
+    let mut ticks = tokio::time::interval(FLUSH_EVERY);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_prune = 0;
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            () = cancel.cancelled() => break,
+        }
+        flush(store.as_ref(), book()).await;
+        let now = now_ms();
+        if now - last_prune >= 3_600_000 {
+            last_prune = now;
+            if let Err(e) = store.prune_counts(now - KEEP_MS).await {
+                tracing::warn!(error = %e, "cannot delete old counter buckets");
+            }
+        }
+    }
+    flush(store.as_ref(), book()).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_of_one_pigeon_share_its_counts_and_take_leaves_zeros() {
+        let book = CounterBook::default();
+        let (a, b): (Arc<str>, Arc<str>) = (Arc::from("a"), Arc::from("b"));
+        let first = book.of(&a);
+        let again = book.of(&Arc::from("a"));
+        first.took();
+        again.took();
+        again.delivered();
+        book.of(&b).failed();
+        let mut taken = book.take();
+        taken.sort_by(|x, y| x.0.cmp(&y.0));
+        assert_eq!(
+            taken,
+            vec![
+                (a.clone(), Tally { letters_in: 2, letters_out: 1, failures: 0 }),
+                (b.clone(), Tally { letters_in: 0, letters_out: 0, failures: 1 }),
+            ]
+        );
+        assert!(book.take().is_empty(), "a second take finds nothing new");
+        book.restore(&taken);
+        first.took();
+        let mut again = book.take();
+        again.sort_by(|x, y| x.0.cmp(&y.0));
+        assert_eq!(again[0].1, Tally { letters_in: 3, letters_out: 1, failures: 0 }, "restored counts add up");
+    }
+
+    #[test]
+    fn buckets_start_on_multiples_of_their_length() {
+        assert_eq!(bucket_of(25_001), 20_000);
+        assert_eq!(bucket_of(20_000), 20_000);
+        assert_eq!(bucket_of(-1), -BUCKET_MS);
+    }
+}
