@@ -185,7 +185,8 @@ const legend = () => h('div', { class: 'legend' },
 // Line diff (longest common subsequence), for pigeon versions and audit entries.
 
 function diffLines(before, after) {
-  const a = before.split('\n'), b = after.split('\n');
+  const lines = (text) => (text === '' ? [] : text.split('\n'));
+  const a = lines(before), b = lines(after);
   const m = a.length, n = b.length;
   const lcs = Array.from({ length: m + 1 }, () => new Uint32Array(n + 1));
   for (let i = m - 1; i >= 0; i--) for (let j = n - 1; j >= 0; j--) {
@@ -201,8 +202,18 @@ function diffLines(before, after) {
   return out;
 }
 
+/** A value as diffable text: pretty JSON, with a script (a pigeon's) as its own lines. */
+function diffText(value) {
+  if (value === undefined || value === null) return '';
+  if (typeof value === 'object' && typeof value.script === 'string') {
+    const { script, ...rest } = value;
+    return `${pretty(rest)}\nscript:\n${script.replace(/\n$/, '')}`;
+  }
+  return pretty(value);
+}
+
 function diffView(before, after, label) {
-  const lines = diffLines(before === undefined || before === null ? '' : pretty(before), after === undefined || after === null ? '' : pretty(after));
+  const lines = diffLines(diffText(before), diffText(after));
   const changed = lines.filter(([k]) => k !== 'same').length;
   return h('div', { class: 'diff', role: 'region', tabindex: '0', 'aria-label': `${label}: ${changed} changed lines` },
     lines.map(([kind, text]) => h('div', { class: kind, text })));
@@ -655,11 +666,11 @@ async function pageDictionary(root) {
   const edit = (f) => { name.value = f.name; kind.value = f.type; description.value = f.description; aliases.value = (f.aliases || []).join(', '); name.focus(); };
   root.replaceChildren(h('h1', { text: 'Dictionary' }),
     h('p', { class: 'lede', text: 'The field names every module agrees on. Pigeons in normalize or enforce mode rename aliases and check types against it.' }),
-    h('div', { class: 'grid2' },
+    h('div', { class: 'grid2 wide' },
       h('div', {}, table(['Field', 'Type', 'Description', 'Aliases', ''], fields.map((f) => h('tr', {},
         h('td', {}, h('code', { text: f.name })), h('td', { text: f.type }), h('td', { text: f.description }),
         h('td', { class: 'mono', text: (f.aliases || []).join(', ') || '—' }),
-        h('td', {}, h('div', { class: 'row' },
+        h('td', { class: 'nowrap' }, h('div', { class: 'row nowrap' },
           h('button', { type: 'button', class: 'quiet small', 'aria-label': `Edit ${f.name}`, onclick: () => edit(f) }, 'Edit'),
           h('button', { type: 'button', class: 'quiet small', 'aria-label': `Delete ${f.name}`, onclick: async () => {
             if (!confirm(`Delete the field ${f.name}?`)) return;
@@ -842,16 +853,17 @@ async function pageArchive(root) {
     return q;
   };
   const renderRows = () => results.replaceChildren(table(['Time', 'Topic · tag', 'Pigeon', 'Keys', 'Letter'], rows.map((l) => h('tr', {},
-    h('td', { text: fmtTime(l.time) }), h('td', { class: 'mono', text: `${l.topic} · ${l.tag}` }), h('td', { text: l.pigeon }),
+    h('td', { class: 'nowrap', text: fmtTime(l.time) }), h('td', { class: 'mono nowrap', text: `${l.topic} · ${l.tag}` }), h('td', { class: 'nowrap', text: l.pigeon }),
     h('td', { class: 'mono', text: Object.entries(l.keys).map(([k, v]) => `${k}=${v}`).join(' ') || '—' }),
     h('td', {}, h('button', { type: 'button', class: 'quiet small mono', onclick: () => {
-      detail.replaceChildren(h('section', { class: 'panel' }, h('h2', { tabindex: '-1', text: `Letter ${l.letter_id}` }),
+      detail.replaceChildren(h('section', { class: 'panel' }, h('div', { class: 'spread' }, h('h2', { tabindex: '-1', text: `Letter ${l.letter_id}` }),
+        h('button', { type: 'button', class: 'quiet small', onclick: () => detail.replaceChildren() }, 'Close')),
         h('dl', { class: 'facts' }, h('dt', { text: 'Where' }), h('dd', { class: 'mono', text: `${l.topic} [${l.partition}] @ ${l.offset}` }), h('dt', { text: 'Key' }), h('dd', { class: 'mono', text: l.key || '—' })),
         h('h3', { text: 'Payload' }), h('pre', { text: l.payload !== null && l.payload !== undefined ? pretty(l.payload) : (l.payload_text || '') }),
         h('h3', { text: 'Headers' }), h('pre', { text: l.headers.map((x) => `${x.key}: ${x.value ?? ''}`).join('\n') })));
       detail.querySelector('h2').focus();
-    } }, l.letter_id.slice(0, 13) + '…'))))),
-    cursor ? h('button', { type: 'button', class: 'secondary more', onclick: () => search(false) }, 'Load more') : null);
+    } }, l.letter_id))))),
+    ...(cursor ? [h('button', { type: 'button', class: 'secondary more', onclick: () => search(false) }, 'Load more')] : []));
   async function search(fresh) {
     setError(slot, null);
     try {
@@ -893,8 +905,9 @@ async function pageArchive(root) {
       h('div', { class: 'inline' }, h('div', {}, field('userId', keys.userId)), h('div', {}, field('anchorId', keys.anchorId)), h('div', {}, field('roomId', keys.roomId)),
         h('button', { type: 'submit', text: 'Search' })),
       slot),
-    h('div', { class: 'grid2' }, h('div', {}, results), detail),
-    h('section', { class: 'panel', 'aria-labelledby': 'replay-h' },
+    detail,
+    results,
+    h('section', { class: 'panel', style: 'margin-top:16px', 'aria-labelledby': 'replay-h' },
       h('h2', { id: 'replay-h', text: 'Replay the letters the search selects' }),
       h('div', { class: 'inline' }, h('div', {}, field('Send', mode)), h('div', {}, field('Topic', toTopic, 'for “to one topic”')), h('div', {}, field('Letters per second', rate))),
       h('div', { class: 'actions' },

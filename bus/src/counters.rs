@@ -227,7 +227,11 @@ mod tests {
         first.took();
         let mut again = book.take();
         again.sort_by(|x, y| x.0.cmp(&y.0));
-        assert_eq!(again[0].1, Tally { letters_in: 3, letters_out: 1, failures: 0 }, "restored counts add up");
+        assert_eq!(
+            again[0].1,
+            Tally { letters_in: 3, letters_out: 1, failures: 0 },
+            "restored counts add up"
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use pigeon_bus::counters::Tally;
 use pigeon_bus::deadletter::{DeadLetterFilter, Status};
 use pigeon_bus::route::{DestinationSpec, PigeonSpec, WindowSpec};
 use pigeon_bus::token::Role;
@@ -227,6 +228,23 @@ async fn pigeons_added_and_deleted_while_letters_flow_change_every_router() {
     println!("{sent} letters sent; lane.b complete from each partition's first letter");
     one.stop();
     two.stop();
+
+    // Both routers flushed what their pigeons did to the store, the last counts on the way
+    // out: every letter on lane.b is one delivery counted for to-b, whichever router sent it.
+    let counts = db.store().await.counts_since(0).await.unwrap();
+    let total = |pigeon: &str| {
+        counts.iter().filter(|c| c.pigeon_id == pigeon).fold(Tally::default(), |mut sum, c| {
+            sum += c.tally;
+            sum
+        })
+    };
+    let on_b = messages_on(&kafka, "lane.b") as u64;
+    assert_eq!(
+        total("to-b"),
+        Tally { letters_in: on_b, letters_out: on_b, failures: 0 },
+        "the cluster-wide counts of to-b"
+    );
+    assert!(total("to-a").letters_out >= 40, "to-a's deliveries before its delete count too");
 }
 
 /// The router reads only topics with a live pigeon: the subscription shrinks when the last

@@ -32,6 +32,43 @@ async fn conformance(store: Arc<dyn Store>) {
     registrations_keep_instances_and_capabilities(store.as_ref()).await;
     the_dictionary_is_seeded_versioned_and_audited(store.as_ref()).await;
     drift_and_observed_schemas_add_up(store.as_ref()).await;
+    pigeon_counts_add_up_per_bucket(store.as_ref()).await;
+}
+
+async fn pigeon_counts_add_up_per_bucket(store: &dyn Store) {
+    use pigeon_bus::counters::{BucketCount, Tally};
+    let count = |bucket: i64, pigeon: &str, letters_in: u64| BucketCount {
+        bucket,
+        pigeon_id: pigeon.into(),
+        tally: Tally { letters_in, letters_out: 2 * letters_in, failures: letters_in / 2 },
+    };
+    // Two instances flush into the same buckets.
+    store
+        .record_counts(&[count(10_000, "gift", 4), count(20_000, "gift", 1), count(20_000, "chest", 3)])
+        .await
+        .unwrap();
+    store.record_counts(&[count(20_000, "gift", 6)]).await.unwrap();
+    store.record_counts(&[]).await.unwrap();
+    let all = store.counts_since(0).await.unwrap();
+    assert_eq!(
+        all,
+        [
+            count(10_000, "gift", 4),
+            count(20_000, "chest", 3),
+            BucketCount {
+                tally: Tally { letters_in: 7, letters_out: 14, failures: 3 },
+                ..count(20_000, "gift", 0)
+            }
+        ],
+        "oldest first; one bucket's counts add up"
+    );
+    assert_eq!(store.counts_since(20_000).await.unwrap().len(), 2);
+    assert_eq!(store.prune_counts(20_000).await.unwrap(), 1);
+    assert_eq!(store.counts_since(0).await.unwrap().len(), 2);
+    // Many pigeons at once: more rows than one INSERT statement takes.
+    let many: Vec<BucketCount> = (0..1_200).map(|i| count(30_000, &format!("p{i:04}"), 1)).collect();
+    store.record_counts(&many).await.unwrap();
+    assert_eq!(store.counts_since(30_000).await.unwrap().len(), 1_200);
 }
 
 async fn drift_and_observed_schemas_add_up(store: &dyn Store) {

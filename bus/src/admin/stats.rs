@@ -92,7 +92,8 @@ fn summarize(buckets: Vec<BucketCount>, to: i64, span_ms: i64) -> StatsView {
     // The last step ends with the bucket that holds `to`.
     let end = crate::counters::bucket_of(to) + BUCKET_MS;
     let from = end - steps * step_ms;
-    let empty = || (0..steps).map(|i| StatsPoint { at: from + i * step_ms, tally: Tally::default() }).collect();
+    let empty =
+        || (0..steps).map(|i| StatsPoint { at: from + i * step_ms, tally: Tally::default() }).collect();
     let mut series: Vec<StatsPoint> = empty();
     let mut per_pigeon: BTreeMap<String, Vec<StatsPoint>> = BTreeMap::new();
     for bucket in buckets.into_iter().filter(|b| b.bucket >= from && b.bucket < end) {
@@ -193,7 +194,11 @@ mod tests {
         assert_eq!(view.step_ms, 60_000);
         assert_eq!(view.series.len(), 60);
         assert_eq!(view.from, to + 5_000 - 3_600_000, "the window ends with the current bucket");
-        assert_eq!(view.totals, Tally { letters_in: 19, letters_out: 38, failures: 3 }, "the old bucket is left out");
+        assert_eq!(
+            view.totals,
+            Tally { letters_in: 19, letters_out: 38, failures: 3 },
+            "the old bucket is left out"
+        );
         let ids: Vec<&str> = view.pigeons.iter().map(|p| p.pigeon_id.as_str()).collect();
         assert_eq!(ids, ["b", "a"], "most letters in first");
         let a = &view.pigeons[1];

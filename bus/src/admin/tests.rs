@@ -88,7 +88,7 @@ fn pigeon(id: &str, owner: &str) -> Value {
 }
 
 /// The role each operation needs. Must list exactly the documented operations.
-const ROLES: [(&str, &str, Role); 35] = [
+const ROLES: [(&str, &str, Role); 38] = [
     ("GET", "/api/v1/pigeons", Role::Viewer),
     ("POST", "/api/v1/pigeons", Role::Operator),
     ("POST", "/api/v1/pigeons/validate", Role::Viewer),
@@ -124,6 +124,9 @@ const ROLES: [(&str, &str, Role); 35] = [
     ("POST", "/api/v1/replays/dry-run", Role::Viewer),
     ("GET", "/api/v1/replays/{id}", Role::Viewer),
     ("POST", "/api/v1/replays/{id}/cancel", Role::Operator),
+    ("GET", "/api/v1/stats/pigeons", Role::Viewer),
+    ("GET", "/api/v1/dead-letters/backlog", Role::Viewer),
+    ("GET", "/api/v1/me", Role::Module),
 ];
 
 #[tokio::test]
@@ -174,6 +177,112 @@ async fn every_documented_route_is_mounted_and_guarded_by_its_role() {
     assert!(served["components"]["securitySchemes"]["token"].is_object());
     let (status, body) = api.call(Method::GET, "/api/v1/nope", &api.admin, None).await;
     assert_eq!((status, body["code"].as_str()), (StatusCode::NOT_FOUND, Some("not_found")));
+}
+
+#[tokio::test]
+async fn the_overview_sums_every_instances_counts_and_the_backlog() {
+    use crate::counters::{bucket_of, BucketCount, Tally};
+    use crate::deadletter::{ErrorKind, NewDeadLetter, Selection};
+    let api = Api::new().await;
+    let store = &api.state.store;
+    let now = crate::store::now_ms();
+    let count = |bucket: i64, pigeon: &str, letters_in: u64, letters_out: u64, failures: u64| BucketCount {
+        bucket,
+        pigeon_id: pigeon.into(),
+        tally: Tally { letters_in, letters_out, failures },
+    };
+    // Two instances add to the same bucket; an old bucket is outside the hour.
+    let current = bucket_of(now);
+    store
+        .record_counts(&[count(current, "gift", 10, 20, 1), count(current, "chest", 1, 1, 0)])
+        .await
+        .unwrap();
+    store.record_counts(&[count(current, "gift", 5, 10, 2)]).await.unwrap();
+    store.record_counts(&[count(current - 30 * 60_000, "gift", 7, 7, 0)]).await.unwrap();
+    store.record_counts(&[count(current - 2 * 3_600_000, "gift", 100, 100, 100)]).await.unwrap();
+
+    let (status, stats) = api.call(Method::GET, "/api/v1/stats/pigeons", &api.viewer, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(stats["totals"], json!({ "letters_in": 23, "letters_out": 38, "failures": 3 }));
+    assert_eq!(stats["step_ms"], 60_000);
+    assert_eq!(stats["series"].as_array().unwrap().len(), 60);
+    let gift = &stats["pigeons"][0];
+    assert_eq!((gift["pigeon_id"].as_str(), gift["letters_in"].as_u64()), (Some("gift"), Some(22)));
+    assert_eq!(gift["series"][59]["letters_in"], 15, "both instances' counts in the last step");
+    assert_eq!(stats["pigeons"][1]["pigeon_id"], "chest");
+    let (_, short) = api.call(Method::GET, "/api/v1/stats/pigeons?minutes=5", &api.viewer, None).await;
+    assert_eq!(short["totals"]["letters_in"], 16, "the last five minutes only");
+    let (status, refused) = api.call(Method::GET, "/api/v1/stats/pigeons?minutes=0", &api.viewer, None).await;
+    assert_eq!(
+        (status, refused["message"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("minutes must be 1 to 1440, got 0"))
+    );
+    assert_eq!(store.prune_counts(current - 3_600_000).await.unwrap(), 1, "the two-hour-old bucket goes");
+
+    let (_, empty) = api.call(Method::GET, "/api/v1/dead-letters/backlog", &api.viewer, None).await;
+    assert_eq!(empty, json!({ "pending": 0, "retrying": 0, "parked": 0, "delivered": 0, "discarded": 0 }));
+    let mut letter = NewDeadLetter {
+        letter_id: "01a208e2-9eb6-7227-a459-797e4954dd34".into(),
+        pigeon_id: Some("gift".into()),
+        pigeon_version: Some(1),
+        source_topic: "live.gift".into(),
+        source_partition: 0,
+        source_offset: 1,
+        dest_topic: Some("pigeon.module.act-toy".into()),
+        dest_tag: Some("progress.add".into()),
+        key: None,
+        headers: Vec::new(),
+        payload: Some(b"{}".to_vec()),
+        error_kind: ErrorKind::Produce,
+        error_message: "broker down".into(),
+        first_retry: Some(std::time::Duration::from_secs(10)),
+    };
+    store.insert_dead_letter(&letter).await.unwrap();
+    store.insert_dead_letter(&letter).await.unwrap();
+    letter.first_retry = None;
+    let parked = store.insert_dead_letter(&letter).await.unwrap();
+    store.discard_dead_letters(&Selection::Ids(vec![parked]), "test").await.unwrap();
+    store.insert_dead_letter(&letter).await.unwrap();
+    let (_, backlog) = api.call(Method::GET, "/api/v1/dead-letters/backlog", &api.viewer, None).await;
+    assert_eq!(backlog, json!({ "pending": 2, "retrying": 0, "parked": 1, "delivered": 0, "discarded": 1 }));
+
+    let (status, me) = api.call(Method::GET, "/api/v1/me", &api.module, None).await;
+    assert_eq!((status, me), (StatusCode::OK, json!({ "name": "mod", "role": "module" })));
+}
+
+#[tokio::test]
+async fn the_admin_ui_is_served_from_the_binary_with_a_strict_policy() {
+    let api = Api::new().await;
+    let get = |path: &'static str, with_api: bool| {
+        let app = app(api.state.clone(), with_api);
+        async move { app.oneshot(Request::get(path).body(Body::empty()).unwrap()).await.unwrap() }
+    };
+    let root = get("/", true).await;
+    assert_eq!(root.status(), StatusCode::SEE_OTHER);
+    assert_eq!(root.headers()["location"], "/ui/");
+    let page = get("/ui/", true).await;
+    assert_eq!(page.status(), StatusCode::OK);
+    assert_eq!(page.headers()["content-type"], "text/html; charset=utf-8");
+    let policy = page.headers()["content-security-policy"].to_str().unwrap();
+    assert!(policy.contains("script-src 'self'") && policy.contains("frame-ancestors 'none'"), "{policy}");
+    let html = axum::body::to_bytes(page.into_body(), 1 << 20).await.unwrap();
+    let html = String::from_utf8(html.to_vec()).unwrap();
+    assert!(
+        html.contains(r#"<script src="app.js" defer></script>"#) && !html.contains("<script>"),
+        "no inline script"
+    );
+    let script = get("/ui/app.js", true).await;
+    assert_eq!(script.headers()["content-type"], "text/javascript; charset=utf-8");
+    let script = axum::body::to_bytes(script.into_body(), 1 << 20).await.unwrap();
+    assert!(String::from_utf8_lossy(&script).contains("/api/v1"), "the UI talks to the admin API");
+    assert_eq!(get("/ui/app.css", true).await.headers()["content-type"], "text/css; charset=utf-8");
+    assert_eq!(get("/ui/../Cargo.toml", true).await.status(), StatusCode::NOT_FOUND);
+    assert_eq!(get("/ui/secrets.txt", true).await.status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        get("/ui/", false).await.status(),
+        StatusCode::NOT_FOUND,
+        "only instances with the admin role serve it"
+    );
 }
 
 #[tokio::test]
