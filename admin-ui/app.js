@@ -196,8 +196,8 @@ function diffLines(before, after) {
   let i = 0, j = 0;
   while (i < m || j < n) {
     if (i < m && j < n && a[i] === b[j]) { out.push(['same', a[i]]); i++; j++; }
-    else if (j < n && (i >= m || lcs[i][j + 1] >= lcs[i + 1][j])) { out.push(['add', b[j]]); j++; }
-    else { out.push(['del', a[i]]); i++; }
+    else if (i < m && (j >= n || lcs[i + 1][j] >= lcs[i][j + 1])) { out.push(['del', a[i]]); i++; }
+    else { out.push(['add', b[j]]); j++; }
   }
   return out;
 }
@@ -616,7 +616,7 @@ async function pigeonExtras(right, stored) {
   const options = list.map((v) => [String(v.version), `v${v.version} — ${fmtTime(v.updated_at)}`]);
   const from = select(options, String(list[1] ? list[1].version : list[0].version), { id: 'diff-from' });
   const to = select(options, String(list[0].version), { id: 'diff-to' });
-  const diffSlot = h('div');
+  const diffSlot = h('div', { id: 'versions-diff' });
   const renderDiff = () => {
     const a = list.find((v) => String(v.version) === from.value), b = list.find((v) => String(v.version) === to.value);
     diffSlot.replaceChildren(diffView(cleanSpec(a), cleanSpec(b), `Changes from v${a.version} to v${b.version}`));

@@ -245,6 +245,15 @@ async function main() {
     begin('the other pages');
     await page.goto(`${bus.url}/ui/#/pigeons/${PIGEON}`);
     await page.locator('#count-in').getByText('2').waitFor({ timeout: 15_000 });
+    // A change makes version 2; the history shows what changed.
+    await page.locator('#p-name').focus();
+    await page.keyboard.press('End');
+    await page.keyboard.type(' for the bonus round');
+    await page.keyboard.press('Enter');
+    await page.getByRole('heading', { name: 'History (2 versions)' }).waitFor();
+    const changed = async (kind) => (await page.locator(`#versions-diff .${kind}`).allInnerTexts()).map((t) => t.trim());
+    assert.deepEqual(await changed('del'), ['"name": "Gifts become progress points",']);
+    assert.deepEqual(await changed('add'), ['"name": "Gifts become progress points for the bonus round",']);
     await shot(page, 'pigeon');
     await page.goto(`${bus.url}/ui/#/providers`);
     await page.getByRole('heading', { name: 'act-toy' }).waitFor();
