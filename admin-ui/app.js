@@ -116,6 +116,11 @@ function localInput(ms) {
   return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())}T${pad(d.getHours())}:${pad(d.getMinutes())}`;
 }
 
+/** Kafka headers as kept by the store: text, or bytes when not UTF-8. */
+function headerLines(headers) {
+  return headers.map((x) => `${x.name}: ${x.text ?? (x.bytes ? `<${x.bytes.length} bytes>` : '')}`).join('\n') || '—';
+}
+
 const STATE_BADGE = { live: 'ok', scheduled: 'info', disabled: '', ended: '', quarantined: 'bad' };
 const STATUS_BADGE = { pending: 'warn', retrying: 'info', parked: 'bad', delivered: 'ok', discarded: '' };
 const badge = (text, kind) => h('span', { class: `badge ${kind || ''}`, text });
@@ -155,7 +160,7 @@ function table(headers, rows, attrs) {
 /** Letters in (bars), out (line) and failures (red bars) per step. */
 function chart(series) {
   const w = 600, hgt = 120, n = series.length || 1;
-  const max = Math.max(1, ...series.map((p) => Math.max(p.letters_in, p.letters_out)));
+  const max = Math.max(1, ...series.map((p) => Math.max(p.letters_in, p.letters_out, p.failures)));
   const bw = w / n;
   const y = (v) => hgt - (v / max) * (hgt - 8);
   const svg = s('svg', { class: 'chart', viewBox: `0 0 ${w} ${hgt}`, preserveAspectRatio: 'none', role: 'img',
@@ -223,17 +228,27 @@ function diffView(before, after, label) {
 // Pages.
 
 const main = () => document.getElementById('main');
-let refreshTimer = null;
+let timers = [];
 
-/** Refreshes `slot` every 5 s with `fill` while the page stays, unless focus is inside it. */
-function keepFresh(slot, fill) {
-  const page = location.hash;
-  clearInterval(refreshTimer);
-  refreshTimer = setInterval(async () => {
-    if (location.hash !== page || !document.body.contains(slot)) return clearInterval(refreshTimer);
-    if (slot.contains(document.activeElement)) return;
-    try { await fill(); } catch { /* shown on the next navigation */ }
+/**
+ * Refreshes `slot` every 5 s with `fill` while it is on the page, unless focus is inside it.
+ * `status` says when it was last refreshed, or since when it could not be.
+ */
+function keepFresh(slot, fill, status) {
+  let fresh = Date.now();
+  const nav = navigation;
+  const timer = setInterval(async () => {
+    if (nav !== navigation) return clearInterval(timer); // another page since
+    if (!slot.isConnected || slot.contains(document.activeElement)) return;
+    try {
+      await fill();
+      fresh = Date.now();
+      if (status) status.replaceChildren(`Updated ${fmtTime(fresh)}.`);
+    } catch (e) {
+      if (status) status.replaceChildren(h('span', { class: 'badge bad', text: 'stale' }), ` Not updated since ${fmtTime(fresh)}: ${e.message}`);
+    }
   }, 5000);
+  timers.push(timer);
 }
 
 async function pageSignIn(root, reason) {
@@ -247,8 +262,7 @@ async function pageSignIn(root, reason) {
         session = await api('GET', '/me');
         setError(slot, null);
         startSession();
-        if (location.hash === '#/overview') route();
-        else location.hash = '#/overview';
+        route();
       } catch (err) {
         sessionStorage.removeItem(TOKEN_KEY);
         input.setAttribute('aria-invalid', 'true');
@@ -267,8 +281,9 @@ async function pageSignIn(root, reason) {
 }
 
 async function pageOverview(root) {
+  const status = h('span', { class: 'muted', 'aria-live': 'polite' });
   root.replaceChildren(h('h1', { text: 'Overview' }),
-    h('p', { class: 'lede', text: 'The last hour, summed over every instance of the bus. Refreshes every 5 seconds.' }));
+    h('p', { class: 'lede' }, 'The last hour, summed over every instance of the bus. Refreshes every 5 seconds. ', status));
   const body = h('div');
   root.append(body);
   const fill = async () => {
@@ -301,8 +316,8 @@ async function pageOverview(root) {
           h('td', {}, sparkline(p.series, `${p.pigeon_id}: letters in per minute`)))),
         { id: 'overview-pigeons' }));
   };
-  try { await fill(); } catch (e) { body.replaceChildren(errorBox(e)); }
-  keepFresh(body, fill);
+  await fill();
+  keepFresh(body, fill, status);
 }
 
 // --- Pigeons ------------------------------------------------------------------------------------
@@ -318,10 +333,10 @@ async function pagePigeons(root) {
   root.replaceChildren(h('div', { class: 'spread' },
     h('div', {}, h('h1', { text: 'Pigeons' }), h('p', { class: 'lede', text: 'Each pigeon takes letters of a source topic by tag and forwards, reshapes or archives them.' })),
     h('a', { class: 'button', href: '#/pigeons/new', text: 'New pigeon' })));
-  const [page, stats] = await Promise.all([api('GET', '/pigeons?limit=500'), api('GET', '/stats/pigeons?minutes=60')]);
+  const [pigeons, stats] = await Promise.all([allPigeons(), api('GET', '/stats/pigeons?minutes=60')]);
   const counts = Object.fromEntries(stats.pigeons.map((p) => [p.pigeon_id, p]));
   const filter = h('input', { type: 'search', placeholder: 'Filter by id, name, owner, topic…', 'aria-label': 'Filter pigeons' });
-  const rows = page.items.map((p) => {
+  const rows = pigeons.map((p) => {
     const c = counts[p.id] || { letters_in: 0, letters_out: 0, failures: 0 };
     const tr = h('tr', { 'data-text': [p.id, p.name, p.owner, p.match.topic, p.match.tag, p.action].join(' ').toLowerCase() },
       h('td', {}, h('a', { href: `#/pigeons/${encodeURIComponent(p.id)}`, text: p.id }), h('div', { class: 'muted', text: p.name })),
@@ -341,6 +356,18 @@ async function pagePigeons(root) {
   root.append(h('div', { class: 'row', style: 'margin-bottom:10px' }, h('div', { style: 'flex:0 1 360px' }, filter)),
     table(['Pigeon', 'Action', 'Source', 'Destinations', 'State', h('th', { class: 'num', text: 'Version' }),
       h('th', { class: 'num', text: 'In / out (1 h)' }), h('th', { class: 'num', text: 'Failures' })], rows, { id: 'pigeon-list' }));
+}
+
+/** Every pigeon, page after page. */
+async function allPigeons() {
+  const all = [];
+  let cursor = null;
+  do {
+    const page = await api('GET', `/pigeons?limit=500${cursor ? `&cursor=${encodeURIComponent(cursor)}` : ''}`);
+    all.push(...page.items);
+    cursor = page.next_cursor;
+  } while (cursor);
+  return all;
 }
 
 function blankSpec() {
@@ -567,15 +594,22 @@ async function pagePigeonEditor(root, id) {
 async function pigeonExtras(right, stored) {
   const id = stored.id;
   const [versions, stats] = await Promise.all([api('GET', `/pigeons/${encodeURIComponent(id)}/versions`), api('GET', '/stats/pigeons?minutes=60')]);
-  const mine = stats.pigeons.find((p) => p.pigeon_id === id) || { letters_in: 0, letters_out: 0, failures: 0, series: stats.series.map((p) => ({ ...p, letters_in: 0, letters_out: 0, failures: 0 })) };
   const stateSlot = h('div', { 'aria-live': 'polite' });
-  right.append(h('section', { class: 'panel', 'aria-labelledby': 'state-h' },
-    h('h2', { id: 'state-h', text: 'Last hour' }),
-    h('div', { class: 'cards', id: 'pigeon-counts' },
+  const counts = h('div');
+  const showCounts = (stats) => {
+    const mine = stats.pigeons.find((p) => p.pigeon_id === id) || { letters_in: 0, letters_out: 0, failures: 0, series: stats.series.map((p) => ({ ...p, letters_in: 0, letters_out: 0, failures: 0 })) };
+    counts.replaceChildren(h('div', { class: 'cards', id: 'pigeon-counts' },
       h('div', { class: 'card' }, h('div', { class: 'label', text: 'In' }), h('div', { class: 'value', id: 'count-in', text: fmtNum(mine.letters_in) })),
       h('div', { class: 'card ok' }, h('div', { class: 'label', text: 'Out' }), h('div', { class: 'value', id: 'count-out', text: fmtNum(mine.letters_out) })),
       h('div', { class: `card ${mine.failures ? 'bad' : ''}` }, h('div', { class: 'label', text: 'Failures' }), h('div', { class: 'value', id: 'count-failures', text: fmtNum(mine.failures) }))),
-    chart(mine.series),
+    chart(mine.series));
+  };
+  showCounts(stats);
+  const countStatus = h('p', { class: 'hint', 'aria-live': 'polite', text: 'Refreshes every 5 seconds.' });
+  keepFresh(counts, async () => showCounts(await api('GET', '/stats/pigeons?minutes=60')), countStatus);
+  right.append(h('section', { class: 'panel', 'aria-labelledby': 'state-h' },
+    h('h2', { id: 'state-h', text: 'Last hour' }),
+    counts, countStatus,
     h('div', { class: 'actions' },
       h('button', { type: 'button', class: 'secondary', id: 'toggle-enabled', onclick: async () => {
         try {
@@ -698,7 +732,6 @@ async function pageDictionary(root) {
 
 async function pageDeadLetters(root, params) {
   const filter = { pigeon: params.get('pigeon') || '', status: params.get('status') || '', kind: params.get('kind') || '' };
-  const backlog = await api('GET', '/dead-letters/backlog');
   const pigeon = h('input', { type: 'text', id: 'dl-pigeon', value: filter.pigeon });
   const status = select([['', 'any'], ['pending'], ['retrying'], ['parked'], ['delivered'], ['discarded']], filter.status, { id: 'dl-status' });
   const kind = select([['', 'any'], ['produce'], ['malformed'], ['script'], ['handler'], ['dictionary']], filter.kind, { id: 'dl-kind' });
@@ -713,7 +746,12 @@ async function pageDeadLetters(root, params) {
   const allBox = h('input', { type: 'checkbox', 'aria-label': 'Select every dead letter shown', onchange: (e) => {
     tbody.querySelectorAll('input[type=checkbox]').forEach((b) => { b.checked = e.target.checked; b.dispatchEvent(new Event('change')); });
   } });
-  const more = h('button', { type: 'button', class: 'secondary more', hidden: true, onclick: () => load(false) }, 'Load more');
+  const more = h('button', { type: 'button', class: 'secondary more', hidden: true, onclick: () => load(false).catch((e) => setError(slot, e)) }, 'Load more');
+  const backlogLine = h('p', { class: 'lede', 'aria-live': 'polite' });
+  const showBacklog = async () => {
+    const b = await api('GET', '/dead-letters/backlog');
+    backlogLine.replaceChildren(`Waiting: ${fmtNum(b.pending)} pending, ${fmtNum(b.retrying)} retrying, `, h('strong', { text: `${fmtNum(b.parked)} parked` }), ' for an operator.');
+  };
   const query = () => {
     const q = new URLSearchParams();
     if (filter.pigeon) q.set('pigeon', filter.pigeon);
@@ -728,24 +766,30 @@ async function pageDeadLetters(root, params) {
   };
   async function act(what, selection) {
     const verb = what === 'retry' ? 'Redrive' : 'Discard';
-    const n = selection.ids ? `${selection.ids.length} dead letter(s)` : 'every dead letter the filter matches';
-    if (what === 'discard' && !confirm(`Discard ${n}? They are kept for the record but never retried.`)) return;
+    const described = Object.entries(selection.filter || {}).map(([k, v]) => `${k} ${v}`).join(', ');
+    const n = selection.ids ? `${selection.ids.length} dead letter(s)` : `every pending or parked dead letter${described ? ` with ${described}` : ' (no filter: all of them)'}`;
+    if ((what === 'discard' || !selection.ids) && !confirm(`${verb} ${n}?${what === 'discard' ? ' They are kept for the record but never retried.' : ''}`)) return;
     try {
       const done = await api('POST', `/dead-letters/${what}`, selection);
       slot.replaceChildren(h('div', { class: 'success', text: `${verb}: ${done.count} dead letter(s) ${what === 'retry' ? 'queued for redelivery now' : 'discarded'}.` }));
       selected.clear();
       await load(true);
+      await showBacklog();
+      const open = detail.querySelector('[data-letter]');
+      if (open) await inspect(Number(open.dataset.letter), false);
     } catch (e) { setError(slot, e); }
   }
-  async function inspect(id) {
+  async function inspect(id, focus = true) {
     try {
       const { letter, attempts } = await api('GET', `/dead-letters/${id}`);
       const editable = letter.status === 'pending' || letter.status === 'parked';
       const payload = h('textarea', { id: 'dl-payload', rows: 8, spellcheck: 'false', disabled: !editable,
         value: letter.payload !== null && letter.payload !== undefined ? pretty(letter.payload) : (letter.payload_text || '') });
       const result = h('div', { 'aria-live': 'assertive' });
-      detail.replaceChildren(h('section', { class: 'panel', 'aria-labelledby': 'dl-h' },
-        h('div', { class: 'spread' }, h('h2', { id: 'dl-h', tabindex: '-1', text: `Dead letter ${letter.id}` }), badge(letter.status, STATUS_BADGE[letter.status])),
+      detail.replaceChildren(h('section', { class: 'panel', 'aria-labelledby': 'dl-h', 'data-letter': letter.id },
+        h('div', { class: 'spread' }, h('div', { class: 'row' }, h('h2', { id: 'dl-h', tabindex: '-1', text: `Dead letter ${letter.id}` }), badge(letter.status, STATUS_BADGE[letter.status])),
+          h('button', { type: 'button', class: 'quiet small', onclick: () => { detail.replaceChildren(); tbody.querySelector(`tr[data-id="${letter.id}"] button`)?.focus(); } }, 'Close')),
+        h('div', { class: 'grid2' }, h('div', {},
         h('dl', { class: 'facts' },
           h('dt', { text: 'Letter' }), h('dd', { class: 'mono', text: letter.letter_id }),
           h('dt', { text: 'Pigeon' }), h('dd', {}, letter.pigeon ? h('a', { href: `#/pigeons/${encodeURIComponent(letter.pigeon)}`, text: `${letter.pigeon} v${letter.pigeon_version}` }) : '—'),
@@ -754,20 +798,20 @@ async function pageDeadLetters(root, params) {
           h('dt', { text: 'Error' }), h('dd', {}, badge(letter.error_kind, 'bad'), ' ', letter.error_message),
           h('dt', { text: 'Attempts' }), h('dd', { text: `${letter.attempts}${letter.next_attempt_at ? `, next ${fmtTime(letter.next_attempt_at)}` : ''}` }),
           h('dt', { text: 'Stored' }), h('dd', { text: fmtTime(letter.created_at) })),
-        field('Payload', payload, editable ? 'edit it to fix the letter, then save and redrive' : 'only pending and parked letters can be edited'),
+        h('h3', { text: 'Headers' }),
+        h('pre', { text: headerLines(letter.headers) })),
+        h('div', {}, field('Payload', payload, editable ? 'edit it to fix the letter, then save and redrive' : 'only pending and parked letters can be edited'),
         h('div', { class: 'actions' },
           editable ? h('button', { type: 'button', class: 'secondary', id: 'dl-save', onclick: async () => {
             try { await api('PUT', `/dead-letters/${letter.id}/payload`, readJson(payload, 'The payload')); result.replaceChildren(h('div', { class: 'success', text: 'Payload saved.' })); } catch (e) { setError(result, e); }
           } }, 'Save payload') : null,
           h('button', { type: 'button', id: 'dl-retry-one', onclick: () => act('retry', { ids: [letter.id] }) }, 'Redrive'),
           h('button', { type: 'button', class: 'danger', onclick: () => act('discard', { ids: [letter.id] }) }, 'Discard')),
-        result,
-        h('h3', { text: 'Headers' }),
-        h('pre', { text: letter.headers.map((x) => `${x.key}: ${x.value ?? ''}`).join('\n') || '—' }),
+        result)),
         h('h3', { text: 'History' }),
         table(['#', 'When', 'By', 'Outcome', 'Message'], attempts.map((a) => h('tr', {},
           h('td', { text: a.attempt }), h('td', { text: fmtTime(a.at) }), h('td', { text: a.actor }), h('td', { text: a.outcome }), h('td', { text: a.message }))))));
-      detail.querySelector('#dl-h').focus();
+      if (focus) detail.querySelector('#dl-h').focus();
     } catch (e) { detail.replaceChildren(errorBox(e)); }
   }
   async function load(fresh) {
@@ -804,12 +848,13 @@ async function pageDeadLetters(root, params) {
     if (pigeon.value.trim()) q.set('pigeon', pigeon.value.trim());
     if (status.value) q.set('status', status.value);
     if (kind.value) q.set('kind', kind.value);
-    location.hash = `#/dead-letters${q.toString() ? `?${q}` : ''}`;
+    const next = `#/dead-letters${q.toString() ? `?${q}` : ''}`;
+    if (location.hash === next) route(); else location.hash = next;
   };
   const filterBody = () => { const f = {}; if (filter.pigeon) f.pigeon = filter.pigeon; if (filter.status) f.status = filter.status; if (filter.kind) f.kind = filter.kind; return f; };
+  await showBacklog();
   root.replaceChildren(h('h1', { text: 'Dead letters' }),
-    h('p', { class: 'lede' }, `Backlog: ${fmtNum(backlog.pending)} pending, ${fmtNum(backlog.retrying)} retrying, `, h('strong', { text: `${fmtNum(backlog.parked)} parked` }),
-      `; ${fmtNum(backlog.delivered)} delivered and ${fmtNum(backlog.discarded)} discarded kept for the record.`),
+    backlogLine,
     h('form', { class: 'panel inline', onsubmit: applyFilter, 'aria-label': 'Filter dead letters' },
       h('div', {}, field('Pigeon', pigeon)), h('div', {}, field('Status', status)), h('div', {}, field('Error kind', kind)),
       h('button', { type: 'submit', class: 'secondary', text: 'Filter' })),
@@ -818,11 +863,11 @@ async function pageDeadLetters(root, params) {
       h('button', { type: 'button', class: 'quiet', onclick: () => act('discard', { filter: filterBody() }) }, 'Discard all matching'),
       countLabel),
     slot,
-    h('div', { class: 'grid2' },
-      h('div', {}, h('div', { class: 'table-wrap' }, h('table', { id: 'dl-table' },
-        h('thead', {}, h('tr', {}, h('th', {}, allBox), ...['Id', 'Pigeon', 'Kind', 'Status', 'Attempts', 'Error', 'Stored'].map((x) => h('th', { scope: 'col', class: x === 'Attempts' ? 'num' : null, text: x })))),
-        tbody)), more),
-      detail));
+    detail,
+    h('div', { class: 'table-wrap' }, h('table', { id: 'dl-table' },
+      h('thead', {}, h('tr', {}, h('th', {}, allBox), ...['Id', 'Pigeon', 'Kind', 'Status', 'Attempts', 'Error', 'Stored'].map((x) => h('th', { scope: 'col', class: x === 'Attempts' ? 'num' : null, text: x })))),
+      tbody)),
+    more);
   await load(true);
 }
 
@@ -860,7 +905,7 @@ async function pageArchive(root) {
         h('button', { type: 'button', class: 'quiet small', onclick: () => detail.replaceChildren() }, 'Close')),
         h('dl', { class: 'facts' }, h('dt', { text: 'Where' }), h('dd', { class: 'mono', text: `${l.topic} [${l.partition}] @ ${l.offset}` }), h('dt', { text: 'Key' }), h('dd', { class: 'mono', text: l.key || '—' })),
         h('h3', { text: 'Payload' }), h('pre', { text: l.payload !== null && l.payload !== undefined ? pretty(l.payload) : (l.payload_text || '') }),
-        h('h3', { text: 'Headers' }), h('pre', { text: l.headers.map((x) => `${x.key}: ${x.value ?? ''}`).join('\n') })));
+        h('h3', { text: 'Headers' }), h('pre', { text: headerLines(l.headers) })));
       detail.querySelector('h2').focus();
     } }, l.letter_id))))),
     ...(cursor ? [h('button', { type: 'button', class: 'secondary more', onclick: () => search(false) }, 'Load more')] : []));
@@ -891,11 +936,10 @@ async function pageArchive(root) {
     const list = await api('GET', '/replays?limit=20');
     jobs.replaceChildren(table(['Job', 'Status', 'Progress', 'Target', 'By', ''], list.map((j) => h('tr', {},
       h('td', { text: `#${j.id}` }), h('td', {}, badge(j.status, j.status === 'done' ? 'ok' : j.status === 'failed' ? 'bad' : j.status === 'running' ? 'info' : '')),
-      h('td', { class: 'num', text: `${fmtNum(j.sent)} / ${fmtNum(j.total)}` }),
+      h('td', { class: 'num', text: `${fmtNum(j.sent)} / ${fmtNum(j.total)}` }, j.message ? h('div', { class: 'hint', text: j.message }) : null),
       h('td', { class: 'mono', text: j.spec.to_topic || 'through pigeons' }), h('td', { text: j.created_by }),
       h('td', {}, j.status === 'pending' || j.status === 'running' ? h('button', { type: 'button', class: 'danger small', onclick: async () => {
-        try { await api('POST', `/replays/${j.id}/cancel`); toast(`Replay #${j.id} cancelled.`); } catch (e) { setError(replaySlot, e); }
-        loadJobs();
+        try { await api('POST', `/replays/${j.id}/cancel`); toast(`Replay #${j.id} cancelled.`); await loadJobs(); } catch (e) { setError(replaySlot, e); }
       } }, 'Cancel') : '')))));
   }
   root.replaceChildren(h('h1', { text: 'Archive' }),
@@ -923,13 +967,13 @@ async function pageArchive(root) {
             if (!confirm('Start the replay? Letters will be sent again.')) return;
             const job = await api('POST', '/replays', spec);
             replaySlot.replaceChildren(h('div', { class: 'success', text: `Replay #${job.id} started: ${fmtNum(job.total)} letter(s).` }));
-            loadJobs();
+            await loadJobs();
           } catch (e) { setError(replaySlot, e); }
         } }, 'Start replay')),
       replaySlot,
       h('h3', { text: 'Replay jobs' }), jobs));
   await Promise.all([search(true), loadJobs()]);
-  keepFresh(jobs, loadJobs);
+  keepFresh(jobs, loadJobs, h('span'));
 }
 
 // --- Audit --------------------------------------------------------------------------------------
@@ -937,14 +981,16 @@ async function pageArchive(root) {
 async function pageAudit(root) {
   const tbody = h('tbody');
   let cursor = null;
-  const more = h('button', { type: 'button', class: 'secondary more', hidden: true, onclick: () => load() }, 'Load more');
+  const slot = h('div', { 'aria-live': 'assertive' });
+  const more = h('button', { type: 'button', class: 'secondary more', hidden: true, onclick: () => load().catch((e) => setError(slot, e)) }, 'Load more');
   async function load() {
     const page = await api('GET', `/audit?limit=50${cursor ? `&cursor=${encodeURIComponent(cursor)}` : ''}`);
     cursor = page.next_cursor;
     more.hidden = !cursor;
     for (const a of page.items) {
-      const change = h('tr', { hidden: true }, h('td', { colspan: 5 }, diffView(a.before, a.after, `Change ${a.id}`)));
+      const change = h('tr', { hidden: true }, h('td', { colspan: 5 }));
       const toggle = h('button', { type: 'button', class: 'quiet small', 'aria-expanded': 'false', 'aria-label': `Show change ${a.id}`, onclick: () => {
+        if (!change.firstChild.firstChild) change.firstChild.append(diffView(a.before, a.after, `Change ${a.id}`));
         change.hidden = !change.hidden;
         toggle.setAttribute('aria-expanded', String(!change.hidden));
         toggle.textContent = change.hidden ? 'Show' : 'Hide';
@@ -954,7 +1000,7 @@ async function pageAudit(root) {
   }
   root.replaceChildren(h('h1', { text: 'Audit log' }), h('p', { class: 'lede', text: 'Every change, newest first: who, what, and the before and after.' }),
     h('div', { class: 'table-wrap' }, h('table', { id: 'audit-table' }, h('thead', {}, h('tr', {}, ['When', 'Actor', 'Action', 'Target', 'Change'].map((x) => h('th', { scope: 'col', text: x })))), tbody)),
-    more);
+    more, slot);
   await load();
 }
 
@@ -973,31 +1019,38 @@ const PAGES = [
   [/^#\/audit$/, pageAudit],
 ];
 
+let navigation = 0;
+
 async function route() {
-  clearInterval(refreshTimer);
-  const root = main();
-  if (!session) return pageSignIn(root);
-  const hash = location.hash || '#/overview';
+  timers.forEach(clearInterval);
+  timers = [];
+  const nav = ++navigation;
+  if (!session) return pageSignIn(main());
+  const hash = location.hash.startsWith('#/') ? location.hash : '#/overview';
   for (const link of document.querySelectorAll('#nav a')) {
     const section = link.getAttribute('href');
     link.toggleAttribute('aria-current', hash === section || hash.startsWith(`${section}/`) || hash.startsWith(`${section}?`));
     if (link.hasAttribute('aria-current')) link.setAttribute('aria-current', 'page');
   }
   const found = PAGES.map(([re, page]) => [hash.match(re), page]).find(([m]) => m);
-  root.setAttribute('aria-busy', 'true');
+  // The page is built apart and shown only if no later navigation started meanwhile.
+  const view = h('div');
+  main().setAttribute('aria-busy', 'true');
   try {
     if (!found) {
-      root.replaceChildren(h('h1', { text: 'Not found' }), h('p', {}, 'No page here. ', h('a', { href: '#/overview', text: 'Go to the overview.' })));
+      view.replaceChildren(h('h1', { text: 'Not found' }), h('p', {}, 'No page here. ', h('a', { href: '#/overview', text: 'Go to the overview.' })));
     } else {
-      await found[1](root, found[0]);
+      await found[1](view, found[0]);
     }
-    document.title = `${root.querySelector('h1')?.textContent || 'Pigeon'} · Pigeon`;
   } catch (e) {
-    if (e.status !== 401) root.replaceChildren(h('h1', { text: 'Something went wrong' }), errorBox(e));
-  } finally {
-    root.removeAttribute('aria-busy');
+    if (e.status === 401) return;
+    view.replaceChildren(h('h1', { text: 'Something went wrong' }), errorBox(e));
   }
-  if (route.moveFocus) root.focus({ preventScroll: false });
+  if (nav !== navigation) return;
+  main().replaceChildren(view);
+  main().removeAttribute('aria-busy');
+  document.title = `${view.querySelector('h1')?.textContent || 'Pigeon'} · Pigeon`;
+  if (route.moveFocus) main().focus({ preventScroll: false });
   route.moveFocus = false;
 }
 
@@ -1025,18 +1078,29 @@ document.addEventListener('keydown', (e) => {
   if (typing || e.ctrlKey || e.metaKey || e.altKey || !session) return;
   if (e.key === 'g') { pendingG = Date.now(); return; }
   if (Date.now() - pendingG < 1500) {
-    const link = document.querySelector(`#nav a[data-key="${e.key}"]`);
+    const link = [...document.querySelectorAll('#nav a[data-key]')].find((a) => a.dataset.key === e.key);
     pendingG = 0;
     if (link) { e.preventDefault(); route.moveFocus = true; location.hash = link.getAttribute('href'); }
   }
 });
 
-window.addEventListener('hashchange', () => { route.moveFocus = true; route(); });
+window.addEventListener('hashchange', () => {
+  if (!location.hash.startsWith('#/')) return; // an in-page anchor, not a page
+  route.moveFocus = true;
+  route();
+});
 document.addEventListener('DOMContentLoaded', async () => {
   document.getElementById('signout').addEventListener('click', () => signOut('Signed out.'));
+  document.querySelector('.skip').addEventListener('click', (e) => { e.preventDefault(); main().focus(); });
   document.body.classList.add('signed-out');
   if (sessionStorage.getItem(TOKEN_KEY)) {
-    try { session = await api('GET', '/me'); startSession(); } catch { sessionStorage.removeItem(TOKEN_KEY); }
+    try {
+      session = await api('GET', '/me');
+      startSession();
+    } catch (e) {
+      if (e.status === 401) sessionStorage.removeItem(TOKEN_KEY);
+      else return pageSignIn(main(), `The bus did not answer: ${e.message} Reload to try again.`);
+    }
   }
   route();
 });

@@ -16,8 +16,8 @@ use utoipa::ToSchema;
 
 use crate::store::{now_ms, Store};
 
-/// The length of one bucket in the store.
-pub const BUCKET_MS: i64 = 10_000;
+/// The length of one bucket in the store: the overview's finest step.
+pub const BUCKET_MS: i64 = 60_000;
 /// How often an instance adds its counts to the store.
 pub const FLUSH_EVERY: Duration = Duration::from_secs(5);
 /// How long buckets are kept.
@@ -125,14 +125,22 @@ impl CounterBook {
         Arc::clone(pigeons.entry(Arc::clone(id)).or_default())
     }
 
-    /// Takes every non-zero count, leaving zeros.
+    /// Takes every non-zero count, leaving zeros, sorted by pigeon (so instances writing the
+    /// same buckets lock their rows in the same order). Forgets pigeons no route holds any
+    /// more (deleted, or only ever validated) once they have nothing to flush.
     pub fn take(&self) -> Vec<(Arc<str>, Tally)> {
-        let pigeons = self.pigeons.lock().unwrap_or_else(|p| p.into_inner());
-        pigeons
-            .iter()
-            .map(|(id, counts)| (Arc::clone(id), counts.take()))
-            .filter(|(_, tally)| !tally.is_zero())
-            .collect()
+        let mut pigeons = self.pigeons.lock().unwrap_or_else(|p| p.into_inner());
+        let mut taken = Vec::new();
+        pigeons.retain(|id, counts| {
+            let tally = counts.take();
+            if tally.is_zero() {
+                return Arc::strong_count(counts) > 1;
+            }
+            taken.push((Arc::clone(id), tally));
+            true
+        });
+        taken.sort_by(|a, b| a.0.cmp(&b.0));
+        taken
     }
 
     /// Puts back counts the store did not take, for the next flush.
@@ -213,31 +221,38 @@ mod tests {
         again.took();
         again.delivered();
         book.of(&b).failed();
-        let mut taken = book.take();
-        taken.sort_by(|x, y| x.0.cmp(&y.0));
+        let taken = book.take();
         assert_eq!(
             taken,
             vec![
                 (a.clone(), Tally { letters_in: 2, letters_out: 1, failures: 0 }),
                 (b.clone(), Tally { letters_in: 0, letters_out: 0, failures: 1 }),
-            ]
+            ],
+            "sorted by pigeon"
         );
         assert!(book.take().is_empty(), "a second take finds nothing new");
+        assert_eq!(
+            book.pigeons.lock().unwrap().len(),
+            1,
+            "b, which no route holds, is forgotten once flushed"
+        );
         book.restore(&taken);
         first.took();
-        let mut again = book.take();
-        again.sort_by(|x, y| x.0.cmp(&y.0));
+        let later = book.take();
         assert_eq!(
-            again[0].1,
+            later[0].1,
             Tally { letters_in: 3, letters_out: 1, failures: 0 },
             "restored counts add up"
         );
+        drop((first, again));
+        book.take();
+        assert!(book.pigeons.lock().unwrap().is_empty(), "nothing held, nothing to flush: nothing kept");
     }
 
     #[test]
     fn buckets_start_on_multiples_of_their_length() {
-        assert_eq!(bucket_of(25_001), 20_000);
-        assert_eq!(bucket_of(20_000), 20_000);
+        assert_eq!(bucket_of(BUCKET_MS + 1), BUCKET_MS);
+        assert_eq!(bucket_of(2 * BUCKET_MS), 2 * BUCKET_MS);
         assert_eq!(bucket_of(-1), -BUCKET_MS);
     }
 }

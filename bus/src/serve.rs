@@ -164,9 +164,10 @@ pub async fn run(
         }
     }
     cancel.cancel();
+    let served = http.await.context("admin task").and_then(|r| r.context("admin server"));
     counting_stop.cancel();
     let _ = counting.await;
-    http.await.context("admin task")?.context("admin server")?;
+    served?;
     result
 }
 

@@ -1,4 +1,4 @@
--- What each pigeon did, in 10-second buckets: every instance adds its counts to the bucket
+-- What each pigeon did, in one-minute buckets: every instance adds its counts to the bucket
 -- (letters taken, outputs delivered, failures), so the admin overview sums the cluster's work.
 CREATE TABLE pigeon_counts (
     bucket       INTEGER NOT NULL,

@@ -186,9 +186,6 @@ pub async fn fly(
             }
         }
     }
-    route.counts.took();
-    route.counts.delivered_many(receipt.delivered.len() as u64);
-    route.counts.failed_many(receipt.dead_lettered.len() as u64);
     if !dead_letters.is_empty() {
         let refs: Vec<&NewDeadLetter> = dead_letters.iter().collect();
         state.store.insert_dead_letters(&refs).await.map_err(|e| {
@@ -198,6 +195,10 @@ pub async fn fly(
             ))
         })?;
     }
+    // Counted once settled: a letter whose dead letters could not be stored is flown again.
+    route.counts.took();
+    route.counts.delivered_many(receipt.delivered.len() as u64);
+    route.counts.failed_many(receipt.dead_lettered.len() as u64);
     tracing::info!(
         pigeon = %receipt.pigeon, letter = %receipt.letter_id, by = %caller.name,
         delivered = receipt.delivered.len(), dead_lettered = receipt.dead_lettered.len(), "letter flown"

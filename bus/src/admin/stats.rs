@@ -81,17 +81,39 @@ pub async fn pigeons(
         m => return Err(ApiError::bad_request(format!("minutes must be 1 to 1440, got {m}"))),
     };
     let to = now_ms();
-    let buckets = state.store.counts_since(to - minutes * 60_000).await?;
-    Ok(Json(summarize(buckets, to, minutes * 60_000)))
+    let window = Window::ending(to, minutes * 60_000);
+    let buckets = state.store.counts_since(window.from).await?;
+    Ok(Json(summarize(buckets, to, window)))
 }
 
-/// Sums buckets into `STEPS` steps ending at `to` and spanning `span_ms`.
-fn summarize(buckets: Vec<BucketCount>, to: i64, span_ms: i64) -> StatsView {
-    let step_ms = (span_ms / STEPS).max(BUCKET_MS);
-    let steps = (span_ms / step_ms).max(1);
-    // The last step ends with the bucket that holds `to`.
-    let end = crate::counters::bucket_of(to) + BUCKET_MS;
-    let from = end - steps * step_ms;
+/// The steps of a series: whole buckets each, the last one holding now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Window {
+    from: i64,
+    end: i64,
+    step_ms: i64,
+    steps: i64,
+}
+
+impl Window {
+    /// At most [`STEPS`] steps of whole buckets covering `span_ms` up to the bucket holding `to`.
+    fn ending(to: i64, span_ms: i64) -> Self {
+        let per_step = (span_ms / STEPS).max(1);
+        let step_ms = ceil_div(per_step, BUCKET_MS) * BUCKET_MS;
+        let steps = ceil_div(span_ms, step_ms).max(1);
+        let end = crate::counters::bucket_of(to) + BUCKET_MS;
+        Self { from: end - steps * step_ms, end, step_ms, steps }
+    }
+}
+
+/// `a / b` rounded up, for positive numbers.
+fn ceil_div(a: i64, b: i64) -> i64 {
+    (a + b - 1) / b
+}
+
+/// Sums buckets into the window's steps.
+fn summarize(buckets: Vec<BucketCount>, to: i64, window: Window) -> StatsView {
+    let Window { from, end, step_ms, steps } = window;
     let empty =
         || (0..steps).map(|i| StatsPoint { at: from + i * step_ms, tally: Tally::default() }).collect();
     let mut series: Vec<StatsPoint> = empty();
@@ -115,7 +137,7 @@ fn summarize(buckets: Vec<BucketCount>, to: i64, span_ms: i64) -> StatsView {
     StatsView { from, to, step_ms, totals: total(&series), series, pigeons }
 }
 
-/// Dead letters by status.
+/// The dead letters still waiting, by status.
 #[derive(Debug, Default, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
 pub struct Backlog {
     /// Waiting for their next retry.
@@ -124,26 +146,22 @@ pub struct Backlog {
     pub retrying: u64,
     /// Waiting for an operator.
     pub parked: u64,
-    /// Delivered by a retry (kept for the record).
-    pub delivered: u64,
-    /// Discarded by an operator (kept for the record).
-    pub discarded: u64,
 }
 
-/// How many dead letters are in each status: the backlog is pending, retrying and parked.
+/// How many dead letters wait: pending, retrying and parked (delivered and discarded ones,
+/// kept for the record, are not counted).
 #[utoipa::path(get, path = "/dead-letters/backlog", tag = "dead-letters",
     responses((status = 200, body = Backlog), (status = 401, body = ErrorBody)),
     security(("token" = [])))]
 pub async fn backlog(_: AsViewer, State(state): State<AppState>) -> Result<Json<Backlog>, ApiError> {
     let mut backlog = Backlog::default();
     for (status, count) in state.store.dead_letter_backlog().await? {
-        *match status {
-            Status::Pending => &mut backlog.pending,
-            Status::Retrying => &mut backlog.retrying,
-            Status::Parked => &mut backlog.parked,
-            Status::Delivered => &mut backlog.delivered,
-            Status::Discarded => &mut backlog.discarded,
-        } = count;
+        match status {
+            Status::Pending => backlog.pending = count,
+            Status::Retrying => backlog.retrying = count,
+            Status::Parked => backlog.parked = count,
+            Status::Delivered | Status::Discarded => {}
+        }
     }
     Ok(Json(backlog))
 }
@@ -179,21 +197,25 @@ mod tests {
 
     #[test]
     fn an_hour_is_sixty_minute_steps_ending_with_the_current_bucket() {
-        let to = 10 * 3_600_000 + 5_000; // 5 s into a bucket
+        let now_bucket = 1_000 * BUCKET_MS;
+        let to = now_bucket + 5_000; // 5 s into the current bucket
+        let window = Window::ending(to, 3_600_000);
+        assert_eq!(
+            window,
+            Window { from: now_bucket - 59 * 60_000, end: now_bucket + 60_000, step_ms: 60_000, steps: 60 }
+        );
         let view = summarize(
             vec![
-                bucket(to - 3_700_000, "old", 9, 0), // before the window
-                bucket(to - 3_595_000, "a", 1, 0),   // in the first step
-                bucket(to - 5_000, "a", 3, 1),       // the current bucket: the last step
-                bucket(to - 5_000, "b", 10, 0),
-                bucket(to - 65_000, "b", 5, 2),
+                bucket(window.from - BUCKET_MS, "old", 9, 0), // before the window
+                bucket(window.from, "a", 1, 0),               // the first step
+                bucket(now_bucket, "a", 3, 1),                // the current bucket: the last step
+                bucket(now_bucket, "b", 10, 0),
+                bucket(now_bucket - 60_000, "b", 5, 2),
             ],
             to,
-            3_600_000,
+            window,
         );
-        assert_eq!(view.step_ms, 60_000);
-        assert_eq!(view.series.len(), 60);
-        assert_eq!(view.from, to + 5_000 - 3_600_000, "the window ends with the current bucket");
+        assert_eq!((view.from, view.step_ms, view.series.len()), (window.from, 60_000, 60));
         assert_eq!(
             view.totals,
             Tally { letters_in: 19, letters_out: 38, failures: 3 },
@@ -210,10 +232,16 @@ mod tests {
     }
 
     #[test]
-    fn a_short_window_has_one_step_per_bucket() {
-        let view = summarize(Vec::new(), 1_000_000, 60_000);
-        assert_eq!(view.step_ms, BUCKET_MS);
-        assert_eq!(view.series.len(), 6);
-        assert!(view.pigeons.is_empty());
+    fn every_window_is_whole_buckets_per_step() {
+        for minutes in [1, 5, 10, 15, 59, 60, 61, 90, 600, 1439, 1440] {
+            let span = minutes * 60_000;
+            let w = Window::ending(7 * BUCKET_MS + 1, span);
+            assert_eq!(w.step_ms % BUCKET_MS, 0, "{minutes} min: whole buckets per step");
+            assert!(w.steps <= STEPS, "{minutes} min: at most {STEPS} steps");
+            assert!(w.end - w.from >= span, "{minutes} min: the window covers the span");
+            assert!(w.end - w.from < span + w.step_ms, "{minutes} min: by less than one step more");
+        }
+        assert_eq!(Window::ending(0, 15 * 60_000).steps, 15, "15 minutes: one-minute steps");
+        assert_eq!(Window::ending(0, 1440 * 60_000).step_ms, 24 * 60_000, "a day: 24-minute steps");
     }
 }

@@ -413,6 +413,14 @@ async fn write(
         return Ok(());
     }
     let new = store.archive().archive_letters(letters).await?;
+    // Durable: each letter is one out for the pigeon that kept it.
+    let mut kept: std::collections::HashMap<&str, u64> = std::collections::HashMap::new();
+    for letter in letters {
+        *kept.entry(letter.pigeon_id.as_str()).or_default() += 1;
+    }
+    for (pigeon, n) in kept {
+        crate::counters::book().of(&Arc::from(pigeon)).delivered_many(n);
+    }
     stats.batches.fetch_add(1, Ordering::Relaxed);
     stats.archived.fetch_add(new, Ordering::Relaxed);
     stats.duplicates.fetch_add((letters.len() as u64).saturating_sub(new), Ordering::Relaxed);
@@ -447,6 +455,7 @@ fn letter<M: Message>(
             true
         })
     })?;
+    pigeon.counts.took();
     let headers = message
         .headers()
         .map(|hs| hs.iter().map(|h| StoredHeader::new(h.key, h.value)).collect())

@@ -565,11 +565,14 @@ impl Forwarder<'_> {
                 return match lookup {
                     Lookup::Routes(_) => tracker.begin(offset, 0, self.cap).admission,
                     // A flown letter names its pigeon: say why it did not fly rather than drop it.
-                    Lookup::Flown(_) | Lookup::Nothing => self.dead_letter(
-                        message,
-                        &tracker,
-                        format!("the letter's time is outside the live window of pigeon {:?}", first.id),
-                    ),
+                    Lookup::Flown(_) | Lookup::Nothing => {
+                        first.counts.failed();
+                        self.dead_letter(
+                            message,
+                            &tracker,
+                            format!("the letter's time is outside the live window of pigeon {:?}", first.id),
+                        )
+                    }
                 };
             }
         }
@@ -746,6 +749,9 @@ impl Forwarder<'_> {
                 dead_letter.letter_id = id.to_owned();
             }
             dead_letter.pigeon_id = source::pigeon_header(message).map(str::to_owned);
+            if let Some(route) = dead_letter.pigeon_id.as_deref().and_then(|id| self.table.route(id)) {
+                route.counts.failed();
+            }
         }
         self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
         let _ = self.dead_letters.send(Job { dead_letter, tracker: Arc::clone(tracker), offset });

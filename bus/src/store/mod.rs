@@ -308,7 +308,8 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes the buckets that start before `before`; returns how many.
     async fn prune_counts(&self, before: i64) -> Result<u64, StoreError>;
 
-    /// How many dead letters are in each status (statuses with none are left out).
+    /// How many dead letters wait in each status: pending, retrying, parked (statuses with
+    /// none are left out). The status index answers it without reading the history.
     async fn dead_letter_backlog(&self) -> Result<Vec<(crate::deadletter::Status, u64)>, StoreError>;
 
     /// Adds sampled letters' fields to the observed source schemas, in one transaction.

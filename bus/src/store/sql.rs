@@ -182,7 +182,10 @@ macro_rules! sql_store {
                 &self,
             ) -> Result<Vec<($crate::deadletter::Status, u64)>, StoreError> {
                 let rows: Vec<(String, i64)> =
-                    sqlx::query_as("SELECT status, COUNT(*) FROM dead_letters GROUP BY status ORDER BY status")
+                    sqlx::query_as(
+                        "SELECT status, COUNT(*) FROM dead_letters \
+                         WHERE status IN ('pending', 'retrying', 'parked') GROUP BY status",
+                    )
                         .fetch_all(&self.pool)
                         .await?;
                 rows.into_iter()
