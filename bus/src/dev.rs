@@ -64,6 +64,33 @@ pub fn demo_pigeons() -> [PigeonSpec; 3] {
     ]
 }
 
+/// Reads `NAME` or `NAME:PARTITIONS` (`pigeon dev-broker --topic`); 0 partitions stands for
+/// the default.
+pub fn parse_topic_spec(spec: &str) -> Result<(String, i32), String> {
+    let (name, partitions) = match spec.rsplit_once(':') {
+        Some((name, count)) => {
+            let count = count
+                .parse::<i32>()
+                .ok()
+                .filter(|n| (1..=10_000).contains(n))
+                .ok_or_else(|| format!("{count:?} is not a partition count from 1 to 10000"))?;
+            (name, count)
+        }
+        None => (spec, 0),
+    };
+    let valid = !name.is_empty()
+        && name.len() <= 249
+        && name != "."
+        && name != ".."
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if !valid {
+        return Err(format!(
+            "{name:?} is not a Kafka topic name (letters, digits, `.`, `_`, `-`; at most 249)"
+        ));
+    }
+    Ok((name.to_owned(), partitions))
+}
+
 /// Options of `pigeon dev`.
 #[derive(Debug, Clone)]
 pub struct DevOptions {
@@ -146,5 +173,20 @@ async fn demo_traffic(config: rdkafka::ClientConfig, cancel: CancellationToken) 
         if let Err((e, _)) = producer.send(record, Duration::from_secs(5)).await {
             tracing::warn!(error = %e, "demo gift not sent");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_topic_spec;
+
+    #[test]
+    fn topic_specs_name_a_topic_and_maybe_its_partitions() {
+        assert_eq!(parse_topic_spec("live.gift:16"), Ok(("live.gift".into(), 16)));
+        assert_eq!(parse_topic_spec("lane_a"), Ok(("lane_a".into(), 0)), "0: the default count");
+        assert!(parse_topic_spec("a:b:2").unwrap_err().contains("\"a:b\" is not a Kafka topic name"));
+        assert!(parse_topic_spec("x:10001").unwrap_err().contains("from 1 to 10000"));
+        assert!(parse_topic_spec(":3").is_err());
+        assert!(parse_topic_spec("..").is_err());
     }
 }

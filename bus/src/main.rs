@@ -42,6 +42,21 @@ enum Command {
         #[arg(long)]
         no_demo_traffic: bool,
     },
+    /// Run only the in-process Kafka-protocol broker (librdkafka's mock cluster) as a process of
+    /// its own, for benchmarks and tools: prints `kafka: <bootstrap servers>`, runs until
+    /// SIGTERM or Ctrl-C. It keeps only the newest ~5 MB or 100,000 messages per partition.
+    DevBroker {
+        /// A topic to create, `NAME` or `NAME:PARTITIONS` (repeat for more); other topics are
+        /// created on first use, with 4 partitions.
+        #[arg(long = "topic", value_name = "NAME[:PARTITIONS]", value_parser = dev::parse_topic_spec)]
+        topics: Vec<(String, i32)>,
+        /// Partitions of the topics named without a count.
+        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(i32).range(1..=10_000))]
+        partitions: i32,
+        /// Brokers in the cluster.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(i32).range(1..=16))]
+        brokers: i32,
+    },
     /// Run the bus against real Kafka and MySQL/TiDB (or SQLite).
     Serve {
         #[command(flatten)]
@@ -472,6 +487,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             println!("kafka: {}", mock.bootstrap_servers());
             runtime.block_on(dev::run(config, options))
+        }
+        Command::DevBroker { topics, partitions, brokers } => {
+            // Not Send, like `dev`'s: it lives on the main thread until the signal.
+            let mock = MockCluster::new(brokers).context("starting the in-process Kafka")?;
+            for (topic, count) in &topics {
+                let count = if *count == 0 { partitions } else { *count };
+                mock.create_topic(topic, count, brokers.min(3))
+                    .with_context(|| format!("creating topic {topic} with {count} partitions"))?;
+            }
+            println!("kafka: {}", mock.bootstrap_servers());
+            let cancel = CancellationToken::new();
+            runtime.block_on(serve::cancel_on_signal(cancel.clone()));
+            drop(mock);
+            Ok(())
         }
         Command::Serve { connect, listen, roles } => {
             connect.apply(&mut config)?;

@@ -460,3 +460,62 @@ async fn the_dictionary_is_kept_from_the_command_line() {
     assert!(deleted.contains("comboCount deleted (it was at version 2)"), "{deleted}");
     dev.stop();
 }
+
+#[test]
+fn dev_broker_serves_the_topics_it_is_told_until_sigterm() {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::Message;
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+
+    let refused = Command::new(pigeon_bin()).args(["dev-broker", "--topic", "bench.src:0"]).output().unwrap();
+    assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("\"0\" is not a partition count from 1 to 10000"), "{said}");
+    let refused = Command::new(pigeon_bin()).args(["dev-broker", "--topic", "no spaces"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("is not a Kafka topic name"));
+
+    let mut child = Command::new(pigeon_bin())
+        .args(["dev-broker", "--topic", "bench.src:16", "--topic", "bench.out", "--partitions", "6"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let bootstrap = loop {
+        let line = lines.next().expect("dev-broker printed its address").unwrap();
+        if let Some(servers) = line.strip_prefix("kafka: ") {
+            break servers.to_owned();
+        }
+    };
+    let producer: BaseProducer =
+        rdkafka::ClientConfig::new().set("bootstrap.servers", &bootstrap).create().unwrap();
+    let metadata = producer.client().fetch_metadata(None, DEADLINE).unwrap();
+    let partitions =
+        |name: &str| metadata.topics().iter().find(|t| t.name() == name).map(|t| t.partitions().len());
+    assert_eq!((partitions("bench.src"), partitions("bench.out")), (Some(16), Some(6)));
+
+    producer.send(BaseRecord::to("bench.src").partition(9).key("k").payload("a letter")).unwrap();
+    producer.flush(DEADLINE).unwrap();
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("group.id", "dev-broker-test")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "6000")
+        .set("heartbeat.interval.ms", "500")
+        .create()
+        .unwrap();
+    consumer.subscribe(&["bench.src"]).unwrap();
+    let deadline = std::time::Instant::now() + DEADLINE;
+    let got = loop {
+        assert!(std::time::Instant::now() < deadline, "the letter never came back");
+        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(200)) {
+            break (message.partition(), message.payload().map(<[u8]>::to_vec));
+        }
+    };
+    assert_eq!(got, (9, Some(b"a letter".to_vec())));
+
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM)
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "dev-broker exits cleanly on SIGTERM: {status}");
+}
