@@ -236,10 +236,13 @@ let timers = [];
  */
 function keepFresh(slot, fill, status) {
   let fresh = Date.now();
+  let waited = 0;
   const nav = navigation;
   const timer = setInterval(async () => {
     if (nav !== navigation) return clearInterval(timer); // another page since
-    if (!slot.isConnected || slot.contains(document.activeElement)) return;
+    // Not on the page: not shown yet (its page still loads), or never will be.
+    if (!slot.isConnected) return waited++ > 3 && clearInterval(timer);
+    if (slot.contains(document.activeElement)) return;
     try {
       await fill();
       fresh = Date.now();
@@ -262,6 +265,7 @@ async function pageSignIn(root, reason) {
         session = await api('GET', '/me');
         setError(slot, null);
         startSession();
+        route.moveFocus = true;
         route();
       } catch (err) {
         sessionStorage.removeItem(TOKEN_KEY);
@@ -277,6 +281,7 @@ async function pageSignIn(root, reason) {
   slot,
   h('div', { class: 'actions' }, h('button', { type: 'submit', text: 'Sign in' })));
   root.replaceChildren(form);
+  root.removeAttribute('aria-busy');
   input.focus();
 }
 
@@ -316,8 +321,8 @@ async function pageOverview(root) {
           h('td', {}, sparkline(p.series, `${p.pigeon_id}: letters in per minute`)))),
         { id: 'overview-pigeons' }));
   };
-  await fill();
-  keepFresh(body, fill, status);
+  try { await fill(); } catch (e) { body.replaceChildren(errorBox(e)); }
+  keepFresh(body, fill, status); // a first failure mends itself at the next refresh
 }
 
 // --- Pigeons ------------------------------------------------------------------------------------
@@ -775,8 +780,13 @@ async function pageDeadLetters(root, params) {
       selected.clear();
       await load(true);
       await showBacklog();
+      // The open letter follows, unless the action left it alone or it holds an unsaved edit.
       const open = detail.querySelector('[data-letter]');
-      if (open) await inspect(Number(open.dataset.letter), false);
+      const edited = detail.querySelector('#dl-payload');
+      if (open && (!selection.ids || selection.ids.includes(Number(open.dataset.letter)))
+          && !(edited && edited.value !== edited.dataset.loaded)) {
+        await inspect(Number(open.dataset.letter), detail.contains(document.activeElement) || document.activeElement === document.body);
+      }
     } catch (e) { setError(slot, e); }
   }
   async function inspect(id, focus = true) {
@@ -785,6 +795,7 @@ async function pageDeadLetters(root, params) {
       const editable = letter.status === 'pending' || letter.status === 'parked';
       const payload = h('textarea', { id: 'dl-payload', rows: 8, spellcheck: 'false', disabled: !editable,
         value: letter.payload !== null && letter.payload !== undefined ? pretty(letter.payload) : (letter.payload_text || '') });
+      payload.dataset.loaded = payload.value;
       const result = h('div', { 'aria-live': 'assertive' });
       detail.replaceChildren(h('section', { class: 'panel', 'aria-labelledby': 'dl-h', 'data-letter': letter.id },
         h('div', { class: 'spread' }, h('div', { class: 'row' }, h('h2', { id: 'dl-h', tabindex: '-1', text: `Dead letter ${letter.id}` }), badge(letter.status, STATUS_BADGE[letter.status])),
@@ -803,7 +814,11 @@ async function pageDeadLetters(root, params) {
         h('div', {}, field('Payload', payload, editable ? 'edit it to fix the letter, then save and redrive' : 'only pending and parked letters can be edited'),
         h('div', { class: 'actions' },
           editable ? h('button', { type: 'button', class: 'secondary', id: 'dl-save', onclick: async () => {
-            try { await api('PUT', `/dead-letters/${letter.id}/payload`, readJson(payload, 'The payload')); result.replaceChildren(h('div', { class: 'success', text: 'Payload saved.' })); } catch (e) { setError(result, e); }
+            try {
+              await api('PUT', `/dead-letters/${letter.id}/payload`, readJson(payload, 'The payload'));
+              payload.dataset.loaded = payload.value;
+              result.replaceChildren(h('div', { class: 'success', text: 'Payload saved.' }));
+            } catch (e) { setError(result, e); }
           } }, 'Save payload') : null,
           h('button', { type: 'button', id: 'dl-retry-one', onclick: () => act('retry', { ids: [letter.id] }) }, 'Redrive'),
           h('button', { type: 'button', class: 'danger', onclick: () => act('discard', { ids: [letter.id] }) }, 'Discard')),
@@ -849,6 +864,7 @@ async function pageDeadLetters(root, params) {
     if (status.value) q.set('status', status.value);
     if (kind.value) q.set('kind', kind.value);
     const next = `#/dead-letters${q.toString() ? `?${q}` : ''}`;
+    route.moveFocus = true;
     if (location.hash === next) route(); else location.hash = next;
   };
   const filterBody = () => { const f = {}; if (filter.pigeon) f.pigeon = filter.pigeon; if (filter.status) f.status = filter.status; if (filter.kind) f.kind = filter.kind; return f; };
@@ -1064,6 +1080,9 @@ function startSession() {
 function signOut(reason) {
   sessionStorage.removeItem(TOKEN_KEY);
   session = null;
+  navigation++; // a page still loading is not shown
+  timers.forEach(clearInterval);
+  timers = [];
   document.body.classList.add('signed-out');
   document.getElementById('nav').hidden = true;
   document.getElementById('signout').hidden = true;
@@ -1085,7 +1104,7 @@ document.addEventListener('keydown', (e) => {
 });
 
 window.addEventListener('hashchange', () => {
-  if (!location.hash.startsWith('#/')) return; // an in-page anchor, not a page
+  if (location.hash && !location.hash.startsWith('#/')) return; // an in-page anchor, not a page
   route.moveFocus = true;
   route();
 });
@@ -1093,13 +1112,14 @@ document.addEventListener('DOMContentLoaded', async () => {
   document.getElementById('signout').addEventListener('click', () => signOut('Signed out.'));
   document.querySelector('.skip').addEventListener('click', (e) => { e.preventDefault(); main().focus(); });
   document.body.classList.add('signed-out');
+  if (!location.hash) history.replaceState(null, '', '#/overview'); // Back returns to a page
   if (sessionStorage.getItem(TOKEN_KEY)) {
     try {
       session = await api('GET', '/me');
       startSession();
     } catch (e) {
       if (e.status === 401) sessionStorage.removeItem(TOKEN_KEY);
-      else return pageSignIn(main(), `The bus did not answer: ${e.message} Reload to try again.`);
+      else return pageSignIn(main(), `Cannot check the token: ${e.message} Reload to try again.`);
     }
   }
   route();

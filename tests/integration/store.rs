@@ -33,6 +33,26 @@ async fn conformance(store: Arc<dyn Store>) {
     the_dictionary_is_seeded_versioned_and_audited(store.as_ref()).await;
     drift_and_observed_schemas_add_up(store.as_ref()).await;
     pigeon_counts_add_up_per_bucket(store.as_ref()).await;
+    pigeons_are_listed_in_byte_order(store.as_ref()).await;
+}
+
+/// The API pages pigeons with `id > cursor` compared as bytes: the store must list them in that
+/// order whatever the database's collation (MySQL's sorts `_` after letters).
+async fn pigeons_are_listed_in_byte_order(store: &dyn Store) {
+    for id in ["z_1", "za", "z.1", "z-1", "zB"] {
+        let spec =
+            pigeon(&id.to_lowercase(), "live.gift", "gift.sent", vec![DestinationSpec::topic("t", "x")]);
+        store.save_pigeon(&spec, "test").await.unwrap();
+    }
+    let ids: Vec<String> = store
+        .pigeons()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.spec.id)
+        .filter(|id| id.starts_with('z'))
+        .collect();
+    assert_eq!(ids, ["z-1", "z.1", "z_1", "za", "zb"]);
 }
 
 async fn pigeon_counts_add_up_per_bucket(store: &dyn Store) {

@@ -179,7 +179,7 @@ pub trait Store: Send + Sync + 'static {
     /// One pigeon.
     async fn pigeon(&self, id: &str) -> Result<Option<StoredPigeon>, StoreError>;
 
-    /// Every pigeon, by id.
+    /// Every pigeon, by id compared as bytes (whatever the database's collation).
     async fn pigeons(&self) -> Result<Vec<StoredPigeon>, StoreError>;
 
     /// Every saved version of a pigeon, oldest first (kept after deletion).

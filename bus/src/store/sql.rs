@@ -335,7 +335,10 @@ macro_rules! sql_store {
                     sqlx::query_as("SELECT spec, version, updated_at FROM pigeons ORDER BY id")
                         .fetch_all(&self.pool)
                         .await?;
-                rows.into_iter().map(TryInto::try_into).collect()
+                let mut pigeons = rows.into_iter().map(TryInto::try_into).collect::<Result<Vec<StoredPigeon>, _>>()?;
+                // MySQL's collation orders `_` after letters; the API's cursors compare bytes.
+                pigeons.sort_by(|a, b| a.spec.id.cmp(&b.spec.id));
+                Ok(pigeons)
             }
 
             async fn pigeon_versions(&self, id: &str) -> Result<Vec<StoredPigeon>, StoreError> {
