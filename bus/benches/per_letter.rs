@@ -19,10 +19,10 @@ use std::process::Command;
 use pigeon_bus::route::{DestinationSpec, MatchSpec, PigeonSpec, RouteTable, VersionedPigeon};
 use pigeon_bus::router::output::output_headers;
 use pigeon_bus::source;
-use pigeon_sdk::Letter;
 use rdkafka::message::{Headers, Message, OwnedMessage};
-use rdkafka::Timestamp;
 use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
+
+mod common;
 
 #[global_allocator]
 static ALLOCATOR: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
@@ -76,26 +76,10 @@ fn table(n: usize, patterns: bool) -> RouteTable {
 }
 
 fn letters(count: usize) -> Vec<OwnedMessage> {
-    (0..count)
-        .map(|n| {
-            let room = format!("room-{}", n % 100);
-            let letter = Letter::new(
-                "live-platform",
-                "gift.sent",
-                serde_json::json!({"userId": n, "anchorId": n % 100, "roomId": room, "giftId": 7, "giftCount": 1 + n % 5}),
-            )
-            .with_key(room);
-            OwnedMessage::new(
-                Some(letter.payload_bytes()),
-                letter.key.clone(),
-                "live.gift".into(),
-                Timestamp::CreateTime(1_700_000_000_000),
-                (n % 16) as i32,
-                n as i64,
-                Some(letter.headers()),
-            )
-        })
-        .collect()
+    common::gift_messages(
+        count,
+        |n, room| serde_json::json!({"userId": n, "anchorId": n % 100, "roomId": room, "giftId": 7, "giftCount": 1 + n % 5}),
+    )
 }
 
 /// The per-letter step; returns the header count of the outputs built.

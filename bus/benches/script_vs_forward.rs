@@ -13,9 +13,10 @@ use pigeon_bus::route::{Action, DestinationSpec, MatchSpec, PigeonSpec, RouteTab
 use pigeon_bus::router::output::output_headers;
 use pigeon_bus::script::{self, ScriptLetter};
 use pigeon_bus::source;
-use pigeon_sdk::{Letter, LetterId};
+use pigeon_sdk::LetterId;
 use rdkafka::message::{Headers, Message, OwnedMessage};
-use rdkafka::Timestamp;
+
+mod common;
 
 const LETTERS: usize = 20_000;
 const ROUNDS: usize = 5;
@@ -38,35 +39,15 @@ fn pigeon(id: &str, script: Option<String>) -> VersionedPigeon {
 }
 
 fn letters() -> Vec<OwnedMessage> {
-    (0..LETTERS)
-        .map(|n| {
-            let room = format!("room-{}", n % 100);
-            let letter = Letter::new(
-                "live-platform",
-                "gift.sent",
-                serde_json::json!({"uid": n, "aid": n % 100, "roomId": room, "giftId": 7, "giftCount": 1 + n % 5, "price": 10}),
-            )
-            .with_key(room);
-            OwnedMessage::new(
-                Some(letter.payload_bytes()),
-                letter.key.clone(),
-                "live.gift".into(),
-                Timestamp::CreateTime(1_700_000_000_000),
-                (n % 16) as i32,
-                n as i64,
-                Some(letter.headers()),
-            )
-        })
-        .collect()
+    common::gift_messages(
+        LETTERS,
+        |n, room| serde_json::json!({"uid": n, "aid": n % 100, "roomId": room, "giftId": 7, "giftCount": 1 + n % 5, "price": 10}),
+    )
 }
 
-/// User plus system CPU time of this process, from /proc.
+/// This process's CPU time.
 fn cpu_time() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
-    let ticks: u64 = fields.get(11).and_then(|u| u.parse().ok()).unwrap_or(0)
-        + fields.get(12).and_then(|s| s.parse().ok()).unwrap_or(0);
-    Duration::from_millis(ticks * 10) // USER_HZ is 100 on Linux
+    common::cpu_time(std::process::id())
 }
 
 fn measure(name: &str, messages: &[OwnedMessage], mut per_letter: impl FnMut(&OwnedMessage) -> usize) -> f64 {

@@ -1,7 +1,33 @@
-//! What the process benchmarks share: a child's CPU time, and a plain HTTP GET on loopback.
+//! What the benchmarks share: a process's CPU time, a plain HTTP GET on loopback, a counter
+//! from `/metrics`, gift letters as the router reads them. Each benchmark uses a part.
+#![allow(dead_code)]
 
 use std::io::{Read, Write};
 use std::time::Duration;
+
+use rdkafka::message::OwnedMessage;
+use rdkafka::Timestamp;
+
+/// `count` gift letters on `live.gift` as the router reads them: keyed by one of 100 rooms,
+/// spread over 16 partitions, with the payload `payload(n, room)`.
+pub fn gift_messages(count: usize, payload: impl Fn(usize, &str) -> serde_json::Value) -> Vec<OwnedMessage> {
+    (0..count)
+        .map(|n| {
+            let room = format!("room-{}", n % 100);
+            let letter = pigeon_sdk::Letter::new("live-platform", "gift.sent", payload(n, &room))
+                .with_key(room.clone());
+            OwnedMessage::new(
+                Some(letter.payload_bytes()),
+                letter.key.clone(),
+                "live.gift".into(),
+                Timestamp::CreateTime(1_700_000_000_000),
+                (n % 16) as i32,
+                n as i64,
+                Some(letter.headers()),
+            )
+        })
+        .collect()
+}
 
 /// User plus system CPU time of a process, from /proc (10 ms ticks).
 pub fn cpu_time(pid: u32) -> Duration {
@@ -26,7 +52,6 @@ pub fn get(url: &str) -> Option<(u16, String)> {
 }
 
 /// The value of a Prometheus counter at a metrics URL.
-#[allow(dead_code)] // not every benchmark reads counters
 pub fn counter(url: &str, name: &str) -> Option<i64> {
     let (_, body) = get(url)?;
     let line = body.lines().find(|l| l.starts_with(name) && !l.starts_with('#'))?;
