@@ -123,7 +123,7 @@ pub async fn run(
                     let mut dead_letter = dead_letter_of(&report);
                     if let (Some(pigeon), ErrorKind::Handler) = (&dead_letter.pigeon_id, dead_letter.error_kind) {
                         dead_letter.first_retry = schedules.of(pigeon).await.after(1);
-                        crate::counters::book().of(&Arc::from(pigeon.as_str())).failed();
+                        crate::counters::book().of(pigeon).failed();
                     }
                     let _ = jobs.send(Job { dead_letter, tracker, offset });
                 }

@@ -220,7 +220,7 @@ impl Retrier {
         let failure = futures::future::join_all(sends).await.into_iter().find_map(|sent| sent.err());
         let Some((error, _)) = failure else {
             if let Some(id) = letter.letter.pigeon_id.as_deref() {
-                crate::counters::book().of(&Arc::from(id)).delivered_many(outputs.len() as u64);
+                crate::counters::book().of(id).delivered_many(outputs.len() as u64);
             }
             let topics: Vec<&str> = outputs.iter().map(|o| o.topic.as_str()).collect();
             return Report {

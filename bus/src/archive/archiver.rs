@@ -419,7 +419,7 @@ async fn write(
         *kept.entry(letter.pigeon_id.as_str()).or_default() += 1;
     }
     for (pigeon, n) in kept {
-        crate::counters::book().of(&Arc::from(pigeon)).delivered_many(n);
+        crate::counters::book().of(pigeon).delivered_many(n);
     }
     stats.batches.fetch_add(1, Ordering::Relaxed);
     stats.archived.fetch_add(new, Ordering::Relaxed);

@@ -669,7 +669,7 @@ fn compile_one(pigeon: &VersionedPigeon) -> Result<(Arc<Route>, TagPattern), Vec
     match pattern {
         Ok(pattern) if errors.is_empty() => Ok((
             Arc::new(Route {
-                counts: crate::counters::book().of(&Arc::from(spec.id.as_str())),
+                counts: crate::counters::book().of(&spec.id),
                 id: Arc::from(spec.id.as_str()),
                 version: pigeon.version,
                 action: spec.action,

@@ -576,9 +576,6 @@ impl Forwarder<'_> {
                 };
             }
         }
-        for route in &matched {
-            route.counts.took();
-        }
         let contracts = table.contracts();
         let (plans, normalized) = self.plans(&matched, message, contracts);
         let plan_of = |i: usize| plans.get(i).unwrap_or(&Judgement::AsIs);
@@ -609,6 +606,7 @@ impl Forwarder<'_> {
         let admission = self.breaker_admission(&matched, &tracker, admission);
         let (mut detached, mut detached_normalized) = (None, None);
         for (i, route) in matched.into_iter().enumerate() {
+            route.counts.took();
             let normalized = match plan_of(i) {
                 Judgement::Unfit(reason) => {
                     self.unfit(message, route, id, &tracker, reason.clone());
