@@ -13,13 +13,11 @@
 //! divides the difference by 10,000, which cancels building the table.
 
 use std::alloc::System;
-use std::collections::BTreeMap;
 use std::process::Command;
 
-use pigeon_bus::route::{DestinationSpec, MatchSpec, PigeonSpec, RouteTable, VersionedPigeon};
-use pigeon_bus::router::output::output_headers;
-use pigeon_bus::source;
-use rdkafka::message::{Headers, Message, OwnedMessage};
+use common::{forward, table};
+use pigeon_bus::route::RouteTable;
+use rdkafka::message::OwnedMessage;
 use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
 
 mod common;
@@ -33,69 +31,11 @@ const CHILD: &str = "PIGEON_PER_LETTER_PIGEONS";
 const CHILD_LETTERS: &str = "PIGEON_PER_LETTER_LETTERS";
 const CHILD_PATTERNS: &str = "PIGEON_PER_LETTER_PATTERNS";
 
-fn spec(id: String, topic: &str, tag: &str, destinations: Vec<DestinationSpec>) -> VersionedPigeon {
-    let spec = PigeonSpec {
-        id,
-        name: String::new(),
-        owner: String::new(),
-        enabled: true,
-        action: Default::default(),
-        script: None,
-        matcher: MatchSpec::new(topic, tag),
-        destinations,
-        retry: None,
-        window: None,
-        dictionary: Default::default(),
-    };
-    VersionedPigeon { spec, version: 1, saved_at: 0 }
-}
-
-/// `n` pigeons: the one that takes gifts (two destinations), and `n - 1` that do not; with
-/// `patterns`, one in ten of those has a tag pattern.
-fn table(n: usize, patterns: bool) -> RouteTable {
-    let mut pigeons = vec![spec(
-        "gift-points".into(),
-        "live.gift",
-        "gift.sent",
-        vec![
-            DestinationSpec::topic("lane.points", "points.add"),
-            DestinationSpec::topic("lane.rank", "rank.add"),
-        ],
-    )];
-    for i in 1..n {
-        let topic = if i % 2 == 0 { "live.gift".to_owned() } else { format!("live.t{}", i % 100) };
-        let tag = if patterns && i % 10 == 0 { format!("act{i}.*") } else { format!("act{i}.done") };
-        pigeons.push(spec(
-            format!("p{i}"),
-            &topic,
-            &tag,
-            vec![DestinationSpec::capability(&format!("m{i}/cap"))],
-        ));
-    }
-    RouteTable::compile(&pigeons, &BTreeMap::new()).expect("the pigeons compile")
-}
-
 fn letters(count: usize) -> Vec<OwnedMessage> {
     common::gift_messages(
         count,
         |n, room| serde_json::json!({"userId": n, "anchorId": n % 100, "roomId": room, "giftId": 7, "giftCount": 1 + n % 5}),
     )
-}
-
-/// The per-letter step; returns the header count of the outputs built.
-fn forward(table: &RouteTable, m: &OwnedMessage) -> usize {
-    let routes = table.topic(m.topic()).expect("gifts have pigeons");
-    let meta = source::read(m, &routes.source).expect("a readable letter");
-    let tag = meta.tag.as_deref().expect("tagged");
-    let mut n = 0;
-    for route in routes.matching(tag) {
-        route.counts.took();
-        for d in &route.destinations {
-            let headers = output_headers(m, meta.id.expect("with an id"), &d.tag, &route.id, false);
-            n += std::hint::black_box(headers).count();
-        }
-    }
-    n
 }
 
 fn run(table: &RouteTable, messages: &[OwnedMessage]) -> usize {

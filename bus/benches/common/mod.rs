@@ -1,11 +1,14 @@
-//! What the benchmarks share: a process's CPU time, a plain HTTP GET on loopback, a counter
-//! from `/metrics`, gift letters as the router reads them. Each benchmark uses a part.
+//! What the benchmarks share: gift letters as the router reads them, a table of `n` pigeons
+//! and the router's forward step over it, a process's CPU time. Each benchmark uses a part.
 #![allow(dead_code)]
 
-use std::io::{Read, Write};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
-use rdkafka::message::OwnedMessage;
+use pigeon_bus::route::{DestinationSpec, MatchSpec, PigeonSpec, RouteTable, VersionedPigeon};
+use pigeon_bus::router::output::output_headers;
+use pigeon_bus::source;
+use rdkafka::message::{Headers, Message, OwnedMessage};
 use rdkafka::Timestamp;
 
 /// `count` gift letters on `live.gift` as the router reads them: keyed by one of 100 rooms,
@@ -38,22 +41,60 @@ pub fn cpu_time(pid: u32) -> Duration {
     Duration::from_millis(ticks * 10) // USER_HZ is 100 on Linux
 }
 
-/// `GET url` (`http://ADDR/PATH`): the status code and the body.
-pub fn get(url: &str) -> Option<(u16, String)> {
-    let rest = url.strip_prefix("http://")?;
-    let (addr, path) = rest.split_once('/').map_or((rest, "/".to_owned()), |(a, p)| (a, format!("/{p}")));
-    let mut stream = std::net::TcpStream::connect(addr).ok()?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let status = response.split_whitespace().nth(1)?.parse().ok()?;
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
-    Some((status, body))
+pub fn spec(id: String, topic: &str, tag: &str, destinations: Vec<DestinationSpec>) -> VersionedPigeon {
+    let spec = PigeonSpec {
+        id,
+        name: String::new(),
+        owner: String::new(),
+        enabled: true,
+        action: Default::default(),
+        script: None,
+        matcher: MatchSpec::new(topic, tag),
+        destinations,
+        retry: None,
+        window: None,
+        dictionary: Default::default(),
+    };
+    VersionedPigeon { spec, version: 1, saved_at: 0 }
 }
 
-/// The value of a Prometheus counter at a metrics URL.
-pub fn counter(url: &str, name: &str) -> Option<i64> {
-    let (_, body) = get(url)?;
-    let line = body.lines().find(|l| l.starts_with(name) && !l.starts_with('#'))?;
-    line.split_whitespace().nth(1)?.parse().ok()
+/// `n` pigeons: the one that takes gifts (two destinations), and `n - 1` that do not; with
+/// `patterns`, one in ten of those has a tag pattern.
+pub fn table(n: usize, patterns: bool) -> RouteTable {
+    let mut pigeons = vec![spec(
+        "gift-points".into(),
+        "live.gift",
+        "gift.sent",
+        vec![
+            DestinationSpec::topic("lane.points", "points.add"),
+            DestinationSpec::topic("lane.rank", "rank.add"),
+        ],
+    )];
+    for i in 1..n {
+        let topic = if i % 2 == 0 { "live.gift".to_owned() } else { format!("live.t{}", i % 100) };
+        let tag = if patterns && i % 10 == 0 { format!("act{i}.*") } else { format!("act{i}.done") };
+        pigeons.push(spec(
+            format!("p{i}"),
+            &topic,
+            &tag,
+            vec![DestinationSpec::capability(&format!("m{i}/cap"))],
+        ));
+    }
+    RouteTable::compile(&pigeons, &BTreeMap::new()).expect("the pigeons compile")
+}
+
+/// The per-letter step; returns the header count of the outputs built.
+pub fn forward(table: &RouteTable, m: &OwnedMessage) -> usize {
+    let routes = table.topic(m.topic()).expect("gifts have pigeons");
+    let meta = source::read(m, &routes.source).expect("a readable letter");
+    let tag = meta.tag.as_deref().expect("tagged");
+    let mut n = 0;
+    for route in routes.matching(tag) {
+        route.counts.took();
+        for d in &route.destinations {
+            let headers = output_headers(m, meta.id.expect("with an id"), &d.tag, &route.id, false);
+            n += std::hint::black_box(headers).count();
+        }
+    }
+    n
 }

@@ -62,6 +62,14 @@ impl TagPattern {
         self.segments.iter().all(|s| matches!(s, Segment::Literal(_))).then_some(self.text.as_str())
     }
 
+    /// The first segment, when it is literal (`gift` of `gift.*`; none for `*.sent`).
+    pub fn first_literal(&self) -> Option<&str> {
+        match self.segments.first() {
+            Some(Segment::Literal(first)) => Some(first),
+            _ => None,
+        }
+    }
+
     /// Whether `tag` matches.
     pub fn matches(&self, tag: &str) -> bool {
         let mut parts = tag.split('.');

@@ -155,35 +155,49 @@ pub struct TopicRoutes {
     /// How to read the topic's letters.
     pub source: Source,
     exact: HashMap<String, Vec<Arc<Route>>>,
-    patterns: Vec<(TagPattern, Arc<Route>)>,
+    /// Patterns that begin with a literal segment (`gift.*`), by that segment: a letter is
+    /// tried only against the patterns that share its tag's first segment.
+    by_first: HashMap<String, Vec<(TagPattern, Arc<Route>)>>,
+    /// Patterns that begin with a wildcard (`*.sent`, `**`): tried on every letter.
+    wild: Vec<(TagPattern, Arc<Route>)>,
 }
 
 impl TopicRoutes {
     fn new(source: Source) -> Self {
-        Self { source, exact: HashMap::new(), patterns: Vec::new() }
+        Self { source, exact: HashMap::new(), by_first: HashMap::new(), wild: Vec::new() }
     }
 
     fn add(&mut self, pattern: &TagPattern, route: Arc<Route>) {
         match pattern.as_exact() {
             Some(tag) => self.exact.entry(tag.to_owned()).or_default().push(route),
-            None => self.patterns.push((pattern.clone(), route)),
+            None => match pattern.first_literal() {
+                Some(first) => {
+                    self.by_first.entry(first.to_owned()).or_default().push((pattern.clone(), route))
+                }
+                None => self.wild.push((pattern.clone(), route)),
+            },
         }
     }
 
-    /// The routes a tag matches: one hash probe, then only this topic's pattern pigeons.
+    /// The routes a tag matches: one hash probe for the exact tag, one for the patterns that
+    /// share its first segment, then the patterns that begin with a wildcard. The cost does
+    /// not grow with the pigeons waiting on other tags.
     pub fn matching<'a>(&'a self, tag: &'a str) -> impl Iterator<Item = &'a Arc<Route>> + 'a {
         let exact = self.exact.get(tag).into_iter().flatten();
-        let patterns = self.patterns.iter().filter(move |(pattern, _)| pattern.matches(tag)).map(|(_, r)| r);
+        let first = tag.split_once('.').map_or(tag, |(first, _)| first);
+        let candidates = self.by_first.get(first).into_iter().flatten().chain(&self.wild);
+        let patterns = candidates.filter(move |(pattern, _)| pattern.matches(tag)).map(|(_, r)| r);
         exact.chain(patterns)
     }
 
     /// Whether any route could match a letter without a tag (only `**` pigeons do not care).
     pub fn matching_untagged(&self) -> impl Iterator<Item = &Arc<Route>> {
-        self.patterns.iter().filter(|(p, _)| p.as_str() == "**").map(|(_, r)| r)
+        self.wild.iter().filter(|(p, _)| p.as_str() == "**").map(|(_, r)| r)
     }
 
     fn routes(&self) -> impl Iterator<Item = &Arc<Route>> {
-        self.exact.values().flatten().chain(self.patterns.iter().map(|(_, r)| r))
+        let patterns = self.by_first.values().flatten().chain(&self.wild);
+        self.exact.values().flatten().chain(patterns.map(|(_, r)| r))
     }
 }
 
@@ -855,6 +869,33 @@ mod tests {
             exact.destinations,
             [Destination { topic: "pigeon.module.act-toy".into(), tag: "progress.add".into() }]
         );
+    }
+
+    /// Patterns are indexed by their first segment; a letter must still find every pattern
+    /// that matches it, wherever its wildcards are, and no other.
+    #[test]
+    fn tag_patterns_are_found_through_their_first_segment() {
+        let to = || vec![DestinationSpec::topic("lane.out", "out")];
+        let table = RouteTable::compile(
+            &[
+                pigeon("gift-one", "live.gift", "gift.*", to()),
+                pigeon("gift-rest", "live.gift", "gift.**", to()),
+                pigeon("gift-combo-end", "live.gift", "gift.*.end", to()),
+                pigeon("gifted", "live.gift", "gifted.*", to()),
+                pigeon("any-sent", "live.gift", "*.sent", to()),
+                pigeon("two", "live.gift", "*.*", to()),
+                pigeon("like", "live.gift", "like.*", to()),
+            ],
+            &BTreeMap::new(),
+        )
+        .unwrap();
+        let gifts = table.topic("live.gift").unwrap();
+        assert_eq!(ids(gifts.matching("gift.sent")), ["any-sent", "gift-one", "gift-rest", "two"]);
+        assert_eq!(ids(gifts.matching("gift.combo.end")), ["gift-combo-end", "gift-rest"]);
+        assert_eq!(ids(gifts.matching("gifted.sent")), ["any-sent", "gifted", "two"]);
+        assert_eq!(ids(gifts.matching("like.sent")), ["any-sent", "like", "two"]);
+        assert!(gifts.matching("gift").next().is_none(), "one segment: no pattern here takes it");
+        assert!(gifts.matching("follow.new.x").next().is_none());
     }
 
     #[test]

@@ -1,0 +1,204 @@
+//! `pigeon-bench`: Pigeon against the limit (a bare rdkafka loop) and a peer (Quix Streams),
+//! each contender a process of its own on the same broker, the same letters and the same
+//! work. Writes `docs/BENCHMARKS.md`, `docs/benchmarks.json` (the chart's input). Run through
+//! `scripts/bench`, which builds and installs what this needs.
+
+mod archive;
+mod broker;
+mod contenders;
+mod letters;
+mod measure;
+mod process;
+mod report;
+mod rss;
+mod verify;
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use clap::Parser;
+
+use broker::{Binaries, Broker, Kind};
+use contenders::{Programs, Run, Work};
+use measure::{Bench, Figures};
+
+#[derive(Parser)]
+#[command(
+    name = "pigeon-bench",
+    about = "Pigeon against the limit and a peer, one contender process at a time"
+)]
+struct Args {
+    /// Source letters on Tansu (the full comparison).
+    #[arg(long, default_value_t = 1_000_000)]
+    letters: u64,
+    /// Source letters on the mock broker, which keeps only ~5 MB per partition: with 100
+    /// keys a partition holds a few rooms' letters, so a million would not fit.
+    #[arg(long, default_value_t = 200_000)]
+    mock_letters: u64,
+    /// Partitions of every topic.
+    #[arg(long, default_value_t = 64)]
+    partitions: i32,
+    /// Brokers to run on, in order.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "tansu,mock")]
+    brokers: Vec<Kind>,
+    /// Only runs whose name starts with one of these (`limit`, `forward`, `script`, `peer`,
+    /// `archive`, `rss`).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Seconds of paced letters for the latency figures.
+    #[arg(long, default_value_t = 10.0)]
+    latency_secs: f64,
+    #[arg(long, default_value = "target/release/pigeon")]
+    pigeon: PathBuf,
+    #[arg(long, default_value = "target/release/pigeon-limit")]
+    limit: PathBuf,
+    #[arg(long, default_value = "tansu")]
+    tansu: PathBuf,
+    /// A Python with Quix Streams installed (the peer runs on Tansu only).
+    #[arg(long)]
+    python: Option<PathBuf>,
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/peer/quix_gifts.py"))]
+    peer: PathBuf,
+    #[arg(long, default_value = "mysql://root@127.0.0.1:3306")]
+    mariadb: String,
+    /// Peak RSS the router must stay under while its destination is throttled.
+    #[arg(long, default_value_t = 512)]
+    rss_budget_mib: u64,
+    /// Where logs and stores of the runs go.
+    #[arg(long, default_value = "target/bench")]
+    work: PathBuf,
+    /// Where BENCHMARKS.md and benchmarks.json are written.
+    #[arg(long, default_value = "docs")]
+    out: PathBuf,
+    /// Files of micro-benchmark output to include in the report (NAME=PATH).
+    #[arg(long = "include")]
+    includes: Vec<String>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let wanted = |name: &str| args.only.is_empty() || args.only.iter().any(|o| name.starts_with(o.as_str()));
+    std::fs::create_dir_all(&args.work)?;
+    let rt = tokio::runtime::Runtime::new()?;
+    let programs = Programs {
+        pigeon: args.pigeon.clone(),
+        limit: args.limit.clone(),
+        python: args.python.clone(),
+        peer: args.peer.clone(),
+    };
+    let binaries = Binaries { pigeon: args.pigeon.clone(), tansu: args.tansu.clone() };
+    let mut report = report::Report::new(args.partitions, args.letters, args.mock_letters, args.latency_secs);
+
+    for &kind in &args.brokers {
+        let mut runs: Vec<Run> = contenders::limit_steps()
+            .into_iter()
+            .filter(|(name, ..)| kind == Kind::Tansu || matches!(*name, "limit-default" | "limit-tuned"))
+            .map(|(name, label, props)| Run {
+                name: name.into(),
+                label: label.into(),
+                work: Work::Limit(props),
+            })
+            .collect();
+        runs.push(Run { name: "forward".into(), label: "Pigeon forward".into(), work: Work::Forward });
+        runs.push(Run { name: "script".into(), label: "Pigeon script".into(), work: Work::Script });
+        if kind == Kind::Tansu && args.python.is_some() {
+            runs.push(Run { name: "peer".into(), label: "peer (Quix Streams)".into(), work: Work::Peer });
+        }
+        runs.retain(|r| wanted(&r.name));
+        let archive = kind == args.brokers[0] && wanted("archive");
+        if runs.is_empty() && !archive {
+            continue;
+        }
+        let backlog = if kind == Kind::Mock { args.mock_letters } else { args.letters };
+        let source = "bench.gift";
+        let mut topics: Vec<(String, i32)> = vec![(source.into(), args.partitions)];
+        for run in &runs {
+            topics.extend(run.destinations().map(|d| (d, args.partitions)));
+        }
+        topics.extend(pigeon_bus::topics::BUS_TOPICS.iter().map(|t| (t.to_string(), 4)));
+        println!("{}: starting, {} topics of {} partitions", kind.name(), topics.len(), args.partitions);
+        let broker = Broker::start(kind, &binaries, &topics, &args.work)?;
+        println!("{}: {} source letters, 100 rooms", kind.name(), backlog);
+        letters::Source::new(&broker.client(), source, 5, 0)?.backlog(backlog)?;
+        let mut total = backlog;
+        let bench = Bench {
+            broker: &broker,
+            source_topic: source,
+            partitions: args.partitions,
+            latency_secs: args.latency_secs,
+        };
+        for run in &runs {
+            let dir = args.work.join(format!("{}-{}", kind.name(), run.name));
+            let group = format!("bench-{}-{}", run.name, uuid::Uuid::now_v7().simple());
+            let contender = contenders::start(run, &programs, &broker.bootstrap, source, &group, &dir, &rt)?;
+            let figures = bench
+                .measure(run, contender, total)
+                .with_context(|| format!("{} on {}", run.label, kind.name()))?;
+            total += figures.latency_letters;
+            print_figures(&figures);
+            for c in &figures.completeness {
+                if !c.complete() {
+                    bail!("{} on {} is incomplete: {c:?}; no figures written", run.label, kind.name());
+                }
+            }
+            report.runs.push(figures);
+        }
+        if archive {
+            let dir = args.work.join(format!("{}-archive", kind.name()));
+            let figures = archive::run(&broker, &args.pigeon, &args.mariadb, source, total, &dir, &rt)?;
+            println!(
+                "  {:<34} {:>9.0} rows/s  {:>6.2} CPU-s per million rows; bare INSERT loop {:.0} rows/s: {:.0}%",
+                "Pigeon archive",
+                figures.archiver_rows_per_sec,
+                figures.archiver_cpu_s_per_million_rows,
+                figures.bare_rows_per_sec,
+                figures.ratio * 100.0
+            );
+            if figures.distinct_letters != total {
+                bail!(
+                    "the archive holds {} of {total} letters; no figures written",
+                    figures.distinct_letters
+                );
+            }
+            report.archive = Some(figures);
+        }
+    }
+    if wanted("rss") {
+        let figures = rss::run(&args.pigeon, args.rss_budget_mib, &args.work.join("rss"), &rt)?;
+        println!(
+            "  slow destination: peak RSS {:.0} MiB (budget {} MiB); the router read {} of {} letters, in flight at most \
+             {} per partition (cap {}); afterwards {} delivered, {} missing",
+            figures.peak_rss_mib,
+            figures.budget_mib,
+            figures.letters_in_while_slow,
+            figures.letters,
+            figures.in_flight_peak,
+            figures.max_in_flight_per_partition,
+            figures.delivered_after,
+            figures.missing_after
+        );
+        if figures.missing_after > 0 {
+            bail!("letters were lost behind the slow destination; no figures written");
+        }
+        report.rss = Some(figures);
+    }
+    for include in &args.includes {
+        let (name, path) = include.split_once('=').context("--include NAME=PATH")?;
+        let text = std::fs::read_to_string(path).with_context(|| path.to_owned())?;
+        report.includes.push((name.to_owned(), text));
+    }
+    report.write(&args.out)?;
+    println!("wrote {}", args.out.join("BENCHMARKS.md").display());
+    Ok(())
+}
+
+fn print_figures(f: &Figures) {
+    let order: u64 = f.completeness.iter().map(|c| c.order_violations).sum();
+    let missing: u64 = f.completeness.iter().map(|c| c.missing).sum();
+    let duplicates: u64 = f.completeness.iter().map(|c| c.duplicates).sum();
+    println!(
+        "  {:<34} {:>9.0} letters/s  {:>6.2} CPU-s per million outputs  p50 {} ms p99 {} ms  \
+         missing {missing} duplicates {duplicates} order violations {order}",
+        f.label, f.letters_per_sec, f.cpu_s_per_million_outputs, f.latency_p50_ms, f.latency_p99_ms
+    );
+}

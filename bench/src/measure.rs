@@ -1,0 +1,151 @@
+//! One run of one contender: throughput and CPU while it works through the backlog, then
+//! completeness, then latency at half its peak rate.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use rdkafka::consumer::BaseConsumer;
+
+use crate::broker::Broker;
+use crate::contenders::Run;
+use crate::letters::Source;
+use crate::process::Contender;
+use crate::verify::{self, Completeness, Receiver};
+
+/// The figures of one run.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Figures {
+    pub broker: String,
+    pub run: String,
+    pub label: String,
+    /// Source letters in the backlog the contender worked through.
+    pub source_letters: u64,
+    /// Output messages written in the measured window.
+    pub outputs: u64,
+    pub seconds: f64,
+    /// The contender's CPU over the measured window.
+    pub cpu_seconds: f64,
+    /// The broker's CPU over the same window.
+    pub broker_cpu_seconds: f64,
+    pub letters_per_sec: f64,
+    pub cpu_s_per_million_outputs: f64,
+    pub peak_rss_mib: f64,
+    pub latency_rate: f64,
+    pub latency_letters: u64,
+    pub latency_p50_ms: i64,
+    pub latency_p99_ms: i64,
+    pub completeness: Vec<Completeness>,
+}
+
+/// What a run needs.
+pub struct Bench<'a> {
+    pub broker: &'a Broker,
+    pub source_topic: &'a str,
+    pub partitions: i32,
+    pub latency_secs: f64,
+}
+
+impl Bench<'_> {
+    /// Measures `contender` (already started, on `run`'s destinations) until it has written
+    /// every letter of the backlog (`0..backlog`) to both destinations; then sends it letters
+    /// `backlog..backlog + figures.latency_letters` at half that rate and times them.
+    pub fn measure(&self, run: &Run, mut contender: Contender, backlog: u64) -> anyhow::Result<Figures> {
+        let destinations = run.destinations();
+        let watcher: BaseConsumer = self.broker.client().create()?;
+        let outputs = |w: &BaseConsumer| -> anyhow::Result<i64> {
+            let mut total = 0;
+            for d in &destinations {
+                total += verify::on_topic(w, d, self.partitions)?;
+            }
+            Ok(total)
+        };
+        let wanted = backlog as i64 * destinations.len() as i64;
+        let started = Instant::now();
+        let bar = indicatif::ProgressBar::new(wanted as u64).with_style(
+            indicatif::ProgressStyle::with_template(
+                "  {prefix:<34} {bar:30} {human_pos}/{human_len} outputs {eta}",
+            )
+            .expect("template"),
+        );
+        bar.set_prefix(run.label.clone());
+        // The window opens at the first output: start-up and joining the group are not measured.
+        let (t0, cpu0, broker0, out0) = loop {
+            contender.check_alive()?;
+            let out = outputs(&watcher)?;
+            if out > 0 {
+                break (Instant::now(), contender.cpu(), self.broker.process.cpu(), out);
+            }
+            if started.elapsed() > Duration::from_secs(120) {
+                bail!("{}: no output within two minutes (see its log)", run.label);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut last_progress = (Instant::now(), out0);
+        let out1 = loop {
+            contender.check_alive()?;
+            let out = outputs(&watcher)?;
+            bar.set_position(out as u64);
+            if out >= wanted {
+                break out;
+            }
+            if out > last_progress.1 {
+                last_progress = (Instant::now(), out);
+            } else if last_progress.0.elapsed() > Duration::from_secs(60) {
+                bail!("{}: stuck at {out} of {wanted} outputs for a minute", run.label);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let (t1, cpu1, broker1) = (Instant::now(), contender.cpu(), self.broker.process.cpu());
+        bar.finish_and_clear();
+        let seconds = (t1 - t0).as_secs_f64();
+        let written = (out1 - out0) as u64;
+        let letters_per_sec = written as f64 / destinations.len() as f64 / seconds;
+        let cpu_seconds = (cpu1 - cpu0).as_secs_f64();
+
+        let client = self.broker.client();
+        let mut completeness = Vec::new();
+        for d in &destinations {
+            completeness.push(verify::read_topic(&client, d, self.partitions, backlog)?);
+        }
+
+        // Latency at half the contender's own peak rate.
+        let rate = (letters_per_sec / 2.0).max(1.0);
+        let count = ((rate * self.latency_secs) as u64).max(100);
+        let receiver = Receiver::at_end(&client, &destinations, self.partitions)?;
+        // No linger: the time a letter waits is the contender's.
+        let mut source = Source::new(&client, self.source_topic, 0, backlog)?;
+        let within = Duration::from_secs_f64(self.latency_secs * 4.0 + 60.0);
+        let (sent, arrived) = std::thread::scope(|s| {
+            let receiving = s.spawn(|| receiver.receive(backlog, count, within));
+            let sent = source.paced(count, rate);
+            let arrived = receiving.join().expect("receiver thread");
+            (sent, arrived)
+        });
+        let sent = sent.context("sending the paced letters")?;
+        let arrived = arrived.with_context(|| format!("{}: latency run", run.label))?;
+        let created: std::collections::HashMap<u64, i64> = sent.into_iter().collect();
+        let mut latencies: Vec<i64> =
+            arrived.iter().map(|(seq, at)| at - created.get(seq).copied().unwrap_or(*at)).collect();
+        contender.check_alive()?;
+        let peak_rss_mib = contender.peak_rss() as f64 / (1024.0 * 1024.0);
+
+        Ok(Figures {
+            broker: self.broker.kind.name().into(),
+            run: run.name.clone(),
+            label: run.label.clone(),
+            source_letters: backlog,
+            outputs: written,
+            seconds,
+            cpu_seconds,
+            broker_cpu_seconds: (broker1 - broker0).as_secs_f64(),
+            letters_per_sec,
+            cpu_s_per_million_outputs: cpu_seconds * 1e6 / written.max(1) as f64,
+            peak_rss_mib,
+            latency_rate: rate,
+            latency_letters: count,
+            latency_p50_ms: verify::quantile(&mut latencies, 0.50),
+            latency_p99_ms: verify::quantile(&mut latencies, 0.99),
+            completeness,
+        })
+    }
+}

@@ -1,0 +1,302 @@
+//! `docs/BENCHMARKS.md` and `docs/benchmarks.json` from the figures of one run of the bench.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::process::Command;
+
+use crate::archive::ArchiveFigures;
+use crate::contenders;
+use crate::measure::Figures;
+use crate::rss::RssFigures;
+
+#[derive(serde::Serialize)]
+pub struct Report {
+    pub machine: String,
+    pub revision: String,
+    pub partitions: i32,
+    pub letters: u64,
+    pub mock_letters: u64,
+    pub latency_secs: f64,
+    pub runs: Vec<Figures>,
+    pub archive: Option<ArchiveFigures>,
+    pub rss: Option<RssFigures>,
+    #[serde(skip)]
+    pub includes: Vec<(String, String)>,
+}
+
+impl Report {
+    pub fn new(partitions: i32, letters: u64, mock_letters: u64, latency_secs: f64) -> Self {
+        Self {
+            machine: machine(),
+            revision: git(&["rev-parse", "--short", "HEAD"]),
+            partitions,
+            letters,
+            mock_letters,
+            latency_secs,
+            runs: Vec::new(),
+            archive: None,
+            rss: None,
+            includes: Vec::new(),
+        }
+    }
+
+    fn find(&self, broker: &str, run: &str) -> Option<&Figures> {
+        self.runs.iter().find(|f| f.broker == broker && f.run == run)
+    }
+
+    pub fn write(&self, out: &Path) -> anyhow::Result<()> {
+        std::fs::create_dir_all(out)?;
+        std::fs::write(out.join("benchmarks.json"), serde_json::to_string_pretty(self)? + "\n")?;
+        std::fs::write(out.join("BENCHMARKS.md"), self.markdown())?;
+        Ok(())
+    }
+
+    fn markdown(&self) -> String {
+        let mut md = String::new();
+        let _ = writeln!(md, "# Benchmarks\n");
+        let _ = writeln!(
+            md,
+            "Written by `scripts/bench` (revision `{}`) on {}. Every contender is a process of its own; its CPU \
+             time is read from `/proc` over the window from its first output to its last, so start-up is not \
+             counted. **CPU-s/M** is CPU-seconds per million output letters (each source letter makes two \
+             outputs, one per destination topic). Source letters: realistic gift letters from 100 rooms (the \
+             key), topics of {} partitions. Each run is verified: every source letter on both destinations \
+             (missing), no letter of a room after a later one (order), duplicates counted. Latency is the \
+             verifier's receive time minus the source letter's CreateTime, for {} s of letters sent at half the \
+             contender's own peak rate.\n",
+            self.revision, self.machine, self.partitions, self.latency_secs
+        );
+        let _ = writeln!(md, "![CPU per million outputs and letters per second](benchmarks.png)\n");
+        for broker in ["tansu", "mock"] {
+            let runs: Vec<&Figures> = self.runs.iter().filter(|f| f.broker == broker).collect();
+            if runs.is_empty() {
+                continue;
+            }
+            let title = match broker {
+                "tansu" => format!("Tansu (in-memory storage), {} letters", self.letters),
+                _ => {
+                    format!("librdkafka's mock cluster (`pigeon dev-broker`), {} letters", self.mock_letters)
+                }
+            };
+            let _ = writeln!(md, "## {title}\n");
+            let limit = self.find(broker, "limit-tuned");
+            let _ = writeln!(
+                md,
+                "| contender | letters/s | CPU-s/M | × limit CPU | % limit rate | p50 ms | p99 ms | missing | duplicates | order | broker CPU-s/M | peak RSS MiB |"
+            );
+            let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+            for f in &runs {
+                let sum =
+                    |g: fn(&crate::verify::Completeness) -> u64| f.completeness.iter().map(g).sum::<u64>();
+                let (cpu_ratio, rate_ratio) = limit.map_or((String::new(), String::new()), |l| {
+                    (
+                        format!("{:.2}", f.cpu_s_per_million_outputs / l.cpu_s_per_million_outputs),
+                        format!("{:.0}%", 100.0 * f.letters_per_sec / l.letters_per_sec),
+                    )
+                });
+                let _ = writeln!(
+                    md,
+                    "| {} | {:.0} | {:.2} | {cpu_ratio} | {rate_ratio} | {} | {} | {} | {} | {} | {:.2} | {:.0} |",
+                    f.label,
+                    f.letters_per_sec,
+                    f.cpu_s_per_million_outputs,
+                    f.latency_p50_ms,
+                    f.latency_p99_ms,
+                    sum(|c| c.missing),
+                    sum(|c| c.duplicates),
+                    sum(|c| c.order_violations),
+                    f.broker_cpu_seconds * 1e6 / f.outputs.max(1) as f64,
+                    f.peak_rss_mib
+                );
+            }
+            let _ = writeln!(md);
+            self.tuning(&mut md, broker);
+        }
+        self.archive_section(&mut md);
+        self.rss_section(&mut md);
+        self.goals(&mut md);
+        for (name, text) in &self.includes {
+            let _ = writeln!(md, "## {name}\n\n```text\n{}\n```\n", text.trim_end());
+        }
+        self.peer_section(&mut md);
+        md
+    }
+
+    fn tuning(&self, md: &mut String, broker: &str) {
+        let steps = contenders::limit_steps();
+        let measured: Vec<(&Figures, &Vec<(String, String)>)> =
+            steps.iter().filter_map(|(name, _, props)| Some((self.find(broker, name)?, props))).collect();
+        if measured.len() < 2 {
+            return;
+        }
+        let _ = writeln!(md, "What each step of tuning buys the limit (each adds to the one above):\n");
+        let _ = writeln!(md, "| step | adds | letters/s | CPU-s/M | CPU vs previous |");
+        let _ = writeln!(md, "|---|---|---:|---:|---:|");
+        let mut previous: Option<(&Figures, &Vec<(String, String)>)> = None;
+        for (f, props) in &measured {
+            let added: Vec<String> = props
+                .iter()
+                .filter(|p| previous.is_none_or(|(_, before)| !before.contains(p)))
+                .map(|(k, v)| format!("`{k}={v}`"))
+                .collect();
+            let change = previous.map_or(String::new(), |(p, _)| {
+                format!("{:+.0}%", 100.0 * (f.cpu_s_per_million_outputs / p.cpu_s_per_million_outputs - 1.0))
+            });
+            let adds =
+                if added.is_empty() { "nothing (librdkafka's defaults)".to_owned() } else { added.join(" ") };
+            let _ = writeln!(
+                md,
+                "| {} | {adds} | {:.0} | {:.2} | {change} |",
+                f.label, f.letters_per_sec, f.cpu_s_per_million_outputs
+            );
+            previous = Some((f, props));
+        }
+        let _ = writeln!(md);
+    }
+
+    fn archive_section(&self, md: &mut String) {
+        let Some(a) = &self.archive else { return };
+        let _ = writeln!(
+            md,
+            "## Archive into MariaDB ({})\n\n{} letters archived ({} distinct). The bare loop inserts the same rows \
+             into an identical table, 1,000 rows per statement, each its own transaction, on one connection.\n\n\
+             | contender | rows/s | CPU-s per million rows |\n|---|---:|---:|\n| Pigeon archiver | {:.0} | {:.2} |\n\
+             | bare multi-row INSERT loop | {:.0} | |\n\nThe archiver reaches **{:.0}%** of the bare rate.\n",
+            a.broker,
+            a.rows,
+            a.distinct_letters,
+            a.archiver_rows_per_sec,
+            a.archiver_cpu_s_per_million_rows,
+            a.bare_rows_per_sec,
+            100.0 * a.ratio
+        );
+    }
+
+    fn rss_section(&self, md: &mut String) {
+        let Some(r) = &self.rss else { return };
+        let _ = writeln!(
+            md,
+            "## A slow destination\n\n{} letters wait on the source; the destination's broker answers after {} ms \
+             for {:.0} s (a mock cluster of two brokers). The router reads {} letters in that time, holds at most {} \
+             letters of a partition in flight (its cap: {}) and pauses the rest; {} outputs got through. \
+             **Peak RSS {:.0} MiB**, budget {} MiB. Then the destination is quick again: {} of {} letters arrive \
+             on both destinations, {} missing.\n",
+            r.letters,
+            r.slow_rtt_ms,
+            r.slow_seconds,
+            r.letters_in_while_slow,
+            r.in_flight_peak,
+            r.max_in_flight_per_partition,
+            r.delivered_while_slow,
+            r.peak_rss_mib,
+            r.budget_mib,
+            r.delivered_after / 2,
+            r.letters,
+            r.missing_after
+        );
+    }
+
+    fn goals(&self, md: &mut String) {
+        let _ = writeln!(md, "## Goals\n\n| goal | figure | met |\n|---|---|---|");
+        let mut row = |goal: &str, figure: String, met: bool| {
+            let _ = writeln!(md, "| {goal} | {figure} | {} |", if met { "yes" } else { "**no**" });
+        };
+        for broker in ["tansu", "mock"] {
+            let (Some(forward), Some(limit)) =
+                (self.find(broker, "forward"), self.find(broker, "limit-tuned"))
+            else {
+                continue;
+            };
+            let cpu = forward.cpu_s_per_million_outputs / limit.cpu_s_per_million_outputs;
+            row(&format!("{broker}: forward ≤ 1.5× the tuned limit's CPU"), format!("{cpu:.2}×"), cpu <= 1.5);
+            let rate = forward.letters_per_sec / limit.letters_per_sec;
+            row(
+                &format!("{broker}: forward ≥ 90% of its throughput"),
+                format!("{:.0}%", 100.0 * rate),
+                rate >= 0.9,
+            );
+            if let Some(default) = self.find(broker, "limit-default") {
+                let cpu = forward.cpu_s_per_million_outputs / default.cpu_s_per_million_outputs;
+                row(
+                    &format!("{broker}: forward ≤ 1.5× the default limit's CPU"),
+                    format!("{cpu:.2}×"),
+                    cpu <= 1.5,
+                );
+            }
+            if let Some(script) = self.find(broker, "script") {
+                let r = script.cpu_s_per_million_outputs / forward.cpu_s_per_million_outputs;
+                row(&format!("{broker}: script ≤ 5× forward's CPU"), format!("{r:.2}×"), r <= 5.0);
+            }
+            if let (Some(script), Some(peer)) = (self.find(broker, "script"), self.find(broker, "peer")) {
+                let per_cpu = |f: &Figures| f.source_letters as f64 / f.cpu_seconds.max(1e-9);
+                let r = per_cpu(script) / per_cpu(peer);
+                row(
+                    &format!("{broker}: ≥ 2.5× the peer's letters per CPU-second (script vs peer)"),
+                    format!("{r:.1}×"),
+                    r >= 2.5,
+                );
+            }
+        }
+        if let Some(a) = &self.archive {
+            row("archive ≥ 80% of the bare insert rate", format!("{:.0}%", 100.0 * a.ratio), a.ratio >= 0.8);
+        }
+        if let Some(r) = &self.rss {
+            row(
+                "peak RSS under the budget behind a slow destination",
+                format!("{:.0} of {} MiB", r.peak_rss_mib, r.budget_mib),
+                r.peak_rss_mib <= r.budget_mib as f64 && r.missing_after == 0,
+            );
+        }
+        let _ = writeln!(md);
+    }
+
+    fn peer_section(&self, md: &mut String) {
+        let settings: Vec<String> = contenders::pigeon_settings()
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("producer."))
+            .map(|(k, v)| format!("{}={v}", &k["producer.".len()..]))
+            .collect();
+        let _ = writeln!(
+            md,
+            "## The peer\n\nQuix Streams {} (from PyPI), its producer given Pigeon's producer settings ({}); \
+             everything else is Quix Streams' defaults (at-least-once, commit every 5 s). `bench/peer/quix_gifts.py`:\n\n\
+             ```python\n{}```\n",
+            pip_version("quixstreams"),
+            settings.join(", "),
+            contenders::PEER
+        );
+    }
+}
+
+fn git(args: &[&str]) -> String {
+    Command::new("git")
+        .args(args)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn pip_version(package: &str) -> String {
+    std::env::var(format!("BENCH_{}_VERSION", package.to_uppercase()))
+        .unwrap_or_else(|_| "(version unknown)".into())
+}
+
+/// CPU model, cores and memory, from /proc.
+fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
+        .unwrap_or_else(|| "an unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let mem_gib = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .map_or(0.0, |kib| kib / (1024.0 * 1024.0));
+    format!("{cores} cores of {model}, {mem_gib:.0} GiB")
+}
