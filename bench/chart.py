@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 def colour(run):
     if run.startswith("limit"):
         return "#9aa5b1"
-    if run == "peer":
+    if run.startswith("peer"):
         return "#d97706"
     return "#2563eb"
 

@@ -1,13 +1,15 @@
-"""The peer: Pigeon's script pigeon written with Quix Streams.
+"""The peer: Pigeon's script and forward pigeons written with Quix Streams.
 
-Reads the gift letters of a source topic, keeps those tagged `gift.sent` (the `ce_type`
-header, as Pigeon's router reads it), reshapes each as `scripts/rhai/gift-to-progress.rhai`
-does (points = giftCount * price, keyed by anchor) and writes the result to two topics. The
-letters' headers travel with them, as Quix Streams passes them on.
+Reads the gift letters of a source topic and keeps those tagged `gift.sent` (the `ce_type`
+header, as Pigeon's router reads it). By default it reshapes each as
+`bench/gift-to-progress-and-rank.rhai` does (points = giftCount * price, keyed by anchor) and
+writes the result to both destination topics; with `--forward` it writes each letter to both
+topics as it came, bytes and key untouched, as a forward pigeon does. The letters' headers
+travel with them, as Quix Streams passes them on.
 
 Run by `scripts/bench` as its own process:
     python quix_gifts.py --brokers HOST:PORT --group G --source T --to A --to B \
-        [--producer-config JSON]
+        [--forward] [--producer-config JSON]
 """
 
 import argparse
@@ -49,6 +51,7 @@ def main():
     parser.add_argument("--group", required=True)
     parser.add_argument("--source", required=True)
     parser.add_argument("--to", action="append", required=True, dest="destinations")
+    parser.add_argument("--forward", action="store_true", help="forward the letters unchanged")
     parser.add_argument("--producer-config", default="{}", help="librdkafka producer properties, JSON")
     args = parser.parse_args()
     producer_config = json.loads(args.producer_config)
@@ -61,14 +64,19 @@ def main():
         producer_extra_config=producer_config,
         loglevel="WARNING",
     )
-    source = app.topic(args.source, value_deserializer="json", key_deserializer="str")
-    destinations = [app.topic(t, value_serializer="json", key_serializer="str") for t in args.destinations]
-
-    sdf = app.dataframe(source)
-    sdf = sdf.filter(tagged_gift, metadata=True)
-    sdf = sdf.apply(cleanse).filter(lambda progress: progress is not None)
-    for topic in destinations:
-        sdf.to_topic(topic, key=anchor_key)
+    if args.forward:
+        source = app.topic(args.source, value_deserializer="bytes", key_deserializer="bytes")
+        destinations = [app.topic(t, value_serializer="bytes", key_serializer="bytes") for t in args.destinations]
+        sdf = app.dataframe(source).filter(tagged_gift, metadata=True)
+        for topic in destinations:
+            sdf.to_topic(topic)
+    else:
+        source = app.topic(args.source, value_deserializer="json", key_deserializer="str")
+        destinations = [app.topic(t, value_serializer="json", key_serializer="str") for t in args.destinations]
+        sdf = app.dataframe(source).filter(tagged_gift, metadata=True)
+        sdf = sdf.apply(cleanse).filter(lambda progress: progress is not None)
+        for topic in destinations:
+            sdf.to_topic(topic, key=anchor_key)
     app.run()
 
 

@@ -12,8 +12,9 @@ use pigeon_bus::route::{Action, DestinationSpec, MatchSpec, PigeonSpec};
 use crate::letters::TAG;
 use crate::process::Contender;
 
-/// The cleansing script both Pigeon and the peer run (the peer's is its Python twin).
-pub const SCRIPT: &str = include_str!("../../scripts/rhai/gift-to-progress.rhai");
+/// The cleansing script Pigeon runs (the peer runs its Python twin): every gift to both
+/// destinations.
+pub const SCRIPT: &str = include_str!("../gift-to-progress-and-rank.rhai");
 /// The peer's code.
 pub const PEER: &str = include_str!("../peer/quix_gifts.py");
 
@@ -24,7 +25,10 @@ pub enum Work {
     Limit(Vec<(String, String)>),
     Forward,
     Script,
+    /// The peer doing the script pigeon's work.
     Peer,
+    /// The peer doing the forward pigeon's work.
+    PeerForward,
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -176,7 +180,7 @@ pub fn start(
             command.arg("--config").arg(&config).arg("serve").env("RUST_LOG", "warn");
             Contender::spawn(&run.label, command, &log)
         }
-        Work::Peer => {
+        Work::Peer | Work::PeerForward => {
             let python = programs.python.as_ref().context("the peer needs --python")?;
             let producer: BTreeMap<String, String> = pigeon_settings()
                 .into_iter()
@@ -188,6 +192,9 @@ pub fn start(
                 .args(["--brokers", bootstrap, "--group", group, "--source", source, "--to", &a, "--to", &b])
                 .arg("--producer-config")
                 .arg(serde_json::to_string(&producer)?);
+            if run.work == Work::PeerForward {
+                command.arg("--forward");
+            }
             Contender::spawn(&run.label, command, &log)
         }
     }

@@ -42,12 +42,15 @@ struct Args {
     #[arg(long, value_enum, value_delimiter = ',', default_value = "tansu,mock")]
     brokers: Vec<Kind>,
     /// Only runs whose name starts with one of these (`limit`, `forward`, `script`, `peer`,
-    /// `archive`, `rss`).
+    /// `peer-forward`, `archive`, `rss`).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Seconds of paced letters for the latency figures.
     #[arg(long, default_value_t = 10.0)]
     latency_secs: f64,
+    /// The share of each contender's own peak rate the latency letters are sent at.
+    #[arg(long, default_value_t = 0.5, value_parser = fraction)]
+    latency_fraction: f64,
     #[arg(long, default_value = "target/release/pigeon")]
     pigeon: PathBuf,
     #[arg(long, default_value = "target/release/pigeon-limit")]
@@ -102,7 +105,16 @@ fn main() -> anyhow::Result<()> {
         runs.push(Run { name: "forward".into(), label: "Pigeon forward".into(), work: Work::Forward });
         runs.push(Run { name: "script".into(), label: "Pigeon script".into(), work: Work::Script });
         if kind == Kind::Tansu && args.python.is_some() {
-            runs.push(Run { name: "peer".into(), label: "peer (Quix Streams)".into(), work: Work::Peer });
+            runs.push(Run {
+                name: "peer-forward".into(),
+                label: "peer forward (Quix Streams)".into(),
+                work: Work::PeerForward,
+            });
+            runs.push(Run {
+                name: "peer".into(),
+                label: "peer script (Quix Streams)".into(),
+                work: Work::Peer,
+            });
         }
         runs.retain(|r| wanted(&r.name));
         let archive = kind == args.brokers[0] && wanted("archive");
@@ -126,6 +138,7 @@ fn main() -> anyhow::Result<()> {
             source_topic: source,
             partitions: args.partitions,
             latency_secs: args.latency_secs,
+            latency_fraction: args.latency_fraction,
         };
         for run in &runs {
             let dir = args.work.join(format!("{}-{}", kind.name(), run.name));
@@ -190,6 +203,14 @@ fn main() -> anyhow::Result<()> {
     report.write(&args.out)?;
     println!("wrote {}", args.out.join("BENCHMARKS.md").display());
     Ok(())
+}
+
+/// A share of a rate: above 0, at most 1.
+fn fraction(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(f) if f > 0.0 && f <= 1.0 => Ok(f),
+        _ => Err(format!("{text}: expected a number above 0 and at most 1 (0.5 is half the peak rate)")),
+    }
 }
 
 fn print_figures(f: &Figures) {

@@ -4,13 +4,12 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use rdkafka::consumer::BaseConsumer;
 
 use crate::broker::Broker;
 use crate::contenders::Run;
 use crate::letters::Source;
 use crate::process::Contender;
-use crate::verify::{self, Completeness, Receiver};
+use crate::verify::{self, Completeness, Live};
 
 /// The figures of one run.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -43,25 +42,21 @@ pub struct Bench<'a> {
     pub source_topic: &'a str,
     pub partitions: i32,
     pub latency_secs: f64,
+    /// The share of the contender's peak rate the latency letters are sent at.
+    pub latency_fraction: f64,
 }
 
 impl Bench<'_> {
-    /// Measures `contender` (already started, on `run`'s destinations) until it has written
-    /// every letter of the backlog (`0..backlog`) to both destinations; then sends it letters
+    /// Measures `contender` (just started, on `run`'s destinations) until it has written every
+    /// letter of the backlog (`0..backlog`) to both destinations; then sends it letters
     /// `backlog..backlog + figures.latency_letters` at half that rate and times them.
     pub fn measure(&self, run: &Run, mut contender: Contender, backlog: u64) -> anyhow::Result<Figures> {
         let destinations = run.destinations();
-        let watcher: BaseConsumer = self.broker.client().create()?;
-        let outputs = |w: &BaseConsumer| -> anyhow::Result<i64> {
-            let mut total = 0;
-            for d in &destinations {
-                total += verify::on_topic(w, d, self.partitions)?;
-            }
-            Ok(total)
-        };
-        let wanted = backlog as i64 * destinations.len() as i64;
+        let client = self.broker.client();
+        let live = Live::start(&client, &destinations, self.partitions, backlog)?;
+        let wanted = backlog * destinations.len() as u64;
         let started = Instant::now();
-        let bar = indicatif::ProgressBar::new(wanted as u64).with_style(
+        let bar = indicatif::ProgressBar::new(wanted).with_style(
             indicatif::ProgressStyle::with_template(
                 "  {prefix:<34} {bar:30} {human_pos}/{human_len} outputs {eta}",
             )
@@ -71,63 +66,64 @@ impl Bench<'_> {
         // The window opens at the first output: start-up and joining the group are not measured.
         let (t0, cpu0, broker0, out0) = loop {
             contender.check_alive()?;
-            let out = outputs(&watcher)?;
+            let out = live.backlog_outputs();
             if out > 0 {
                 break (Instant::now(), contender.cpu(), self.broker.process.cpu(), out);
             }
             if started.elapsed() > Duration::from_secs(120) {
                 bail!("{}: no output within two minutes (see its log)", run.label);
             }
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(Duration::from_millis(10));
         };
         let mut last_progress = (Instant::now(), out0);
-        let out1 = loop {
+        while live.backlog_done() < backlog {
             contender.check_alive()?;
-            let out = outputs(&watcher)?;
-            bar.set_position(out as u64);
-            if out >= wanted {
-                break out;
-            }
+            let out = live.backlog_outputs();
+            bar.set_position(out);
             if out > last_progress.1 {
                 last_progress = (Instant::now(), out);
             } else if last_progress.0.elapsed() > Duration::from_secs(60) {
                 bail!("{}: stuck at {out} of {wanted} outputs for a minute", run.label);
             }
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        let (t1, cpu1, broker1) = (Instant::now(), contender.cpu(), self.broker.process.cpu());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let (t1, cpu1, broker1, out1) =
+            (Instant::now(), contender.cpu(), self.broker.process.cpu(), live.backlog_outputs());
         bar.finish_and_clear();
         let seconds = (t1 - t0).as_secs_f64();
-        let written = (out1 - out0) as u64;
+        let written = out1 - out0;
         let letters_per_sec = written as f64 / destinations.len() as f64 / seconds;
         let cpu_seconds = (cpu1 - cpu0).as_secs_f64();
 
-        let client = self.broker.client();
-        let mut completeness = Vec::new();
-        for d in &destinations {
-            completeness.push(verify::read_topic(&client, d, self.partitions, backlog)?);
-        }
-
-        // Latency at half the contender's own peak rate.
-        let rate = (letters_per_sec / 2.0).max(1.0);
+        // Latency at half the contender's own peak rate. The source lingers 5 ms, as a
+        // gateway's producer would (its letters are stamped before they wait, so the figure
+        // includes that wait). Without any linger every letter becomes a batch of its own,
+        // and the contender then reads one tiny batch per letter: far costlier than the
+        // backlog's batches, so half its peak would be more than it can take.
+        let rate = (letters_per_sec * self.latency_fraction).max(1.0);
         let count = ((rate * self.latency_secs) as u64).max(100);
-        let receiver = Receiver::at_end(&client, &destinations, self.partitions)?;
-        // No linger: the time a letter waits is the contender's.
-        let mut source = Source::new(&client, self.source_topic, 0, backlog)?;
-        let within = Duration::from_secs_f64(self.latency_secs * 4.0 + 60.0);
-        let (sent, arrived) = std::thread::scope(|s| {
-            let receiving = s.spawn(|| receiver.receive(backlog, count, within));
-            let sent = source.paced(count, rate);
-            let arrived = receiving.join().expect("receiver thread");
-            (sent, arrived)
-        });
-        let sent = sent.context("sending the paced letters")?;
-        let arrived = arrived.with_context(|| format!("{}: latency run", run.label))?;
+        let sent = Source::new(&client, self.source_topic, 5, backlog)?
+            .paced(count, rate)
+            .context("sending the paced letters")?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while live.paced_done() < count {
+            contender.check_alive()?;
+            if Instant::now() > deadline {
+                bail!(
+                    "{}: {} of {count} paced letters arrived within a minute",
+                    run.label,
+                    live.paced_done()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let peak_rss_mib = contender.peak_rss() as f64 / (1024.0 * 1024.0);
+        drop(contender);
+        let verdict = live.finish(backlog + count)?;
         let created: std::collections::HashMap<u64, i64> = sent.into_iter().collect();
         let mut latencies: Vec<i64> =
-            arrived.iter().map(|(seq, at)| at - created.get(seq).copied().unwrap_or(*at)).collect();
-        contender.check_alive()?;
-        let peak_rss_mib = contender.peak_rss() as f64 / (1024.0 * 1024.0);
+            verdict.arrivals.iter().filter_map(|(seq, at)| Some(at - created.get(seq)?)).collect();
+        let completeness = verdict.completeness;
 
         Ok(Figures {
             broker: self.broker.kind.name().into(),

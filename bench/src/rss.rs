@@ -11,7 +11,6 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use rdkafka::consumer::BaseConsumer;
 use rdkafka::mocking::{MockCluster, MockCoordinator};
 
 use crate::contenders::{pigeon_config, Run, Work};
@@ -93,7 +92,7 @@ pub fn run(
     let mut router = Contender::spawn("router", command, &log)?;
     let metrics =
         format!("{}/metrics", crate::broker::wait_for_line(&log, "admin: ", Duration::from_secs(60))?);
-    let watcher: BaseConsumer = client.create()?;
+    let live = verify::Live::start(&client, &[a.clone(), b.clone()], PARTITIONS, LETTERS)?;
 
     let started = Instant::now();
     let mut peak_rss = 0u64;
@@ -104,32 +103,23 @@ pub fn run(
     }
     let letters_in = crate::archive::counter(&metrics, "pigeon_letters_in_total").unwrap_or(0);
     let in_flight_peak = crate::archive::counter(&metrics, "pigeon_in_flight_peak").unwrap_or(0);
-    let delivered_while_slow =
-        (verify::on_topic(&watcher, &a, PARTITIONS)? + verify::on_topic(&watcher, &b, PARTITIONS)?) as u64;
+    let delivered_while_slow = live.backlog_outputs();
     let peak_rss_mib = router.peak_rss().max(peak_rss) as f64 / (1024.0 * 1024.0);
 
     // The destination quick again: everything must arrive.
     cluster.broker_round_trip_time(SLOW_BROKER, Duration::ZERO)?;
     let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
+    while live.backlog_done() < LETTERS {
         router.check_alive()?;
-        let out = verify::on_topic(&watcher, &a, PARTITIONS)? + verify::on_topic(&watcher, &b, PARTITIONS)?;
-        if out >= 2 * LETTERS as i64 {
-            break;
-        }
         if Instant::now() > deadline {
-            bail!("after the slow phase only {out} of {} outputs arrived", 2 * LETTERS);
+            bail!("after the slow phase only {} of {} outputs arrived", live.backlog_outputs(), 2 * LETTERS);
         }
-        std::thread::sleep(Duration::from_millis(200));
+        std::thread::sleep(Duration::from_millis(100));
     }
     drop(router);
-    let mut missing = 0;
-    let mut delivered = 0;
-    for topic in [&a, &b] {
-        let c = verify::read_topic(&client, topic, PARTITIONS, LETTERS)?;
-        missing += c.missing;
-        delivered += c.distinct;
-    }
+    let verdict = live.finish(LETTERS)?;
+    let missing = verdict.completeness.iter().map(|c| c.missing).sum();
+    let delivered = verdict.completeness.iter().map(|c| c.distinct).sum();
     drop(cluster);
     Ok(RssFigures {
         budget_mib,

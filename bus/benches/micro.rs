@@ -6,8 +6,8 @@
 //! - `match`: finding a gift's pigeons among 10, 1,000 and 10,000 (one in ten on a tag
 //!   pattern);
 //! - `forward`: the whole forward step (read, match, count, build both outputs' headers);
-//! - `script`: the script step (read, match, run `scripts/rhai/gift-to-progress.rhai`, which
-//!   parses and writes the payload, build the outputs' headers).
+//! - `script`: the script step (read, match, run `bench/gift-to-progress-and-rank.rhai`, which
+//!   parses and writes the payload, build both outputs' headers).
 
 use std::collections::BTreeMap;
 
@@ -22,7 +22,7 @@ use rdkafka::message::{Headers, Message, OwnedMessage};
 
 mod common;
 
-const SCRIPT: &str = include_str!("../../scripts/rhai/gift-to-progress.rhai");
+const SCRIPT: &str = include_str!("../../bench/gift-to-progress-and-rank.rhai");
 
 fn gifts() -> Vec<OwnedMessage> {
     common::gift_messages(

@@ -165,12 +165,13 @@ impl ScriptEngine {
                 payload,
             }]);
         }
-        let Some(items) = value.clone().try_cast::<rhai::Array>() else {
-            return Err(ScriptError::Output(format!(
+        // Cast without a copy: a clone here would copy every letter the script built.
+        let items = value.try_cast_result::<rhai::Array>().map_err(|value| {
+            ScriptError::Output(format!(
                 "expected (), a map or an array of letters, got {}",
                 value.type_name()
-            )));
-        };
+            ))
+        })?;
         if items.len() > self.limits.max_outputs {
             return Err(ScriptError::Output(format!(
                 "{} letters, more than the limit of {}",
@@ -189,12 +190,9 @@ fn output(
     destinations: &[ScriptDestination],
 ) -> Result<ScriptOutput, ScriptError> {
     let what = format!("letter [{i}]");
-    let Some(mut map) = item.clone().try_cast::<Map>() else {
-        return Err(ScriptError::Output(format!(
-            "{what} is {}, not a map #{{ payload, … }}",
-            item.type_name()
-        )));
-    };
+    let mut map = item.try_cast_result::<Map>().map_err(|item| {
+        ScriptError::Output(format!("{what} is {}, not a map #{{ payload, … }}", item.type_name()))
+    })?;
     for field in map.keys() {
         if !["payload", "tag", "key", "dest"].contains(&field.as_str()) {
             return Err(ScriptError::Output(format!(
