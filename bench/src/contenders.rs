@@ -22,7 +22,7 @@ pub const PEER: &str = include_str!("../peer/quix_gifts.py");
 #[serde(rename_all = "lowercase")]
 pub enum Work {
     /// The bare loop, with these client properties on top of librdkafka's defaults.
-    Limit(Vec<(String, String)>),
+    Limit(Settings),
     Forward,
     Script,
     /// The peer doing the script pigeon's work.
@@ -46,40 +46,48 @@ impl Run {
     }
 }
 
+/// Client properties as `-X` keys (`producer.…`, `consumer.…`) and values.
+pub type Settings = Vec<(String, String)>;
+
+/// One step of tuning the limit.
+#[derive(Clone, Debug)]
+pub struct LimitStep {
+    pub name: &'static str,
+    pub label: &'static str,
+    /// Everything set so far, this step's properties included.
+    pub settings: Settings,
+}
+
 /// Steps of tuning, each adding to the one before; the last is exactly Pigeon's settings.
-pub fn limit_steps() -> Vec<(&'static str, &'static str, Vec<(String, String)>)> {
+pub fn limit_steps() -> Vec<LimitStep> {
     let pigeon = pigeon_settings();
-    let pick = |keys: &[&str]| -> Vec<(String, String)> {
+    let pick = |keys: &[&str]| -> Settings {
         keys.iter().filter_map(|k| pigeon.iter().find(|(key, _)| key == k).cloned()).collect()
     };
     let guarantees = pick(&["producer.enable.idempotence", "producer.partitioner"]);
     let compression = pick(&["producer.compression.type"]);
-    let batching = pick(&[
-        "producer.linger.ms",
-        "producer.batch.num.messages",
-        "producer.batch.size",
-        "producer.queue.buffering.max.messages",
-    ]);
-    let mut steps = vec![
-        ("limit-default", "limit, librdkafka defaults", Vec::new()),
+    let batching =
+        pick(&["producer.linger.ms", "producer.batch.num.messages", "producer.queue.buffering.max.messages"]);
+    let mut so_far = Settings::new();
+    let mut steps = Vec::new();
+    for (name, label, mut adds) in [
+        ("limit-default", "limit, librdkafka defaults", Settings::new()),
         ("limit-guarantees", "limit + idempotence, Java partitioner", guarantees),
         ("limit-lz4", "limit + lz4", compression),
         ("limit-batching", "limit + batching", batching),
-    ];
-    let mut so_far = Vec::new();
-    for step in &mut steps {
-        so_far.extend(step.2.drain(..));
-        step.2 = so_far.clone();
+    ] {
+        so_far.append(&mut adds);
+        steps.push(LimitStep { name, label, settings: so_far.clone() });
     }
     // What Pigeon sets beyond those (consumer fetch sizes and the rest), so the last step
     // is Pigeon's exact settings.
-    steps.push(("limit-tuned", "limit, Pigeon's settings", pigeon));
+    steps.push(LimitStep { name: "limit-tuned", label: "limit, Pigeon's settings", settings: pigeon });
     steps
 }
 
 /// Pigeon's own client properties (producer and router consumer), as `-X` keys, without the
 /// ones that name the broker or the group or that only Pigeon's offset tracking needs.
-pub fn pigeon_settings() -> Vec<(String, String)> {
+pub fn pigeon_settings() -> Settings {
     let kafka = KafkaConfig::default();
     let skip = [
         "bootstrap.servers",
@@ -215,13 +223,14 @@ mod tests {
     #[test]
     fn the_last_limit_step_is_pigeon_s_settings_and_each_step_adds_to_the_one_before() {
         let steps = limit_steps();
-        assert!(steps[0].2.is_empty(), "the first step is librdkafka's defaults");
+        assert!(steps[0].settings.is_empty(), "the first step is librdkafka's defaults");
         for pair in steps.windows(2) {
-            for setting in &pair[0].2 {
-                assert!(pair[1].2.contains(setting), "{} drops {setting:?}", pair[1].0);
+            for setting in &pair[0].settings {
+                assert!(pair[1].settings.contains(setting), "{} drops {setting:?}", pair[1].name);
             }
+            assert!(pair[1].settings.len() > pair[0].settings.len(), "{} adds nothing", pair[1].name);
         }
-        let last = &steps.last().unwrap().2;
+        let last = &steps.last().unwrap().settings;
         assert_eq!(last, &pigeon_settings());
         assert!(last.contains(&("producer.compression.type".into(), "lz4".into())), "{last:?}");
     }

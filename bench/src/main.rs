@@ -13,7 +13,7 @@ mod report;
 mod rss;
 mod verify;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use clap::Parser;
@@ -35,6 +35,10 @@ struct Args {
     /// keys a partition holds a few rooms' letters, so a million would not fit.
     #[arg(long, default_value_t = 200_000)]
     mock_letters: u64,
+    /// Tries of every run, each on a broker of its own; the report shows the median try (by
+    /// CPU per output) and the range of all.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    repeats: u32,
     /// Partitions of every topic.
     #[arg(long, default_value_t = 64)]
     partitions: i32,
@@ -46,7 +50,7 @@ struct Args {
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Seconds of paced letters for the latency figures.
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, default_value_t = 5.0)]
     latency_secs: f64,
     /// The share of each contender's own peak rate the latency letters are sent at.
     #[arg(long, default_value_t = 0.5, value_parser = fraction)]
@@ -76,6 +80,10 @@ struct Args {
     /// Files of micro-benchmark output to include in the report (NAME=PATH).
     #[arg(long = "include")]
     includes: Vec<String>,
+    /// Runs nothing: writes the report again from the figures of an earlier run (its
+    /// `benchmarks.json`), with this build's text and the files given with `--include`.
+    #[arg(long, value_name = "JSON")]
+    rewrite: Option<PathBuf>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -90,16 +98,30 @@ fn main() -> anyhow::Result<()> {
         peer: args.peer.clone(),
     };
     let binaries = Binaries { pigeon: args.pigeon.clone(), tansu: args.tansu.clone() };
-    let mut report = report::Report::new(args.partitions, args.letters, args.mock_letters, args.latency_secs);
+    if let Some(json) = &args.rewrite {
+        let mut report = report::Report::read(json)?;
+        add_includes(&mut report, &args.includes)?;
+        report.write(&args.out)?;
+        println!("wrote {} from {}", args.out.join("BENCHMARKS.md").display(), json.display());
+        return Ok(());
+    }
+    let mut report = report::Report::new(
+        args.partitions,
+        args.letters,
+        args.mock_letters,
+        args.latency_secs,
+        args.latency_fraction,
+        args.repeats,
+    );
 
     for &kind in &args.brokers {
         let mut runs: Vec<Run> = contenders::limit_steps()
             .into_iter()
-            .filter(|(name, ..)| kind == Kind::Tansu || matches!(*name, "limit-default" | "limit-tuned"))
-            .map(|(name, label, props)| Run {
-                name: name.into(),
-                label: label.into(),
-                work: Work::Limit(props),
+            .filter(|step| kind == Kind::Tansu || matches!(step.name, "limit-default" | "limit-tuned"))
+            .map(|step| Run {
+                name: step.name.into(),
+                label: step.label.into(),
+                work: Work::Limit(step.settings),
             })
             .collect();
         runs.push(Run { name: "forward".into(), label: "Pigeon forward".into(), work: Work::Forward });
@@ -123,41 +145,54 @@ fn main() -> anyhow::Result<()> {
         }
         let backlog = if kind == Kind::Mock { args.mock_letters } else { args.letters };
         let source = "bench.gift";
-        let mut topics: Vec<(String, i32)> = vec![(source.into(), args.partitions)];
-        for run in &runs {
-            topics.extend(run.destinations().map(|d| (d, args.partitions)));
-        }
-        topics.extend(pigeon_bus::topics::BUS_TOPICS.iter().map(|t| (t.to_string(), 4)));
-        println!("{}: starting, {} topics of {} partitions", kind.name(), topics.len(), args.partitions);
-        let broker = Broker::start(kind, &binaries, &topics, &args.work)?;
-        println!("{}: {} source letters, 100 rooms", kind.name(), backlog);
-        letters::Source::new(&broker.client(), source, 5, 0)?.backlog(backlog)?;
-        let mut total = backlog;
-        let bench = Bench {
-            broker: &broker,
-            source_topic: source,
-            partitions: args.partitions,
-            latency_secs: args.latency_secs,
-            latency_fraction: args.latency_fraction,
+        // Every run gets a broker of its own with the same backlog: no run reads another's
+        // letters or shares a broker grown by the runs before it.
+        let fresh_broker = |destinations: &[String], dir: &Path| -> anyhow::Result<Broker> {
+            let mut topics: Vec<(String, i32)> = vec![(source.into(), args.partitions)];
+            topics.extend(destinations.iter().map(|d| (d.clone(), args.partitions)));
+            topics.extend(pigeon_bus::topics::BUS_TOPICS.iter().map(|t| (t.to_string(), 4)));
+            std::fs::create_dir_all(dir)?;
+            let broker = Broker::start(kind, &binaries, &topics, dir)?;
+            letters::Source::new(&broker.client(), source, 5, 0)?.backlog(backlog)?;
+            Ok(broker)
         };
+        println!(
+            "{}: {backlog} source letters from 100 rooms, topics of {} partitions",
+            kind.name(),
+            args.partitions
+        );
         for run in &runs {
-            let dir = args.work.join(format!("{}-{}", kind.name(), run.name));
-            let group = format!("bench-{}-{}", run.name, uuid::Uuid::now_v7().simple());
-            let contender = contenders::start(run, &programs, &broker.bootstrap, source, &group, &dir, &rt)?;
-            let figures = bench
-                .measure(run, contender, total)
-                .with_context(|| format!("{} on {}", run.label, kind.name()))?;
-            total += figures.latency_letters;
-            print_figures(&figures);
-            for c in &figures.completeness {
-                if !c.complete() {
-                    bail!("{} on {} is incomplete: {c:?}; no figures written", run.label, kind.name());
+            let mut tries = Vec::new();
+            for n in 1..=args.repeats {
+                let dir = args.work.join(format!("{}-{}-{n}", kind.name(), run.name));
+                let broker = fresh_broker(&run.destinations(), &dir)?;
+                let bench = Bench {
+                    broker: &broker,
+                    source_topic: source,
+                    partitions: args.partitions,
+                    latency_secs: args.latency_secs,
+                    latency_fraction: args.latency_fraction,
+                };
+                let group = format!("bench-{}-{}", run.name, uuid::Uuid::now_v7().simple());
+                let contender =
+                    contenders::start(run, &programs, &broker.bootstrap, source, &group, &dir, &rt)?;
+                let figures = bench
+                    .measure(run, contender, backlog)
+                    .with_context(|| format!("{} on {}, try {n}", run.label, kind.name()))?;
+                print_figures(&figures, n, args.repeats);
+                for c in &figures.completeness {
+                    if !c.complete() {
+                        bail!("{} on {} is incomplete: {c:?}; no figures written", run.label, kind.name());
+                    }
                 }
+                tries.push(figures);
             }
-            report.runs.push(figures);
+            report.runs.extend(Figures::median(tries));
         }
         if archive {
             let dir = args.work.join(format!("{}-archive", kind.name()));
+            let broker = fresh_broker(&[], &dir)?;
+            let total = backlog;
             let figures = archive::run(&broker, &args.pigeon, &args.mariadb, source, total, &dir, &rt)?;
             println!(
                 "  {:<34} {:>9.0} rows/s  {:>6.2} CPU-s per million rows; bare INSERT loop {:.0} rows/s: {:.0}%",
@@ -195,13 +230,19 @@ fn main() -> anyhow::Result<()> {
         }
         report.rss = Some(figures);
     }
-    for include in &args.includes {
+    add_includes(&mut report, &args.includes)?;
+    report.write(&args.out)?;
+    println!("wrote {}", args.out.join("BENCHMARKS.md").display());
+    Ok(())
+}
+
+/// Adds the files of `--include NAME=PATH` to the report.
+fn add_includes(report: &mut report::Report, includes: &[String]) -> anyhow::Result<()> {
+    for include in includes {
         let (name, path) = include.split_once('=').context("--include NAME=PATH")?;
         let text = std::fs::read_to_string(path).with_context(|| path.to_owned())?;
         report.includes.push((name.to_owned(), text));
     }
-    report.write(&args.out)?;
-    println!("wrote {}", args.out.join("BENCHMARKS.md").display());
     Ok(())
 }
 
@@ -213,13 +254,38 @@ fn fraction(text: &str) -> Result<f64, String> {
     }
 }
 
-fn print_figures(f: &Figures) {
+fn print_figures(f: &Figures, try_number: u32, tries: u32) {
     let order: u64 = f.completeness.iter().map(|c| c.order_violations).sum();
     let missing: u64 = f.completeness.iter().map(|c| c.missing).sum();
     let duplicates: u64 = f.completeness.iter().map(|c| c.duplicates).sum();
     println!(
-        "  {:<34} {:>9.0} letters/s  {:>6.2} CPU-s per million outputs  p50 {} ms p99 {} ms  \
+        "  {:<42} {:>9.0} letters/s  {:>6.2} CPU-s per million outputs  p50 {} ms p99 {} ms  \
          missing {missing} duplicates {duplicates} order violations {order}",
-        f.label, f.letters_per_sec, f.cpu_s_per_million_outputs, f.latency_p50_ms, f.latency_p99_ms
+        format!("{} ({try_number}/{tries})", f.label),
+        f.letters_per_sec,
+        f.cpu_s_per_million_outputs,
+        f.latency_p50_ms,
+        f.latency_p99_ms
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_latency_fraction_is_above_zero_and_at_most_one() {
+        assert_eq!(fraction("0.5"), Ok(0.5));
+        assert_eq!(fraction("1"), Ok(1.0));
+        for bad in ["0", "-0.5", "1.5", "half", ""] {
+            assert!(fraction(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn the_arguments_parse_with_their_defaults() {
+        let args = Args::try_parse_from(["pigeon-bench"]).expect("defaults");
+        assert_eq!((args.letters, args.repeats, args.latency_fraction), (1_000_000, 3, 0.5));
+        assert!(Args::try_parse_from(["pigeon-bench", "--repeats", "0"]).is_err(), "zero tries");
+    }
 }

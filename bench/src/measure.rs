@@ -12,7 +12,7 @@ use crate::process::Contender;
 use crate::verify::{self, Completeness, Live};
 
 /// The figures of one run.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Figures {
     pub broker: String,
     pub run: String,
@@ -34,6 +34,40 @@ pub struct Figures {
     pub latency_p50_ms: i64,
     pub latency_p99_ms: i64,
     pub completeness: Vec<Completeness>,
+    /// CPU-s/M and letters/s of every try of this run (these figures are the median try's).
+    #[serde(default)]
+    pub tries: Vec<Try>,
+}
+
+/// One try's headline figures.
+#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
+pub struct Try {
+    pub cpu_s_per_million_outputs: f64,
+    pub letters_per_sec: f64,
+}
+
+impl Figures {
+    /// The try with the median CPU per output, carrying every try's headline figures.
+    pub fn median(mut tries: Vec<Figures>) -> Option<Figures> {
+        tries.sort_by(|a, b| a.cpu_s_per_million_outputs.total_cmp(&b.cpu_s_per_million_outputs));
+        let all: Vec<Try> = tries
+            .iter()
+            .map(|f| Try {
+                cpu_s_per_million_outputs: f.cpu_s_per_million_outputs,
+                letters_per_sec: f.letters_per_sec,
+            })
+            .collect();
+        let middle = tries.len().checked_sub(1)? / 2;
+        let mut median = tries.swap_remove(middle);
+        median.tries = all;
+        Some(median)
+    }
+
+    /// The lowest and highest CPU-s/M of the tries.
+    pub fn cpu_range(&self) -> Option<(f64, f64)> {
+        let cpu = self.tries.iter().map(|t| t.cpu_s_per_million_outputs);
+        Some((cpu.clone().reduce(f64::min)?, cpu.reduce(f64::max)?))
+    }
 }
 
 /// What a run needs.
@@ -95,11 +129,11 @@ impl Bench<'_> {
         let letters_per_sec = written as f64 / destinations.len() as f64 / seconds;
         let cpu_seconds = (cpu1 - cpu0).as_secs_f64();
 
-        // Latency at half the contender's own peak rate. The source lingers 5 ms, as a
+        // Latency at a share of the contender's own peak rate (half by default). The source lingers 5 ms, as a
         // gateway's producer would (its letters are stamped before they wait, so the figure
         // includes that wait). Without any linger every letter becomes a batch of its own,
         // and the contender then reads one tiny batch per letter: far costlier than the
-        // backlog's batches, so half its peak would be more than it can take.
+        // backlog's batches, so half its peak would be far more than it can take.
         let rate = (letters_per_sec * self.latency_fraction).max(1.0);
         let count = ((rate * self.latency_secs) as u64).max(100);
         let sent = Source::new(&client, self.source_topic, 5, backlog)?
@@ -142,6 +176,48 @@ impl Bench<'_> {
             latency_p50_ms: verify::quantile(&mut latencies, 0.50),
             latency_p99_ms: verify::quantile(&mut latencies, 0.99),
             completeness,
+            tries: Vec::new(),
         })
+    }
+}
+
+#[cfg(test)]
+pub mod tests {
+    use super::*;
+
+    pub fn figures(run: &str, cpu: f64, rate: f64) -> Figures {
+        Figures {
+            broker: "tansu".into(),
+            run: run.into(),
+            label: run.into(),
+            source_letters: 1_000,
+            outputs: 2_000,
+            seconds: 1.0,
+            cpu_seconds: cpu * 2_000.0 / 1e6,
+            broker_cpu_seconds: 0.0,
+            letters_per_sec: rate,
+            cpu_s_per_million_outputs: cpu,
+            peak_rss_mib: 10.0,
+            latency_rate: rate / 2.0,
+            latency_letters: 100,
+            latency_p50_ms: 5,
+            latency_p99_ms: 9,
+            completeness: Vec::new(),
+            tries: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_median_try_by_cpu_stands_for_the_run_and_keeps_every_try_s_figures() {
+        let tries =
+            vec![figures("forward", 9.0, 70.0), figures("forward", 7.0, 90.0), figures("forward", 8.0, 80.0)];
+        let median = Figures::median(tries).expect("three tries");
+        assert_eq!(median.cpu_s_per_million_outputs, 8.0);
+        assert_eq!(median.letters_per_sec, 80.0, "the other figures are the median try's own");
+        assert_eq!(median.tries.len(), 3);
+        assert_eq!(median.cpu_range(), Some((7.0, 9.0)));
+        assert!(Figures::median(Vec::new()).is_none());
+        let one = Figures::median(vec![figures("forward", 5.0, 1.0)]).unwrap();
+        assert_eq!(one.cpu_range(), Some((5.0, 5.0)));
     }
 }

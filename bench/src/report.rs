@@ -1,6 +1,8 @@
 //! `docs/BENCHMARKS.md` and `docs/benchmarks.json` from the figures of one run of the bench.
 
 use std::fmt::Write as _;
+
+use anyhow::Context;
 use std::path::Path;
 use std::process::Command;
 
@@ -9,7 +11,7 @@ use crate::contenders;
 use crate::measure::Figures;
 use crate::rss::RssFigures;
 
-#[derive(serde::Serialize)]
+#[derive(serde::Serialize, serde::Deserialize)]
 pub struct Report {
     pub machine: String,
     pub revision: String,
@@ -17,6 +19,10 @@ pub struct Report {
     pub letters: u64,
     pub mock_letters: u64,
     pub latency_secs: f64,
+    #[serde(default = "half")]
+    pub latency_fraction: f64,
+    #[serde(default = "one")]
+    pub repeats: u32,
     pub runs: Vec<Figures>,
     pub archive: Option<ArchiveFigures>,
     pub rss: Option<RssFigures>,
@@ -25,19 +31,35 @@ pub struct Report {
 }
 
 impl Report {
-    pub fn new(partitions: i32, letters: u64, mock_letters: u64, latency_secs: f64) -> Self {
+    pub fn new(
+        partitions: i32,
+        letters: u64,
+        mock_letters: u64,
+        latency_secs: f64,
+        latency_fraction: f64,
+        repeats: u32,
+    ) -> Self {
         Self {
             machine: machine(),
-            revision: git(&["rev-parse", "--short", "HEAD"]),
+            revision: git(&["describe", "--always", "--dirty"]),
             partitions,
             letters,
             mock_letters,
             latency_secs,
+            latency_fraction,
+            repeats,
             runs: Vec::new(),
             archive: None,
             rss: None,
             includes: Vec::new(),
         }
+    }
+
+    /// The figures of an earlier run, from its `benchmarks.json`.
+    pub fn read(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
+        serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a report of pigeon-bench", path.display()))
     }
 
     fn find(&self, broker: &str, run: &str) -> Option<&Figures> {
@@ -56,15 +78,31 @@ impl Report {
         let _ = writeln!(md, "# Benchmarks\n");
         let _ = writeln!(
             md,
-            "Written by `scripts/bench` (revision `{}`) on {}. Every contender is a process of its own; its CPU \
-             time is read from `/proc` over the window from its first output to its last, so start-up is not \
-             counted. **CPU-s/M** is CPU-seconds per million output letters (each source letter makes two \
-             outputs, one per destination topic). Source letters: realistic gift letters from 100 rooms (the \
-             key), topics of {} partitions. Each run is verified: every source letter on both destinations \
-             (missing), no letter of a room after a later one (order), duplicates counted. Latency is the \
-             verifier's receive time minus the source letter's CreateTime, for {} s of letters sent at half the \
-             contender's own peak rate.\n",
-            self.revision, self.machine, self.partitions, self.latency_secs
+            "Written by `scripts/bench` (revision `{}`) on {}. Every contender is a process of its own, and \
+             every run has a broker of its own holding the same source letters: realistic gift letters from \
+             100 rooms (the key), topics of {} partitions. A contender's CPU time is read from `/proc` over the \
+             window from its first output to its last, so start-up is not counted. Each run is tried {} \
+             times, each try on a fresh broker; a row is the try with the median CPU, and the range of all \
+             tries stands beside it (differences smaller than that range are noise). **CPU-s/M** is CPU-seconds \
+             per million output letters (each source letter makes two outputs, one per destination topic), so \
+             letters per CPU-second are 2,000,000 / CPU-s/M. Each run is verified as it is written: every \
+             source letter on both destinations (missing), no letter of a room after a later one (order), \
+             duplicates counted; an incomplete run writes no figures.\n",
+            self.revision, self.machine, self.partitions, self.repeats
+        );
+        let _ = writeln!(
+            md,
+            "Latency is the verifier's receive time minus the source letter's CreateTime, for {} s of letters \
+             sent at {:.0}% of the contender's own peak rate by a producer that lingers 5 ms, as a gateway's \
+             would. Read it with care: on two cores the source, the broker, the contender and the verifier \
+             share the machine, and letters sent at a pace travel in batches of one or two per partition, \
+             which cost every process several times more per letter than the backlog's full batches. Both \
+             brokers also answer a fetch that finds nothing only when its wait (`fetch.wait.max.ms`, 500 ms \
+             by default) runs out, where Kafka answers as soon as a letter arrives. So the figures say more \
+             about this machine and these brokers than about the contenders; compare them with each other \
+             only. `--latency-fraction` sends at another share of the peak.\n",
+            self.latency_secs,
+            100.0 * self.latency_fraction
         );
         let _ = writeln!(md, "![CPU per million outputs and letters per second](benchmarks.png)\n");
         for broker in ["tansu", "mock"] {
@@ -82,9 +120,9 @@ impl Report {
             let limit = self.find(broker, "limit-tuned");
             let _ = writeln!(
                 md,
-                "| contender | letters/s | CPU-s/M | × limit CPU | % limit rate | p50 ms | p99 ms | missing | duplicates | order | broker CPU-s/M | peak RSS MiB |"
+                "| contender | letters/s | CPU-s/M | CPU-s/M of the tries | × limit CPU | % limit rate | p50 ms | p99 ms | missing | duplicates | order | broker CPU-s/M | peak RSS MiB |"
             );
-            let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+            let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
             for f in &runs {
                 let sum =
                     |g: fn(&crate::verify::Completeness) -> u64| f.completeness.iter().map(g).sum::<u64>();
@@ -94,9 +132,10 @@ impl Report {
                         format!("{:.0}%", 100.0 * f.letters_per_sec / l.letters_per_sec),
                     )
                 });
+                let range = f.cpu_range().map_or(String::new(), |(low, high)| format!("{low:.2}–{high:.2}"));
                 let _ = writeln!(
                     md,
-                    "| {} | {:.0} | {:.2} | {cpu_ratio} | {rate_ratio} | {} | {} | {} | {} | {} | {:.2} | {:.0} |",
+                    "| {} | {:.0} | {:.2} | {range} | {cpu_ratio} | {rate_ratio} | {} | {} | {} | {} | {} | {:.2} | {:.0} |",
                     f.label,
                     f.letters_per_sec,
                     f.cpu_s_per_million_outputs,
@@ -124,15 +163,15 @@ impl Report {
 
     fn tuning(&self, md: &mut String, broker: &str) {
         let steps = contenders::limit_steps();
-        let measured: Vec<(&Figures, &Vec<(String, String)>)> =
-            steps.iter().filter_map(|(name, _, props)| Some((self.find(broker, name)?, props))).collect();
+        let measured: Vec<(&Figures, &contenders::Settings)> =
+            steps.iter().filter_map(|step| Some((self.find(broker, step.name)?, &step.settings))).collect();
         if measured.len() < 2 {
             return;
         }
         let _ = writeln!(md, "What each step of tuning buys the limit (each adds to the one above):\n");
         let _ = writeln!(md, "| step | adds | letters/s | CPU-s/M | CPU vs previous |");
         let _ = writeln!(md, "|---|---|---:|---:|---:|");
-        let mut previous: Option<(&Figures, &Vec<(String, String)>)> = None;
+        let mut previous: Option<(&Figures, &contenders::Settings)> = None;
         for (f, props) in &measured {
             let added: Vec<String> = props
                 .iter()
@@ -273,6 +312,14 @@ impl Report {
     }
 }
 
+fn half() -> f64 {
+    0.5
+}
+
+fn one() -> u32 {
+    1
+}
+
 fn git(args: &[&str]) -> String {
     Command::new("git")
         .args(args)
@@ -304,4 +351,40 @@ fn machine() -> String {
         .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
         .map_or(0.0, |kib| kib / (1024.0 * 1024.0));
     format!("{cores} cores of {model}, {mem_gib:.0} GiB")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::measure::tests::figures;
+
+    /// A report written from the figures of a run, then read back from its JSON (as
+    /// `--rewrite` does), gives the same page: the limits' ratios, the tries' range, the goals.
+    #[test]
+    fn a_report_reads_back_from_its_json_and_shows_ratios_ranges_and_goals() {
+        let mut report = Report::new(64, 1_000, 200, 5.0, 0.5, 3);
+        let tries = vec![
+            figures("forward", 9.0, 90.0),
+            figures("forward", 8.0, 95.0),
+            figures("forward", 10.0, 85.0),
+        ];
+        report.runs.push(Figures::median(tries).unwrap());
+        report.runs.push(figures("limit-tuned", 6.0, 100.0));
+        report.runs.push(figures("limit-default", 4.0, 110.0));
+        let out = tempfile::tempdir().unwrap();
+        report.write(out.path()).unwrap();
+        let page = std::fs::read_to_string(out.path().join("BENCHMARKS.md")).unwrap();
+        let again = Report::read(&out.path().join("benchmarks.json")).unwrap();
+        assert_eq!(again.markdown(), page, "the JSON holds everything the page shows");
+
+        let forward_row = page.lines().find(|l| l.starts_with("| forward |")).expect("a row for forward");
+        assert!(forward_row.contains("| 9.00 | 8.00–10.00 | 1.50 | 90% |"), "{forward_row}");
+        assert!(page.contains("| tansu: forward ≤ 1.5× the tuned limit's CPU | 1.50× | yes |"), "{page}");
+        assert!(
+            page.contains("| tansu: forward ≤ 1.5× the default limit's CPU | 2.25× | **no** |"),
+            "{page}"
+        );
+        assert!(page.contains("tried 3 times"), "{page}");
+        assert!(Report::read(&out.path().join("BENCHMARKS.md")).is_err(), "markdown is not a report");
+    }
 }

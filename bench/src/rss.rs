@@ -26,7 +26,7 @@ const SLOW_RTT: Duration = Duration::from_secs(5);
 /// How long the destination stays slow.
 const SLOW_FOR: Duration = Duration::from_secs(40);
 
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct RssFigures {
     pub budget_mib: u64,
     pub peak_rss_mib: f64,

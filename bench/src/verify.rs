@@ -21,7 +21,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use crate::letters::{now_ms, room, seq_of};
 
 /// What one destination topic held.
-#[derive(Clone, Debug, Default, serde::Serialize)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Completeness {
     pub topic: String,
     /// Messages read.
