@@ -81,14 +81,15 @@ impl Report {
             "Written by `scripts/bench` (revision `{}`) on {}. Every contender is a process of its own, and \
              every run has a broker of its own holding the same source letters: realistic gift letters from \
              100 rooms (the key), topics of {} partitions. A contender's CPU time is read from `/proc` over the \
-             window from its first output to its last, so start-up is not counted. Each run is tried {} \
-             times, each try on a fresh broker; a row is the try with the median CPU, and the range of all \
-             tries stands beside it (differences smaller than that range are noise). **CPU-s/M** is CPU-seconds \
+             window from its first output to its last, so start-up is not counted. {} **CPU-s/M** is CPU-seconds \
              per million output letters (each source letter makes two outputs, one per destination topic), so \
              letters per CPU-second are 2,000,000 / CPU-s/M. Each run is verified as it is written: every \
              source letter on both destinations (missing), no letter of a room after a later one (order), \
              duplicates counted; an incomplete run writes no figures.\n",
-            self.revision, self.machine, self.partitions, self.repeats
+            self.revision,
+            self.machine,
+            self.partitions,
+            tries(self.repeats)
         );
         let _ = writeln!(
             md,
@@ -309,6 +310,20 @@ impl Report {
             settings.join(", "),
             contenders::PEER
         );
+    }
+}
+
+/// How the report's runs were tried.
+fn tries(repeats: u32) -> String {
+    if repeats > 1 {
+        format!(
+            "Each run is tried {repeats} times, each try on a fresh broker; a row is the try with the median \
+             CPU, and the range of all tries stands beside it (differences smaller than that range are noise)."
+        )
+    } else {
+        "Each run is tried once, so differences of 10–20% between runs can be noise (the same run varies by \
+         that much from try to try here)."
+            .to_owned()
     }
 }
 
