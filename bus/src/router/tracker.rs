@@ -83,13 +83,28 @@ impl PartitionTracker {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Records a letter at `offset` with `outputs` outputs to settle. Offsets must ascend.
+    /// Records a letter at `offset` with `outputs` outputs to settle. Offsets normally ascend,
+    /// but a broker may hand a letter over again (Tansu does near a partition's end, after a
+    /// pause): it is forwarded again, and its outputs join the ones of that offset still
+    /// pending, or wait in offset order, so every delivery report finds its letter.
     pub fn begin(&self, offset: i64, outputs: u32, cap: usize) -> Begun {
         let mut state = self.lock();
-        debug_assert!(state.next.is_none_or(|next| offset >= next), "offsets go forward");
-        state.next = Some(offset + 1);
+        match state.next {
+            Some(next) if offset < next => {
+                tracing::debug!(topic = %self.topic, partition = self.partition, offset, next, "a letter read again");
+            }
+            _ => state.next = Some(offset + 1),
+        }
         if outputs > 0 {
-            state.pending.push_back(Pending { offset, outstanding: outputs });
+            match state.pending.back() {
+                Some(last) if last.offset >= offset => {
+                    match state.pending.binary_search_by_key(&offset, |p| p.offset) {
+                        Ok(i) => state.pending[i].outstanding += outputs,
+                        Err(i) => state.pending.insert(i, Pending { offset, outstanding: outputs }),
+                    }
+                }
+                _ => state.pending.push_back(Pending { offset, outstanding: outputs }),
+            }
         }
         let in_flight = state.pending.len();
         let admission = if outputs > 0 && in_flight >= cap && !state.paused {
@@ -116,6 +131,7 @@ impl PartitionTracker {
     pub fn settle(self: &Arc<Self>, offset: i64) {
         let mut state = self.lock();
         let Ok(i) = state.pending.binary_search_by_key(&offset, |p| p.offset) else {
+            tracing::warn!(topic = %self.topic, partition = self.partition, offset, "settled an offset that is not pending");
             debug_assert!(false, "settled an offset that is not pending");
             return;
         };
@@ -195,6 +211,37 @@ mod tests {
         assert_eq!(t.watermark(), Some(10), "10 has a second output");
         t.settle(10);
         assert_eq!(t.watermark(), Some(14), "all settled: the next offset to read");
+        assert_eq!(t.in_flight(), 0);
+    }
+
+    /// A letter handed over again (the broker re-delivers it) is tracked with the one still in
+    /// flight or in offset order: every delivery settles, the watermark moves on, and a
+    /// partition paused at the cap is resumed.
+    #[test]
+    fn a_letter_read_again_settles_and_the_partition_resumes() {
+        let (t, mut rx) = tracker(2);
+        for offset in 0..4 {
+            t.begin(offset, 2, 100);
+        }
+        // 2 is read again while its first outputs are in flight: four outputs to settle.
+        t.begin(2, 2, 100);
+        assert_eq!(t.in_flight(), 4, "one entry per offset");
+        for offset in [0, 0, 1, 1, 3, 3, 2, 2, 2] {
+            t.settle(offset);
+        }
+        assert_eq!(t.watermark(), Some(2), "one output of 2 is still out");
+        t.settle(2);
+        assert_eq!(t.watermark(), Some(4));
+        // 1 comes again after it settled: it is tracked at the front, below the next offset.
+        t.begin(1, 1, 100);
+        assert_eq!(t.watermark(), Some(1));
+        t.begin(4, 1, 3);
+        assert_eq!(t.begin(5, 1, 3).admission, Admission::Pause, "three in flight at a cap of three");
+        t.settle(1);
+        t.settle(4);
+        assert!(rx.try_recv().is_ok(), "below half the cap: resumed");
+        t.settle(5);
+        assert_eq!(t.watermark(), Some(6), "the next offset after the last one read");
         assert_eq!(t.in_flight(), 0);
     }
 
