@@ -192,8 +192,7 @@ fn main() -> anyhow::Result<()> {
         if archive {
             let dir = args.work.join(format!("{}-archive", kind.name()));
             let broker = fresh_broker(&[], &dir)?;
-            let total = backlog;
-            let figures = archive::run(&broker, &args.pigeon, &args.mariadb, source, total, &dir, &rt)?;
+            let figures = archive::run(&broker, &args.pigeon, &args.mariadb, source, backlog, &dir, &rt)?;
             println!(
                 "  {:<34} {:>9.0} rows/s  {:>6.2} CPU-s per million rows; bare INSERT loop {:.0} rows/s: {:.0}%",
                 "Pigeon archive",
@@ -202,9 +201,9 @@ fn main() -> anyhow::Result<()> {
                 figures.bare_rows_per_sec,
                 figures.ratio * 100.0
             );
-            if figures.distinct_letters != total {
+            if figures.distinct_letters != backlog {
                 bail!(
-                    "the archive holds {} of {total} letters; no figures written",
+                    "the archive holds {} of {backlog} letters; no figures written",
                     figures.distinct_letters
                 );
             }

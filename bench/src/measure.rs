@@ -83,7 +83,8 @@ pub struct Bench<'a> {
 impl Bench<'_> {
     /// Measures `contender` (just started, on `run`'s destinations) until it has written every
     /// letter of the backlog (`0..backlog`) to both destinations; then sends it letters
-    /// `backlog..backlog + figures.latency_letters` at half that rate and times them.
+    /// `backlog..backlog + figures.latency_letters` at `latency_fraction` of that rate and
+    /// times them.
     pub fn measure(&self, run: &Run, mut contender: Contender, backlog: u64) -> anyhow::Result<Figures> {
         let destinations = run.destinations();
         let client = self.broker.client();

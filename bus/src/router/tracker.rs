@@ -35,6 +35,20 @@ struct State {
     paused: bool,
 }
 
+impl State {
+    /// Adds `outputs` to settle for `offset`, keeping `pending` in offset order: appended, as
+    /// a letter after the last one is; merged or inserted for a letter read again.
+    fn expect(&mut self, offset: i64, outputs: u32) {
+        if self.pending.back().is_none_or(|last| last.offset < offset) {
+            return self.pending.push_back(Pending { offset, outstanding: outputs });
+        }
+        match self.pending.binary_search_by_key(&offset, |p| p.offset) {
+            Ok(i) => self.pending[i].outstanding += outputs,
+            Err(i) => self.pending.insert(i, Pending { offset, outstanding: outputs }),
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Pending {
     offset: i64,
@@ -96,15 +110,7 @@ impl PartitionTracker {
             _ => state.next = Some(offset + 1),
         }
         if outputs > 0 {
-            match state.pending.back() {
-                Some(last) if last.offset >= offset => {
-                    match state.pending.binary_search_by_key(&offset, |p| p.offset) {
-                        Ok(i) => state.pending[i].outstanding += outputs,
-                        Err(i) => state.pending.insert(i, Pending { offset, outstanding: outputs }),
-                    }
-                }
-                _ => state.pending.push_back(Pending { offset, outstanding: outputs }),
-            }
+            state.expect(offset, outputs);
         }
         let in_flight = state.pending.len();
         let admission = if outputs > 0 && in_flight >= cap && !state.paused {
