@@ -9,6 +9,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::{Offset, TopicPartitionList};
 
 use crate::process::Contender;
 
@@ -35,6 +38,10 @@ pub struct Broker {
     pub process: Contender,
 }
 
+/// The topic [`check_fetch_inside_a_batch`] writes to, and its batches' size.
+const PROBE: &str = "bench-probe";
+const PROBE_BATCH: i64 = 10;
+
 /// Where the broker binaries are.
 pub struct Binaries {
     pub pigeon: PathBuf,
@@ -44,7 +51,9 @@ pub struct Binaries {
 impl Broker {
     /// Starts a broker holding `topics` (name, partitions). The mock creates them as it starts
     /// (it has no CreateTopics API); Tansu gets them through the admin API.
+    /// It must pass [`check_fetch_inside_a_batch`] too.
     pub fn start(kind: Kind, bin: &Binaries, topics: &[(String, i32)], logs: &Path) -> anyhow::Result<Self> {
+        let topics = &[topics, &[(PROBE.to_owned(), 1)]].concat();
         let log = logs.join(format!("broker-{}.log", kind.name()));
         let broker = match kind {
             Kind::Mock => {
@@ -73,6 +82,7 @@ impl Broker {
             }
         };
         broker.wait_for_topics(topics, Duration::from_secs(60))?;
+        check_fetch_inside_a_batch(&broker.client(), kind.name())?;
         Ok(broker)
     }
 
@@ -134,6 +144,56 @@ impl Broker {
     }
 }
 
+/// Checks that a fetch starting inside a record batch is answered with the rest of that
+/// batch, as Kafka answers it. Consumers resume inside a batch whenever they go on from
+/// where they stood (after a pause, a rebalance, a restart). Tansu 0.6.0 answers from the
+/// next batch on: the rest of the batch is never read, and at a partition's end the
+/// consumer waits for ever, so a contender that pauses would stall the run.
+pub fn check_fetch_inside_a_batch(client: &ClientConfig, broker: &str) -> anyhow::Result<()> {
+    let producer: ThreadedProducer<DefaultProducerContext> =
+        client.clone().set("linger.ms", "50").create().context("probe producer")?;
+    for _batch in 0..2 {
+        for n in 0..PROBE_BATCH {
+            let payload = n.to_string();
+            producer
+                .send(BaseRecord::<(), str>::to(PROBE).partition(0).payload(&payload))
+                .map_err(|(e, _)| e)
+                .context("producing a probe letter")?;
+        }
+        producer.flush(Duration::from_secs(10)).context("flushing the probe letters")?;
+    }
+    let consumer: BaseConsumer = client
+        .clone()
+        .set("group.id", "bench-probe")
+        .set("enable.auto.commit", "false")
+        .create()
+        .context("probe consumer")?;
+    let start = PROBE_BATCH / 2;
+    let mut assignment = TopicPartitionList::new();
+    assignment.add_partition_offset(PROBE, 0, Offset::Offset(start))?;
+    consumer.assign(&assignment)?;
+    let (wanted, mut read) = (2 * PROBE_BATCH - start, Vec::new());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while (read.len() as i64) < wanted && Instant::now() < deadline {
+        if let Some(message) = consumer.poll(Duration::from_millis(200)) {
+            read.push(message.context("reading the probe letters")?.offset());
+        }
+    }
+    let expected: Vec<i64> = (start..2 * PROBE_BATCH).collect();
+    if read != expected {
+        bail!(
+            "{}: a fetch from offset {start}, inside the batch of offsets 0..{PROBE_BATCH}, read \
+             offsets {read:?}, not {start}..{}. This broker leaves out the rest of the batch a \
+             fetch starts in (Tansu 0.6.0 does; scripts/bench builds it with \
+             bench/tansu/fetch-inside-a-batch.patch): a consumer that resumes inside a batch \
+             (after a pause, a rebalance or a restart) would skip letters or stall.",
+            broker,
+            2 * PROBE_BATCH
+        );
+    }
+    Ok(())
+}
+
 /// Waits until `log` holds a line starting with `prefix`; returns the rest of that line.
 pub fn wait_for_line(log: &Path, prefix: &str, within: Duration) -> anyhow::Result<String> {
     let deadline = Instant::now() + within;
@@ -146,5 +206,20 @@ pub fn wait_for_line(log: &Path, prefix: &str, within: Duration) -> anyhow::Resu
             bail!("no line `{prefix}…` in {} within {within:?}:\n{text}", log.display());
         }
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::mocking::MockCluster;
+
+    #[test]
+    fn a_kafka_broker_answers_a_fetch_inside_a_batch_with_the_rest_of_it() {
+        let cluster = MockCluster::new(1).expect("mock cluster");
+        cluster.create_topic(PROBE, 1, 1).expect("probe topic");
+        let mut client = ClientConfig::new();
+        client.set("bootstrap.servers", cluster.bootstrap_servers());
+        check_fetch_inside_a_batch(&client, "mock").expect("librdkafka's mock answers as Kafka does");
     }
 }
