@@ -15,9 +15,19 @@ pub const INSERT_CHUNK: usize = 1_000;
 /// (16 MiB) and TiDB's entry limits.
 pub const INSERT_CHUNK_BYTES: usize = 4 * 1024 * 1024;
 
+/// The letters of a batch in letter id order, the archive's primary key. A batch holds runs
+/// of many partitions, whose ids interleave; inserted as read, the rows land all over the
+/// clustered index (MySQL's InnoDB keeps the row in it), splitting pages. In key order they
+/// fill it from left to right, and concurrent writers take their locks in one order.
+pub fn in_key_order(letters: &[ArchivedLetter]) -> Vec<&ArchivedLetter> {
+    let mut sorted: Vec<&ArchivedLetter> = letters.iter().collect();
+    sorted.sort_unstable_by(|a, b| a.letter_id.cmp(&b.letter_id));
+    sorted
+}
+
 /// Splits letters into statements of at most [`INSERT_CHUNK`] rows and about
 /// [`INSERT_CHUNK_BYTES`] (a single larger letter goes alone).
-pub fn insert_chunks(letters: &[ArchivedLetter]) -> Vec<&[ArchivedLetter]> {
+pub fn insert_chunks<'a>(letters: &'a [&'a ArchivedLetter]) -> Vec<&'a [&'a ArchivedLetter]> {
     let mut chunks = Vec::new();
     let (mut start, mut bytes) = (0, 0);
     for (i, letter) in letters.iter().enumerate() {
@@ -282,7 +292,8 @@ macro_rules! archive_store {
                 let now = now_ms();
                 let mut tx = self.pool.begin_with($dialect.begin_write).await?;
                 let mut inserted = 0;
-                for chunk in archive::insert_chunks(letters) {
+                let letters = archive::in_key_order(letters);
+                for chunk in archive::insert_chunks(&letters) {
                     let mut builder = sqlx::QueryBuilder::new(format!(
                         "{} INTO archived_letters ({}) ",
                         $dialect.insert_once.0,
@@ -513,13 +524,32 @@ mod tests {
             archived_at: 0,
         };
         let small: Vec<ArchivedLetter> = (0..2_500).map(|_| letter(10)).collect();
-        let sizes: Vec<usize> = insert_chunks(&small).iter().map(|c| c.len()).collect();
+        let sizes: Vec<usize> = insert_chunks(&in_key_order(&small)).iter().map(|c| c.len()).collect();
         assert_eq!(sizes, [1_000, 1_000, 500]);
         let big: Vec<ArchivedLetter> = (0..10).map(|_| letter(1_500_000)).collect();
-        let sizes: Vec<usize> = insert_chunks(&big).iter().map(|c| c.len()).collect();
+        let sizes: Vec<usize> = insert_chunks(&in_key_order(&big)).iter().map(|c| c.len()).collect();
         assert_eq!(sizes, [2, 2, 2, 2, 2], "about 4 MiB per statement");
         let huge = [letter(10_000_000)];
-        assert_eq!(insert_chunks(&huge).len(), 1, "a letter larger than the cap goes alone");
+        assert_eq!(insert_chunks(&in_key_order(&huge)).len(), 1, "a letter larger than the cap goes alone");
         assert!(insert_chunks(&[]).is_empty());
+    }
+
+    #[test]
+    fn a_batch_is_inserted_in_letter_id_order() {
+        let letter = |id: &str| ArchivedLetter {
+            letter_id: id.into(),
+            pigeon_id: "p".into(),
+            position: Position::default(),
+            tag: "t".into(),
+            keys: BTreeMap::new(),
+            key: None,
+            headers: Vec::new(),
+            payload: None,
+            archived_at: 0,
+        };
+        // Two partitions read in turn: their ids interleave.
+        let batch = [letter("01c"), letter("01d"), letter("01a"), letter("01e"), letter("01b")];
+        let ids: Vec<&str> = in_key_order(&batch).iter().map(|l| l.letter_id.as_str()).collect();
+        assert_eq!(ids, ["01a", "01b", "01c", "01d", "01e"]);
     }
 }
