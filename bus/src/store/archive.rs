@@ -16,9 +16,9 @@ pub const INSERT_CHUNK: usize = 1_000;
 pub const INSERT_CHUNK_BYTES: usize = 4 * 1024 * 1024;
 
 /// The letters of a batch in letter id order, the archive's primary key. A batch holds runs
-/// of many partitions, whose ids interleave; inserted as read, the rows land all over the
-/// clustered index (MySQL's InnoDB keeps the row in it), splitting pages. In key order they
-/// fill it from left to right, and concurrent writers take their locks in one order.
+/// of many partitions, whose ids interleave; in key order the rows go into the clustered index
+/// (InnoDB keeps the row in it) in one sweep, and concurrent writers take their locks in one
+/// order. (Measured on MariaDB: +45% at 200,000 letters, nothing at 1,000,000.)
 pub fn in_key_order(letters: &[ArchivedLetter]) -> Vec<&ArchivedLetter> {
     let mut sorted: Vec<&ArchivedLetter> = letters.iter().collect();
     sorted.sort_unstable_by(|a, b| a.letter_id.cmp(&b.letter_id));
@@ -510,19 +510,23 @@ pub(crate) use archive_store;
 mod tests {
     use super::*;
 
-    #[test]
-    fn statements_are_cut_by_rows_and_by_bytes() {
-        let letter = |payload: usize| ArchivedLetter {
-            letter_id: "l".into(),
+    fn archived(id: &str, payload: Option<Vec<u8>>) -> ArchivedLetter {
+        ArchivedLetter {
+            letter_id: id.into(),
             pigeon_id: "p".into(),
             position: Position::default(),
             tag: "t".into(),
             keys: BTreeMap::new(),
             key: None,
             headers: Vec::new(),
-            payload: Some(vec![b'x'; payload]),
+            payload,
             archived_at: 0,
-        };
+        }
+    }
+
+    #[test]
+    fn statements_are_cut_by_rows_and_by_bytes() {
+        let letter = |payload: usize| archived("l", Some(vec![b'x'; payload]));
         let small: Vec<ArchivedLetter> = (0..2_500).map(|_| letter(10)).collect();
         let sizes: Vec<usize> = insert_chunks(&in_key_order(&small)).iter().map(|c| c.len()).collect();
         assert_eq!(sizes, [1_000, 1_000, 500]);
@@ -536,17 +540,7 @@ mod tests {
 
     #[test]
     fn a_batch_is_inserted_in_letter_id_order() {
-        let letter = |id: &str| ArchivedLetter {
-            letter_id: id.into(),
-            pigeon_id: "p".into(),
-            position: Position::default(),
-            tag: "t".into(),
-            keys: BTreeMap::new(),
-            key: None,
-            headers: Vec::new(),
-            payload: None,
-            archived_at: 0,
-        };
+        let letter = |id: &str| archived(id, None);
         // Two partitions read in turn: their ids interleave.
         let batch = [letter("01c"), letter("01d"), letter("01a"), letter("01e"), letter("01b")];
         let ids: Vec<&str> = in_key_order(&batch).iter().map(|l| l.letter_id.as_str()).collect();
