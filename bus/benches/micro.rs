@@ -72,7 +72,8 @@ fn decode(c: &mut Criterion) {
     group.throughput(Throughput::Elements(1));
     group.bench_function("tag and id (router)", |b| {
         b.iter(per_letter(&messages, |m| {
-            source::read(m, &routes.source).expect("readable").tag.map_or(0, |t| t.len())
+            let input = source::LetterHeaders::of(m);
+            source::read(m, &input, &routes.source).expect("readable").tag.map_or(0, |t| t.len())
         }))
     });
     group.bench_function("whole letter (SDK)", |b| {
@@ -118,7 +119,8 @@ fn scripting(c: &mut Criterion) {
     group.bench_function("gift-to-progress", |b| {
         b.iter(per_letter(&messages, |m| {
             let routes = table.topic(m.topic()).expect("gifts have pigeons");
-            let meta = source::read(m, &routes.source).expect("readable");
+            let input = source::LetterHeaders::of(m);
+            let meta = source::read(m, &input, &routes.source).expect("readable");
             let (tag, id) = (meta.tag.as_deref().expect("tagged"), meta.id.expect("with an id"));
             let mut n = 0;
             for route in routes.matching(tag) {
@@ -136,7 +138,7 @@ fn scripting(c: &mut Criterion) {
                 for (i, out) in outputs.into_iter().enumerate() {
                     let out_id =
                         LetterId::derived_output(id, route.version, i, 1_700_000_000_000).to_string();
-                    let headers = output_headers(m, &out_id, &out.tag, &route.id, true);
+                    let headers = output_headers(m, &input, &out_id, &out.tag, &route.id, true);
                     n += std::hint::black_box((headers, out.payload)).0.count();
                 }
             }

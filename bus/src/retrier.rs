@@ -285,9 +285,10 @@ fn plan(letter: &DeadLetter, table: &RouteTable, attempt: i32) -> Result<Vec<Out
     let (tag, matched) = match &dead.pigeon_id {
         Some(id) => {
             let route = table.route(id).ok_or_else(|| format!("pigeon {id} was deleted or disabled"))?;
+            let headers = source::LetterHeaders::of(&message);
             let tag = match table.lookup(&dead.source_topic) {
-                Lookup::Routes(routes) => source::read(&message, &routes.source)?.tag,
-                Lookup::Flown(source) => source::read(&message, source)?.tag,
+                Lookup::Routes(routes) => source::read(&message, &headers, &routes.source)?.tag,
+                Lookup::Flown(source) => source::read(&message, &headers, source)?.tag,
                 Lookup::Nothing => {
                     return Err(format!("no enabled pigeon listens on {} now", dead.source_topic))
                 }

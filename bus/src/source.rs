@@ -21,31 +21,71 @@ pub struct Meta<'a> {
     pub id: Option<&'a str>,
 }
 
-/// Reads tag and id as the source's configuration says. An error means the message cannot be
-/// routed and is dead-lettered with that reason.
-pub fn read<'a, M: Message>(message: &'a M, source: &Source) -> Result<Meta<'a>, String> {
+/// A message's headers, read out of librdkafka once. The router looks at a letter's headers
+/// several times (its tag and id, then again for every output it makes); each read through
+/// rdkafka checks the header's name is UTF-8 anew, which cost as much as building an output's
+/// headers did.
+#[derive(Debug, Default)]
+pub struct LetterHeaders<'a> {
+    list: Vec<(&'a str, Option<&'a [u8]>)>,
+}
+
+impl<'a> LetterHeaders<'a> {
+    /// The headers of `message`, in its order.
+    pub fn of<M: Message>(message: &'a M) -> Self {
+        let list =
+            message.headers().map(|h| h.iter().map(|h| (h.key, h.value)).collect()).unwrap_or_default();
+        Self { list }
+    }
+
+    /// Every header, name and value, in the message's order.
+    pub fn iter(&self) -> impl Iterator<Item = (&'a str, Option<&'a [u8]>)> + '_ {
+        self.list.iter().copied()
+    }
+
+    /// How many there are.
+    pub fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    /// The first header called `name` as text, if there is one and it is UTF-8.
+    pub fn text(&self, name: &str) -> Option<&'a str> {
+        let (_, value) = self.list.iter().find(|(key, _)| *key == name)?;
+        value.and_then(|v| std::str::from_utf8(v).ok())
+    }
+}
+
+/// Reads tag and id from `message` and its `headers` as the source's configuration says. An
+/// error means the message cannot be routed and is dead-lettered with that reason.
+pub fn read<'a, M: Message>(
+    message: &'a M,
+    headers: &LetterHeaders<'a>,
+    source: &Source,
+) -> Result<Meta<'a>, String> {
     let mut tag = None;
     let mut id = None;
     let tag_header = match &source.tag {
         TagSource::Header(name) => Some(name.as_str()),
         TagSource::Field(_) => None,
     };
-    if let Some(headers) = message.headers() {
-        for header in headers.iter() {
-            let is_tag = Some(header.key) == tag_header;
-            let is_id = header.key == source.id_header;
-            if !(is_tag || is_id) {
-                continue;
-            }
-            let Some(value) = header.value else { continue };
-            let text =
-                std::str::from_utf8(value).map_err(|_| format!("header {} is not UTF-8", header.key))?;
-            if is_tag {
-                tag = Some(Cow::Borrowed(text));
-            }
-            if is_id {
-                id = Some(text);
-            }
+    for (key, value) in headers.iter() {
+        let is_tag = Some(key) == tag_header;
+        let is_id = key == source.id_header;
+        if !(is_tag || is_id) {
+            continue;
+        }
+        let Some(value) = value else { continue };
+        let text = std::str::from_utf8(value).map_err(|_| format!("header {key} is not UTF-8"))?;
+        if is_tag {
+            tag = Some(Cow::Borrowed(text));
+        }
+        if is_id {
+            id = Some(text);
         }
     }
     if let TagSource::Field(field) = &source.tag {
@@ -126,6 +166,23 @@ mod tests {
         OwnedMessage::new(Some(payload.to_vec()), None, "t".into(), Timestamp::NotAvailable, 0, 0, Some(hs))
     }
 
+    fn read_of<'a>(message: &'a OwnedMessage, source: &Source) -> Result<Meta<'a>, String> {
+        read(message, &LetterHeaders::of(message), source)
+    }
+
+    #[test]
+    fn headers_read_once_keep_their_order_and_give_the_first_of_a_name_as_text() {
+        let m = message(&[("a", b"1"), ("b", b"\xff"), ("a", b"2")], b"{}");
+        let headers = LetterHeaders::of(&m);
+        let names: Vec<&str> = headers.iter().map(|(key, _)| key).collect();
+        assert_eq!(names, ["a", "b", "a"]);
+        assert_eq!(headers.text("a"), Some("1"));
+        assert_eq!(headers.text("b"), None, "not UTF-8");
+        assert_eq!(headers.text("c"), None);
+        let none = OwnedMessage::new(None, None, "t".into(), Timestamp::NotAvailable, 0, 0, None);
+        assert!(LetterHeaders::of(&none).is_empty());
+    }
+
     fn header_source(tag: &str) -> Source {
         Source { tag: TagSource::Header(tag.into()), id_header: "ce_id".into() }
     }
@@ -137,7 +194,7 @@ mod tests {
     #[test]
     fn cloudevents_headers_give_tag_and_id_without_the_payload() {
         let m = message(&[("ce_type", b"gift.sent"), ("ce_id", b"abc"), ("x-other", b"\xff")], b"not json");
-        let meta = read(&m, &header_source("ce_type")).unwrap();
+        let meta = read_of(&m, &header_source("ce_type")).unwrap();
         assert_eq!(meta, Meta { tag: Some(Cow::Borrowed("gift.sent")), id: Some("abc") });
     }
 
@@ -145,36 +202,36 @@ mod tests {
     fn a_message_without_headers_has_no_tag_and_no_id() {
         let m =
             OwnedMessage::new(Some(b"{}".to_vec()), None, "t".into(), Timestamp::NotAvailable, 0, 0, None);
-        assert_eq!(read(&m, &header_source("ce_type")).unwrap(), Meta { tag: None, id: None });
+        assert_eq!(read_of(&m, &header_source("ce_type")).unwrap(), Meta { tag: None, id: None });
     }
 
     #[test]
     fn a_configured_header_holds_the_tag() {
         let m = message(&[("event", b"follow.new"), ("ce_type", b"ignored")], b"");
-        assert_eq!(read(&m, &header_source("event")).unwrap().tag.as_deref(), Some("follow.new"));
+        assert_eq!(read_of(&m, &header_source("event")).unwrap().tag.as_deref(), Some("follow.new"));
     }
 
     #[test]
     fn a_json_field_holds_the_tag() {
         let m = message(&[("msg_id", b"m-1")], br#"{"a":{"type":"nested"},"type":"gift.sent","z":[1,2]}"#);
-        let meta = read(&m, &field_source("type")).unwrap();
+        let meta = read_of(&m, &field_source("type")).unwrap();
         assert_eq!(meta.tag.as_deref(), Some("gift.sent"));
         assert_eq!(meta.id, Some("m-1"));
         let numeric = message(&[], br#"{"type": 42}"#);
-        assert_eq!(read(&numeric, &field_source("type")).unwrap().tag.as_deref(), Some("42"));
+        assert_eq!(read_of(&numeric, &field_source("type")).unwrap().tag.as_deref(), Some("42"));
         let missing = message(&[], br#"{"kind": "x"}"#);
-        assert_eq!(read(&missing, &field_source("type")).unwrap().tag, None);
+        assert_eq!(read_of(&missing, &field_source("type")).unwrap().tag, None);
     }
 
     #[test]
     fn unreadable_messages_are_explained() {
         let not_json = message(&[], b"\x00\x01binary");
-        assert!(read(&not_json, &field_source("type")).unwrap_err().contains("not a JSON object"));
+        assert!(read_of(&not_json, &field_source("type")).unwrap_err().contains("not a JSON object"));
         let array = message(&[], b"[1,2]");
-        assert!(read(&array, &field_source("type")).unwrap_err().contains("not a JSON object"));
+        assert!(read_of(&array, &field_source("type")).unwrap_err().contains("not a JSON object"));
         let object_tag = message(&[], br#"{"type": {"x": 1}}"#);
-        assert!(read(&object_tag, &field_source("type")).unwrap_err().contains("not a tag"));
+        assert!(read_of(&object_tag, &field_source("type")).unwrap_err().contains("not a tag"));
         let bad_header = message(&[("ce_type", b"\xff\xfe")], b"");
-        assert!(read(&bad_header, &header_source("ce_type")).unwrap_err().contains("not UTF-8"));
+        assert!(read_of(&bad_header, &header_source("ce_type")).unwrap_err().contains("not UTF-8"));
     }
 }

@@ -86,13 +86,14 @@ pub fn table(n: usize, patterns: bool) -> RouteTable {
 /// The per-letter step; returns the header count of the outputs built.
 pub fn forward(table: &RouteTable, m: &OwnedMessage) -> usize {
     let routes = table.topic(m.topic()).expect("gifts have pigeons");
-    let meta = source::read(m, &routes.source).expect("a readable letter");
+    let input = source::LetterHeaders::of(m);
+    let meta = source::read(m, &input, &routes.source).expect("a readable letter");
     let tag = meta.tag.as_deref().expect("tagged");
     let mut n = 0;
     for route in routes.matching(tag) {
         route.counts.took();
         for d in &route.destinations {
-            let headers = output_headers(m, meta.id.expect("with an id"), &d.tag, &route.id, false);
+            let headers = output_headers(m, &input, meta.id.expect("with an id"), &d.tag, &route.id, false);
             n += std::hint::black_box(headers).count();
         }
     }

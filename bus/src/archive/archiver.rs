@@ -348,7 +348,8 @@ fn take(
     let kafka_time = message.timestamp().to_millis();
     let time = kafka_time.unwrap_or_else(now_ms);
     batch.bytes += message.payload_len() + message.key().map_or(0, <[u8]>::len) + 256;
-    let (tag, id) = match crate::source::read(message, &topic_routes.source) {
+    let headers = crate::source::LetterHeaders::of(message);
+    let (tag, id) = match crate::source::read(message, &headers, &topic_routes.source) {
         Ok(meta) => (meta.tag.map(|t| t.into_owned()), meta.id.map(str::to_owned)),
         Err(_) => (None, None),
     };

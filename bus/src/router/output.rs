@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 use super::context::{output_dead_letter, Delivery, RouterProducerContext};
 use super::RouterStats;
 use crate::deadletter::{ErrorKind, Job, NewDeadLetter};
+use crate::source::LetterHeaders;
 use pigeon_sdk::header;
 
 /// A record of one output letter.
@@ -55,31 +56,29 @@ impl Outputs {
     }
 }
 
-/// The output's headers: the input's, with the output's id and tag, the pigeon, attempt 1,
-/// and the CloudEvents attributes a foreign letter lacks. `json` marks a payload the bus wrote.
+/// The output's headers: the input's (`input`, read once per letter), with the output's id and
+/// tag, the pigeon, attempt 1, and the CloudEvents attributes a foreign letter lacks. `json`
+/// marks a payload the bus wrote.
 pub fn output_headers<M: Message>(
     message: &M,
+    input: &LetterHeaders<'_>,
     id: &str,
     tag: &str,
     pigeon: &str,
     json: bool,
 ) -> OwnedHeaders {
-    let input = message.headers();
-    let count = input.map_or(0, |h| h.count());
-    let mut headers = OwnedHeaders::new_with_capacity(count + 8);
+    let mut headers = OwnedHeaders::new_with_capacity(input.len() + 8);
     let (mut has_spec, mut has_source, mut has_time) = (false, false, false);
-    if let Some(input) = input {
-        for h in input.iter() {
-            match h.key {
-                header::TYPE | header::PIGEON | header::ATTEMPT | header::ID => continue,
-                header::CONTENT_TYPE if json => continue,
-                header::SPECVERSION => has_spec = true,
-                header::SOURCE => has_source = true,
-                header::TIME => has_time = true,
-                _ => {}
-            }
-            headers = headers.insert(Header { key: h.key, value: h.value });
+    for (key, value) in input.iter() {
+        match key {
+            header::TYPE | header::PIGEON | header::ATTEMPT | header::ID => continue,
+            header::CONTENT_TYPE if json => continue,
+            header::SPECVERSION => has_spec = true,
+            header::SOURCE => has_source = true,
+            header::TIME => has_time = true,
+            _ => {}
         }
+        headers = headers.insert(Header { key, value });
     }
     headers = headers
         .insert(text(header::ID, id))
@@ -195,7 +194,7 @@ pub fn owned_outputs(
     attempt: i32,
     contracts: &crate::route::Contracts,
 ) -> Result<Vec<OwnedOutput>, Refused> {
-    let header_text = |name: &str| crate::source::header_text(message, name);
+    let input = LetterHeaders::of(message);
     let mut outputs = Vec::new();
     for route in routes {
         use crate::dictionary::{Judgement, Mode};
@@ -221,7 +220,8 @@ pub fn owned_outputs(
                         return Err(refuse(reason));
                     }
                 }
-                let headers = output_headers(message, id, &destination.tag, &route.id, normalized.is_some());
+                let headers =
+                    output_headers(message, &input, id, &destination.tag, &route.id, normalized.is_some());
                 outputs.push(OwnedOutput {
                     topic: destination.topic.clone(),
                     key: message.key().map(<[u8]>::to_vec),
@@ -231,16 +231,16 @@ pub fn owned_outputs(
             }
             continue;
         };
-        let input = crate::script::ScriptLetter {
+        let letter = crate::script::ScriptLetter {
             id,
             tag,
-            source: header_text(header::SOURCE).unwrap_or(message.topic()),
+            source: input.text(header::SOURCE).unwrap_or(message.topic()),
             key: message.key(),
-            time: header_text(header::TIME),
+            time: input.text(header::TIME),
             payload: payload.unwrap_or(b"null"),
         };
         let emitted = crate::script::default_engine()
-            .run(&script.compiled, &input, &script.destinations)
+            .run(&script.compiled, &letter, &script.destinations)
             .map_err(|e| Refused {
                 kind: ErrorKind::Script,
                 message: format!("pigeon {} version {}: {e}", route.id, route.version),
@@ -249,7 +249,7 @@ pub fn owned_outputs(
         for (index, out) in emitted.into_iter().enumerate() {
             let out_id =
                 pigeon_sdk::LetterId::derived_output(id, route.version, index, time_ms as u64).to_string();
-            let headers = output_headers(message, &out_id, &out.tag, &route.id, true);
+            let headers = output_headers(message, &input, &out_id, &out.tag, &route.id, true);
             outputs.push(OwnedOutput {
                 topic: script.destinations[out.dest].topic.clone(),
                 key: out.key,
@@ -277,7 +277,8 @@ pub fn reroute(
         Lookup::Routes(routes) => &routes.source,
         Lookup::Nothing => return Err(format!("no enabled pigeon listens on {} now", message.topic())),
     };
-    let meta = crate::source::read(message, source)?;
+    let headers = LetterHeaders::of(message);
+    let meta = crate::source::read(message, &headers, source)?;
     let tag = meta.tag.clone().unwrap_or_default().into_owned();
     let matched: Vec<Arc<crate::route::Route>> = match (&lookup, &meta.tag) {
         (Lookup::Routes(routes), Some(tag)) => {
@@ -286,7 +287,7 @@ pub fn reroute(
         (Lookup::Routes(routes), None) => {
             routes.matching_untagged().filter(|r| r.takes(time_ms)).cloned().collect()
         }
-        _ => vec![Arc::clone(table.flown(crate::source::pigeon_header(message))?)],
+        _ => vec![Arc::clone(table.flown(headers.text(header::PIGEON))?)],
     };
     if matched.is_empty() {
         return Err(format!("no pigeon matches tag {tag:?} on {} now", message.topic()));

@@ -24,6 +24,7 @@ use crate::deadletter::{ErrorKind, Job, NewDeadLetter};
 use crate::dictionary::Mode;
 use crate::route::{Contracts, Destination, Route};
 use crate::script::{self, ScriptLetter};
+use crate::source::LetterHeaders;
 use pigeon_sdk::{header, LetterId};
 
 /// Consecutive failures that open a pigeon's breaker.
@@ -130,13 +131,13 @@ fn run(job: ScriptJob, outputs: &Outputs, breaker: &Breaker) {
         let reason = format!("circuit breaker open after {BREAKER_AFTER} consecutive script failures");
         return fail(&job, outputs, reason);
     }
-    let header = |name: &str| crate::source::header_text(job.message.as_ref(), name);
+    let input = LetterHeaders::of(job.message.as_ref());
     let letter = ScriptLetter {
         id: &job.id,
         tag: &job.tag,
-        source: header(header::SOURCE).unwrap_or(job.message.topic()),
+        source: input.text(header::SOURCE).unwrap_or(job.message.topic()),
         key: job.message.key(),
-        time: header(header::TIME),
+        time: input.text(header::TIME),
         payload: job.message.payload().unwrap_or(b"null"),
     };
     outputs.stats.scripts_run.fetch_add(1, Ordering::Relaxed);
@@ -160,7 +161,7 @@ fn run(job: ScriptJob, outputs: &Outputs, breaker: &Breaker) {
     for (index, out) in emitted.into_iter().enumerate() {
         let destination = &script.destinations[out.dest];
         let id = LetterId::derived_output(&job.id, route.version, index, time_ms).to_string();
-        let headers = output_headers(job.message.as_ref(), &id, &out.tag, &route.id, true);
+        let headers = output_headers(job.message.as_ref(), &input, &id, &out.tag, &route.id, true);
         let delivery = Delivery { tracker: Arc::clone(&job.tracker), offset, route: Arc::clone(route) };
         let mut record = BaseRecord::with_opaque_to(&destination.topic, Box::new(delivery))
             .headers(headers)
