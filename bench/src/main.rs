@@ -161,9 +161,11 @@ fn main() -> anyhow::Result<()> {
             kind.name(),
             args.partitions
         );
-        for run in &runs {
-            let mut tries = Vec::new();
-            for n in 1..=args.repeats {
+        // Round by round: every run once, then every run again. The machine's speed drifts over
+        // tens of minutes, so the runs compared with each other are the ones of one round.
+        let mut tries: Vec<Vec<Figures>> = runs.iter().map(|_| Vec::new()).collect();
+        for n in 1..=args.repeats {
+            for (run, tries) in runs.iter().zip(&mut tries) {
                 let dir = args.work.join(format!("{}-{}-{n}", kind.name(), run.name));
                 let broker = fresh_broker(&run.destinations(), &dir)?;
                 let bench = Bench {
@@ -176,9 +178,10 @@ fn main() -> anyhow::Result<()> {
                 let group = format!("bench-{}-{}", run.name, uuid::Uuid::now_v7().simple());
                 let contender =
                     contenders::start(run, &programs, &broker.bootstrap, source, &group, &dir, &rt)?;
-                let figures = bench
+                let mut figures = bench
                     .measure(run, contender, backlog)
                     .with_context(|| format!("{} on {}, try {n}", run.label, kind.name()))?;
+                figures.round = n;
                 print_figures(&figures, n, args.repeats);
                 for c in &figures.completeness {
                     if !c.complete() {
@@ -187,8 +190,8 @@ fn main() -> anyhow::Result<()> {
                 }
                 tries.push(figures);
             }
-            report.runs.extend(Figures::median(tries));
         }
+        report.runs.extend(tries.into_iter().filter_map(Figures::median));
         if archive {
             let dir = args.work.join(format!("{}-archive", kind.name()));
             let broker = fresh_broker(&[], &dir)?;

@@ -34,6 +34,10 @@ pub struct Figures {
     pub latency_p50_ms: i64,
     pub latency_p99_ms: i64,
     pub completeness: Vec<Completeness>,
+    /// The round this try ran in (1, 2, …; 0 in reports written before rounds): every round
+    /// runs each contender once, one after the other.
+    #[serde(default)]
+    pub round: u32,
     /// CPU-s/M and letters/s of every try of this run (these figures are the median try's).
     #[serde(default)]
     pub tries: Vec<Try>,
@@ -44,23 +48,59 @@ pub struct Figures {
 pub struct Try {
     pub cpu_s_per_million_outputs: f64,
     pub letters_per_sec: f64,
+    /// Its round (0: not known).
+    #[serde(default)]
+    pub round: u32,
+}
+
+/// A ratio of two runs taken round by round: the median of the rounds' ratios, and the lowest
+/// and highest.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Paired {
+    pub median: f64,
+    pub low: f64,
+    pub high: f64,
+    pub rounds: usize,
+}
+
+/// `ratio` of `ours` to `theirs` in every round both ran in. Contenders of one round run
+/// minutes apart, tries of one run tens of minutes apart, and this machine's speed drifts over
+/// such times (by up to 2×, seen here): a round's ratio is the fair one. `None` when the runs
+/// share no round (a report written before rounds).
+pub fn paired(ours: &Figures, theirs: &Figures, ratio: impl Fn(&Try, &Try) -> f64) -> Option<Paired> {
+    let mut ratios: Vec<f64> = ours
+        .tries
+        .iter()
+        .filter(|t| t.round > 0)
+        .filter_map(|o| theirs.tries.iter().find(|t| t.round == o.round).map(|t| ratio(o, t)))
+        .collect();
+    ratios.sort_by(f64::total_cmp);
+    Some(Paired {
+        median: *ratios.get(ratios.len().checked_sub(1)? / 2)?,
+        low: *ratios.first()?,
+        high: *ratios.last()?,
+        rounds: ratios.len(),
+    })
 }
 
 impl Figures {
     /// The try with the median CPU per output, carrying every try's headline figures.
     pub fn median(mut tries: Vec<Figures>) -> Option<Figures> {
         tries.sort_by(|a, b| a.cpu_s_per_million_outputs.total_cmp(&b.cpu_s_per_million_outputs));
-        let all: Vec<Try> = tries
-            .iter()
-            .map(|f| Try {
-                cpu_s_per_million_outputs: f.cpu_s_per_million_outputs,
-                letters_per_sec: f.letters_per_sec,
-            })
-            .collect();
+        let all: Vec<Try> = tries.iter().map(Figures::headline).collect();
         let middle = tries.len().checked_sub(1)? / 2;
         let mut median = tries.swap_remove(middle);
         median.tries = all;
         Some(median)
+    }
+
+    /// This try's headline figures.
+    pub fn headline(&self) -> Try {
+        Try {
+            cpu_s_per_million_outputs: self.cpu_s_per_million_outputs,
+            letters_per_sec: self.letters_per_sec,
+            round: self.round,
+        }
     }
 
     /// The lowest and highest CPU-s/M of the tries.
@@ -177,6 +217,7 @@ impl Bench<'_> {
             latency_p50_ms: verify::quantile(&mut latencies, 0.50),
             latency_p99_ms: verify::quantile(&mut latencies, 0.99),
             completeness,
+            round: 0,
             tries: Vec::new(),
         })
     }
@@ -204,8 +245,33 @@ pub mod tests {
             latency_p50_ms: 5,
             latency_p99_ms: 9,
             completeness: Vec::new(),
+            round: 0,
             tries: Vec::new(),
         }
+    }
+
+    /// A run's tries, one a round, with these CPU-s/M and letters/s.
+    pub fn rounds(run: &str, tries: &[(f64, f64)]) -> Figures {
+        let tries = (1..)
+            .zip(tries)
+            .map(|(round, &(cpu, rate))| Figures { round, ..figures(run, cpu, rate) })
+            .collect();
+        Figures::median(tries).expect("at least one try")
+    }
+
+    #[test]
+    fn ratios_are_taken_round_by_round() {
+        // The machine slowed down in round 2 for both: the medians' ratio (9/6 = 1.5) says
+        // more about that than the rounds' ratios do.
+        let ours = rounds("forward", &[(7.0, 90.0), (14.0, 45.0), (9.0, 70.0)]);
+        let theirs = rounds("limit-tuned", &[(6.0, 100.0), (12.0, 50.0), (6.5, 95.0)]);
+        let cpu = paired(&ours, &theirs, |o, t| o.cpu_s_per_million_outputs / t.cpu_s_per_million_outputs)
+            .expect("three shared rounds");
+        assert_eq!(cpu.rounds, 3);
+        assert!((cpu.median - 14.0 / 12.0).abs() < 1e-9, "{cpu:?}");
+        assert!((cpu.low - 7.0 / 6.0).abs() < 1e-9 && (cpu.high - 9.0 / 6.5).abs() < 1e-9, "{cpu:?}");
+        // Runs from a report written before rounds share none.
+        assert_eq!(paired(&figures("forward", 7.0, 90.0), &theirs, |o, _| o.letters_per_sec), None);
     }
 
     #[test]
