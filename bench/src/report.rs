@@ -265,6 +265,12 @@ impl Report {
             if let Some(default) = self.find(broker, "limit-default") {
                 let r = Ratio::of(forward, default, cpu);
                 row(&format!("{broker}: forward ≤ 1.5× the default limit's CPU"), r.times(2), r.value <= 1.5);
+                let r = Ratio::of(forward, default, rate);
+                row(
+                    &format!("{broker}: forward ≥ 90% of the default limit's throughput"),
+                    r.percent(),
+                    r.value >= 0.9,
+                );
             }
             if let Some(script) = self.find(broker, "script") {
                 let r = Ratio::of(script, forward, cpu);
@@ -437,6 +443,10 @@ mod tests {
         assert!(page.contains("| tansu: forward ≤ 1.5× the tuned limit's CPU | 1.50× | yes |"), "{page}");
         assert!(
             page.contains("| tansu: forward ≤ 1.5× the default limit's CPU | 2.25× | **no** |"),
+            "{page}"
+        );
+        assert!(
+            page.contains("| tansu: forward ≥ 90% of the default limit's throughput | 82% | **no** |"),
             "{page}"
         );
         assert!(page.contains("tried 3 times"), "{page}");
