@@ -103,17 +103,6 @@ pub fn read<'a, M: Message>(
     Ok(Meta { tag, id })
 }
 
-/// The pigeon a flown letter names: its `ce_pigeon` header, if it is UTF-8.
-pub fn pigeon_header<M: Message>(message: &M) -> Option<&str> {
-    header_text(message, pigeon_sdk::header::PIGEON)
-}
-
-/// A header's value, if the message has it and it is UTF-8.
-pub fn header_text<'m, M: Message>(message: &'m M, name: &str) -> Option<&'m str> {
-    let header = message.headers()?.iter().find(|h| h.key == name)?;
-    header.value.and_then(|v| std::str::from_utf8(v).ok())
-}
-
 /// Finds one top-level field of a JSON object, skipping everything else unparsed.
 struct FieldSeed<'f> {
     field: &'f str,

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::message::{Headers, Message, OwnedMessage};
+use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -27,6 +27,7 @@ use crate::control::Routes;
 use crate::deadletter::StoredHeader;
 use crate::route::{Lookup, Route, RouteTable};
 use crate::script::{self, ScriptLetter};
+use crate::source::LetterHeaders;
 use crate::store::{now_ms, Store};
 
 /// The archiver's counters, exported on `/metrics`.
@@ -348,7 +349,7 @@ fn take(
     let kafka_time = message.timestamp().to_millis();
     let time = kafka_time.unwrap_or_else(now_ms);
     batch.bytes += message.payload_len() + message.key().map_or(0, <[u8]>::len) + 256;
-    let headers = crate::source::LetterHeaders::of(message);
+    let headers = LetterHeaders::of(message);
     let (tag, id) = match crate::source::read(message, &headers, &topic_routes.source) {
         Ok(meta) => (meta.tag.map(|t| t.into_owned()), meta.id.map(str::to_owned)),
         Err(_) => (None, None),
@@ -439,28 +440,25 @@ fn letter<M: Message>(
     names: &KeyNames,
     stats: &ArchiverStats,
 ) -> Option<ArchivedLetter> {
-    let header_text = |name: &str| crate::source::header_text(message, name);
+    let input = LetterHeaders::of(message);
     let pigeon = routes.iter().find(|route| {
         let Some(filter) = &route.filter else { return true };
-        let input = ScriptLetter {
+        let letter = ScriptLetter {
             id: &id,
             tag,
-            source: header_text(pigeon_sdk::header::SOURCE).unwrap_or(message.topic()),
+            source: input.text(pigeon_sdk::header::SOURCE).unwrap_or(message.topic()),
             key: message.key(),
-            time: header_text(pigeon_sdk::header::TIME),
+            time: input.text(pigeon_sdk::header::TIME),
             payload: message.payload().unwrap_or(b"null"),
         };
-        script::default_engine().test(filter, &input).unwrap_or_else(|e| {
+        script::default_engine().test(filter, &letter).unwrap_or_else(|e| {
             stats.filter_errors.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(pigeon = %route.id, letter = %id, error = %e, "archive filter failed; the letter is kept");
             true
         })
     })?;
     pigeon.counts.took();
-    let headers = message
-        .headers()
-        .map(|hs| hs.iter().map(|h| StoredHeader::new(h.key, h.value)).collect())
-        .unwrap_or_default();
+    let headers = input.iter().map(|(name, value)| StoredHeader::new(name, value)).collect();
     Some(ArchivedLetter {
         letter_id: id,
         pigeon_id: pigeon.id.to_string(),

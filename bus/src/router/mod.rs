@@ -772,7 +772,8 @@ impl Forwarder<'_> {
             if let Some(id) = dead_letter.header_text(pigeon_sdk::header::ID) {
                 dead_letter.letter_id = id.to_owned();
             }
-            dead_letter.pigeon_id = source::pigeon_header(message).map(str::to_owned);
+            dead_letter.pigeon_id =
+                LetterHeaders::of(message).text(pigeon_sdk::header::PIGEON).map(str::to_owned);
             if let Some(route) = dead_letter.pigeon_id.as_deref().and_then(|id| self.table.route(id)) {
                 route.counts.failed();
             }
