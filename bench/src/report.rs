@@ -8,7 +8,7 @@ use std::process::Command;
 
 use crate::archive::ArchiveFigures;
 use crate::contenders;
-use crate::measure::{self, Figures, Try};
+use crate::measure::{self, Figures, Paired, Try};
 use crate::rss::RssFigures;
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -258,35 +258,39 @@ impl Report {
             else {
                 continue;
             };
-            let r = Ratio::of(forward, limit, cpu);
-            row(&format!("{broker}: forward ≤ 1.5× the tuned limit's CPU"), r.times(2), r.value <= 1.5);
-            let r = Ratio::of(forward, limit, rate);
-            row(&format!("{broker}: forward ≥ 90% of its throughput"), r.percent(), r.value >= 0.9);
+            let r = ratio(forward, limit, cpu);
+            row(&format!("{broker}: forward ≤ 1.5× the tuned limit's CPU"), times(&r, 2), r.median <= 1.5);
+            let r = ratio(forward, limit, rate);
+            row(&format!("{broker}: forward ≥ 90% of its throughput"), percent(&r), r.median >= 0.9);
             if let Some(default) = self.find(broker, "limit-default") {
-                let r = Ratio::of(forward, default, cpu);
-                row(&format!("{broker}: forward ≤ 1.5× the default limit's CPU"), r.times(2), r.value <= 1.5);
-                let r = Ratio::of(forward, default, rate);
+                let r = ratio(forward, default, cpu);
+                row(
+                    &format!("{broker}: forward ≤ 1.5× the default limit's CPU"),
+                    times(&r, 2),
+                    r.median <= 1.5,
+                );
+                let r = ratio(forward, default, rate);
                 row(
                     &format!("{broker}: forward ≥ 90% of the default limit's throughput"),
-                    r.percent(),
-                    r.value >= 0.9,
+                    percent(&r),
+                    r.median >= 0.9,
                 );
             }
             if let Some(script) = self.find(broker, "script") {
-                let r = Ratio::of(script, forward, cpu);
-                row(&format!("{broker}: script ≤ 5× forward's CPU"), r.times(2), r.value <= 5.0);
+                let r = ratio(script, forward, cpu);
+                row(&format!("{broker}: script ≤ 5× forward's CPU"), times(&r, 2), r.median <= 5.0);
             }
             // Letters per CPU-second is the inverse of CPU per output: both make two outputs a letter.
             for (ours, theirs, work) in [("forward", "peer-forward", "forward"), ("script", "peer", "script")]
             {
                 if let (Some(ours), Some(theirs)) = (self.find(broker, ours), self.find(broker, theirs)) {
-                    let r = Ratio::of(theirs, ours, cpu);
+                    let r = ratio(theirs, ours, cpu);
                     row(
                         &format!(
                             "{broker}: ≥ 2.5× the peer's letters per CPU-second ({work} against its peer)"
                         ),
-                        r.times(1),
-                        r.value >= 2.5,
+                        times(&r, 1),
+                        r.median >= 2.5,
                     );
                 }
             }
@@ -322,40 +326,27 @@ impl Report {
     }
 }
 
-/// A figure of one run over the same figure of another.
-struct Ratio {
-    value: f64,
-    /// The lowest and highest of the rounds' ratios, and how many rounds.
-    rounds: Option<(f64, f64, usize)>,
+/// `figure` of `ours` over `theirs`: round by round when the runs share rounds, else the ratio
+/// of the median tries (a report written before rounds), as a "round" of its own.
+fn ratio(ours: &Figures, theirs: &Figures, figure: fn(&Try) -> f64) -> Paired {
+    measure::paired(ours, theirs, |o, t| figure(o) / figure(t)).unwrap_or_else(|| {
+        let value = figure(&ours.headline()) / figure(&theirs.headline());
+        Paired { median: value, low: value, high: value, rounds: 0 }
+    })
 }
 
-impl Ratio {
-    /// `figure` of `ours` over `theirs`: round by round when the runs share rounds, else the
-    /// ratio of the median tries (a report written before rounds).
-    fn of(ours: &Figures, theirs: &Figures, figure: fn(&Try) -> f64) -> Self {
-        match measure::paired(ours, theirs, |o, t| figure(o) / figure(t)) {
-            Some(p) => Self { value: p.median, rounds: Some((p.low, p.high, p.rounds)) },
-            None => Self { value: figure(&ours.headline()) / figure(&theirs.headline()), rounds: None },
-        }
-    }
+/// A ratio as `1.19×`, with the rounds' range when there were rounds.
+fn times(r: &Paired, digits: usize) -> String {
+    let range =
+        (r.rounds > 0).then(|| format!(" ({:.digits$}–{:.digits$}× in {} rounds)", r.low, r.high, r.rounds));
+    format!("{:.digits$}×{}", r.median, range.unwrap_or_default())
+}
 
-    fn times(&self, digits: usize) -> String {
-        match self.rounds {
-            Some((low, high, n)) => {
-                format!("{:.digits$}× ({low:.digits$}–{high:.digits$}× in {n} rounds)", self.value)
-            }
-            None => format!("{:.digits$}×", self.value),
-        }
-    }
-
-    fn percent(&self) -> String {
-        match self.rounds {
-            Some((low, high, n)) => {
-                format!("{:.0}% ({:.0}–{:.0}% in {n} rounds)", 100.0 * self.value, 100.0 * low, 100.0 * high)
-            }
-            None => format!("{:.0}%", 100.0 * self.value),
-        }
-    }
+/// A ratio as `82%`, with the rounds' range when there were rounds.
+fn percent(r: &Paired) -> String {
+    let range = (r.rounds > 0)
+        .then(|| format!(" ({:.0}–{:.0}% in {} rounds)", 100.0 * r.low, 100.0 * r.high, r.rounds));
+    format!("{:.0}%{}", 100.0 * r.median, range.unwrap_or_default())
 }
 
 /// How the report's runs were tried.
