@@ -400,9 +400,9 @@ mod tests {
         assert_ne!(other_job[0].header(header::ID).unwrap(), id);
         let mut foreign = archived();
         foreign.headers.retain(|h| h.name != header::ID);
-        let out = &plan(&foreign, &spec(Some("replayed.gift")), 7, None).unwrap()[0];
+        let foreign_out = &plan(&foreign, &spec(Some("replayed.gift")), 7, None).unwrap()[0];
         let expected = LetterId::replayed(&foreign.letter_id, 7, foreign.position.time as u64).to_string();
-        assert_eq!(out.header(header::ID), Some(expected), "a foreign letter gets an id too");
+        assert_eq!(foreign_out.header(header::ID), Some(expected), "a foreign letter gets an id too");
         for h in &letter.headers {
             if h.name != header::ID {
                 assert_eq!(out.header(&h.name).as_deref(), h.text.as_deref(), "header {} kept", h.name);
