@@ -9,8 +9,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use pigeon_headers::RawHeaders;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::Message;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -33,11 +34,12 @@ pub const GROUP: &str = "pigeon-failed";
 
 /// Reads one failure report into a dead letter: kind `handler` (retried on the default
 /// schedule) when it names its topic, `malformed` (parked) when it does not.
-pub fn dead_letter_of<M: Message>(report: &M) -> NewDeadLetter {
-    let headers: Vec<StoredHeader> = report
-        .headers()
-        .map(|hs| hs.iter().map(|h| StoredHeader::new(h.key, h.value)).collect())
-        .unwrap_or_default();
+pub fn dead_letter_of<M>(report: &M) -> NewDeadLetter
+where
+    M: Message,
+    M::Headers: RawHeaders,
+{
+    let headers: Vec<StoredHeader> = pigeon_headers::of(report).map(StoredHeader::raw).collect();
     let text = |name: &str| {
         headers.iter().find(|h| h.name == name).and_then(|h| h.text.clone()).filter(|t| !t.is_empty())
     };

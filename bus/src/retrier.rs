@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
+use rdkafka::message::{OwnedHeaders, OwnedMessage};
 use rdkafka::producer::FutureProducer;
 use rdkafka::ClientConfig;
 use tokio_util::sync::CancellationToken;
@@ -255,7 +255,7 @@ fn plan(letter: &DeadLetter, table: &RouteTable, attempt: i32) -> Result<Vec<Out
     let dead = &letter.letter;
     let stored_headers = || {
         dead.headers.iter().fold(OwnedHeaders::new_with_capacity(dead.headers.len()), |headers, h| {
-            headers.insert(Header { key: &h.name, value: h.value() })
+            pigeon_headers::add(headers, h.name_bytes(), h.value())
         })
     };
     if let Some(topic) = &dead.dest_topic {

@@ -7,7 +7,8 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use rdkafka::message::{Headers, Message};
+use pigeon_headers::{RawHeader, RawHeaders};
+use rdkafka::message::Message;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 use smallvec::SmallVec;
 
@@ -23,27 +24,26 @@ pub struct Meta<'a> {
 }
 
 /// A message's headers, read out of librdkafka once. The router looks at a letter's headers
-/// several times (its tag and id, then again for every output it makes); each read through
-/// rdkafka checks the header's name is UTF-8 anew, which cost as much as building an output's
-/// headers did. Up to 16 are kept without allocating (an SDK letter has 7 to 10).
+/// several times (its tag and id, then again for every output it makes). Names are bytes, as
+/// on the wire: a name that is not UTF-8 is kept and copied as it is (rdkafka's own reader
+/// panics on one). Up to 16 are kept without allocating (an SDK letter has 7 to 10).
 #[derive(Debug, Default)]
 pub struct LetterHeaders<'a> {
-    list: SmallVec<[HeaderRef<'a>; 16]>,
+    list: SmallVec<[RawHeader<'a>; 16]>,
 }
-
-/// A header's name and value, borrowed from its message.
-type HeaderRef<'a> = (&'a str, Option<&'a [u8]>);
 
 impl<'a> LetterHeaders<'a> {
     /// The headers of `message`, in its order.
-    pub fn of<M: Message>(message: &'a M) -> Self {
-        let list =
-            message.headers().map(|h| h.iter().map(|h| (h.key, h.value)).collect()).unwrap_or_default();
-        Self { list }
+    pub fn of<M>(message: &'a M) -> Self
+    where
+        M: Message,
+        M::Headers: RawHeaders,
+    {
+        Self { list: pigeon_headers::of(message).collect() }
     }
 
     /// Every header, name and value, in the message's order.
-    pub fn iter(&self) -> impl Iterator<Item = HeaderRef<'a>> + '_ {
+    pub fn iter(&self) -> impl Iterator<Item = RawHeader<'a>> + '_ {
         self.list.iter().copied()
     }
 
@@ -59,8 +59,7 @@ impl<'a> LetterHeaders<'a> {
 
     /// The first header called `name` as text, if there is one and it is UTF-8.
     pub fn text(&self, name: &str) -> Option<&'a str> {
-        let (_, value) = self.list.iter().find(|(key, _)| *key == name)?;
-        value.and_then(|v| std::str::from_utf8(v).ok())
+        self.list.iter().find(|h| h.is(name))?.text()
     }
 }
 
@@ -77,14 +76,15 @@ pub fn read<'a, M: Message>(
         TagSource::Header(name) => Some(name.as_str()),
         TagSource::Field(_) => None,
     };
-    for (key, value) in headers.iter() {
-        let is_tag = Some(key) == tag_header;
-        let is_id = key == source.id_header;
+    for header in headers.iter() {
+        let is_tag = tag_header.is_some_and(|name| header.is(name));
+        let is_id = header.is(&source.id_header);
         if !(is_tag || is_id) {
             continue;
         }
-        let Some(value) = value else { continue };
-        let text = std::str::from_utf8(value).map_err(|_| format!("header {key} is not UTF-8"))?;
+        let Some(value) = header.value else { continue };
+        let text =
+            std::str::from_utf8(value).map_err(|_| format!("header {} is not UTF-8", header.name_lossy()))?;
         if is_tag {
             tag = Some(Cow::Borrowed(text));
         }
@@ -167,8 +167,8 @@ mod tests {
     fn headers_read_once_keep_their_order_and_give_the_first_of_a_name_as_text() {
         let m = message(&[("a", b"1"), ("b", b"\xff"), ("a", b"2")], b"{}");
         let headers = LetterHeaders::of(&m);
-        let names: Vec<&str> = headers.iter().map(|(key, _)| key).collect();
-        assert_eq!(names, ["a", "b", "a"]);
+        let names: Vec<&[u8]> = headers.iter().map(|h| h.name).collect();
+        assert_eq!(names, [b"a", b"b", b"a"]);
         assert_eq!(headers.text("a"), Some("1"));
         assert_eq!(headers.text("b"), None, "not UTF-8");
         assert_eq!(headers.text("c"), None);
@@ -181,6 +181,28 @@ mod tests {
         let headers = LetterHeaders::of(&m);
         assert_eq!(headers.len(), 20);
         assert_eq!(headers.text("h19"), Some("h19"));
+    }
+
+    #[test]
+    fn a_header_name_that_is_not_utf8_is_kept_and_the_letter_still_reads() {
+        let headers = pigeon_headers::add(OwnedHeaders::new(), b"x-\xff\xfe", Some(b"v"));
+        let headers = headers
+            .insert(Header { key: "ce_type", value: Some("gift.sent") })
+            .insert(Header { key: "ce_id", value: Some("id-1") });
+        let m = OwnedMessage::new(
+            Some(b"{}".to_vec()),
+            None,
+            "t".into(),
+            Timestamp::NotAvailable,
+            0,
+            0,
+            Some(headers),
+        );
+        let read = LetterHeaders::of(&m);
+        assert_eq!(read.len(), 3);
+        assert_eq!(read.iter().next().map(|h| h.name), Some(&b"x-\xff\xfe"[..]));
+        let meta = read_of(&m, &header_source("ce_type")).unwrap();
+        assert_eq!(meta, Meta { tag: Some(Cow::Borrowed("gift.sent")), id: Some("id-1") });
     }
 
     fn header_source(tag: &str) -> Source {

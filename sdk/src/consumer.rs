@@ -327,10 +327,8 @@ fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
 async fn report(message: &OwnedMessage, error: &str, shared: &Shared) -> bool {
     tracing::warn!(module = %shared.module, topic = message.topic(), offset = message.offset(), error, "reporting a failed letter to the bus");
     let mut headers = OwnedHeaders::new_with_capacity(message.headers().map_or(0, |h| h.count()) + 3);
-    if let Some(input) = message.headers() {
-        for h in input.iter() {
-            headers = headers.insert(Header { key: h.key, value: h.value });
-        }
+    for h in pigeon_headers::of(message) {
+        headers = pigeon_headers::add(headers, h.name, h.value);
     }
     let headers = headers
         .insert(Header { key: header::FAILED_TOPIC, value: Some(message.topic()) })

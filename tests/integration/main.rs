@@ -10,6 +10,7 @@ mod cli;
 mod dictionary;
 mod faults;
 mod forward;
+mod hostile;
 mod lifecycle;
 mod retry;
 mod scripts;

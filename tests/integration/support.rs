@@ -13,7 +13,7 @@ use pigeon_bus::store::Store;
 use pigeon_sdk::Letter;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message, OwnedMessage};
+use rdkafka::message::OwnedMessage;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
@@ -205,12 +205,10 @@ impl From<&Letter> for Outgoing {
     }
 }
 
-/// A header's value as text.
+/// A header's value as text (read as bytes: a name that is not UTF-8 panics rdkafka's reader).
 pub fn header(message: &OwnedMessage, name: &str) -> Option<String> {
-    message
-        .headers()?
-        .iter()
-        .find(|h| h.key == name)
+    pigeon_headers::of(message)
+        .find(|h| h.is(name))
         .and_then(|h| h.value)
         .map(|v| String::from_utf8_lossy(v).into_owned())
 }

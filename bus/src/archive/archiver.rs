@@ -431,7 +431,7 @@ async fn write(
 
 /// The letter the first of its pigeons whose filter takes it keeps, if any. A filter that
 /// fails on a letter keeps it (and counts it): an archive loses nothing over a bad filter.
-fn letter<M: Message>(
+fn letter<M>(
     message: &M,
     id: String,
     tag: &str,
@@ -439,7 +439,11 @@ fn letter<M: Message>(
     routes: &[Arc<Route>],
     names: &KeyNames,
     stats: &ArchiverStats,
-) -> Option<ArchivedLetter> {
+) -> Option<ArchivedLetter>
+where
+    M: Message,
+    M::Headers: pigeon_headers::RawHeaders,
+{
     let input = LetterHeaders::of(message);
     let pigeon = routes.iter().find(|route| {
         let Some(filter) = &route.filter else { return true };
@@ -458,7 +462,7 @@ fn letter<M: Message>(
         })
     })?;
     pigeon.counts.took();
-    let headers = input.iter().map(|(name, value)| StoredHeader::new(name, value)).collect();
+    let headers = input.iter().map(StoredHeader::raw).collect();
     Some(ArchivedLetter {
         letter_id: id,
         pigeon_id: pigeon.id.to_string(),

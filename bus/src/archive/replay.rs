@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use pigeon_headers::RawHeaders;
 use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::FutureProducer;
 use rdkafka::types::RDKafkaErrorCode;
@@ -292,14 +293,14 @@ pub fn plan(
             .iter()
             .filter(|h| h.name != header::REPLAYOF)
             .fold(OwnedHeaders::new_with_capacity(letter.headers.len() + 1), |headers, h| {
-                headers.insert(Header { key: &h.name, value: h.value() })
+                pigeon_headers::add(headers, h.name_bytes(), h.value())
             })
     };
     // Always a `ce_id` of its own (a foreign letter archived under a derived id had none).
     let marked = |headers: &OwnedHeaders| {
         let mut out = OwnedHeaders::new_with_capacity(headers.count() + 2);
-        for h in headers.iter().filter(|h| h.key != header::ID) {
-            out = out.insert(Header { key: h.key, value: h.value });
+        for h in headers.raw().filter(|h| !h.is(header::ID)) {
+            out = pigeon_headers::add(out, h.name, h.value);
         }
         out.insert(Header { key: header::ID, value: Some(replay_id.as_bytes()) })
             .insert(Header { key: header::REPLAYOF, value: Some(letter.letter_id.as_bytes()) })

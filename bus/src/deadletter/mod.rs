@@ -10,7 +10,8 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::message::{Headers, Message};
+use pigeon_headers::{RawHeader, RawHeaders};
+use rdkafka::message::Message;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -124,8 +125,11 @@ impl FromStr for Status {
 /// One Kafka header, kept losslessly: text when it is UTF-8, bytes otherwise.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredHeader {
-    /// Header name.
+    /// Header name (with U+FFFD for bytes that are not UTF-8; `name_bytes` then keeps them).
     pub name: String,
+    /// The name's bytes, when they are not UTF-8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name_bytes: Option<Vec<u8>>,
     /// The value, when it is UTF-8 text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,
@@ -142,7 +146,23 @@ impl StoredHeader {
             Some(Ok(text)) => (Some(text.to_owned()), None),
             Some(Err(_)) => (None, value.map(<[u8]>::to_vec)),
         };
-        Self { name: name.to_owned(), text, bytes }
+        Self { name: name.to_owned(), name_bytes: None, text, bytes }
+    }
+
+    /// Keeps a header read off Kafka, its name whatever its bytes.
+    pub fn raw(header: RawHeader<'_>) -> Self {
+        match header.name_str() {
+            Some(name) => Self::new(name, header.value),
+            None => Self {
+                name_bytes: Some(header.name.to_vec()),
+                ..Self::new(&header.name_lossy(), header.value)
+            },
+        }
+    }
+
+    /// The name's bytes as they came.
+    pub fn name_bytes(&self) -> &[u8] {
+        self.name_bytes.as_deref().unwrap_or(self.name.as_bytes())
     }
 
     /// The value's bytes.
@@ -238,7 +258,11 @@ impl NewDeadLetter {
     pub fn size(&self) -> usize {
         self.payload.as_ref().map_or(0, Vec::len)
             + self.key.as_ref().map_or(0, Vec::len)
-            + self.headers.iter().map(|h| h.name.len() + h.value().map_or(0, <[u8]>::len)).sum::<usize>()
+            + self
+                .headers
+                .iter()
+                .map(|h| h.name_bytes().len() + h.value().map_or(0, <[u8]>::len))
+                .sum::<usize>()
             + self.error_message.len()
             + 512
     }
@@ -253,11 +277,12 @@ impl NewDeadLetter {
     }
 
     /// Captures a Kafka message (source or output) with the failure.
-    pub fn from_message<M: Message>(message: &M, error_kind: ErrorKind, error_message: String) -> Self {
-        let headers = message
-            .headers()
-            .map(|hs| hs.iter().map(|h| StoredHeader::new(h.key, h.value)).collect())
-            .unwrap_or_default();
+    pub fn from_message<M>(message: &M, error_kind: ErrorKind, error_message: String) -> Self
+    where
+        M: Message,
+        M::Headers: RawHeaders,
+    {
+        let headers = pigeon_headers::of(message).map(StoredHeader::raw).collect();
         Self {
             letter_id: String::new(),
             pigeon_id: None,

@@ -5,8 +5,9 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use pigeon_headers::RawHeaders;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, RebalanceProtocol};
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::Message;
 use rdkafka::producer::{DeliveryResult, ProducerContext};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
@@ -118,12 +119,15 @@ impl ProducerContext for RouterProducerContext {
 }
 
 /// A dead letter for an output that Kafka would not take.
-pub fn output_dead_letter<M: Message>(output: &M, delivery: &Delivery, error: String) -> NewDeadLetter {
+pub fn output_dead_letter<M>(output: &M, delivery: &Delivery, error: String) -> NewDeadLetter
+where
+    M: Message,
+    M::Headers: RawHeaders,
+{
     let mut dead = NewDeadLetter::from_message(output, ErrorKind::Produce, error);
     let header = |name: &str| {
-        output
-            .headers()
-            .and_then(|hs| hs.iter().find(|h| h.key == name))
+        pigeon_headers::of(output)
+            .find(|h| h.is(name))
             .and_then(|h| h.value)
             .map(|v| String::from_utf8_lossy(v).into_owned())
     };

@@ -4,6 +4,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use pigeon_headers::RawHeaders;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{BaseRecord, ThreadedProducer};
@@ -69,16 +70,16 @@ pub fn output_headers<M: Message>(
 ) -> OwnedHeaders {
     let mut headers = OwnedHeaders::new_with_capacity(input.len() + 8);
     let (mut has_spec, mut has_source, mut has_time) = (false, false, false);
-    for (key, value) in input.iter() {
-        match key {
-            header::TYPE | header::PIGEON | header::ATTEMPT | header::ID => continue,
-            header::CONTENT_TYPE if json => continue,
-            header::SPECVERSION => has_spec = true,
-            header::SOURCE => has_source = true,
-            header::TIME => has_time = true,
+    for input in input.iter() {
+        match input.name_str() {
+            Some(header::TYPE | header::PIGEON | header::ATTEMPT | header::ID) => continue,
+            Some(header::CONTENT_TYPE) if json => continue,
+            Some(header::SPECVERSION) => has_spec = true,
+            Some(header::SOURCE) => has_source = true,
+            Some(header::TIME) => has_time = true,
             _ => {}
         }
-        headers = headers.insert(Header { key, value });
+        headers = pigeon_headers::add(headers, input.name, input.value);
     }
     headers = headers
         .insert(text(header::ID, id))
@@ -157,7 +158,7 @@ impl OwnedOutput {
 
     /// A header's value as text.
     pub fn header(&self, name: &str) -> Option<String> {
-        let value = self.headers.iter().find(|h| h.key == name)?.value?;
+        let value = self.headers.raw().find(|h| h.is(name))?.value?;
         Some(String::from_utf8_lossy(value).into_owned())
     }
 }
@@ -299,8 +300,8 @@ pub fn reroute(
 pub fn with_attempt(headers: &OwnedHeaders, attempt: i32) -> OwnedHeaders {
     let attempt = attempt.to_string();
     let mut out = OwnedHeaders::new_with_capacity(headers.count() + 1);
-    for h in headers.iter().filter(|h| h.key != header::ATTEMPT) {
-        out = out.insert(h);
+    for h in headers.raw().filter(|h| !h.is(header::ATTEMPT)) {
+        out = pigeon_headers::add(out, h.name, h.value);
     }
     out.insert(Header { key: header::ATTEMPT, value: Some(attempt.as_bytes()) })
 }

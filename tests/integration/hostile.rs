@@ -1,0 +1,98 @@
+//! Messages no well-behaved client writes, sent by an ordinary one: the bus goes on.
+
+use std::time::Duration;
+
+use pigeon_bus::route::DestinationSpec;
+use pigeon_sdk::{Capability, Context, Letter, Module};
+use rdkafka::message::Message;
+use tokio::sync::mpsc;
+
+use crate::support::*;
+
+const MODULE_TOPIC: &str = "pigeon.module.act-toy";
+/// A header name no UTF-8 reader accepts.
+const BAD_NAME: &[u8] = b"x-\xff\xfe-trace";
+
+/// `letter` as a message carrying one more header whose name is not UTF-8 (rdkafka's producer
+/// takes `&str` names; `pigeon_headers::add` writes the bytes through librdkafka's C API).
+fn with_bad_header_name(letter: &Letter) -> Outgoing {
+    let mut outgoing = Outgoing::from(letter);
+    outgoing.headers = pigeon_headers::add(outgoing.headers, BAD_NAME, Some(b"kept"));
+    outgoing
+}
+
+fn bad_header(message: &rdkafka::message::OwnedMessage) -> Option<Vec<u8>> {
+    pigeon_headers::of(message).find(|h| h.name == BAD_NAME).and_then(|h| h.value).map(<[u8]>::to_vec)
+}
+
+/// rdkafka 0.39 panics reading a header name that is not UTF-8; the router, the flown-letter
+/// path and the SDK's consumer read such a letter, copy the header byte for byte and go on.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_header_name_that_is_not_utf8_is_forwarded_untouched_and_nothing_stops() {
+    let kafka = Kafka::new(1);
+    for topic in ["live.gift", "pigeon.ingress", MODULE_TOPIC, "pigeon.registry", "pigeon.failed"] {
+        kafka.topic(topic, 2);
+    }
+    let db = Db::with_pigeons(&[
+        pigeon("gifts", "live.gift", "gift.sent", vec![DestinationSpec::capability("act-toy/chest.drop")]),
+        pigeon(
+            "flown",
+            "pigeon.ingress",
+            "progress.full",
+            vec![DestinationSpec::capability("act-toy/chest.drop")],
+        ),
+    ])
+    .await;
+    let bus = Bus::start(&kafka, &db, &[]);
+
+    let (seen_tx, mut seen) = mpsc::unbounded_channel::<Letter>();
+    let module = Module::builder("act-toy")
+        .brokers(&kafka.bootstrap)
+        .kafka_property("session.timeout.ms", "6000")
+        .kafka_property("heartbeat.interval.ms", "500")
+        .capability(Capability::new("chest.drop", move |letter: Letter, _cx: Context| {
+            let seen = seen_tx.clone();
+            async move {
+                let _ = seen.send(letter);
+                Ok(())
+            }
+        }))
+        .start()
+        .await
+        .expect("the module starts");
+
+    let hostile = Letter::new("live", "gift.sent", serde_json::json!({"roomId": "r-1"})).with_key("r-1");
+    let after = Letter::new("live", "gift.sent", serde_json::json!({"roomId": "r-2"})).with_key("r-2");
+    kafka.produce("live.gift", [with_bad_header_name(&hostile), Outgoing::from(&after)]);
+    let mut flown = Letter::new("act-toy", "progress.full", serde_json::json!({"roomId": "r-3"}));
+    flown.pigeon = Some("flown".into());
+    kafka.produce("pigeon.ingress", [with_bad_header_name(&flown)]);
+
+    // Forwarded, the odd header copied byte for byte.
+    let out = kafka.collect(MODULE_TOPIC, 3, Duration::from_millis(300));
+    assert_eq!(out.len(), 3, "every letter once");
+    for letter in [&hostile, &flown] {
+        let message = out
+            .iter()
+            .find(|m| {
+                header(m, "ce_id").is_some_and(|id| id != after.id.to_string())
+                    && m.key() == letter.key.as_deref()
+            })
+            .unwrap_or_else(|| panic!("{} was not forwarded", letter.id));
+        assert_eq!(bad_header(message).as_deref(), Some(&b"kept"[..]), "the header travels untouched");
+    }
+    // The module's handler gets all three: its consumer read the header too.
+    let mut handled = Vec::new();
+    for _ in 0..3 {
+        let letter =
+            tokio::time::timeout(DEADLINE, seen.recv()).await.expect("handled in time").expect("open");
+        handled.push(letter.room_id().map(str::to_owned));
+    }
+    handled.sort();
+    assert_eq!(handled, [Some("r-1".into()), Some("r-2".into()), Some("r-3".into())]);
+
+    assert_eq!(http_get(&bus.admin, "/healthz").map(|(s, _)| s), Some(200), "the bus is up");
+    module.shutdown().await;
+    let log = bus.stop();
+    assert!(!log.contains("panicked"), "{log}");
+}
