@@ -22,13 +22,14 @@ ensure_mariadb() {
             apt_install mariadb-server mariadb-client
         fi
         echo "starting MariaDB"
-        as_root start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd \
+        as_root start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd -- --user=mysql \
             || die "cannot start MariaDB (/usr/sbin/mariadbd)"
         for _ in $(seq 1 60); do
             mysql_ok && break
-            # A fresh Debian install lets root in only over the socket: allow the empty password too.
+            # A fresh Debian install lets root in only over the socket: allow the empty password first
+            # (sqlx speaks no unix_socket, so a chain that starts with it refuses sqlx).
             if mysql -u root -e 'SELECT 1' >/dev/null 2>&1; then
-                mysql -u root -e "ALTER USER 'root'@'localhost' IDENTIFIED VIA unix_socket OR mysql_native_password USING PASSWORD('')" || true
+                mysql -u root -e "ALTER USER 'root'@'localhost' IDENTIFIED VIA mysql_native_password USING PASSWORD('') OR unix_socket" || true
             fi
             sleep 1
         done

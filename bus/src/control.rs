@@ -9,7 +9,7 @@
 //! others keep flying.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,7 +19,7 @@ use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::SourceConfig;
@@ -71,11 +71,17 @@ pub struct WatchConfig {
     pub sources: BTreeMap<String, SourceConfig>,
 }
 
-/// The route tables an instance runs, with what was left out of them.
+/// The route tables an instance runs, with what was left out of them. The watcher builds them
+/// all from one load of the store, with the same contracts; nothing else builds tables for a
+/// running role.
 #[derive(Debug)]
 pub struct Routes {
     /// The live forward and script pigeons: the router's.
     pub table: Arc<RouteTable>,
+    /// Every enabled forward and script pigeon, whatever its live window (a letter read again
+    /// keeps its own time, which the windows judge): what the retrier, replays and `POST /fly`
+    /// deliver through.
+    pub redeliver: Arc<RouteTable>,
     /// The live archive pigeons: the archiver's.
     pub archive: Arc<RouteTable>,
     /// Pigeons that do not compile.
@@ -148,10 +154,11 @@ impl Watcher {
             lead_ms: self.config.window_lead_ms,
             grace_ms: self.config.window_grace_ms,
         };
-        let Built { mut table, quarantined, mut phases } =
-            RouteTable::build_for(Paths::Deliver, pigeons, &self.config.sources, Some(clock));
-        table.set_contracts(contracts);
-        let archive = RouteTable::build_for(Paths::Archive, pigeons, &self.config.sources, Some(clock));
+        let sources = &self.config.sources;
+        let Built { table, quarantined, mut phases } =
+            RouteTable::build_for(Paths::Deliver, pigeons, sources, Some(clock), Arc::clone(&contracts));
+        let redeliver = RouteTable::build_for(Paths::Deliver, pigeons, sources, None, Arc::clone(&contracts));
+        let archive = RouteTable::build_for(Paths::Archive, pigeons, sources, Some(clock), contracts);
         phases.extend(archive.phases);
         if self.generation > 0 {
             self.log_changes(&versions, &phases);
@@ -179,6 +186,7 @@ impl Watcher {
         self.generation += 1;
         Routes {
             table: Arc::new(table),
+            redeliver: Arc::new(redeliver.table),
             archive: Arc::new(archive.table),
             quarantined,
             generation: self.generation,
@@ -205,6 +213,24 @@ impl Watcher {
             }
         }
     }
+}
+
+/// The stored pigeons built into a forward-and-script table and an archive table, every live
+/// window included, for tools that look at every pigeon at once (`pigeon topics ensure`);
+/// running roles read the watcher's tables. What does not compile is logged and left out.
+pub async fn every_window(
+    store: &dyn Store,
+    sources: &BTreeMap<String, SourceConfig>,
+) -> anyhow::Result<(RouteTable, RouteTable)> {
+    let pigeons: Vec<VersionedPigeon> = store.pigeons().await?.iter().map(|p| p.versioned()).collect();
+    let (contracts, _) = load_contracts(store).await?;
+    let contracts = Arc::new(contracts);
+    let deliver = RouteTable::build_for(Paths::Deliver, &pigeons, sources, None, Arc::clone(&contracts));
+    for q in &deliver.quarantined {
+        tracing::warn!(pigeon = %q.id, version = q.version, problems = ?q.problems, "pigeon does not compile");
+    }
+    let archive = RouteTable::build_for(Paths::Archive, &pigeons, sources, None, contracts);
+    Ok((deliver.table, archive.table))
 }
 
 /// What a table is built from.
@@ -241,15 +267,53 @@ fn versions_of(pigeons: &[VersionedPigeon]) -> Vec<(String, i64)> {
     pigeons.iter().map(|p| (p.spec.id.clone(), p.version)).collect()
 }
 
-/// Watches for pigeon changes until `cancel` fires, sending each new table on `tx`. `consumer`
-/// reads `pigeon.control` on assigned partitions ([`crate::kafka::assigned_consumer_config`]).
-pub async fn watch(
+/// Builds the first tables, then returns them with the task that keeps them current until
+/// `cancel` fires: on every notice `consumer` reads from `pigeon.control` (assigned partitions,
+/// [`crate::kafka::assigned_consumer_config`]; without one, the periodic check alone), every
+/// version check, every window change, and whenever a reader asks ([`Tables::catch_up`]).
+pub async fn start(
     mut watcher: Watcher,
-    consumer: ClientConfig,
+    consumer: Option<ClientConfig>,
+    cancel: CancellationToken,
+) -> anyhow::Result<(Tables, impl std::future::Future<Output = anyhow::Result<()>>)> {
+    // Logs every quarantined pigeon.
+    let first = watcher.first().await?;
+    let (tx, routes) = watch::channel(Arc::new(first));
+    let (checked_tx, checked) = watch::channel(0);
+    let asks = Asks {
+        check_now: Arc::new(Notify::new()),
+        requested: Arc::new(AtomicU64::new(0)),
+        checked: checked_tx,
+    };
+    let tables = Tables {
+        routes,
+        check_now: Arc::clone(&asks.check_now),
+        requested: Arc::clone(&asks.requested),
+        checked,
+    };
+    Ok((tables, watch(watcher, consumer, tx, asks, cancel)))
+}
+
+/// What readers ask of the watch loop: check the store now (`check_now`); `requested` counts
+/// the asks, and `checked` says up to which ask the store was read.
+struct Asks {
+    check_now: Arc<Notify>,
+    requested: Arc<AtomicU64>,
+    checked: watch::Sender<u64>,
+}
+
+/// Watches for pigeon changes until `cancel` fires, sending each new table on `tx`.
+async fn watch(
+    mut watcher: Watcher,
+    consumer: Option<ClientConfig>,
     tx: watch::Sender<Arc<Routes>>,
+    asks: Asks,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
-    let consumer: Arc<StreamConsumer> = Arc::new(consumer.create()?);
+    let consumer: Option<Arc<StreamConsumer>> = match consumer {
+        Some(config) => Some(Arc::new(config.create()?)),
+        None => None,
+    };
     let mut assigned = false;
     let mut check = tokio::time::interval(watcher.config.check);
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -264,20 +328,20 @@ pub async fn watch(
             }
         };
         let notice = async {
-            if assigned {
-                consumer.recv().await.map(|m| m.detach())
-            } else {
-                std::future::pending().await
+            match (&consumer, assigned) {
+                (Some(consumer), true) => consumer.recv().await.map(|m| m.detach()),
+                _ => std::future::pending().await,
             }
         };
         tokio::select! {
             _ = cancel.cancelled() => return Ok(()),
             _ = check.tick() => {
-                if !assigned {
-                    assigned = assign(&consumer).await;
+                if let (Some(consumer), false) = (&consumer, assigned) {
+                    assigned = assign(consumer).await;
                 }
             }
             _ = window_timer => {}
+            _ = asks.check_now.notified() => {}
             received = notice => match received {
                 Ok(message) => {
                     let notice: Option<Notice> =
@@ -290,7 +354,10 @@ pub async fn watch(
                 }
             },
         }
-        match watcher.check().await {
+        // Every ask made before this load is answered by it.
+        let serving = asks.requested.load(Ordering::Acquire);
+        let checked = watcher.check().await;
+        match checked {
             Ok(Some(routes)) => {
                 tracing::info!(
                     generation = routes.generation,
@@ -309,6 +376,64 @@ pub async fn watch(
                 if watcher.next_change.is_some_and(|t| t <= now_ms()) {
                     watcher.next_change = Some(now_ms() + watcher.config.check.as_millis() as i64);
                 }
+            }
+        }
+        asks.checked.send_replace(serving);
+    }
+}
+
+/// The tables the watcher publishes, for every role that reads them.
+#[derive(Clone, Debug)]
+pub struct Tables {
+    routes: watch::Receiver<Arc<Routes>>,
+    check_now: Arc<Notify>,
+    requested: Arc<AtomicU64>,
+    checked: watch::Receiver<u64>,
+}
+
+impl Tables {
+    /// The tables now.
+    pub fn current(&self) -> Arc<Routes> {
+        Arc::clone(&self.routes.borrow())
+    }
+
+    /// The tables once the watcher has read the store after this call (so they hold every
+    /// change saved before it), or the current ones if that takes longer than `timeout` (the
+    /// store away). What the retrier and replays deliver through: an operator who fixes a
+    /// pigeon and then redrives its letters gets the fixed version.
+    pub async fn fresh(&self, timeout: Duration) -> Arc<Routes> {
+        let ticket = self.requested.fetch_add(1, Ordering::AcqRel) + 1;
+        self.check_now.notify_one();
+        let mut checked = self.checked.clone();
+        let _ = tokio::time::timeout(timeout, checked.wait_for(|served| *served >= ticket)).await;
+        self.current()
+    }
+
+    /// A receiver of every new set of tables (the router's and the archiver's loops).
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Routes>> {
+        self.routes.clone()
+    }
+
+    /// Asks the watcher to check the store now, and waits up to `timeout` for tables in which
+    /// `ready` holds (a pigeon saved a moment ago on another instance). The tables last seen
+    /// when it does not.
+    pub async fn catch_up(
+        &self,
+        timeout: Duration,
+        ready: impl Fn(&Routes) -> bool,
+    ) -> Result<Arc<Routes>, Arc<Routes>> {
+        let mut routes = self.routes.clone();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let now = routes.borrow_and_update().clone();
+            if ready(&now) {
+                return Ok(now);
+            }
+            self.check_now.notify_one();
+            match tokio::time::timeout_at(deadline, routes.changed()).await {
+                Ok(Ok(())) => continue,
+                // The watcher is gone, or time is up.
+                Ok(Err(_)) | Err(_) => return Err(routes.borrow().clone()),
             }
         }
     }

@@ -13,7 +13,7 @@ use pigeon_bus::dev::{self, DevOptions};
 use pigeon_bus::route::{DestinationSpec, RouteTable};
 use pigeon_bus::script::dryrun::{dry_run, SampleLetter};
 use pigeon_bus::script::{Limits, ScriptEngine};
-use pigeon_bus::{kafka, serve, topics};
+use pigeon_bus::{control, kafka, serve, topics};
 use rdkafka::mocking::MockCluster;
 use tokio_util::sync::CancellationToken;
 
@@ -687,7 +687,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             runtime.block_on(async {
                 // Destinations and sources of stored pigeons too, when a store is reachable.
                 let tables = match serve::open_store(&config.store.url).await {
-                    Ok(store) => Some(serve::load_tables(store.as_ref(), &config).await?),
+                    Ok(store) => Some(control::every_window(store.as_ref(), &config.sources).await?),
                     Err(e) => {
                         tracing::warn!(error = %e, "no store: creating only the bus and module topics");
                         None

@@ -11,7 +11,6 @@
 //! retried by an operator; it is then redriven through the *current* version of its pigeon (or
 //! of every pigeon of its source topic).
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,10 +20,10 @@ use rdkafka::producer::FutureProducer;
 use rdkafka::ClientConfig;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{RetrierConfig, SourceConfig, Sweep};
+use crate::config::{RetrierConfig, Sweep};
 use crate::deadletter::schedule::Schedule;
-use crate::deadletter::{DeadLetter, Outcome, Report};
-use crate::route::{Lookup, Route, RouteTable, VersionedPigeon};
+use crate::deadletter::{DeadLetter, NewDeadLetter, Outcome, Report};
+use crate::route::{Lookup, Route, RouteTable};
 use crate::router::output::{owned_outputs, reroute, with_attempt, OwnedOutput as Output};
 use crate::source;
 use crate::store::{now_ms, Store};
@@ -47,12 +46,16 @@ pub struct RetrierStats {
     pub lost_claims: AtomicU64,
 }
 
+/// How long a sweep waits for the watcher to read the store; after that it redelivers through
+/// the tables it has.
+const TABLES_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Everything the retrier runs with.
 pub struct RetrierParts {
     /// Sweep, batch and lease.
     pub config: RetrierConfig,
-    /// Source reading rules, for redriving unreadable letters.
-    pub sources: BTreeMap<String, SourceConfig>,
+    /// The watcher's tables: redeliveries go through its `redeliver` table.
+    pub tables: crate::control::Tables,
     /// Producer properties; the delivery timeout is set from the config.
     pub producer: ClientConfig,
     /// Dead letters live here.
@@ -69,7 +72,7 @@ pub async fn run(parts: RetrierParts, cancel: CancellationToken) -> anyhow::Resu
     let mut producer_config = parts.producer.clone();
     producer_config.set("message.timeout.ms", parts.config.delivery_timeout_ms.to_string());
     let producer: FutureProducer = producer_config.create()?;
-    let mut retrier = Retrier { parts, producer, table: None };
+    let mut retrier = Retrier { parts, producer };
     tracing::info!(instance = %retrier.parts.instance, sweep = %retrier.parts.config.sweep, "retrier started");
     loop {
         tokio::select! {
@@ -95,19 +98,11 @@ pub async fn run(parts: RetrierParts, cancel: CancellationToken) -> anyhow::Resu
 struct Retrier {
     parts: RetrierParts,
     producer: FutureProducer,
-    /// The compiled pigeons and the versions they were compiled from.
-    table: Option<(Versions, Arc<RouteTable>)>,
 }
-
-/// Pigeon ids and versions, by id.
-type Versions = Vec<(String, i64)>;
 
 impl Retrier {
     /// Claims, delivers and reports one batch; returns how many were claimed.
     async fn sweep(&mut self) -> anyhow::Result<usize> {
-        // The pigeons first: a store error here must not strand a claimed batch until its
-        // lease runs out.
-        let table = self.table().await?;
         let config = &self.parts.config;
         let token = uuid::Uuid::now_v7().to_string();
         let lease_until = now_ms() + config.lease_ms as i64;
@@ -125,6 +120,7 @@ impl Retrier {
             return Ok(0);
         }
         stats.claimed.fetch_add(count as u64, Ordering::Relaxed);
+        let table = self.table().await;
         let attempts = claimed.letters.iter().map(|letter| self.attempt(letter, &table));
         let reports = futures::future::join_all(attempts).await;
         for (letter, report) in claimed.letters.iter().zip(&reports) {
@@ -182,28 +178,10 @@ impl Retrier {
         }
     }
 
-    /// The current pigeons, compiled again only when a version changed.
-    async fn table(&mut self) -> anyhow::Result<Arc<RouteTable>> {
-        let stored = self.parts.store.pigeons().await?;
-        let (contracts, stamps) = crate::control::load_contracts(self.parts.store.as_ref()).await?;
-        let versions: Versions =
-            stored.iter().map(|p| (p.spec.id.clone(), p.version)).chain(stamps).collect();
-        if let Some((seen, table)) = &self.table {
-            if *seen == versions {
-                return Ok(Arc::clone(table));
-            }
-        }
-        let pigeons: Vec<VersionedPigeon> = stored.iter().map(|p| p.versioned()).collect();
-        // Every enabled pigeon, live window or not: a letter of an ended window is still owed.
-        let built = RouteTable::build(&pigeons, &self.parts.sources, None);
-        for q in &built.quarantined {
-            tracing::warn!(pigeon = %q.id, version = q.version, problems = ?q.problems, "pigeon quarantined: its dead letters wait");
-        }
-        let mut table = built.table;
-        table.set_contracts(Arc::new(contracts));
-        let table = Arc::new(table);
-        self.table = Some((versions, Arc::clone(&table)));
-        Ok(table)
+    /// The pigeons as stored now, every live window included (a letter of an ended window is
+    /// still owed): a pigeon fixed just before its letters are redriven runs fixed.
+    async fn table(&self) -> Arc<RouteTable> {
+        Arc::clone(&self.parts.tables.fresh(TABLES_TIMEOUT).await.redeliver)
     }
 
     /// Delivers one dead letter and says how it went.
@@ -213,6 +191,20 @@ impl Retrier {
             Ok(outputs) => outputs,
             Err(message) => return Report { outcome: Outcome::Parked, message, next_attempt_at: None },
         };
+        // Outputs their destination would refuse are parked on their own; the others go.
+        let (unfit, outputs): (Vec<Output>, Vec<Output>) =
+            outputs.into_iter().partition(|o| o.unfit.is_some());
+        let parked: Vec<NewDeadLetter> = unfit.iter().filter_map(Output::parked).collect();
+        if !parked.is_empty() {
+            let refs: Vec<&NewDeadLetter> = parked.iter().collect();
+            if let Err(e) = self.parts.store.insert_dead_letters(&refs).await {
+                return Report {
+                    outcome: Outcome::Failed,
+                    message: format!("cannot park {} unfit output(s): {e}", refs.len()),
+                    next_attempt_at: Some(now_ms() + TABLES_TIMEOUT.as_millis() as i64),
+                };
+            }
+        }
         let sends = outputs.iter().map(|output| {
             let record = output.record();
             self.producer.send(record, Duration::from_secs(5))
@@ -223,11 +215,15 @@ impl Retrier {
                 crate::counters::book().of(id).delivered_many(outputs.len() as u64);
             }
             let topics: Vec<&str> = outputs.iter().map(|o| o.topic.as_str()).collect();
-            return Report {
-                outcome: Outcome::Delivered,
-                message: format!("delivered to {}", topics.join(", ")),
-                next_attempt_at: None,
+            let mut message = match topics.is_empty() {
+                true => "nothing to send".to_owned(),
+                false => format!("delivered to {}", topics.join(", ")),
             };
+            for output in &unfit {
+                let reason = output.unfit.as_ref().map_or("", |u| u.reason.as_str());
+                message.push_str(&format!("; parked the output to {}: {reason}", output.topic));
+            }
+            return Report { outcome: Outcome::Delivered, message, next_attempt_at: None };
         };
         let schedule = letter
             .letter
@@ -265,6 +261,7 @@ fn plan(letter: &DeadLetter, table: &RouteTable, attempt: i32) -> Result<Vec<Out
             key: dead.key.clone(),
             headers: with_attempt(&stored_headers(), attempt),
             payload: dead.payload.clone(),
+            unfit: None,
         }]);
     }
     // The letter never left: route it again through the pigeons as they are now.
@@ -311,7 +308,8 @@ fn plan(letter: &DeadLetter, table: &RouteTable, attempt: i32) -> Result<Vec<Out
 mod tests {
     use super::*;
     use crate::deadletter::{ErrorKind, NewDeadLetter, Status};
-    use crate::route::{PigeonSpec, WindowSpec};
+    use crate::route::{PigeonSpec, VersionedPigeon, WindowSpec};
+    use std::collections::BTreeMap;
 
     /// A letter that never left (an unreadable one an operator fixed) is routed again through
     /// the pigeons of its topic whose live window holds its time, as the router would.

@@ -14,7 +14,6 @@ use crate::config::{redact_url, BusConfig, Role};
 use crate::control::{self, WatchConfig, Watcher};
 use crate::kafka;
 use crate::retrier::{self, RetrierParts, RetrierStats};
-use crate::route::{Paths, RouteTable, VersionedPigeon};
 use crate::router::{self, RouterParts, RouterStats};
 use crate::store::{self, Store};
 
@@ -23,18 +22,6 @@ pub async fn open_store(url: &str) -> anyhow::Result<Arc<dyn Store>> {
     let store = store::open(url).await.with_context(|| format!("opening store {}", redact_url(url)))?;
     store.migrate().await.context("applying migrations")?;
     Ok(store)
-}
-
-/// Compiles the stored pigeons, every live window included, into the router's table and the
-/// archiver's; pigeons that do not compile are logged and left out.
-pub async fn load_tables(store: &dyn Store, config: &BusConfig) -> anyhow::Result<(RouteTable, RouteTable)> {
-    let pigeons: Vec<VersionedPigeon> = store.pigeons().await?.iter().map(|p| p.versioned()).collect();
-    let built = RouteTable::build(&pigeons, &config.sources, None);
-    for q in &built.quarantined {
-        tracing::warn!(pigeon = %q.id, version = q.version, problems = ?q.problems, "pigeon does not compile");
-    }
-    let archive = RouteTable::build_for(Paths::Archive, &pigeons, &config.sources, None);
-    Ok((built.table, archive.table))
 }
 
 /// Runs every role until `cancel` fires (or SIGTERM/SIGINT, which fire it), then drains.
@@ -62,6 +49,19 @@ pub async fn run(
         true => Some(producer.create().context("creating the producer for flown letters")?),
         false => None,
     };
+    // The one table builder: every role reads the tables it publishes.
+    let watch_config = WatchConfig {
+        check: Duration::from_millis(config.router.reload_check_ms),
+        window_lead_ms: config.router.window_lead_ms as i64,
+        window_grace_ms: config.router.window_grace_ms as i64,
+        sources: config.sources.clone(),
+    };
+    let watcher = Watcher::new(Arc::clone(&store), watch_config, Arc::clone(&stats));
+    let notices = kafka::assigned_consumer_config(&config.kafka, "pigeon-control");
+    let (tables, watching) =
+        control::start(watcher, Some(notices), cancel.clone()).await.context("loading the pigeons")?;
+    let mut roles = tokio::task::JoinSet::new();
+    roles.spawn(watching);
     let app = admin::app(
         AppState {
             store: Arc::clone(&store),
@@ -72,6 +72,7 @@ pub async fn run(
             replays: Arc::clone(&replay_stats),
             sources: Arc::new(config.sources.clone()),
             producer: fly_producer.clone(),
+            tables: Some(tables.clone()),
         },
         config.roles.contains(&Role::Admin),
     );
@@ -83,7 +84,6 @@ pub async fn run(
     // Counts are flushed until every role has drained, so the last letters count too.
     let counting_stop = CancellationToken::new();
     let counting = tokio::spawn(crate::counters::run(Arc::clone(&store), counting_stop.clone()));
-    let mut roles = tokio::task::JoinSet::new();
     if config.roles.contains(&Role::Registry) {
         let registry = kafka::consumer_config(&config.kafka, crate::registry::GROUP);
         roles.spawn(crate::registry::run(registry, Arc::clone(&store), cancel.clone()));
@@ -91,7 +91,7 @@ pub async fn run(
     if config.roles.contains(&Role::Retrier) {
         let parts = RetrierParts {
             config: config.retrier.clone(),
-            sources: config.sources.clone(),
+            tables: tables.clone(),
             producer: producer.clone(),
             store: Arc::clone(&store),
             instance: instance_name("retrier"),
@@ -106,33 +106,15 @@ pub async fn run(
             store: Arc::clone(&store),
             producer,
             config: config.replay.clone(),
-            sources: config.sources.clone(),
+            tables: tables.clone(),
             owner: instance_name("replay"),
             stats: replay_stats,
         };
         roles.spawn(replay::run(parts, cancel.clone()));
     }
-    let routes = match config.roles.contains(&Role::Router) || config.roles.contains(&Role::Archiver) {
-        true => {
-            let watch_config = WatchConfig {
-                check: Duration::from_millis(config.router.reload_check_ms),
-                window_lead_ms: config.router.window_lead_ms as i64,
-                window_grace_ms: config.router.window_grace_ms as i64,
-                sources: config.sources.clone(),
-            };
-            let mut watcher = Watcher::new(Arc::clone(&store), watch_config, Arc::clone(&stats));
-            // Logs every quarantined pigeon.
-            let first = watcher.first().await.context("loading the pigeons")?;
-            let (routes_tx, routes) = tokio::sync::watch::channel(Arc::new(first));
-            let control = kafka::assigned_consumer_config(&config.kafka, "pigeon-control");
-            roles.spawn(control::watch(watcher, control, routes_tx, cancel.clone()));
-            Some(routes)
-        }
-        false => None,
-    };
     if config.roles.contains(&Role::Archiver) {
         let parts = ArchiverParts {
-            routes: routes.clone().expect("the watcher runs for the archiver"),
+            routes: tables.subscribe(),
             config: config.archiver.clone(),
             consumer: kafka::consumer_config(&config.kafka, &config.archiver.group),
             store: Arc::clone(&store),
@@ -140,7 +122,8 @@ pub async fn run(
         };
         roles.spawn(archiver::run(parts, cancel.clone()));
     }
-    if let (true, Some(routes)) = (config.roles.contains(&Role::Router), routes) {
+    if config.roles.contains(&Role::Router) {
+        let routes = tables.subscribe();
         let consumer = kafka::router_consumer_config(&config.kafka);
         tracing::info!(consumer = %kafka::describe(&consumer), producer = %kafka::describe(&producer), "kafka clients");
         let parts =

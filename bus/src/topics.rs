@@ -106,8 +106,14 @@ mod tests {
         archive.destinations.clear();
         let pigeons = [spec, archive].map(|spec| VersionedPigeon { spec, version: 1, saved_at: 0 });
         let table = RouteTable::compile(&pigeons, &Default::default()).unwrap();
-        let archiving =
-            RouteTable::build_for(crate::route::Paths::Archive, &pigeons, &Default::default(), None).table;
+        let archiving = RouteTable::build_for(
+            crate::route::Paths::Archive,
+            &pigeons,
+            &Default::default(),
+            None,
+            Default::default(),
+        )
+        .table;
         let topics = required_topics(&["act-toy".into()], &[&table, &archiving]);
         assert_eq!(
             topics,

@@ -26,11 +26,17 @@ pub struct ErrorBody {
 pub struct ApiError {
     status: StatusCode,
     body: ErrorBody,
+    /// Sent as `Retry-After` (whole seconds).
+    retry_after: Option<std::time::Duration>,
 }
 
 impl ApiError {
     fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, body: ErrorBody { code, message: message.into(), details: Vec::new() } }
+        Self {
+            status,
+            body: ErrorBody { code, message: message.into(), details: Vec::new() },
+            retry_after: None,
+        }
     }
 
     /// 400: the request is malformed.
@@ -56,6 +62,11 @@ impl ApiError {
     /// 503: a part the request needs is not available here or now.
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+    }
+
+    /// 503 with a `Retry-After` hint: try again after `after`.
+    pub fn unavailable_for(message: impl Into<String>, after: std::time::Duration) -> Self {
+        Self { retry_after: Some(after), ..Self::unavailable(message) }
     }
 
     /// 409.
@@ -89,7 +100,12 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(self.body)).into_response()
+        let mut response = (self.status, Json(self.body)).into_response();
+        if let Some(after) = self.retry_after {
+            let seconds = after.as_secs().max(1);
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, seconds.into());
+        }
+        response
     }
 }
 
@@ -97,9 +113,28 @@ impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
         match error {
             StoreError::Conflict(message) => ApiError::conflict(message),
+            // The database away (or a lost race): the same request may work in a moment.
+            other if other.is_transient() => {
+                tracing::warn!(error = %other, "admin API: the store is unavailable");
+                ApiError::unavailable_for(
+                    "the store is unavailable; try again shortly",
+                    std::time::Duration::from_secs(1),
+                )
+            }
             other => ApiError::internal(other),
         }
     }
+}
+
+/// What a handler that panicked answers (`CatchPanicLayer`): a 500 in the usual shape; the
+/// panic is logged, and the server goes on.
+pub fn panicked(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".into());
+    ApiError::internal(format!("a request handler panicked: {message}")).into_response()
 }
 
 impl From<axum::extract::rejection::QueryRejection> for ApiError {

@@ -17,8 +17,9 @@ use utoipa::ToSchema;
 use super::auth::AsModule;
 use super::error::{ApiError, ErrorBody};
 use super::{ApiJson, AppState};
+use crate::control::{Routes, Tables};
 use crate::deadletter::{ErrorKind, NewDeadLetter};
-use crate::route::{pattern::validate_tag, RouteTable, INGRESS};
+use crate::route::{pattern::validate_tag, Action, Route, INGRESS};
 use crate::router::output::{owned_outputs, OwnedOutput};
 use pigeon_sdk::{header, Letter, LetterId};
 
@@ -114,21 +115,11 @@ pub async fn fly(
     ApiJson(body): ApiJson<FlyBody>,
 ) -> Result<Json<ReceiptView>, ApiError> {
     let letter = letter_of(&body)?;
-    let stored = state
-        .store
-        .pigeon(&body.pigeon)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("pigeon {:?}", body.pigeon)))?;
-    if !stored.spec.enabled {
-        return Err(ApiError::conflict(format!("pigeon {:?} is disabled", body.pigeon)));
-    }
-    let mut table = RouteTable::compile(&[stored.versioned()], &Default::default())
-        .map_err(|e| ApiError::conflict(format!("pigeon {:?} does not compile: {e}", body.pigeon)))?;
-    if !stored.spec.dictionary.is_off() {
-        let (contracts, _) = crate::control::load_contracts(state.store.as_ref()).await?;
-        table.set_contracts(Arc::new(contracts));
-    }
-    let route = Arc::clone(table.route(&body.pigeon).expect("an enabled pigeon is in its table"));
+    let tables = state.tables.as_ref().ok_or_else(|| {
+        ApiError::unavailable("this bus runs no route tables; fly through another instance")
+    })?;
+    let (routes, route) = route_of(tables, &state, &body.pigeon).await?;
+    let table = &routes.redeliver;
     let message = message_of(&letter);
     let id = letter.id.to_string();
     let time_ms = ms(letter.time);
@@ -161,6 +152,16 @@ pub async fn fly(
             receipt.dead_lettered.push(DeadLetteredView { topic: None, error });
         }
         Ok(outputs) => {
+            // An output its destination would refuse is parked on its own; the others go.
+            let (unfit, outputs): (Vec<OwnedOutput>, Vec<OwnedOutput>) =
+                outputs.into_iter().partition(|o| o.unfit.is_some());
+            for output in &unfit {
+                let reason = output.unfit.as_ref().map_or_else(String::new, |u| u.reason.clone());
+                dead_letters.extend(output.parked());
+                receipt
+                    .dead_lettered
+                    .push(DeadLetteredView { topic: Some(output.topic.clone()), error: reason });
+            }
             let sends = outputs.iter().map(|output| {
                 let record = output.record();
                 producer.send(record, DELIVERY_TIMEOUT)
@@ -177,7 +178,15 @@ pub async fn fly(
                     }),
                     Err((error, _)) => {
                         let error = error.to_string();
-                        dead_letters.push(output_dead_letter(output, &route, error.clone()));
+                        let pigeon = (route.id.as_ref(), route.version);
+                        let mut dead = output.dead_letter(
+                            pigeon,
+                            ErrorKind::Produce,
+                            error.clone(),
+                            route.retry.after(1),
+                        );
+                        dead.source_topic = INGRESS.to_owned();
+                        dead_letters.push(dead);
                         receipt
                             .dead_lettered
                             .push(DeadLetteredView { topic: Some(output.topic.clone()), error });
@@ -204,6 +213,54 @@ pub async fn fly(
         delivered = receipt.delivered.len(), dead_lettered = receipt.dead_lettered.len(), "letter flown"
     );
     Ok(Json(receipt))
+}
+
+/// How long `POST /fly` waits for this instance's tables to hold a pigeon the store has (saved
+/// a moment ago, perhaps on another instance).
+const CATCH_UP: Duration = Duration::from_secs(5);
+
+/// The pigeon a letter is flown to, from this instance's tables: when they lack it, or hold an
+/// older version than the store's, the watcher is asked to catch up (bounded).
+async fn route_of(
+    tables: &Tables,
+    state: &AppState,
+    id: &str,
+) -> Result<(Arc<Routes>, Arc<Route>), ApiError> {
+    let routes = tables.current();
+    if let Some(route) = routes.redeliver.route(id) {
+        return Ok((Arc::clone(&routes), Arc::clone(route)));
+    }
+    let stored =
+        state.store.pigeon(id).await?.ok_or_else(|| ApiError::not_found(format!("pigeon {id:?}")))?;
+    if !stored.spec.enabled {
+        return Err(ApiError::conflict(format!("pigeon {id:?} is disabled")));
+    }
+    if stored.spec.action == Action::Archive {
+        return Err(ApiError::conflict(format!(
+            "pigeon {id:?} archives letters; letters are flown to forward and script pigeons"
+        )));
+    }
+    let version = stored.version;
+    let held = |routes: &Routes| routes.redeliver.route(id).is_some_and(|r| r.version >= version);
+    match tables.catch_up(CATCH_UP, held).await {
+        Ok(routes) => {
+            let route = routes.redeliver.route(id).map(Arc::clone);
+            route
+                .map(|route| (routes, route))
+                .ok_or_else(|| ApiError::internal("a caught-up table lost its pigeon"))
+        }
+        Err(routes) => match routes.quarantined.iter().find(|q| q.id == id) {
+            Some(q) => Err(ApiError::conflict(format!(
+                "pigeon {id:?} version {} does not compile: {}",
+                q.version,
+                q.problems.join("; ")
+            ))),
+            None => Err(ApiError::unavailable_for(
+                format!("pigeon {id:?} version {version} is not in this instance's tables yet; try again"),
+                CATCH_UP,
+            )),
+        },
+    }
 }
 
 /// Reads the request's letter, explaining what is wrong with it.
@@ -247,25 +304,4 @@ fn message_of(letter: &Letter) -> OwnedMessage {
 
 fn ms(time: SystemTime) -> i64 {
     time.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
-}
-
-/// A dead letter for an output Kafka refused: retried to its topic on the pigeon's schedule.
-fn output_dead_letter(output: &OwnedOutput, route: &crate::route::Route, error: String) -> NewDeadLetter {
-    let message = OwnedMessage::new(
-        output.payload.clone(),
-        output.key.clone(),
-        INGRESS.to_owned(),
-        rdkafka::Timestamp::NotAvailable,
-        -1,
-        -1,
-        Some(output.headers.clone()),
-    );
-    let mut dead = NewDeadLetter::from_message(&message, ErrorKind::Produce, error);
-    dead.letter_id = output.header(header::ID).unwrap_or_default();
-    dead.dest_topic = Some(output.topic.clone());
-    dead.dest_tag = output.header(header::TYPE);
-    dead.pigeon_id = Some(route.id.to_string());
-    dead.pigeon_version = Some(route.version);
-    dead.first_retry = route.retry.after(1);
-    dead
 }

@@ -56,6 +56,8 @@ pub struct AppState {
     pub sources: Arc<std::collections::BTreeMap<String, crate::config::SourceConfig>>,
     /// Sends flown letters (`POST /fly`); absent where the bus has no Kafka.
     pub producer: Option<rdkafka::producer::FutureProducer>,
+    /// The watcher's route tables (`POST /fly` flies through them).
+    pub tables: Option<crate::control::Tables>,
 }
 
 /// One page of a list, and the cursor of the next (absent on the last page).
@@ -180,7 +182,14 @@ pub fn app(state: AppState, with_api: bool) -> Router {
             .merge(api)
             .merge(ui::routes());
     }
-    app.fallback(not_found).layer(DefaultBodyLimit::max(MAX_BODY_BYTES)).with_state(state)
+    harden(app.fallback(not_found).with_state(state))
+}
+
+/// What wraps every route: the body limit, and a handler that panics answers 500 in the usual
+/// error shape (logged) while the server goes on.
+fn harden(app: Router) -> Router {
+    app.layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(error::panicked))
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {

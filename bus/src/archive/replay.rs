@@ -13,7 +13,6 @@
 //! id, so a module that drops duplicates still takes it, and the same each time the job sends
 //! it) and `ce_replayof` naming the original.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,9 +25,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{ArchivedLetter, Position, ReplayJob, ReplaySpec, ReplayStatus};
-use crate::config::{ReplayConfig, SourceConfig};
+use crate::config::ReplayConfig;
 use crate::deadletter::NewDeadLetter;
-use crate::route::{RouteTable, VersionedPigeon};
+use crate::route::RouteTable;
 use crate::router::output::{owned_outputs, reroute, OwnedOutput};
 use crate::store::archive::ReplayProgress;
 use crate::store::{now_ms, Store};
@@ -52,8 +51,8 @@ pub struct ReplayParts {
     pub producer: FutureProducer,
     /// Leases and pages.
     pub config: ReplayConfig,
-    /// Source topic settings, for replays through the pigeons.
-    pub sources: BTreeMap<String, SourceConfig>,
+    /// The watcher's tables: replays through the pigeons use its `redeliver` table.
+    pub tables: crate::control::Tables,
     /// This runner in job records.
     pub owner: String,
     /// Counters.
@@ -169,7 +168,7 @@ async fn run_job(parts: &ReplayParts, job: ReplayJob, cancel: &CancellationToken
     let archive = parts.store.archive();
     let spec = &job.spec;
     let table = match spec.through_pigeons {
-        true => Some(deliver_table(parts).await?),
+        true => Some(Arc::clone(&parts.tables.fresh(Duration::from_secs(5)).await.redeliver)),
         false => None,
     };
     let lease = parts.config.lease_ms as i64;
@@ -194,6 +193,12 @@ async fn run_job(parts: &ReplayParts, job: ReplayJob, cancel: &CancellationToken
             match plan(letter, spec, job.id, table.as_deref()) {
                 Ok(outputs) => {
                     for output in outputs {
+                        // An output its destination would refuse is parked on its own.
+                        if let Some(parked) = output.parked() {
+                            dead += 1;
+                            parts.store.insert_dead_letter(&parked).await?;
+                            continue;
+                        }
                         deliveries.push(send(&parts.producer, output).await?);
                     }
                 }
@@ -257,16 +262,6 @@ async fn send(
     }
 }
 
-/// The current forward and script pigeons, every window included (a replayed letter keeps its
-/// own time, which the pigeons' windows judge).
-async fn deliver_table(parts: &ReplayParts) -> anyhow::Result<Arc<RouteTable>> {
-    let pigeons: Vec<VersionedPigeon> = parts.store.pigeons().await?.iter().map(|p| p.versioned()).collect();
-    let mut table = RouteTable::build(&pigeons, &parts.sources, None).table;
-    let (contracts, _) = crate::control::load_contracts(parts.store.as_ref()).await?;
-    table.set_contracts(Arc::new(contracts));
-    Ok(Arc::new(table))
-}
-
 /// Why a letter was not sent.
 #[derive(Debug)]
 pub enum Unsent {
@@ -311,6 +306,7 @@ pub fn plan(
             key: letter.key.clone(),
             headers: marked(&original()),
             payload: letter.payload.clone(),
+            unfit: None,
         }]);
     }
     let table = table.expect("a replay through the pigeons has a table");
@@ -351,6 +347,8 @@ mod tests {
     use super::*;
     use crate::archive::{ArchiveQuery, KeyField};
     use crate::deadletter::StoredHeader;
+    use crate::route::VersionedPigeon;
+    use std::collections::BTreeMap;
 
     fn archived() -> ArchivedLetter {
         let original = pigeon_sdk::Letter::new("live", "gift.sent", serde_json::json!({ "userId": 42 }))

@@ -317,7 +317,7 @@ impl RouteTable {
         pigeons: &[VersionedPigeon],
         sources: &BTreeMap<String, SourceConfig>,
     ) -> Result<Self, CompileErrors> {
-        let built = Self::build(pigeons, sources, None);
+        let built = Self::build(pigeons, sources, None, Arc::default());
         if built.quarantined.is_empty() {
             Ok(built.table)
         } else {
@@ -327,13 +327,15 @@ impl RouteTable {
 
     /// Compiles every pigeon that compiles and quarantines the others; the table holds the
     /// forward and script pigeons. With a clock, only pigeons whose live window the router
-    /// consumes for at that instant are in the table.
+    /// consumes for at that instant are in the table. `contracts` are what pigeons that hold
+    /// letters to the dictionary check them against.
     pub fn build(
         pigeons: &[VersionedPigeon],
         sources: &BTreeMap<String, SourceConfig>,
         clock: Option<Clock>,
+        contracts: Arc<Contracts>,
     ) -> Built {
-        Self::build_for(Paths::Deliver, pigeons, sources, clock)
+        Self::build_for(Paths::Deliver, pigeons, sources, clock, contracts)
     }
 
     /// [`RouteTable::build`] for one path's pigeons. Every pigeon is checked whatever its path,
@@ -343,11 +345,13 @@ impl RouteTable {
         pigeons: &[VersionedPigeon],
         sources: &BTreeMap<String, SourceConfig>,
         clock: Option<Clock>,
+        contracts: Arc<Contracts>,
     ) -> Built {
         let mut built = Built::default();
         let mut seen = HashSet::new();
         let table = &mut built.table;
         table.paths = paths;
+        table.contracts = contracts;
         table.sources = sources.clone();
         let mut topics: HashMap<String, TopicRoutes> = HashMap::new();
         for pigeon in pigeons {
@@ -509,11 +513,6 @@ impl RouteTable {
         topics.sort();
         topics.dedup();
         topics
-    }
-
-    /// Sets what pigeons that hold letters to the dictionary check them against.
-    pub fn set_contracts(&mut self, contracts: Arc<Contracts>) {
-        self.contracts = contracts;
     }
 
     /// The dictionary and the capabilities' required fields.
@@ -794,8 +793,8 @@ mod tests {
             archiving("flown", INGRESS, "progress.*"),
             broken_filter,
         ];
-        let deliver = RouteTable::build(&pigeons, &BTreeMap::new(), None);
-        let archive = RouteTable::build_for(Paths::Archive, &pigeons, &BTreeMap::new(), None);
+        let deliver = RouteTable::build(&pigeons, &BTreeMap::new(), None, Arc::default());
+        let archive = RouteTable::build_for(Paths::Archive, &pigeons, &BTreeMap::new(), None, Arc::default());
         assert_eq!(ids(deliver.table.topic("live.gift").unwrap().matching("gift.sent")), ["forward"]);
         assert_eq!(deliver.table.consumed_topics(), ["live.gift", INGRESS], "sorted");
         assert!(deliver.table.route("big-gifts").is_none(), "the router never flies an archive pigeon");
@@ -1020,7 +1019,7 @@ mod tests {
         let good = pigeon("good", "live.gift", "gift.sent", vec![DestinationSpec::capability("m/c")]);
         let mut bad = pigeon("bad", "live.gift", "gift..x", vec![DestinationSpec::capability("m/c")]);
         bad.version = 3;
-        let built = RouteTable::build(&[good, bad], &BTreeMap::new(), None);
+        let built = RouteTable::build(&[good, bad], &BTreeMap::new(), None, Arc::default());
         assert_eq!(built.table.len(), 1);
         assert!(built.table.route("good").is_some() && built.table.route("bad").is_none());
         assert_eq!(built.quarantined.len(), 1);
@@ -1045,7 +1044,7 @@ mod tests {
         ];
         let noon = 1_764_590_400_000; // 2025-12-01T12:00:00Z
         let clock = Clock { now_ms: noon, lead_ms: 60_000, grace_ms: 60_000 };
-        let built = RouteTable::build(&pigeons, &BTreeMap::new(), Some(clock));
+        let built = RouteTable::build(&pigeons, &BTreeMap::new(), Some(clock), Arc::default());
         let mut ids: Vec<&str> = built.table.by_id.keys().map(|k| &**k).collect();
         ids.sort();
         assert_eq!(ids, ["always", "now", "soon"], "soon starts within the lead");
@@ -1056,7 +1055,7 @@ mod tests {
         // Next: `soon` goes live at 12:00:30.
         assert_eq!(built.table.next_change(), Some(noon + 30_000));
         // Without a clock (the retrier, dry runs) every enabled pigeon is there.
-        assert_eq!(RouteTable::build(&pigeons, &BTreeMap::new(), None).table.len(), 5);
+        assert_eq!(RouteTable::build(&pigeons, &BTreeMap::new(), None, Arc::default()).table.len(), 5);
         // A letter is judged by its own time.
         let now = built.table.route("now").unwrap();
         assert!(now.takes(noon) && !now.takes(noon + 3_600_000));

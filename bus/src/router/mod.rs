@@ -685,8 +685,8 @@ impl Forwarder<'_> {
                         }
                     }
                 }
-                if let (Mode::Enforce, Some(n)) = (route.dictionary, normalized) {
-                    if let Some(reason) = contracts.lacking(&n.fields, destination) {
+                {
+                    if let Some(reason) = output::forward_unfit(route, normalized, contracts, destination) {
                         self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
                         route.counts.failed();
                         let dead_letter = output::unfit_output(&record, reason);

@@ -13,6 +13,8 @@ use tokio::sync::mpsc;
 use super::context::{output_dead_letter, Delivery, RouterProducerContext};
 use super::RouterStats;
 use crate::deadletter::{ErrorKind, Job, NewDeadLetter};
+use crate::dictionary::{Mode, Normalized};
+use crate::route::{Contracts, Destination, Route};
 use crate::source::LetterHeaders;
 use pigeon_sdk::header;
 
@@ -141,9 +143,62 @@ pub struct OwnedOutput {
     pub headers: OwnedHeaders,
     /// Payload.
     pub payload: Option<Vec<u8>>,
+    /// Why it must not be sent: it lacks a field its destination requires (a pigeon in
+    /// `enforce` mode). The caller parks it ([`OwnedOutput::parked`]) for that destination
+    /// alone, and sends the others.
+    pub unfit: Option<Unfit>,
+}
+
+/// An output its pigeon holds back: what it lacks, and which pigeon (id, version) said so.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unfit {
+    /// What the destination requires that the output lacks.
+    pub reason: String,
+    /// The pigeon's id and version.
+    pub pigeon: (String, i64),
+    /// The topic the letter came from.
+    pub source_topic: String,
 }
 
 impl OwnedOutput {
+    /// An unfit output as the dead letter that keeps it: parked for an operator, who can fix
+    /// the payload and redrive it to the same destination. `None` for an output that fits.
+    pub fn parked(&self) -> Option<NewDeadLetter> {
+        let unfit = self.unfit.as_ref()?;
+        let pigeon = (unfit.pigeon.0.as_str(), unfit.pigeon.1);
+        let mut dead = self.dead_letter(pigeon, ErrorKind::Dictionary, unfit.reason.clone(), None);
+        dead.source_topic.clone_from(&unfit.source_topic);
+        Some(dead)
+    }
+
+    /// The output as a dead letter for `pigeon` (id, version): `kind` and `error` say why.
+    /// Retried on the pigeon's schedule from `first_retry`, or parked when that is `None`.
+    pub fn dead_letter(
+        &self,
+        pigeon: (&str, i64),
+        kind: ErrorKind,
+        error: String,
+        first_retry: Option<std::time::Duration>,
+    ) -> NewDeadLetter {
+        let message = OwnedMessage::new(
+            self.payload.clone(),
+            self.key.clone(),
+            self.topic.clone(),
+            rdkafka::Timestamp::NotAvailable,
+            -1,
+            -1,
+            Some(self.headers.clone()),
+        );
+        let mut dead = NewDeadLetter::from_message(&message, kind, error);
+        dead.letter_id = self.header(header::ID).unwrap_or_default();
+        dead.dest_topic = Some(self.topic.clone());
+        dead.dest_tag = self.header(header::TYPE);
+        dead.pigeon_id = Some(pigeon.0.to_owned());
+        dead.pigeon_version = Some(pigeon.1);
+        dead.first_retry = first_retry;
+        dead
+    }
+
     /// The record that sends it.
     pub fn record(&self) -> rdkafka::producer::FutureRecord<'_, [u8], [u8]> {
         let mut record = rdkafka::producer::FutureRecord::to(&self.topic).headers(self.headers.clone());
@@ -181,11 +236,52 @@ impl std::fmt::Display for Refused {
     }
 }
 
+/// Why a forward pigeon's output to `destination` must not go: in `enforce` mode, the
+/// normalised letter lacks a field the destination requires. The one rule the router and
+/// [`owned_outputs`] apply, destination by destination.
+pub fn forward_unfit(
+    route: &Route,
+    normalized: Option<&Normalized>,
+    contracts: &Contracts,
+    destination: &Destination,
+) -> Option<String> {
+    match (route.dictionary, normalized) {
+        (Mode::Enforce, Some(n)) => contracts.lacking(&n.fields, destination),
+        _ => None,
+    }
+}
+
+/// Why a script's output (to `topic`, with its own `tag`) must not go: in `enforce` mode, it
+/// lacks a field the capability its tag names requires (the module dispatches on the output's
+/// tag). The payload is read only when that capability requires any. The one rule the script
+/// workers and [`owned_outputs`] apply, output by output.
+pub fn script_output_unfit(
+    route: &Route,
+    contracts: &Contracts,
+    topic: &str,
+    tag: &str,
+    payload: &[u8],
+) -> Option<String> {
+    if route.dictionary != Mode::Enforce {
+        return None;
+    }
+    let target = Destination { topic: topic.to_owned(), tag: tag.to_owned() };
+    if contracts.required(&target).is_empty() {
+        return None;
+    }
+    let fields: Vec<String> = serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(payload)
+        .map(|object| object.into_iter().map(|(k, _)| k).collect())
+        .unwrap_or_default();
+    contracts.lacking(&fields, &target)
+}
+
 /// The outputs `routes` make of a letter, owned, with `ce_attempt` set to `attempt`: a forward
 /// route's one per destination, a script route's as its script says (with derived ids, as the
 /// router makes them). A pigeon that holds letters to the dictionary normalises the letter
-/// first and, in `enforce` mode, refuses one that does not fit `contracts`. `time_ms` is the
-/// letter's time; the error is a script's failure or the letter's misfit.
+/// first and refuses one its mode judges unfit; in `enforce` mode an output that lacks a field
+/// its destination requires is marked `unfit` (the router's rule, destination by
+/// destination). `time_ms` is the letter's time; the error is a script's failure or the
+/// letter's misfit.
 pub fn owned_outputs(
     message: &OwnedMessage,
     id: &str,
@@ -198,7 +294,7 @@ pub fn owned_outputs(
     let input = LetterHeaders::of(message);
     let mut outputs = Vec::new();
     for route in routes {
-        use crate::dictionary::{Judgement, Mode};
+        use crate::dictionary::Judgement;
         let pigeon = (route.id.to_string(), route.version);
         let refuse =
             |message: String| Refused { kind: ErrorKind::Dictionary, message, pigeon: pigeon.clone() };
@@ -216,11 +312,6 @@ pub fn owned_outputs(
         let payload = normalized.as_ref().map_or(message.payload(), |n| Some(n.payload.as_slice()));
         let Some(script) = &route.script else {
             for destination in &route.destinations {
-                if let (Mode::Enforce, Some(n)) = (route.dictionary, &normalized) {
-                    if let Some(reason) = contracts.lacking(&n.fields, destination) {
-                        return Err(refuse(reason));
-                    }
-                }
                 let headers =
                     output_headers(message, &input, id, &destination.tag, &route.id, normalized.is_some());
                 outputs.push(OwnedOutput {
@@ -228,6 +319,9 @@ pub fn owned_outputs(
                     key: message.key().map(<[u8]>::to_vec),
                     headers: with_attempt(&headers, attempt),
                     payload: payload.map(<[u8]>::to_vec),
+                    unfit: forward_unfit(route, normalized.as_ref(), contracts, destination).map(|reason| {
+                        Unfit { reason, pigeon: pigeon.clone(), source_topic: message.topic().to_owned() }
+                    }),
                 });
             }
             continue;
@@ -251,11 +345,28 @@ pub fn owned_outputs(
             let out_id =
                 pigeon_sdk::LetterId::derived_output(id, route.version, index, time_ms as u64).to_string();
             let headers = output_headers(message, &input, &out_id, &out.tag, &route.id, true);
+            let Some(destination) = script.destinations.get(out.dest) else {
+                return Err(Refused {
+                    kind: ErrorKind::Script,
+                    message: format!(
+                        "pigeon {} version {}: output {index} names no destination",
+                        route.id, route.version
+                    ),
+                    pigeon: (route.id.to_string(), route.version),
+                });
+            };
+            let unfit = script_output_unfit(route, contracts, &destination.topic, &out.tag, &out.payload)
+                .map(|reason| Unfit {
+                    reason,
+                    pigeon: pigeon.clone(),
+                    source_topic: message.topic().to_owned(),
+                });
             outputs.push(OwnedOutput {
-                topic: script.destinations[out.dest].topic.clone(),
+                topic: destination.topic.clone(),
                 key: out.key,
                 headers: with_attempt(&headers, attempt),
                 payload: Some(out.payload),
+                unfit,
             });
         }
     }

@@ -21,8 +21,7 @@ use super::context::Delivery;
 use super::output::{output_headers, Outputs};
 use super::tracker::PartitionTracker;
 use crate::deadletter::{ErrorKind, Job, NewDeadLetter};
-use crate::dictionary::Mode;
-use crate::route::{Contracts, Destination, Route};
+use crate::route::{Contracts, Route};
 use crate::script::{self, ScriptLetter};
 use crate::source::LetterHeaders;
 use pigeon_sdk::{header, LetterId};
@@ -159,7 +158,10 @@ fn run(job: ScriptJob, outputs: &Outputs, breaker: &Breaker) {
     job.tracker.add(offset, emitted.len() as u32);
     let time_ms = job.message.timestamp().to_millis().unwrap_or(0).max(0) as u64;
     for (index, out) in emitted.into_iter().enumerate() {
-        let destination = &script.destinations[out.dest];
+        let Some(destination) = script.destinations.get(out.dest) else {
+            // The engine checks every output's destination; a bug here parks the letter.
+            return fail(&job, outputs, format!("output {index} names no destination"));
+        };
         let id = LetterId::derived_output(&job.id, route.version, index, time_ms).to_string();
         let headers = output_headers(job.message.as_ref(), &input, &id, &out.tag, &route.id, true);
         let delivery = Delivery { tracker: Arc::clone(&job.tracker), offset, route: Arc::clone(route) };
@@ -169,19 +171,14 @@ fn run(job: ScriptJob, outputs: &Outputs, breaker: &Breaker) {
         if let Some(key) = &out.key {
             record = record.key(key.as_slice());
         }
-        if route.dictionary == Mode::Enforce {
-            // The module dispatches on the output's own tag: that capability's fields count.
-            // The output is read only when that capability requires any.
-            let target = Destination { topic: destination.topic.clone(), tag: out.tag.clone() };
-            let lacking = (!job.contracts.required(&target).is_empty())
-                .then(|| {
-                    let fields: Vec<String> =
-                        serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&out.payload)
-                            .map(|object| object.into_iter().map(|(k, _)| k).collect())
-                            .unwrap_or_default();
-                    job.contracts.lacking(&fields, &target)
-                })
-                .flatten();
+        {
+            let lacking = super::output::script_output_unfit(
+                route,
+                &job.contracts,
+                &destination.topic,
+                &out.tag,
+                &out.payload,
+            );
             if let Some(reason) = lacking {
                 outputs.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
                 route.counts.failed();
