@@ -23,6 +23,7 @@ pub mod script;
 pub mod serve;
 pub mod source;
 pub mod store;
+pub mod supervise;
 pub mod token;
 pub mod topics;
 pub mod wiring;

@@ -51,6 +51,7 @@ pub struct RetrierStats {
 const TABLES_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Everything the retrier runs with.
+#[derive(Clone)]
 pub struct RetrierParts {
     /// Sweep, batch and lease.
     pub config: RetrierConfig,

@@ -16,6 +16,7 @@ use crate::kafka;
 use crate::retrier::{self, RetrierParts, RetrierStats};
 use crate::router::{self, RouterParts, RouterStats};
 use crate::store::{self, Store};
+use crate::supervise::{supervise, Health};
 
 /// Opens the store and applies migrations.
 pub async fn open_store(url: &str) -> anyhow::Result<Arc<dyn Store>> {
@@ -34,6 +35,7 @@ pub async fn run(
     on_listening: impl FnOnce(&str),
 ) -> anyhow::Result<()> {
     let ready = Arc::new(AtomicBool::new(false));
+    let health = Arc::new(Health::default());
     let stats = Arc::new(RouterStats::default());
 
     let listener = tokio::net::TcpListener::bind(&config.admin.listen)
@@ -73,6 +75,7 @@ pub async fn run(
             sources: Arc::new(config.sources.clone()),
             producer: fly_producer.clone(),
             tables: Some(tables.clone()),
+            health: Arc::clone(&health),
         },
         config.roles.contains(&Role::Admin),
     );
@@ -86,7 +89,10 @@ pub async fn run(
     let counting = tokio::spawn(crate::counters::run(Arc::clone(&store), counting_stop.clone()));
     if config.roles.contains(&Role::Registry) {
         let registry = kafka::consumer_config(&config.kafka, crate::registry::GROUP);
-        roles.spawn(crate::registry::run(registry, Arc::clone(&store), cancel.clone()));
+        let (store, stop) = (Arc::clone(&store), cancel.clone());
+        roles.spawn(supervise("registry", Arc::clone(&health), cancel.clone(), move || {
+            crate::registry::run(registry.clone(), Arc::clone(&store), stop.clone())
+        }));
     }
     if config.roles.contains(&Role::Retrier) {
         let parts = RetrierParts {
@@ -97,9 +103,15 @@ pub async fn run(
             instance: instance_name("retrier"),
             stats: Arc::clone(&retrier_stats),
         };
-        roles.spawn(retrier::run(parts, cancel.clone()));
+        let stop = cancel.clone();
+        roles.spawn(supervise("retrier", Arc::clone(&health), cancel.clone(), move || {
+            retrier::run(parts.clone(), stop.clone())
+        }));
         let failed = kafka::consumer_config(&config.kafka, crate::failures::GROUP);
-        roles.spawn(crate::failures::run(failed, Arc::clone(&store), cancel.clone()));
+        let (store, stop) = (Arc::clone(&store), cancel.clone());
+        roles.spawn(supervise("failures", Arc::clone(&health), cancel.clone(), move || {
+            crate::failures::run(failed.clone(), Arc::clone(&store), stop.clone())
+        }));
     }
     if let Some(producer) = fly_producer {
         let parts = ReplayParts {
@@ -110,7 +122,10 @@ pub async fn run(
             owner: instance_name("replay"),
             stats: replay_stats,
         };
-        roles.spawn(replay::run(parts, cancel.clone()));
+        let stop = cancel.clone();
+        roles.spawn(supervise("replay", Arc::clone(&health), cancel.clone(), move || {
+            replay::run(parts.clone(), stop.clone())
+        }));
     }
     if config.roles.contains(&Role::Archiver) {
         let parts = ArchiverParts {
@@ -120,7 +135,10 @@ pub async fn run(
             store: Arc::clone(&store),
             stats: archiver_stats,
         };
-        roles.spawn(archiver::run(parts, cancel.clone()));
+        let stop = cancel.clone();
+        roles.spawn(supervise("archiver", Arc::clone(&health), cancel.clone(), move || {
+            archiver::run(parts.clone(), stop.clone())
+        }));
     }
     if config.roles.contains(&Role::Router) {
         let routes = tables.subscribe();
@@ -128,14 +146,18 @@ pub async fn run(
         tracing::info!(consumer = %kafka::describe(&consumer), producer = %kafka::describe(&producer), "kafka clients");
         let parts =
             RouterParts { routes, config: config.router.clone(), consumer, producer, store, ready, stats };
-        roles.spawn(router::run(parts, cancel.clone()));
+        let stop = cancel.clone();
+        roles.spawn(supervise("router", Arc::clone(&health), cancel.clone(), move || {
+            router::run(parts.clone(), stop.clone())
+        }));
     } else {
         ready.store(true, std::sync::atomic::Ordering::Release);
     }
     tracing::info!(roles = ?config.roles, "bus running");
 
     tokio::spawn(cancel_on_signal(cancel.clone()));
-    // The first role to end (an error, or the drain after a signal) ends them all.
+    // Roles are started again when they fail; one ends only on a signal (or the watcher, if
+    // it cannot read pigeon.control at all): the first to end ends them all.
     let mut result = Ok(());
     while let Some(ended) = roles.join_next().await {
         cancel.cancel();

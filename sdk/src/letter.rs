@@ -1,6 +1,7 @@
 //! Letters on the wire: the CloudEvents Kafka binary binding used everywhere in Pigeon.
 
 use std::fmt;
+use std::fmt::Write as _;
 use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -284,14 +285,28 @@ fn static_name(key: &str) -> &'static str {
     }
 }
 
-/// Formats a time as `ce_time` does: RFC 3339, UTC, milliseconds.
+/// The last millisecond RFC 3339 can write: 9999-12-31T23:59:59.999Z.
+const LATEST_MS: u64 = 253_402_300_799_999;
+
+/// Formats a time as `ce_time` does: RFC 3339, UTC, milliseconds. RFC 3339 writes the years 0
+/// to 9999 only, and `ce_time` starts at the Unix epoch: a time outside is written as the
+/// nearest it can be (any Kafka client may set a timestamp of year 300,000 or before 1970).
 pub fn format_time(time: SystemTime) -> String {
-    humantime::format_rfc3339_millis(time).to_string()
+    let ms = time.duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    format_ms(ms)
 }
 
-/// Formats Kafka's millisecond timestamp as `ce_time` does.
+/// Formats Kafka's millisecond timestamp as `ce_time` does, clamped as [`format_time`] says.
 pub fn format_time_ms(ms: i64) -> String {
-    format_time(UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64))
+    format_ms(u64::try_from(ms).unwrap_or(0))
+}
+
+fn format_ms(ms: u64) -> String {
+    let time = UNIX_EPOCH + Duration::from_millis(ms.min(LATEST_MS));
+    // In range, humantime's Display cannot fail.
+    let mut text = String::with_capacity(24);
+    let _ = write!(text, "{}", humantime::format_rfc3339_millis(time));
+    text
 }
 
 /// Parses an RFC 3339 `ce_time`.
@@ -356,6 +371,21 @@ mod tests {
         let headers = pigeon_headers::add(letter.headers(), b"ce_\xff", Some(b"\xfe"));
         let back = Letter::from_message(&message(headers, None, &letter.payload_bytes())).expect("a letter");
         assert_eq!((back.id, back.tag.as_str()), (letter.id, "chest.drop"));
+    }
+
+    #[test]
+    fn any_kafka_timestamp_formats_as_a_time_without_panicking() {
+        assert_eq!(format_time_ms(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(format_time_ms(-1), "1970-01-01T00:00:00.000Z", "before the epoch: the epoch");
+        assert_eq!(format_time_ms(i64::MIN), "1970-01-01T00:00:00.000Z");
+        assert_eq!(format_time_ms(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
+        // Year 10000 and later: the last time RFC 3339 can write (humantime refuses them, and
+        // `to_string` panicked on its refusal).
+        assert_eq!(format_time_ms(253_402_300_800_000), "9999-12-31T23:59:59.999Z");
+        assert_eq!(format_time_ms(i64::MAX), "9999-12-31T23:59:59.999Z");
+        let far = UNIX_EPOCH + Duration::from_secs(400_000_000_000);
+        assert_eq!(format_time(far), "9999-12-31T23:59:59.999Z");
+        assert_eq!(format_time(UNIX_EPOCH - Duration::from_secs(5)), "1970-01-01T00:00:00.000Z");
     }
 
     #[test]

@@ -143,34 +143,62 @@ async fn malformed_messages_are_forwarded_or_dead_lettered_never_stall() {
         [
             // Not JSON, but this pigeon does not read the payload: forwarded.
             Outgoing {
+                timestamp: None,
                 key: None,
                 headers: with_tag("gift.sent", None),
                 payload: Some(b"\x00\xffnot json".to_vec()),
             },
             // Unknown headers travel along.
             Outgoing {
+                timestamp: None,
                 key: Some(b"k".to_vec()),
                 headers: with_tag("gift.sent", Some(("x-unknown", b"\x01\x02"))),
                 payload: Some(b"{}".to_vec()),
             },
             // Huge, within the broker's limit: forwarded.
-            Outgoing { key: None, headers: with_tag("gift.sent", None), payload: Some(huge.clone()) },
+            Outgoing {
+                timestamp: None,
+                key: None,
+                headers: with_tag("gift.sent", None),
+                payload: Some(huge.clone()),
+            },
             // No tag at all: dead-lettered, with the reason.
-            Outgoing { key: None, headers: OwnedHeaders::new(), payload: Some(b"{}".to_vec()) },
+            Outgoing {
+                timestamp: None,
+                key: None,
+                headers: OwnedHeaders::new(),
+                payload: Some(b"{}".to_vec()),
+            },
             // An empty (tombstone) payload is still a letter to forward.
-            Outgoing { key: Some(b"k".to_vec()), headers: with_tag("gift.sent", None), payload: None },
+            Outgoing {
+                timestamp: None,
+                key: Some(b"k".to_vec()),
+                headers: with_tag("gift.sent", None),
+                payload: None,
+            },
         ],
     );
     kafka.produce(
         "legacy.gift",
         [
             Outgoing {
+                timestamp: None,
                 key: None,
                 headers: OwnedHeaders::new(),
                 payload: Some(br#"{"event":"gift","uid":1}"#.to_vec()),
             },
-            Outgoing { key: None, headers: OwnedHeaders::new(), payload: Some(b"not json at all".to_vec()) },
-            Outgoing { key: None, headers: OwnedHeaders::new(), payload: Some(br#"{"uid":2}"#.to_vec()) },
+            Outgoing {
+                timestamp: None,
+                key: None,
+                headers: OwnedHeaders::new(),
+                payload: Some(b"not json at all".to_vec()),
+            },
+            Outgoing {
+                timestamp: None,
+                key: None,
+                headers: OwnedHeaders::new(),
+                payload: Some(br#"{"uid":2}"#.to_vec()),
+            },
         ],
     );
 

@@ -96,3 +96,48 @@ async fn a_header_name_that_is_not_utf8_is_forwarded_untouched_and_nothing_stops
     let log = bus.stop();
     assert!(!log.contains("panicked"), "{log}");
 }
+
+/// A Kafka timestamp is any 64-bit number a client sets. Formatting `ce_time` for a foreign
+/// letter of year 10000 or later panicked the router (humantime refuses such years); before the
+/// epoch, the derived id and `ce_time` must not wrap either.
+#[tokio::test(flavor = "multi_thread")]
+async fn letters_of_any_timestamp_are_forwarded_and_the_router_goes_on() {
+    let kafka = Kafka::new(1);
+    kafka.topic("live.raw", 1);
+    kafka.topic("lane.out", 1);
+    let spec = pigeon(
+        "raw",
+        "live.raw",
+        "**",
+        vec![pigeon_bus::route::DestinationSpec::topic("lane.out", "raw.seen")],
+    );
+    let db = Db::with_pigeons(&[spec]).await;
+    let config = db.path("bus.toml");
+    std::fs::write(&config, "[sources.\"live.raw\"]\ntag_field = \"type\"\n").unwrap();
+    let bus = Bus::start(&kafka, &db, &["-c", config.to_str().unwrap()]);
+    let stamps = [i64::MAX, 253_402_300_800_000, 0, -1, i64::MIN, 1_700_000_000_000];
+    let messages = stamps.iter().map(|ms| Outgoing {
+        timestamp: Some(*ms),
+        key: None,
+        headers: rdkafka::message::OwnedHeaders::new(),
+        payload: Some(format!(r#"{{"type":"x","ms":{ms}}}"#).into_bytes()),
+    });
+    kafka.produce("live.raw", messages);
+    let out = kafka.collect("lane.out", stamps.len(), Duration::from_millis(300));
+    assert_eq!(out.len(), stamps.len(), "every letter once");
+    // Each ce_time is one RFC 3339 can write (a message without a timestamp gets none).
+    for message in &out {
+        let payload: serde_json::Value = serde_json::from_slice(message.payload().unwrap()).unwrap();
+        let sent = payload["ms"].as_i64().unwrap();
+        let time = header(message, "ce_time");
+        if let Some(time) = &time {
+            assert!(pigeon_sdk::letter::parse_time(time).is_some(), "{sent}: {time}");
+        }
+        if sent >= 253_402_300_800_000 {
+            assert_eq!(time.as_deref(), Some("9999-12-31T23:59:59.999Z"), "{sent}");
+        }
+    }
+    assert_eq!(http_get(&bus.admin, "/healthz").map(|(s, _)| s), Some(200), "the bus is up");
+    let log = bus.stop();
+    assert!(!log.contains("panicked"), "{log}");
+}

@@ -53,6 +53,7 @@ async fn a_script_cleanses_letters_in_key_order_and_dead_letters_its_failures() 
     // Two letters the script throws on; they must become dead letters, and nothing else stops.
     let broken = Letter::new("live", "gift.sent", serde_json::json!({"uid": 1, "aid": 1})).with_key("room-1");
     let not_json = Outgoing {
+        timestamp: None,
         key: Some(b"room-2".to_vec()),
         headers: gifts[0].headers(),
         payload: Some(b"{oops".to_vec()),

@@ -180,6 +180,9 @@ pub fn produce(
         if let Some(payload) = &m.payload {
             record = record.payload(payload.as_slice());
         }
+        if let Some(ms) = m.timestamp {
+            record = record.timestamp(ms);
+        }
         while let Err((_, back)) = producer.send(record) {
             record = back;
             std::thread::sleep(Duration::from_millis(5));
@@ -194,6 +197,8 @@ pub fn produce(
 /// A message a test produces.
 #[derive(Clone)]
 pub struct Outgoing {
+    /// The Kafka timestamp (ms); the producer's clock when `None`.
+    pub timestamp: Option<i64>,
     pub key: Option<Vec<u8>>,
     pub headers: rdkafka::message::OwnedHeaders,
     pub payload: Option<Vec<u8>>,
@@ -201,7 +206,12 @@ pub struct Outgoing {
 
 impl From<&Letter> for Outgoing {
     fn from(letter: &Letter) -> Self {
-        Self { key: letter.key.clone(), headers: letter.headers(), payload: Some(letter.payload_bytes()) }
+        Self {
+            timestamp: None,
+            key: letter.key.clone(),
+            headers: letter.headers(),
+            payload: Some(letter.payload_bytes()),
+        }
     }
 }
 

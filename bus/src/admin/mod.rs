@@ -58,6 +58,8 @@ pub struct AppState {
     pub producer: Option<rdkafka::producer::FutureProducer>,
     /// The watcher's route tables (`POST /fly` flies through them).
     pub tables: Option<crate::control::Tables>,
+    /// Which roles run and which are down.
+    pub health: Arc<crate::supervise::Health>,
 }
 
 /// One page of a list, and the cursor of the next (absent on the last page).
@@ -273,11 +275,24 @@ async fn metrics(State(state): State<AppState>) -> String {
 }
 
 /// 200 once the router consumes, 503 before.
-async fn healthz(State(state): State<AppState>) -> (StatusCode, &'static str) {
+/// 200 `ok` while every role runs; 503 naming each role that is down (it is being started
+/// again) and why, or `starting` before the router consumes.
+async fn healthz(State(state): State<AppState>) -> (StatusCode, String) {
+    let down = state.health.down();
+    if !down.is_empty() {
+        let lines: String = down
+            .iter()
+            .map(|(role, s)| {
+                let error = s.error.as_deref().unwrap_or("stopped");
+                format!("down: {role} (started again {} times): {error}\n", s.restarts)
+            })
+            .collect();
+        return (StatusCode::SERVICE_UNAVAILABLE, lines);
+    }
     if state.ready.load(Ordering::Acquire) {
-        (StatusCode::OK, "ok\n")
+        (StatusCode::OK, "ok\n".into())
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "starting\n")
+        (StatusCode::SERVICE_UNAVAILABLE, "starting\n".into())
     }
 }
 

@@ -51,6 +51,7 @@ impl Api {
         tokio::spawn(watching);
         let state = AppState {
             tables: Some(tables),
+            health: Arc::default(),
             store,
             ready: Arc::new(AtomicBool::new(true)),
             stats: Arc::default(),
@@ -901,4 +902,31 @@ fn the_store_away_answers_503_with_a_retry_hint_and_a_broken_row_500() {
     assert_eq!(corrupt.status(), StatusCode::INTERNAL_SERVER_ERROR);
     let conflict = ApiError::from(StoreError::Conflict("version moved".into()));
     assert_eq!(conflict.status(), StatusCode::CONFLICT);
+}
+
+#[tokio::test]
+async fn healthz_names_the_role_that_is_down() {
+    let api = Api::new().await;
+    let get = || async {
+        let request = Request::get("/healthz").body(Body::empty()).unwrap();
+        let response = app(api.state.clone(), true).oneshot(request).await.unwrap();
+        let status = response.status();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 16).await.unwrap();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    };
+    assert_eq!(get().await, (StatusCode::OK, "ok\n".to_owned()));
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let failing = || async { anyhow::bail!("cannot reach the archive database") };
+    let supervised = tokio::spawn(crate::supervise::supervise(
+        "archiver",
+        Arc::clone(&api.state.health),
+        cancel.clone(),
+        failing,
+    ));
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let (status, body) = get().await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(body.contains("down: archiver") && body.contains("cannot reach the archive database"), "{body}");
+    cancel.cancel();
+    supervised.await.unwrap().unwrap();
 }

@@ -52,6 +52,7 @@ pub struct ArchiverStats {
 }
 
 /// Everything the archiver runs with.
+#[derive(Clone)]
 pub struct ArchiverParts {
     /// The route tables; the archiver runs `archive`.
     pub routes: watch::Receiver<Arc<Routes>>,

@@ -133,6 +133,7 @@ impl FreshTopics {
 }
 
 /// Everything the router runs with.
+#[derive(Clone)]
 pub struct RouterParts {
     /// The route tables to run: the current one, and every rebuild after it.
     pub routes: watch::Receiver<Arc<Routes>>,
