@@ -468,7 +468,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Some(path) => BusConfig::load(path)?,
         None => BusConfig::default(),
     };
-    let runtime = tokio::runtime::Runtime::new()?;
+    // Scripts also run on the runtime's threads (archive filters, the API's tests and dry
+    // runs): each gets the stack a script's deepest value needs.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_stack_size(pigeon_bus::script::STACK_SIZE)
+        .build()?;
     match cli.command {
         Command::Dev { data_dir, listen, no_demo_traffic } => {
             if let Some(listen) = listen {

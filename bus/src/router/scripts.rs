@@ -83,6 +83,7 @@ impl ScriptPool {
             let breakers = Arc::clone(&breakers);
             let thread = std::thread::Builder::new()
                 .name(format!("pigeon-script-{n}"))
+                .stack_size(crate::script::STACK_SIZE)
                 .spawn(move || {
                     while let Some(job) = rx.blocking_recv() {
                         let breaker = {

@@ -28,10 +28,21 @@ pub struct Limits {
     pub max_outputs: usize,
 }
 
+/// Rhai operations one run may take by default.
+pub const DEFAULT_MAX_OPERATIONS: u64 = 50_000;
+
+/// The stack a thread that runs scripts gets. A script can nest a value as deep as it has
+/// operations (each level takes one at least), and Rhai's size checks, the conversion of the
+/// result and dropping the value each recurse once a level: about 210 bytes a level, measured
+/// in a debug build. So the stack holds [`DEFAULT_MAX_OPERATIONS`] levels at 384 bytes each, on
+/// top of the usual 2 MiB: bounded by the operation budget, a deep value is never a stack
+/// overflow. (Only touched pages take memory.)
+pub const STACK_SIZE: usize = (2 << 20) + DEFAULT_MAX_OPERATIONS as usize * 384;
+
 impl Default for Limits {
     fn default() -> Self {
         Self {
-            max_operations: 50_000,
+            max_operations: DEFAULT_MAX_OPERATIONS,
             max_time: Duration::from_millis(50),
             max_call_levels: 32,
             max_expr_depth: 64,

@@ -24,7 +24,7 @@ mod engine;
 #[cfg(test)]
 mod tests;
 
-pub use engine::{Limits, ScriptEngine};
+pub use engine::{Limits, ScriptEngine, DEFAULT_MAX_OPERATIONS, STACK_SIZE};
 
 use std::fmt;
 

@@ -236,3 +236,39 @@ fn the_example_scripts_produce_their_expected_letters() {
     }
     assert!(checked >= 4, "example cases checked: {checked}");
 }
+
+#[test]
+fn the_deepest_value_a_script_can_build_leaves_its_thread_alive() {
+    // No time limit: only the operation budget bounds how deep a value gets, and a script
+    // worker's stack is sized by it. Each script nests as fast as Rhai allows, then drops its
+    // value, checks it or returns it.
+    let scripts = [
+        "let x = []; loop { x = [x]; }",
+        "let x = #{}; loop { x = #{ a: x }; }",
+        "let x = []; for i in 0..9000 { x = [x]; } x",
+    ];
+    // On threads of their own at once: each takes seconds in a debug build (Rhai checks a
+    // nested value's size at every step).
+    let threads: Vec<_> = scripts
+        .into_iter()
+        .map(|source| {
+            let thread = std::thread::Builder::new().stack_size(STACK_SIZE).spawn(move || {
+                let engine =
+                    ScriptEngine::new(Limits { max_time: Duration::from_secs(600), ..Limits::default() });
+                let script = engine.compile(source).unwrap();
+                let letter =
+                    ScriptLetter { id: "i", tag: "t", source: "s", key: None, time: None, payload: b"{}" };
+                engine.run(&script, &letter, &destinations()).map(|o| o.len()).map_err(|e| e.to_string())
+            });
+            (source, thread.unwrap())
+        })
+        .collect();
+    for (source, thread) in threads {
+        let outcome = thread.join().unwrap_or_else(|_| panic!("{source}: the thread died"));
+        let error = outcome.expect_err(source);
+        assert!(
+            error.contains("budget") || error.contains("limit") || error.contains("not a map"),
+            "{source}: {error}"
+        );
+    }
+}
