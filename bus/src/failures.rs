@@ -44,51 +44,112 @@ where
         headers.iter().find(|h| h.name == name).and_then(|h| h.text.clone()).filter(|t| !t.is_empty())
     };
     let topic = text(header::TOPIC);
-    let module = text(header::MODULE).unwrap_or_else(|| "an unnamed module".into());
-    let error = text(header::ERROR).unwrap_or_else(|| "no error given".into());
+    // What a module says is bounded before it is stored or logged.
+    let module = text(header::MODULE).map_or_else(|| "an unnamed module".into(), |m| bounded(&m, MAX_MODULE));
+    let error = text(header::ERROR).map_or_else(|| "no error given".into(), |e| bounded(&e, MAX_ERROR));
     let (error_kind, error_message) = match &topic {
-        Some(_) => (ErrorKind::Handler, format!("handler of {module} failed: {error}")),
+        Some(topic) => match crate::route::validate_destination_topic(topic) {
+            Ok(()) => (ErrorKind::Handler, format!("handler of {module} failed: {error}")),
+            Err(e) => (
+                ErrorKind::Malformed,
+                format!("failure report from {module} names a topic no letter is sent to ({e}): {error}"),
+            ),
+        },
         None => (
             ErrorKind::Malformed,
             format!("failure report from {module} without the {} header: {error}", header::TOPIC),
         ),
     };
     let mut dead = NewDeadLetter::from_message(report, error_kind, error_message);
-    dead.letter_id = text(pigeon_sdk::header::ID).unwrap_or_default();
-    dead.pigeon_id = text(pigeon_sdk::header::PIGEON);
-    dead.dest_tag = text(pigeon_sdk::header::TYPE);
-    dead.dest_topic = topic;
+    dead.letter_id = text(pigeon_sdk::header::ID).map(|id| bounded(&id, MAX_ID)).unwrap_or_default();
+    dead.pigeon_id = text(pigeon_sdk::header::PIGEON).map(|p| bounded(&p, MAX_ID));
+    dead.dest_tag = text(pigeon_sdk::header::TYPE).map(|t| bounded(&t, MAX_ID));
+    dead.dest_topic = match error_kind {
+        ErrorKind::Handler => topic,
+        // Kept for the operator to read, never redriven there.
+        _ => None,
+    };
     dead.headers.retain(|h| !header::ALL.contains(&h.name.as_str()));
     dead.first_retry = Schedule::default().after(1);
     dead
 }
 
+/// The longest module name a stored report keeps.
+const MAX_MODULE: usize = 100;
+/// The longest error a stored report keeps.
+const MAX_ERROR: usize = 2_000;
+/// The longest letter id, pigeon id or tag a stored report keeps.
+const MAX_ID: usize = 128;
+
+/// `text` cut to at most `max` bytes on a character boundary, saying how long it was.
+fn bounded(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes)", &text[..end], text.len())
+}
+
+/// Whether a handler failure may be redriven to `topic`: the reporting module's own topic, or
+/// a destination of the pigeon the report names (a lane, say). The reason when not.
+fn redrive_refused(topic: &str, module: Option<&str>, pigeon: Option<&StoredPigeonTopics>) -> Option<String> {
+    if module.is_some_and(|m| crate::route::module_topic(m) == topic) {
+        return None;
+    }
+    if pigeon.is_some_and(|p| p.destinations.iter().any(|d| d == topic)) {
+        return None;
+    }
+    Some(format!(
+        "the failure report names topic {topic:?}, which is neither the reporting module's topic nor a destination of the pigeon it names; it is not redriven there"
+    ))
+}
+
+/// What the failures reader keeps of a pigeon: its retry schedule and destination topics.
+#[derive(Clone, Debug, Default)]
+struct StoredPigeonTopics {
+    schedule: Schedule,
+    destinations: Vec<String>,
+}
+
 /// Pigeons' retry schedules, read from the store and kept for a little while.
 struct Schedules {
     store: Arc<dyn Store>,
-    known: HashMap<String, (Schedule, std::time::Instant)>,
+    known: HashMap<String, (StoredPigeonTopics, std::time::Instant)>,
 }
 
 impl Schedules {
     const KEEP: Duration = Duration::from_secs(10);
 
-    /// The pigeon's schedule; the default one for a pigeon that is gone or unreadable.
-    async fn of(&mut self, pigeon: &str) -> Schedule {
-        if let Some((schedule, read)) = self.known.get(pigeon) {
+    /// The pigeon's schedule and destinations; the default schedule and none for a pigeon
+    /// that is gone or unreadable.
+    async fn of(&mut self, pigeon: &str) -> StoredPigeonTopics {
+        if let Some((known, read)) = self.known.get(pigeon) {
             if read.elapsed() < Self::KEEP {
-                return schedule.clone();
+                return known.clone();
             }
         }
-        let schedule = match self.store.pigeon(pigeon).await {
-            Ok(Some(stored)) => Schedule::parse(stored.spec.retry.as_deref()).unwrap_or_default(),
-            Ok(None) => Schedule::default(),
+        let known = match self.store.pigeon(pigeon).await {
+            Ok(Some(stored)) => StoredPigeonTopics {
+                schedule: Schedule::parse(stored.spec.retry.as_deref()).unwrap_or_default(),
+                destinations: stored
+                    .spec
+                    .destinations
+                    .iter()
+                    .filter_map(|d| crate::route::resolve(d).ok())
+                    .map(|d| d.topic)
+                    .collect(),
+            },
+            Ok(None) => StoredPigeonTopics::default(),
             Err(e) => {
-                tracing::warn!(pigeon, error = %e, "cannot read the pigeon's retry schedule; using the default");
-                return Schedule::default();
+                tracing::warn!(pigeon, error = %e, "cannot read the pigeon; using the default retry schedule");
+                return StoredPigeonTopics::default();
             }
         };
-        self.known.insert(pigeon.to_owned(), (schedule.clone(), std::time::Instant::now()));
-        schedule
+        self.known.insert(pigeon.to_owned(), (known.clone(), std::time::Instant::now()));
+        known
     }
 }
 
@@ -123,9 +184,21 @@ pub async fn run(
                     let offset = report.offset();
                     tracker.begin(offset, 1, usize::MAX);
                     let mut dead_letter = dead_letter_of(&report);
-                    if let (Some(pigeon), ErrorKind::Handler) = (&dead_letter.pigeon_id, dead_letter.error_kind) {
-                        dead_letter.first_retry = schedules.of(pigeon).await.after(1);
-                        crate::counters::book().of(pigeon).failed();
+                    if dead_letter.error_kind == ErrorKind::Handler {
+                        let pigeon = match &dead_letter.pigeon_id {
+                            Some(id) => Some(schedules.of(id).await),
+                            None => None,
+                        };
+                        let module = pigeon_headers::of(&report).find(|h| h.is(header::MODULE)).and_then(|h| h.text());
+                        let topic = dead_letter.dest_topic.clone().unwrap_or_default();
+                        if let Some(reason) = redrive_refused(&topic, module, pigeon.as_ref()) {
+                            dead_letter.error_kind = ErrorKind::Malformed;
+                            dead_letter.error_message = format!("{reason}: {}", dead_letter.error_message);
+                            dead_letter.dest_topic = None;
+                        } else if let (Some(id), Some(pigeon)) = (&dead_letter.pigeon_id, &pigeon) {
+                            dead_letter.first_retry = pigeon.schedule.after(1);
+                            crate::counters::book().of(id).failed();
+                        }
                     }
                     let _ = jobs.send(Job { dead_letter, tracker, offset });
                 }
@@ -213,6 +286,42 @@ mod tests {
         let names: Vec<&str> = dead.headers.iter().map(|h| h.name.as_str()).collect();
         assert_eq!(names, ["ce_id", "ce_type", "ce_pigeon", "ce_attempt"], "report headers are not resent");
         assert_eq!(dead.initial_status(), crate::deadletter::Status::Pending);
+    }
+
+    #[test]
+    fn a_report_naming_a_bus_topic_is_parked_and_never_redriven_there() {
+        for topic in ["pigeon.control", "pigeon.ingress", "__consumer_offsets", "not a topic!"] {
+            let dead = dead_letter_of(&report(&[
+                (header::TOPIC, topic),
+                (header::MODULE, "m"),
+                (header::ERROR, "e"),
+            ]));
+            assert_eq!(dead.error_kind, ErrorKind::Malformed, "{topic}");
+            assert_eq!(dead.dest_topic, None, "{topic}");
+            assert_eq!(dead.initial_status(), crate::deadletter::Status::Parked);
+        }
+        // Its own module topic, or a destination of the pigeon it names; nothing else.
+        let lanes = StoredPigeonTopics { destinations: vec!["lane.audit".into()], ..Default::default() };
+        assert_eq!(redrive_refused("pigeon.module.m", Some("m"), None), None);
+        assert_eq!(redrive_refused("lane.audit", Some("m"), Some(&lanes)), None);
+        assert!(redrive_refused("pigeon.module.other", Some("m"), Some(&lanes)).is_some());
+        assert!(redrive_refused("live.gift", None, None).is_some());
+    }
+
+    #[test]
+    fn what_a_module_says_is_bounded() {
+        let long = "x".repeat(100_000);
+        let dead = dead_letter_of(&report(&[
+            (header::TOPIC, "pigeon.module.m"),
+            (header::MODULE, &long),
+            (header::ERROR, &long),
+            ("ce_id", &long),
+            ("ce_pigeon", &long),
+        ]));
+        assert!(dead.error_message.len() < 2_500, "{}", dead.error_message.len());
+        assert!(dead.error_message.contains("(100000 bytes)"));
+        assert!(dead.letter_id.len() < 200 && dead.pigeon_id.as_ref().unwrap().len() < 200);
+        assert_eq!(bounded("héllo", 2), "h… (6 bytes)", "cut on a character boundary");
     }
 
     #[test]

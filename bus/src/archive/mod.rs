@@ -199,12 +199,8 @@ impl ReplaySpec {
             (Some(_), true) => problems.push("set to_topic or through_pigeons, not both".into()),
             (None, false) => problems.push("set to_topic, or through_pigeons".into()),
             (Some(topic), false) => {
-                if let Err(e) = crate::route::validate_topic(topic) {
+                if let Err(e) = crate::route::validate_destination_topic(topic) {
                     problems.push(format!("to_topic: {e}"));
-                } else if topic.starts_with("pigeon.") && !topic.starts_with("pigeon.module.") {
-                    problems.push(format!(
-                        "to_topic: {topic:?} is one of the bus's own topics (replay to a source or module topic)"
-                    ));
                 }
             }
             (None, true) => {}

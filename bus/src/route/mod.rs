@@ -11,8 +11,8 @@ pub mod window;
 pub use pattern::TagPattern;
 pub use spec::{parse_spec, Action, DestinationSpec, MatchSpec, PigeonSpec};
 pub use table::{
-    module_topic, resolve, standing, validate, validate_topic, Built, Clock, CompileErrors, Contracts,
-    Destination, Lookup, Paths, Quarantined, Route, RouteScript, RouteTable, Source, TagSource, TopicRoutes,
-    VersionedPigeon, INGRESS,
+    module_topic, resolve, standing, validate, validate_destination_topic, validate_topic, Built, Clock,
+    CompileErrors, Contracts, Destination, Lookup, Paths, Quarantined, Route, RouteScript, RouteTable,
+    Source, TagSource, TopicRoutes, VersionedPigeon, INGRESS,
 };
 pub use window::{Phase, Window, WindowSpec};

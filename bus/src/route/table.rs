@@ -714,7 +714,7 @@ pub fn resolve(dest: &DestinationSpec) -> Result<Destination, String> {
             Ok(Destination { topic: module_topic(module), tag: capability.to_owned() })
         }
         (None, Some(topic), Some(tag)) => {
-            validate_topic(topic)?;
+            validate_destination_topic(topic)?;
             validate_tag(tag)?;
             Ok(Destination { topic: topic.clone(), tag: tag.clone() })
         }
@@ -722,6 +722,24 @@ pub fn resolve(dest: &DestinationSpec) -> Result<Destination, String> {
         (None, None, _) => Err("set capability, or topic and tag".into()),
         (Some(_), _, _) => Err("set capability, or topic and tag, not both".into()),
     }
+}
+
+/// Checks a topic letters may be sent to: a valid name, and neither one of the bus's own
+/// topics (`pigeon.ingress`, `pigeon.registry`, `pigeon.failed`, `pigeon.receipts`,
+/// `pigeon.control`, or any other `pigeon.` name but a module topic `pigeon.module.…`) nor one of
+/// Kafka's internal ones (`__…`). A letter there would be read as a flown letter, a
+/// registration, a failure report or a notice.
+pub fn validate_destination_topic(topic: &str) -> Result<(), String> {
+    validate_topic(topic)?;
+    if topic.starts_with("__") {
+        return Err(format!("topic {topic:?} is Kafka's own (a name starting with `__`)"));
+    }
+    if topic.starts_with("pigeon.") && !topic.starts_with("pigeon.module.") {
+        return Err(format!(
+            "topic {topic:?} is one of the bus's own topics; letters go to source, lane or module (`pigeon.module.…`) topics"
+        ));
+    }
+    Ok(())
 }
 
 /// Checks a Kafka topic name.
@@ -1100,5 +1118,25 @@ mod tests {
             errors.contains("\"rust-only\": match.topic: topic pattern \"^live\\\\.(?:a|b)\\\\d\" uses `(?`"),
             "{errors}"
         );
+    }
+
+    #[test]
+    fn no_destination_is_one_of_the_bus_topics_or_kafkas() {
+        let to = |topic: &str| pigeon("p", "live.gift", "**", vec![DestinationSpec::topic(topic, "t")]);
+        for topic in [
+            "pigeon.ingress",
+            "pigeon.registry",
+            "pigeon.failed",
+            "pigeon.receipts",
+            "pigeon.control",
+            "pigeon.other",
+            "__consumer_offsets",
+        ] {
+            let errors = RouteTable::compile(&[to(topic)], &BTreeMap::new()).unwrap_err().0.join("\n");
+            assert!(errors.contains("destinations[0]: topic") && errors.contains("own"), "{topic}: {errors}");
+        }
+        for topic in ["pigeon.module.act-toy", "lane.audit"] {
+            assert!(RouteTable::compile(&[to(topic)], &BTreeMap::new()).is_ok(), "{topic}");
+        }
     }
 }
