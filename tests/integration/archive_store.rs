@@ -111,6 +111,22 @@ async fn archive_conforms(store: &dyn Store) {
     assert!(deleted.iter().all(|n| *n <= 300), "never more than a chunk at once: {deleted:?}");
     assert_eq!(count(everything()).await, 1_500);
 
+    // Ids, tags and business keys longer than their columns are kept bounded (a refused batch
+    // would be refused for ever); two long ids that differ only at the end stay two letters.
+    let mut long = letter("live.long", 0, 1, 50_000, Some(&"u".repeat(1_000)));
+    long.letter_id = "l".repeat(5_000);
+    long.tag = "t".repeat(1_000);
+    let mut other = long.clone();
+    other.letter_id.push('2');
+    other.position.offset = 2;
+    assert_eq!(archive.archive_letters(&[long, other]).await.expect("stored, bounded"), 2);
+    let query = ArchiveQuery { topic: Some("live.long".into()), ..everything() };
+    let kept = archive.archived(&query, None, 10).await.unwrap();
+    assert_eq!(kept.len(), 2);
+    assert!(kept.iter().all(|l| l.letter_id.len() <= 64 && l.tag.len() <= 255), "{kept:?}");
+    assert!(kept.iter().all(|l| l.keys[&KeyField::UserId].len() <= 128));
+    assert_ne!(kept[0].letter_id, kept[1].letter_id);
+
     replay_jobs_conform(store).await;
 }
 

@@ -34,6 +34,43 @@ async fn conformance(store: Arc<dyn Store>) {
     drift_and_observed_schemas_add_up(store.as_ref()).await;
     pigeon_counts_add_up_per_bucket(store.as_ref()).await;
     pigeons_are_listed_in_byte_order(store.as_ref()).await;
+    hostile_dead_letters_are_stored_bounded(store.as_ref()).await;
+}
+
+/// A dead letter whose ids are longer than their columns and whose row is past TiDB's 6 MiB
+/// entry limit is stored bounded, saying what was cut: refused, it would be retried for ever
+/// and hold the letters behind it. A header name that is not UTF-8 comes back byte for byte.
+async fn hostile_dead_letters_are_stored_bounded(store: &dyn Store) {
+    let mut hostile = dead_letter("p9", ErrorKind::Malformed, vec![b'z'; 8 << 20]);
+    hostile.letter_id = "i".repeat(10_000);
+    hostile.pigeon_id = Some("p".repeat(1_000));
+    hostile.dest_tag = Some("t".repeat(5_000));
+    hostile.error_message = "e".repeat(100_000);
+    hostile.headers.push(StoredHeader {
+        name_bytes: Some(b"x-\xff".to_vec()),
+        ..StoredHeader::new("x-\u{fffd}", Some(b"v"))
+    });
+    let id = store.insert_dead_letter(&hostile).await.expect("stored, bounded");
+    let filter = DeadLetterFilter::default();
+    let stored =
+        store.dead_letters(&filter, None, 500).await.unwrap().into_iter().find(|d| d.id == id).unwrap();
+    let letter = &stored.letter;
+    assert!(
+        letter.letter_id.len() <= 64 && letter.letter_id.starts_with("iii"),
+        "{}",
+        letter.letter_id.len()
+    );
+    assert!(letter.pigeon_id.as_ref().is_some_and(|p| p.len() <= 128));
+    assert!(letter.dest_tag.as_ref().is_some_and(|t| t.len() <= 255));
+    assert!(letter.payload.as_ref().is_some_and(|p| p.len() <= 5 << 20 && p.len() > 4 << 20));
+    assert!(
+        letter.error_message.contains("payload cut from 8388608"),
+        "{}",
+        &letter.error_message[letter.error_message.len() - 200..]
+    );
+    assert!(letter.error_message.len() <= 60_000);
+    let odd = letter.headers.iter().find(|h| h.name_bytes.is_some()).expect("the odd header is kept");
+    assert_eq!(odd.name_bytes(), b"x-\xff");
 }
 
 /// The API pages pigeons with `id > cursor` compared as bytes: the store must list them in that

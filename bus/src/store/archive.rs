@@ -301,16 +301,19 @@ macro_rules! archive_store {
                     ));
                     builder.push_values(chunk, |mut row, letter| {
                         let headers = serde_json::to_vec(&letter.headers).expect("headers serialize");
-                        row.push_bind(letter.letter_id.clone())
-                            .push_bind(letter.pigeon_id.clone())
+                        // Ids and business keys from letters, bounded to their columns.
+                        use $crate::store::fit;
+                        let key = |field| letter.keys.get(&field).map(|k: &String| fit::id(k, fit::NAME).into_owned());
+                        row.push_bind(fit::id(&letter.letter_id, fit::ID).into_owned())
+                            .push_bind(fit::id(&letter.pigeon_id, fit::NAME).into_owned())
                             .push_bind(letter.position.topic.clone())
                             .push_bind(letter.position.partition)
                             .push_bind(letter.position.offset)
                             .push_bind(letter.position.time)
-                            .push_bind(letter.tag.clone())
-                            .push_bind(letter.keys.get(&KeyField::UserId).cloned())
-                            .push_bind(letter.keys.get(&KeyField::AnchorId).cloned())
-                            .push_bind(letter.keys.get(&KeyField::RoomId).cloned())
+                            .push_bind(fit::text(&letter.tag, fit::TOPIC).into_owned())
+                            .push_bind(key(KeyField::UserId))
+                            .push_bind(key(KeyField::AnchorId))
+                            .push_bind(key(KeyField::RoomId))
                             .push_bind(letter.key.clone())
                             .push_bind(headers)
                             .push_bind(letter.payload.clone())

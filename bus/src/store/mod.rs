@@ -17,6 +17,7 @@ use crate::token::Role;
 use pigeon_sdk::registry::Registration;
 
 pub mod archive;
+pub mod fit;
 pub mod mysql;
 mod sql;
 pub mod sqlite;

@@ -360,7 +360,9 @@ macro_rules! sql_store {
             }
 
             async fn insert_dead_letter(&self, letter: &NewDeadLetter) -> Result<i64, StoreError> {
-                let query = bind_dead_letter!(sqlx::query(rows::INSERT_DEAD_LETTER), letter, now_ms());
+                // Bounded to what the columns hold: a refused row would be refused for ever.
+                let letter = $crate::store::fit::dead_letter(letter);
+                let query = bind_dead_letter!(sqlx::query(rows::INSERT_DEAD_LETTER), &*letter, now_ms());
                 let $result = query.execute(&self.pool).await?;
                 Ok($last_id)
             }
@@ -369,7 +371,8 @@ macro_rules! sql_store {
                 let now = now_ms();
                 let mut tx = self.pool.begin_with($dialect.begin_write).await?;
                 for letter in letters {
-                    bind_dead_letter!(sqlx::query(rows::INSERT_DEAD_LETTER), *letter, now).execute(&mut *tx).await?;
+                    let letter = $crate::store::fit::dead_letter(letter);
+                    bind_dead_letter!(sqlx::query(rows::INSERT_DEAD_LETTER), &*letter, now).execute(&mut *tx).await?;
                 }
                 tx.commit().await?;
                 Ok(())
