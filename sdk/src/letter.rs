@@ -31,6 +31,9 @@ pub mod header {
     pub const ATTEMPT: &str = "ce_attempt";
     /// Set on replayed letters: the id of the archived original.
     pub const REPLAYOF: &str = "ce_replayof";
+    /// How many pigeons the letter has passed through: each output of the bus counts one more,
+    /// and the router parks a letter past `MAX_HOPS` (pigeons x→y and y→x would loop).
+    pub const HOPS: &str = "ce_hops";
     /// On a failure report (`pigeon.failed`): the topic the module consumed the letter from
     /// (its module topic or a lane), where a retry sends it.
     pub const FAILED_TOPIC: &str = "pigeon_failed_topic";

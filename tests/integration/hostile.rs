@@ -141,3 +141,46 @@ async fn letters_of_any_timestamp_are_forwarded_and_the_router_goes_on() {
     let log = bus.stop();
     assert!(!log.contains("panicked"), "{log}");
 }
+
+/// Pigeons x→y and y→x would send a letter round for ever: each output counts a hop
+/// (`ce_hops`), and the router parks a letter past the most, saying why.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_loop_of_pigeons_parks_the_letter_after_the_most_hops() {
+    use pigeon_bus::deadletter::{DeadLetterFilter, Status};
+    use pigeon_bus::route::DestinationSpec;
+    let kafka = Kafka::new(1);
+    kafka.topic("ring.a", 1);
+    kafka.topic("ring.b", 1);
+    let db = Db::with_pigeons(&[
+        pigeon("a-to-b", "ring.a", "ring.*", vec![DestinationSpec::topic("ring.b", "ring.b")]),
+        pigeon("b-to-a", "ring.b", "ring.*", vec![DestinationSpec::topic("ring.a", "ring.a")]),
+    ])
+    .await;
+    let bus = Bus::start(&kafka, &db, &[]);
+    let letter = Letter::new("tests", "ring.start", serde_json::json!({"n": 1}));
+    kafka.produce("ring.a", [Outgoing::from(&letter)]);
+    let store = db.store().await;
+    let parked = DeadLetterFilter { status: Some(Status::Parked), ..Default::default() };
+    let mut rows = Vec::new();
+    for _ in 0..200 {
+        rows = store.dead_letters(&parked, None, 10).await.unwrap();
+        if !rows.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(rows.len(), 1, "parked once");
+    assert!(
+        rows[0].letter.error_message.contains("passed through 16 pigeons"),
+        "{}",
+        rows[0].letter.error_message
+    );
+    // The letter went round 16 times (the original, then 16 outputs), and no more.
+    let a = kafka.collect("ring.a", 9, Duration::from_millis(500));
+    let b = kafka.collect("ring.b", 8, Duration::from_millis(500));
+    assert_eq!((a.len(), b.len()), (9, 8));
+    let most =
+        a.iter().chain(&b).filter_map(|m| header(m, "ce_hops")).filter_map(|h| h.parse::<u32>().ok()).max();
+    assert_eq!(most, Some(16));
+    bus.stop();
+}

@@ -552,6 +552,15 @@ impl Forwarder<'_> {
             Ok(meta) => meta,
             Err(reason) => return self.dead_letter(message, &tracker, reason),
         };
+        // A letter that went round too many pigeons is parked, not sent round again.
+        let hops = output::hops_of(input.text(pigeon_sdk::header::HOPS));
+        if hops >= output::MAX_HOPS {
+            return self.dead_letter(
+                message,
+                &tracker,
+                format!("the letter passed through {hops} pigeons: a loop of pigeons sends it round (the most is {})", output::MAX_HOPS),
+            );
+        }
         // One letter in `sample_every` teaches the observed schema of its topic and tag; the
         // offset is hashed first, so traffic that repeats with a period cannot hide a tag.
         if sampled(offset, self.sample_every) {

@@ -70,17 +70,28 @@ pub fn output_headers<M: Message>(
     pigeon: &str,
     json: bool,
 ) -> OwnedHeaders {
-    let mut headers = OwnedHeaders::new_with_capacity(input.len() + 8);
+    let mut headers = OwnedHeaders::new_with_capacity(input.len() + 9);
     let (mut has_spec, mut has_source, mut has_time) = (false, false, false);
+    let mut hops = 0;
+    // Names compared as bytes: no UTF-8 check per output.
+    let is = |name: &[u8], header: &str| name == header.as_bytes();
     for input in input.iter() {
-        match input.name_str() {
-            Some(header::TYPE | header::PIGEON | header::ATTEMPT | header::ID) => continue,
-            Some(header::CONTENT_TYPE) if json => continue,
-            Some(header::SPECVERSION) => has_spec = true,
-            Some(header::SOURCE) => has_source = true,
-            Some(header::TIME) => has_time = true,
-            _ => {}
+        let name = input.name;
+        if is(name, header::HOPS) {
+            hops = hops_of(input.text());
+            continue;
         }
+        if is(name, header::TYPE)
+            || is(name, header::PIGEON)
+            || is(name, header::ATTEMPT)
+            || is(name, header::ID)
+            || (json && is(name, header::CONTENT_TYPE))
+        {
+            continue;
+        }
+        has_spec |= is(name, header::SPECVERSION);
+        has_source |= is(name, header::SOURCE);
+        has_time |= is(name, header::TIME);
         headers = pigeon_headers::add(headers, input.name, input.value);
     }
     headers = headers
@@ -88,6 +99,9 @@ pub fn output_headers<M: Message>(
         .insert(text(header::TYPE, tag))
         .insert(text(header::PIGEON, pigeon))
         .insert(text(header::ATTEMPT, "1"));
+    let mut digits = [0u8; 10];
+    headers = headers
+        .insert(Header { key: header::HOPS, value: Some(decimal(hops.saturating_add(1), &mut digits)) });
     if json {
         headers = headers.insert(text(header::CONTENT_TYPE, pigeon_sdk::letter::JSON));
     }
@@ -103,6 +117,28 @@ pub fn output_headers<M: Message>(
         }
     }
     headers
+}
+
+/// The most pigeons a letter may pass through: past it, the router parks the letter (pigeons
+/// x→y and y→x, or a longer ring, would send it round for ever).
+pub const MAX_HOPS: u32 = 16;
+
+/// A `ce_hops` value: 0 when absent or not a number (a foreign producer's).
+pub fn hops_of(value: Option<&str>) -> u32 {
+    value.and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
+/// `n` in decimal, written into `buf` (no allocation on the forward path).
+fn decimal(mut n: u32, buf: &mut [u8; 10]) -> &[u8] {
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[at..];
+        }
+    }
 }
 
 fn text<'a>(key: &'a str, value: &'a str) -> Header<'a, &'a [u8]> {
@@ -415,4 +451,21 @@ pub fn with_attempt(headers: &OwnedHeaders, attempt: i32) -> OwnedHeaders {
         out = pigeon_headers::add(out, h.name, h.value);
     }
     out.insert(Header { key: header::ATTEMPT, value: Some(attempt.as_bytes()) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hops_count_up_in_decimal_and_anything_else_counts_as_none() {
+        let mut buf = [0u8; 10];
+        assert_eq!(decimal(0, &mut buf), b"0");
+        assert_eq!(decimal(16, &mut buf), b"16");
+        assert_eq!(decimal(u32::MAX, &mut buf), b"4294967295");
+        assert_eq!(hops_of(Some("7")), 7);
+        assert_eq!(hops_of(Some("-1")), 0);
+        assert_eq!(hops_of(Some("lots")), 0);
+        assert_eq!(hops_of(None), 0);
+    }
 }

@@ -148,20 +148,20 @@ impl<'a> Iterator for Iter<'a> {
 }
 
 /// `headers` with one more header, its name copied byte for byte (rdkafka's `insert` takes a
-/// `&str`). A name holding a NUL is cut there, as librdkafka reads names.
+/// `&str`). librdkafka copies the name's bytes and ends them with a NUL, so a name holding a
+/// NUL reads back cut there.
 pub fn add(headers: OwnedHeaders, name: &[u8], value: Option<&[u8]>) -> OwnedHeaders {
     let native = ptr::from_ref(headers.as_borrowed()).cast::<rd::rd_kafka_headers_t>().cast_mut();
     let (value_ptr, value_len) = match value {
         Some(v) => (v.as_ptr().cast::<c_void>(), v.len()),
         None => (ptr::null(), 0),
     };
-    let name_len = name.iter().position(|&b| b == 0).unwrap_or(name.len());
     // Lengths of slices in memory fit an `isize`.
-    let (Ok(name_len), Ok(value_len)) = (isize::try_from(name_len), isize::try_from(value_len)) else {
+    let (Ok(name_len), Ok(value_len)) = (isize::try_from(name.len()), isize::try_from(value_len)) else {
         return headers;
     };
     // SAFETY: `headers` is owned here, so nothing else reads it while librdkafka appends a copy
-    // of `name_len` and `value_len` bytes (an append to a list that is not read-only never
+    // of `name_len` and `value_len` bytes (a NUL among them is copied like any byte) (an append to a list that is not read-only never
     // fails: the error is only for headers of a message being produced).
     unsafe { rd::rd_kafka_header_add(native, name.as_ptr().cast(), name_len, value_ptr, value_len) };
     headers
