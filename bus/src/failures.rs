@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::deadletter::schedule::Schedule;
 use crate::deadletter::{self, ErrorKind, Job, NewDeadLetter, StoredHeader};
 use crate::router::tracker::PartitionTracker;
+use crate::store::fit;
 use crate::store::Store;
 use crate::topics::FAILED;
 
@@ -45,8 +46,10 @@ where
     };
     let topic = text(header::TOPIC);
     // What a module says is bounded before it is stored or logged.
-    let module = text(header::MODULE).map_or_else(|| "an unnamed module".into(), |m| bounded(&m, MAX_MODULE));
-    let error = text(header::ERROR).map_or_else(|| "no error given".into(), |e| bounded(&e, MAX_ERROR));
+    let module = text(header::MODULE)
+        .map_or_else(|| "an unnamed module".into(), |m| fit::text(&m, MAX_MODULE).into_owned());
+    let error = text(header::ERROR)
+        .map_or_else(|| "no error given".into(), |e| fit::text(&e, MAX_ERROR).into_owned());
     let (error_kind, error_message) = match &topic {
         Some(topic) => match crate::route::validate_destination_topic(topic) {
             Ok(()) => (ErrorKind::Handler, format!("handler of {module} failed: {error}")),
@@ -61,9 +64,10 @@ where
         ),
     };
     let mut dead = NewDeadLetter::from_message(report, error_kind, error_message);
-    dead.letter_id = text(pigeon_sdk::header::ID).map(|id| bounded(&id, MAX_ID)).unwrap_or_default();
-    dead.pigeon_id = text(pigeon_sdk::header::PIGEON).map(|p| bounded(&p, MAX_ID));
-    dead.dest_tag = text(pigeon_sdk::header::TYPE).map(|t| bounded(&t, MAX_ID));
+    dead.letter_id =
+        text(pigeon_sdk::header::ID).map(|id| fit::id(&id, fit::ID).into_owned()).unwrap_or_default();
+    dead.pigeon_id = text(pigeon_sdk::header::PIGEON).map(|p| fit::id(&p, fit::NAME).into_owned());
+    dead.dest_tag = text(pigeon_sdk::header::TYPE).map(|t| fit::prefix(&t, fit::TOPIC).to_owned());
     dead.dest_topic = match error_kind {
         ErrorKind::Handler => topic,
         // Kept for the operator to read, never redriven there.
@@ -78,20 +82,6 @@ where
 const MAX_MODULE: usize = 100;
 /// The longest error a stored report keeps.
 const MAX_ERROR: usize = 2_000;
-/// The longest letter id, pigeon id or tag a stored report keeps.
-const MAX_ID: usize = 128;
-
-/// `text` cut to at most `max` bytes on a character boundary, saying how long it was.
-fn bounded(text: &str, max: usize) -> String {
-    if text.len() <= max {
-        return text.to_owned();
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}… ({} bytes)", &text[..end], text.len())
-}
 
 /// Whether a handler failure may be redriven to `topic`: the reporting module's own topic, or
 /// a destination of the pigeon the report names (a lane, say). The reason when not.
@@ -321,7 +311,6 @@ mod tests {
         assert!(dead.error_message.len() < 2_500, "{}", dead.error_message.len());
         assert!(dead.error_message.contains("(100000 bytes)"));
         assert!(dead.letter_id.len() < 200 && dead.pigeon_id.as_ref().unwrap().len() < 200);
-        assert_eq!(bounded("héllo", 2), "h… (6 bytes)", "cut on a character boundary");
     }
 
     #[test]

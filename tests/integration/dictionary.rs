@@ -357,15 +357,8 @@ async fn the_router_and_fly_park_only_the_destination_that_lacks_a_field() {
     assert_eq!(receipt["dead_lettered"][0]["topic"], "pigeon.module.rank", "{receipt}");
 
     // Three parked outputs, alike whoever planned them.
-    let parked = DeadLetterFilter { status: Some(Status::Parked), ..Default::default() };
-    let mut rows = Vec::new();
-    for _ in 0..100 {
-        rows = store.dead_letters(&parked, None, 10).await.unwrap();
-        if rows.len() >= 3 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let rows = wait_dead_letters(store.as_ref(), |rows| rows.len() >= 3).await;
+    assert!(rows.iter().all(|d| d.status == Status::Parked));
     let mut seen: Vec<(String, Option<String>, ErrorKind)> = rows
         .iter()
         .map(|d| {

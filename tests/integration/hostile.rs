@@ -21,6 +21,13 @@ fn with_bad_header_name(letter: &Letter) -> Outgoing {
     outgoing
 }
 
+/// The bus is healthy, stops cleanly, and nothing in it panicked on the way.
+fn up_all_along(bus: Bus) {
+    assert_eq!(http_get(&bus.admin, "/healthz").map(|(s, _)| s), Some(200), "the bus is up");
+    let log = bus.stop();
+    assert!(!log.contains("panicked"), "{log}");
+}
+
 fn bad_header(message: &rdkafka::message::OwnedMessage) -> Option<Vec<u8>> {
     pigeon_headers::of(message).find(|h| h.name == BAD_NAME).and_then(|h| h.value).map(<[u8]>::to_vec)
 }
@@ -91,10 +98,8 @@ async fn a_header_name_that_is_not_utf8_is_forwarded_untouched_and_nothing_stops
     handled.sort();
     assert_eq!(handled, [Some("r-1".into()), Some("r-2".into()), Some("r-3".into())]);
 
-    assert_eq!(http_get(&bus.admin, "/healthz").map(|(s, _)| s), Some(200), "the bus is up");
     module.shutdown().await;
-    let log = bus.stop();
-    assert!(!log.contains("panicked"), "{log}");
+    up_all_along(bus);
 }
 
 /// A Kafka timestamp is any 64-bit number a client sets. Formatting `ce_time` for a foreign
@@ -137,16 +142,14 @@ async fn letters_of_any_timestamp_are_forwarded_and_the_router_goes_on() {
             assert_eq!(time.as_deref(), Some("9999-12-31T23:59:59.999Z"), "{sent}");
         }
     }
-    assert_eq!(http_get(&bus.admin, "/healthz").map(|(s, _)| s), Some(200), "the bus is up");
-    let log = bus.stop();
-    assert!(!log.contains("panicked"), "{log}");
+    up_all_along(bus);
 }
 
 /// Pigeons x→y and y→x would send a letter round for ever: each output counts a hop
 /// (`ce_hops`), and the router parks a letter past the most, saying why.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_loop_of_pigeons_parks_the_letter_after_the_most_hops() {
-    use pigeon_bus::deadletter::{DeadLetterFilter, Status};
+    use pigeon_bus::deadletter::Status;
     use pigeon_bus::route::DestinationSpec;
     let kafka = Kafka::new(1);
     kafka.topic("ring.a", 1);
@@ -160,16 +163,9 @@ async fn a_loop_of_pigeons_parks_the_letter_after_the_most_hops() {
     let letter = Letter::new("tests", "ring.start", serde_json::json!({"n": 1}));
     kafka.produce("ring.a", [Outgoing::from(&letter)]);
     let store = db.store().await;
-    let parked = DeadLetterFilter { status: Some(Status::Parked), ..Default::default() };
-    let mut rows = Vec::new();
-    for _ in 0..200 {
-        rows = store.dead_letters(&parked, None, 10).await.unwrap();
-        if !rows.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let rows = wait_dead_letters(store.as_ref(), |rows| !rows.is_empty()).await;
     assert_eq!(rows.len(), 1, "parked once");
+    assert_eq!(rows[0].status, Status::Parked);
     assert!(
         rows[0].letter.error_message.contains("passed through 16 pigeons"),
         "{}",

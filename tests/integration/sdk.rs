@@ -6,14 +6,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use pigeon_bus::deadletter::{DeadLetterFilter, ErrorKind, Status};
+use pigeon_bus::deadletter::{ErrorKind, Status};
 use pigeon_bus::route::DestinationSpec;
-use pigeon_bus::store::Store;
 use pigeon_bus::token::Role;
 use pigeon_sdk::{Capability, Context, FlyError, HandlerResult, Letter, Module, ModuleBuilder, Retry};
 use tokio::sync::mpsc;
 
-use crate::support::{pigeon, Bus, Db, Kafka, Outgoing, DEADLINE};
+use crate::support::{pigeon, wait_dead_letters, Bus, Db, Kafka, Outgoing, DEADLINE};
 
 const MODULE_TOPIC: &str = "pigeon.module.act-toy";
 
@@ -227,21 +226,6 @@ async fn a_module_lives_on_the_bus(db: &Db) {
         "a stopped module keeps its capabilities, offline: {list:#}"
     );
     bus.stop();
-}
-
-async fn wait_dead_letters(
-    store: &dyn Store,
-    done: impl Fn(&[pigeon_bus::deadletter::DeadLetter]) -> bool,
-) -> Vec<pigeon_bus::deadletter::DeadLetter> {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        let rows = store.dead_letters(&DeadLetterFilter::default(), None, 100).await.unwrap();
-        if done(&rows) {
-            return rows;
-        }
-        assert!(Instant::now() < deadline, "dead letters never matched: {rows:#?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

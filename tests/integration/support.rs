@@ -223,6 +223,24 @@ pub fn header(message: &OwnedMessage, name: &str) -> Option<String> {
         .map(|v| String::from_utf8_lossy(v).into_owned())
 }
 
+/// The store's dead letters (newest first, up to 100) once `done` holds for them, failing at
+/// the deadline.
+pub async fn wait_dead_letters(
+    store: &dyn Store,
+    done: impl Fn(&[pigeon_bus::deadletter::DeadLetter]) -> bool,
+) -> Vec<pigeon_bus::deadletter::DeadLetter> {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let filter = pigeon_bus::deadletter::DeadLetterFilter::default();
+        let rows = store.dead_letters(&filter, None, 100).await.unwrap();
+        if done(&rows) {
+            return rows;
+        }
+        assert!(Instant::now() < deadline, "dead letters never matched: {rows:#?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// A forward pigeon.
 pub fn pigeon(id: &str, topic: &str, tag: &str, destinations: Vec<DestinationSpec>) -> PigeonSpec {
     PigeonSpec {

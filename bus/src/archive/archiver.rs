@@ -485,11 +485,7 @@ where
 /// At most `max` bytes of `text`, cut at a character boundary (the column's limit; the
 /// letter's headers keep the whole tag).
 fn truncate(text: &str, max: usize) -> String {
-    let mut end = text.len().min(max);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    text[..end].to_owned()
+    crate::store::fit::prefix(text, max).to_owned()
 }
 
 /// Hands the batch's offsets to the consumer for its next commit. A partition revoked

@@ -309,7 +309,9 @@ pub fn plan(
             unfit: None,
         }]);
     }
-    let table = table.expect("a replay through the pigeons has a table");
+    let Some(table) = table else {
+        return Err(Unsent::NoPigeon("the job names no topic and runs through no pigeons".into()));
+    };
     let message = OwnedMessage::new(
         letter.payload.clone(),
         letter.key.clone(),

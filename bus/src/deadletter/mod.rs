@@ -205,50 +205,7 @@ pub struct NewDeadLetter {
     pub first_retry: Option<Duration>,
 }
 
-/// Column sizes of the text fields (MySQL and TiDB refuse longer values in strict mode).
-const FIELD_LIMITS: [(usize, &str); 4] =
-    [(64, "letter_id"), (128, "pigeon_id"), (255, "dest_topic"), (255, "dest_tag")];
-/// The longest error message kept (the column holds 64 KiB).
-const MAX_ERROR_BYTES: usize = 16 * 1024;
-
-/// Cuts `text` to at most `max` bytes on a character boundary; whether it cut.
-fn cut(text: &mut String, max: usize) -> bool {
-    if text.len() <= max {
-        return false;
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    text.truncate(end);
-    true
-}
-
 impl NewDeadLetter {
-    /// Cuts fields that came from outside (a module's failure report, a foreign message) to
-    /// what the store's columns hold, so one odd letter cannot block the writer. The headers
-    /// and payload, kept whole, still hold the originals.
-    pub fn fit_columns(&mut self) {
-        let mut cut_fields = Vec::new();
-        for (max, name) in FIELD_LIMITS {
-            let field = match name {
-                "letter_id" => Some(&mut self.letter_id),
-                "pigeon_id" => self.pigeon_id.as_mut(),
-                "dest_topic" => self.dest_topic.as_mut(),
-                _ => self.dest_tag.as_mut(),
-            };
-            if field.is_some_and(|f| cut(f, max)) {
-                cut_fields.push(name);
-            }
-        }
-        if cut(&mut self.error_message, MAX_ERROR_BYTES) {
-            cut_fields.push("error_message");
-        }
-        if !cut_fields.is_empty() {
-            tracing::warn!(fields = ?cut_fields, "dead letter fields cut to their column size");
-        }
-    }
-
     /// A header's value, when it is text.
     pub fn header_text(&self, name: &str) -> Option<&str> {
         self.headers.iter().find(|h| h.name == name).and_then(|h| h.text.as_deref())
@@ -445,9 +402,6 @@ pub async fn write_dead_letters(
             received = jobs.recv_many(&mut batch, WRITE_BATCH) => if received == 0 { return },
             _ = cancel.cancelled() => return,
         }
-        for job in batch.iter_mut() {
-            job.dead_letter.fit_columns();
-        }
         let mut start = 0;
         while start < batch.len() {
             let mut end = start;
@@ -489,37 +443,5 @@ pub async fn write_dead_letters(
             );
             job.tracker.settle(job.offset);
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn outside_fields_are_cut_to_their_columns_on_character_boundaries() {
-        let mut dead = NewDeadLetter {
-            letter_id: "x".repeat(100),
-            pigeon_id: Some("p".repeat(200)),
-            pigeon_version: None,
-            source_topic: "pigeon.failed".into(),
-            source_partition: 0,
-            source_offset: 0,
-            dest_topic: Some("t".into()),
-            dest_tag: Some("é".repeat(200)), // 400 bytes, two per character
-            key: None,
-            headers: vec![StoredHeader::new("ce_id", Some("x".repeat(100).as_bytes()))],
-            payload: Some(b"{}".to_vec()),
-            error_kind: ErrorKind::Handler,
-            error_message: "e".repeat(100_000),
-            first_retry: None,
-        };
-        dead.fit_columns();
-        assert_eq!(dead.letter_id.len(), 64);
-        assert_eq!(dead.pigeon_id.as_ref().unwrap().len(), 128);
-        assert_eq!(dead.dest_topic.as_deref(), Some("t"));
-        assert_eq!(dead.dest_tag.as_ref().unwrap().len(), 254, "no character is split");
-        assert_eq!(dead.error_message.len(), MAX_ERROR_BYTES);
-        assert_eq!(dead.headers[0].value().unwrap().len(), 100, "the headers keep the original");
     }
 }
