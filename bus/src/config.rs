@@ -324,21 +324,7 @@ impl Default for TopicsConfig {
     }
 }
 
-/// How to read letters from a source topic that does not carry CloudEvents headers.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
-#[serde(default)]
-pub struct SourceConfig {
-    /// Header holding the tag; default `ce_type`.
-    pub tag_header: Option<String>,
-    /// Top-level JSON field holding the tag (the payload is then parsed).
-    pub tag_field: Option<String>,
-    /// Header holding the letter id; default `ce_id`. Without one, the id is derived from
-    /// topic, partition and offset.
-    pub id_header: Option<String>,
-    /// The top-level fields letters of each tag carry, as their producers declare them
-    /// (`fields."gift.sent" = ["userId", "giftId"]`): the declared source schema.
-    pub fields: BTreeMap<String, Vec<String>>,
-}
+pub use pigeon_core::route::SourceConfig;
 
 /// Every problem found in a configuration.
 #[derive(Debug, thiserror::Error)]

@@ -24,8 +24,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::SourceConfig;
 use crate::dictionary::Vocabulary;
-use crate::route::{Built, Clock, Contracts, Paths, Phase, Quarantined, RouteTable, VersionedPigeon};
-use crate::router::RouterStats;
+pub use crate::route::Routes;
+use crate::route::{Built, Clock, Contracts, Paths, Phase, RouteTable, VersionedPigeon};
 use crate::store::{now_ms, Store, StoreError};
 
 /// The topic notices travel on.
@@ -71,30 +71,10 @@ pub struct WatchConfig {
     pub sources: BTreeMap<String, SourceConfig>,
 }
 
-/// The route tables an instance runs, with what was left out of them. The watcher builds them
-/// all from one load of the store, with the same contracts; nothing else builds tables for a
-/// running role.
-#[derive(Debug)]
-pub struct Routes {
-    /// The live forward and script pigeons: the router's.
-    pub table: Arc<RouteTable>,
-    /// Every enabled forward and script pigeon, whatever its live window (a letter read again
-    /// keeps its own time, which the windows judge): what the retrier, replays and `POST /fly`
-    /// deliver through.
-    pub redeliver: Arc<RouteTable>,
-    /// The live archive pigeons: the archiver's.
-    pub archive: Arc<RouteTable>,
-    /// Pigeons that do not compile.
-    pub quarantined: Vec<Quarantined>,
-    /// Bumped by every rebuild.
-    pub generation: u64,
-}
-
 /// Builds route tables from the store and says what changed between them.
 pub struct Watcher {
     store: Arc<dyn Store>,
     config: WatchConfig,
-    stats: Arc<RouterStats>,
     versions: Vec<(String, i64)>,
     /// The dictionary's and the capabilities' versions the tables were built with.
     contracts: Vec<(String, i64)>,
@@ -106,11 +86,10 @@ pub struct Watcher {
 
 impl Watcher {
     /// A watcher that has built nothing yet.
-    pub fn new(store: Arc<dyn Store>, config: WatchConfig, stats: Arc<RouterStats>) -> Self {
+    pub fn new(store: Arc<dyn Store>, config: WatchConfig) -> Self {
         Self {
             store,
             config,
-            stats,
             versions: Vec::new(),
             contracts: Vec::new(),
             phases: BTreeMap::new(),
@@ -175,9 +154,6 @@ impl Watcher {
                 );
             }
         }
-        self.stats.pigeons_quarantined.store(quarantined.len() as u64, Ordering::Relaxed);
-        self.stats.pigeons_live.store(table.len() as u64, Ordering::Relaxed);
-        self.stats.route_reloads.fetch_add(1, Ordering::Relaxed);
         self.versions = versions;
         self.contracts = stamps;
         self.phases = phases;

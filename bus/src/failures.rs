@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::deadletter::schedule::Schedule;
 use crate::deadletter::{self, ErrorKind, Job, NewDeadLetter, StoredHeader};
+use crate::deadletter::{CaptureHeader, CaptureMessage};
 use crate::router::tracker::PartitionTracker;
 use crate::store::fit;
 use crate::store::Store;

@@ -308,7 +308,7 @@ fn plan(letter: &DeadLetter, table: &RouteTable, attempt: i32) -> Result<Vec<Out
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::deadletter::{ErrorKind, NewDeadLetter, Status};
+    use crate::deadletter::{CaptureMessage, ErrorKind, NewDeadLetter, Status};
     use crate::route::{PigeonSpec, VersionedPigeon, WindowSpec};
     use std::collections::BTreeMap;
 

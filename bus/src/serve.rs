@@ -58,7 +58,7 @@ pub async fn run(
         window_grace_ms: config.router.window_grace_ms as i64,
         sources: config.sources.clone(),
     };
-    let watcher = Watcher::new(Arc::clone(&store), watch_config, Arc::clone(&stats));
+    let watcher = Watcher::new(Arc::clone(&store), watch_config);
     let notices = kafka::assigned_consumer_config(&config.kafka, "pigeon-control");
     let (tables, watching) =
         control::start(watcher, Some(notices), cancel.clone()).await.context("loading the pigeons")?;

@@ -10,14 +10,7 @@ use rdkafka::types::RDKafkaErrorCode;
 
 use crate::route::{module_topic, RouteTable};
 
-/// Modules fly letters to pigeons here.
-pub const INGRESS: &str = "pigeon.ingress";
-/// SDK registrations and heartbeats, keyed by module.
-pub const REGISTRY: &str = "pigeon.registry";
-/// Handler failures reported by modules.
-pub const FAILED: &str = "pigeon.failed";
-/// Delivery receipts.
-pub const RECEIPTS: &str = "pigeon.receipts";
+pub use pigeon_wire::{FAILED, INGRESS, RECEIPTS, REGISTRY};
 /// Configuration-change notices read by every instance.
 pub const CONTROL: &str = "pigeon.control";
 

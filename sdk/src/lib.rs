@@ -5,7 +5,7 @@ mod consumer;
 pub mod fields;
 pub mod letter;
 mod module;
-pub mod registry;
+pub use pigeon_wire::registry;
 
 pub use capability::{Capability, HandlerError, HandlerResult};
 pub use fields::LetterBuilder;

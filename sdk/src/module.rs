@@ -16,10 +16,7 @@ use crate::fields::LetterBuilder;
 use crate::letter::{format_time, Letter, LetterId};
 use crate::registry::{self, CapabilityInfo, Registration};
 
-/// The topic modules fly letters to pigeons on.
-pub const INGRESS: &str = "pigeon.ingress";
-/// The topic handler failures are reported on.
-pub const FAILED: &str = "pigeon.failed";
+pub use pigeon_wire::{FAILED, INGRESS};
 
 /// How a failing handler is tried again in process before the failure is reported to the bus.
 #[derive(Clone, Debug, PartialEq, Eq)]

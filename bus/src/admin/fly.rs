@@ -18,6 +18,7 @@ use super::auth::AsModule;
 use super::error::{ApiError, ErrorBody};
 use super::{ApiJson, AppState};
 use crate::control::{Routes, Tables};
+use crate::deadletter::CaptureMessage;
 use crate::deadletter::{ErrorKind, NewDeadLetter};
 use crate::route::{pattern::validate_tag, Action, Route, INGRESS};
 use crate::router::output::{owned_outputs, OwnedOutput};

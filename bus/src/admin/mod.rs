@@ -215,17 +215,6 @@ async fn metrics(State(state): State<AppState>) -> String {
             "Letters a script failed on (dead-lettered).",
             &stats.script_failures,
         ),
-        (
-            "pigeon_route_reloads_total",
-            "Route tables the router built: the first and every change.",
-            &stats.route_reloads,
-        ),
-        ("pigeon_pigeons_live", "Pigeons in the router's live route table.", &stats.pigeons_live),
-        (
-            "pigeon_pigeons_quarantined",
-            "Pigeons the router left out because they do not compile.",
-            &stats.pigeons_quarantined,
-        ),
         ("pigeon_retry_claimed_total", "Dead letters the retrier claimed.", &retrier.claimed),
         ("pigeon_retry_delivered_total", "Dead letters the retrier redelivered.", &retrier.delivered),
         ("pigeon_retry_failed_total", "Retries that failed and wait for the next step.", &retrier.failed),
@@ -269,6 +258,22 @@ async fn metrics(State(state): State<AppState>) -> String {
     ] {
         let kind = if name.ends_with("_total") { "counter" } else { "gauge" };
         let value = value.load(Ordering::Relaxed);
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"));
+    }
+    // What the watcher built last (nothing yet while this instance has no tables).
+    let routes = state.tables.as_ref().map(|t| t.current());
+    let (reloads, live, quarantined) =
+        routes.map_or((0, 0, 0), |r| (r.generation, r.table.len() as u64, r.quarantined.len() as u64));
+    for (name, help, value) in [
+        (
+            "pigeon_route_reloads_total",
+            "Route tables the watcher built: the first and every change.",
+            reloads,
+        ),
+        ("pigeon_pigeons_live", "Pigeons in the router's live route table.", live),
+        ("pigeon_pigeons_quarantined", "Pigeons left out because they do not compile.", quarantined),
+    ] {
+        let kind = if name.ends_with("_total") { "counter" } else { "gauge" };
         out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"));
     }
     out

@@ -12,11 +12,9 @@ use utoipa::{IntoParams, ToSchema};
 use super::auth::{AsOperator, AsViewer, Caller};
 use super::error::{ApiError, ErrorBody};
 use super::{ApiJson, ApiQuery, AppState, Page};
+use crate::dryrun::{dry_run_pigeon, DryRunOutput, SampleLetter};
 use crate::route::{self, parse_spec, Phase, PigeonSpec};
-use crate::script::{
-    self,
-    dryrun::{dry_run_pigeon, DryRunOutput, SampleLetter},
-};
+use crate::script;
 use crate::store::{now_ms, StoredPigeon};
 use crate::token::Role;
 use crate::wiring;

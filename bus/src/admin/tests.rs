@@ -45,7 +45,7 @@ impl Api {
             window_grace_ms: 0,
             sources: Default::default(),
         };
-        let watcher = crate::control::Watcher::new(Arc::clone(&store), config, Arc::default());
+        let watcher = crate::control::Watcher::new(Arc::clone(&store), config);
         let cancel = tokio_util::sync::CancellationToken::new();
         let (tables, watching) = crate::control::start(watcher, None, cancel.clone()).await.unwrap();
         tokio::spawn(watching);

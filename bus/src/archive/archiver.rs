@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use super::{ArchivedLetter, KeyField, Position, MAX_KEY_LEN};
 use crate::config::ArchiverConfig;
 use crate::control::Routes;
+use crate::deadletter::CaptureHeader;
 use crate::deadletter::StoredHeader;
 use crate::route::{Lookup, Route, RouteTable};
 use crate::script::{self, ScriptLetter};

@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{ArchivedLetter, Position, ReplayJob, ReplaySpec, ReplayStatus};
 use crate::config::ReplayConfig;
+use crate::deadletter::CaptureMessage;
 use crate::deadletter::NewDeadLetter;
 use crate::route::RouteTable;
 use crate::router::output::{owned_outputs, reroute, OwnedOutput};

@@ -14,6 +14,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::tracker::PartitionTracker;
+use crate::deadletter::CaptureMessage;
 use crate::deadletter::{ErrorKind, Job, NewDeadLetter};
 use crate::route::Route;
 

@@ -34,6 +34,7 @@ use self::scripts::{ScriptJob, ScriptPool};
 use self::tracker::{Admission, Begun, PartitionTracker};
 use crate::config::RouterConfig;
 use crate::control::Routes;
+use crate::deadletter::CaptureMessage;
 use crate::deadletter::{self, ErrorKind, Job, NewDeadLetter};
 use crate::dictionary::{DriftTally, Judgement, Mode, Normalized, ObservedTally};
 use crate::route::{Lookup, Route, RouteTable, INGRESS};
@@ -55,12 +56,6 @@ pub struct RouterStats {
     pub scripts_run: AtomicU64,
     /// Letters a script failed on (dead-lettered).
     pub script_failures: AtomicU64,
-    /// Route tables built (the first, and every change since).
-    pub route_reloads: AtomicU64,
-    /// Pigeons in the live route table.
-    pub pigeons_live: AtomicU64,
-    /// Pigeons left out because they do not compile.
-    pub pigeons_quarantined: AtomicU64,
 }
 
 /// Subscriptions (topics or topic patterns) that gained their first live pigeon while this

@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 
 use super::context::{output_dead_letter, Delivery, RouterProducerContext};
 use super::RouterStats;
+use crate::deadletter::CaptureMessage;
 use crate::deadletter::{ErrorKind, Job, NewDeadLetter};
 use crate::dictionary::{Mode, Normalized};
 use crate::route::{Contracts, Destination, Route};

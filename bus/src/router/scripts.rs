@@ -20,6 +20,7 @@ use tokio::sync::mpsc;
 use super::context::Delivery;
 use super::output::{output_headers, Outputs};
 use super::tracker::PartitionTracker;
+use crate::deadletter::CaptureMessage;
 use crate::deadletter::{ErrorKind, Job, NewDeadLetter};
 use crate::route::{Contracts, Route};
 use crate::script::{self, ScriptLetter};

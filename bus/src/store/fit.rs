@@ -108,19 +108,24 @@ pub fn dead_letter(letter: &NewDeadLetter) -> Cow<'_, NewDeadLetter> {
 mod tests {
     use super::*;
     use crate::deadletter::{ErrorKind, StoredHeader};
-    use rdkafka::message::OwnedMessage;
 
     fn letter() -> NewDeadLetter {
-        let message = OwnedMessage::new(
-            Some(b"{}".to_vec()),
-            None,
-            "live.gift".into(),
-            rdkafka::Timestamp::NotAvailable,
-            0,
-            1,
-            None,
-        );
-        NewDeadLetter::from_message(&message, ErrorKind::Malformed, "bad".into())
+        NewDeadLetter {
+            letter_id: String::new(),
+            pigeon_id: None,
+            pigeon_version: None,
+            source_topic: "live.gift".into(),
+            source_partition: 0,
+            source_offset: 1,
+            dest_topic: None,
+            dest_tag: None,
+            key: None,
+            headers: Vec::new(),
+            payload: Some(b"{}".to_vec()),
+            error_kind: ErrorKind::Malformed,
+            error_message: "bad".into(),
+            first_retry: None,
+        }
     }
 
     #[test]

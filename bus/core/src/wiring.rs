@@ -221,7 +221,7 @@ fn script_outputs(
     vocabulary: &Vocabulary,
 ) -> Result<Vec<(String, BTreeSet<String>)>, String> {
     let compiled = script::default_engine().compile(source).map_err(|e| e.to_string())?;
-    let destinations = script::dryrun::script_destinations(&spec.destinations)?;
+    let destinations = crate::route::script_destinations(&spec.destinations)?;
     let sample: serde_json::Map<String, serde_json::Value> = carried
         .fields
         .iter()

@@ -247,8 +247,7 @@ fn output(
             let tag = t
                 .into_string()
                 .map_err(|t| ScriptError::Output(format!("{what}: tag is {t}, not a string")))?;
-            crate::route::pattern::validate_tag(&tag)
-                .map_err(|e| ScriptError::Output(format!("{what}: {e}")))?;
+            crate::tag::validate_tag(&tag).map_err(|e| ScriptError::Output(format!("{what}: {e}")))?;
             tag
         }
     };

@@ -7,9 +7,9 @@ use std::sync::{Arc, Mutex};
 use regex::Regex;
 
 use super::pattern::{validate_tag, TagPattern};
+use super::spec::SourceConfig;
 use super::spec::{Action, DestinationSpec, PigeonSpec};
 use super::window::{Phase, Window};
-use crate::config::SourceConfig;
 use crate::deadletter::schedule::Schedule;
 use crate::script::{self, CompiledScript, ScriptDestination};
 
@@ -138,9 +138,9 @@ impl Source {
         let tag = match (config.tag_field, config.tag_header) {
             (Some(field), _) => TagSource::Field(field),
             (None, Some(header)) => TagSource::Header(header),
-            (None, None) => TagSource::Header(pigeon_sdk::header::TYPE.into()),
+            (None, None) => TagSource::Header(pigeon_wire::header::TYPE.into()),
         };
-        Self { tag, id_header: config.id_header.unwrap_or_else(|| pigeon_sdk::header::ID.into()) }
+        Self { tag, id_header: config.id_header.unwrap_or_else(|| pigeon_wire::header::ID.into()) }
     }
 
     /// Whether reading this source's letters needs the payload parsed.
@@ -296,11 +296,11 @@ impl fmt::Display for CompileErrors {
     }
 }
 
-pub use pigeon_sdk::registry::module_topic;
+pub use pigeon_wire::registry::module_topic;
 
 /// The topic modules fly letters on: each is routed to the pigeon its `ce_pigeon` header
 /// names, whatever its tag. A pigeon whose `match.topic` is this one takes only flown letters.
-pub const INGRESS: &str = pigeon_sdk::INGRESS;
+pub const INGRESS: &str = pigeon_wire::INGRESS;
 
 /// How flown letters are read: tag and id from the CloudEvents headers.
 static FLOWN: std::sync::LazyLock<Source> = std::sync::LazyLock::new(|| Source::from_config(None));
@@ -462,7 +462,10 @@ impl RouteTable {
     /// that names none, or one that is unknown, disabled or not live.
     pub fn flown(&self, pigeon: Option<&str>) -> Result<&Arc<Route>, String> {
         let pigeon = pigeon.filter(|p| !p.is_empty()).ok_or_else(|| {
-            format!("a letter on {INGRESS} must name its pigeon in the {} header", pigeon_sdk::header::PIGEON)
+            format!(
+                "a letter on {INGRESS} must name its pigeon in the {} header",
+                pigeon_wire::header::PIGEON
+            )
         })?;
         self.by_id
             .get(pigeon)
@@ -538,7 +541,7 @@ impl RouteTable {
 
 /// Checks one pigeon; every problem, each prefixed with the pigeon's id.
 pub fn validate(spec: &PigeonSpec) -> Result<(), CompileErrors> {
-    compile_one(&VersionedPigeon { spec: spec.clone(), version: 1, saved_at: crate::store::now_ms() })
+    compile_one(&VersionedPigeon { spec: spec.clone(), version: 1, saved_at: crate::clock::now_ms() })
         .map(|_| ())
         .map_err(CompileErrors)
 }
@@ -642,7 +645,7 @@ fn compile_one(pigeon: &VersionedPigeon) -> Result<(Arc<Route>, TagPattern), Vec
             match script::default_engine().compile(source) {
                 Ok(compiled) => Some(RouteScript {
                     compiled,
-                    destinations: script::dryrun::script_destinations(&spec.destinations).unwrap_or_default(),
+                    destinations: script_destinations(&spec.destinations).unwrap_or_default(),
                 }),
                 Err(e) => {
                     error(format!("script: {e}"));
@@ -752,6 +755,45 @@ pub fn validate_topic(topic: &str) -> Result<(), String> {
         return Err(format!("topic {topic:?} may use only letters, digits, `.`, `_` and `-`"));
     }
     Ok(())
+}
+
+/// Names a destination as operators write it.
+pub fn destination_name(spec: &DestinationSpec) -> String {
+    match (&spec.capability, &spec.topic) {
+        (Some(capability), _) => capability.clone(),
+        (None, Some(topic)) => topic.clone(),
+        _ => String::new(),
+    }
+}
+
+/// The script's view of a pigeon's destinations.
+pub fn script_destinations(specs: &[DestinationSpec]) -> Result<Vec<ScriptDestination>, String> {
+    specs
+        .iter()
+        .map(|spec| {
+            let d = resolve(spec)?;
+            Ok(ScriptDestination { name: destination_name(spec), topic: d.topic, tag: d.tag })
+        })
+        .collect()
+}
+
+/// The route tables an instance runs, with what was left out of them. The watcher builds them
+/// all from one load of the store, with the same contracts; nothing else builds tables for a
+/// running role.
+#[derive(Debug)]
+pub struct Routes {
+    /// The live forward and script pigeons: the router's.
+    pub table: Arc<RouteTable>,
+    /// Every enabled forward and script pigeon, whatever its live window (a letter read again
+    /// keeps its own time, which the windows judge): what the retrier, replays and `POST /fly`
+    /// deliver through.
+    pub redeliver: Arc<RouteTable>,
+    /// The live archive pigeons: the archiver's.
+    pub archive: Arc<RouteTable>,
+    /// Pigeons that do not compile.
+    pub quarantined: Vec<Quarantined>,
+    /// Bumped by every rebuild.
+    pub generation: u64,
 }
 
 #[cfg(test)]

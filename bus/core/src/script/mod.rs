@@ -19,7 +19,6 @@
 //! to the first destination (an index, a `module/capability` or a topic of the pigeon's
 //! destinations). See `docs/scripts.md`.
 
-pub mod dryrun;
 mod engine;
 #[cfg(test)]
 mod tests;

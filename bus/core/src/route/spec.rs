@@ -1,5 +1,7 @@
 //! The raw, serde form of a pigeon, as operators write it and the store keeps it.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -147,4 +149,20 @@ impl DestinationSpec {
     pub fn topic(topic: &str, tag: &str) -> Self {
         Self { capability: None, topic: Some(topic.into()), tag: Some(tag.into()) }
     }
+}
+
+/// How to read letters from a source topic that does not carry CloudEvents headers.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct SourceConfig {
+    /// Header holding the tag; default `ce_type`.
+    pub tag_header: Option<String>,
+    /// Top-level JSON field holding the tag (the payload is then parsed).
+    pub tag_field: Option<String>,
+    /// Header holding the letter id; default `ce_id`. Without one, the id is derived from
+    /// topic, partition and offset.
+    pub id_header: Option<String>,
+    /// The top-level fields letters of each tag carry, as their producers declare them
+    /// (`fields."gift.sent" = ["userId", "giftId"]`): the declared source schema.
+    pub fields: BTreeMap<String, Vec<String>>,
 }

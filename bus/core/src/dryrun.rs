@@ -3,8 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{ScriptDestination, ScriptEngine, ScriptError, ScriptLetter};
-use crate::route::{resolve, DestinationSpec};
+use crate::route::{script_destinations, DestinationSpec};
+use crate::script::{ScriptEngine, ScriptError, ScriptLetter};
 
 /// A sample letter, as written in a JSON file.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -48,26 +48,6 @@ pub struct DryRunOutput {
     pub key: Option<String>,
     /// Payload.
     pub payload: serde_json::Value,
-}
-
-/// Names a destination as operators write it.
-pub fn destination_name(spec: &DestinationSpec) -> String {
-    match (&spec.capability, &spec.topic) {
-        (Some(capability), _) => capability.clone(),
-        (None, Some(topic)) => topic.clone(),
-        _ => String::new(),
-    }
-}
-
-/// The script's view of a pigeon's destinations.
-pub fn script_destinations(specs: &[DestinationSpec]) -> Result<Vec<ScriptDestination>, String> {
-    specs
-        .iter()
-        .map(|spec| {
-            let d = resolve(spec)?;
-            Ok(ScriptDestination { name: destination_name(spec), topic: d.topic, tag: d.tag })
-        })
-        .collect()
 }
 
 /// What a whole pigeon would emit for `letter`: its script's letters, or for a forward pigeon
@@ -127,4 +107,41 @@ pub fn dry_run(
             key: o.key.map(|k| String::from_utf8_lossy(&k).into_owned()),
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::script::Limits;
+
+    #[test]
+    fn the_example_scripts_produce_their_expected_letters() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/rhai");
+        let engine = ScriptEngine::new(Limits::default());
+        let mut checked = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().and_then(|e| e.to_str()) != Some("rhai") {
+                continue;
+            }
+            let stem = path.file_stem().unwrap().to_str().unwrap();
+            let source = std::fs::read_to_string(&path).unwrap();
+            for case in ["", ".2"] {
+                let letter_path = dir.join(format!("{stem}{case}.letter.json"));
+                if !letter_path.exists() {
+                    continue;
+                }
+                let letter: SampleLetter =
+                    serde_json::from_str(&std::fs::read_to_string(&letter_path).unwrap()).unwrap();
+                let expected: Vec<DryRunOutput> = serde_json::from_str(
+                    &std::fs::read_to_string(dir.join(format!("{stem}{case}.expected.json"))).unwrap(),
+                )
+                .unwrap();
+                let got = dry_run(&engine, &source, &letter, &[]).unwrap_or_else(|e| panic!("{stem}: {e}"));
+                assert_eq!(got, expected, "{}", letter_path.display());
+                checked += 1;
+            }
+        }
+        assert!(checked >= 4, "example cases checked: {checked}");
+    }
 }

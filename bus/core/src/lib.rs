@@ -1,0 +1,19 @@
+//! Pigeon's core: what a pigeon is and what it does to a letter, without I/O.
+//!
+//! No Kafka client, no database, no runtime: this crate's dependencies say so, and
+//! `tests/architecture.rs` checks it. Pigeons ([`route`]: specs, tag patterns, live windows,
+//! the compiled route table and the output plan), cleansing [`script`]s, the [`dictionary`] and
+//! checked [`wiring`], retry schedules and the dead-letter, archive and counter records the
+//! store keeps, operators' [`token`]s, and the [`clock`].
+
+pub mod archive;
+pub mod clock;
+pub mod counters;
+pub mod deadletter;
+pub mod dictionary;
+pub mod dryrun;
+pub mod route;
+pub mod script;
+pub mod tag;
+pub mod token;
+pub mod wiring;
