@@ -79,7 +79,7 @@ fn archive_into(
     rt: &tokio::runtime::Runtime,
 ) -> anyhow::Result<ArchiveFigures> {
     rt.block_on(async {
-        let store = pigeon_bus::serve::open_store(url).await?;
+        let store = pigeon_bus::store::open_migrated(url).await?;
         store.save_pigeon(&archive_pigeon(source), "bench").await?;
         anyhow::Ok(())
     })?;

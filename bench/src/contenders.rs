@@ -177,7 +177,7 @@ pub fn start(
         Work::Forward | Work::Script => {
             let url = format!("sqlite://{}", dir.join("pigeon.db").display());
             rt.block_on(async {
-                let store = pigeon_bus::serve::open_store(&url).await?;
+                let store = pigeon_bus::store::open_migrated(&url).await?;
                 store.save_pigeon(&pigeon(run, source), "bench").await?;
                 anyhow::Ok(())
             })

@@ -73,7 +73,7 @@ pub fn run(
 
     let url = format!("sqlite://{}", dir.join("pigeon.db").display());
     rt.block_on(async {
-        let store = pigeon_bus::serve::open_store(&url).await?;
+        let store = pigeon_bus::store::open_migrated(&url).await?;
         store.save_pigeon(&crate::contenders::pigeon(&bench, source), "bench").await?;
         anyhow::Ok(())
     })?;

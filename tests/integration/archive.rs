@@ -370,9 +370,8 @@ async fn archive_on_sqlite(pigeon: PigeonSpec) -> (Kafka, Db, String) {
     let kafka = Kafka::new(1);
     kafka.topic(SOURCE, PARTITIONS);
     let db = Db::with_pigeons(&[pigeon]).await;
-    let token = pigeon_bus::cli::tokens::create(db.store().await.as_ref(), "ops", Role::Operator, "tests")
-        .await
-        .unwrap();
+    let token =
+        pigeon::cli::tokens::create(db.store().await.as_ref(), "ops", Role::Operator, "tests").await.unwrap();
     (kafka, db, token)
 }
 

@@ -188,14 +188,14 @@ async fn replay_jobs_conform(store: &dyn Store) {
 async fn sqlite_archive_conforms() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("store.db").display());
-    let store = pigeon_bus::serve::open_store(&url).await.unwrap();
+    let store = pigeon_bus::store::open_migrated(&url).await.unwrap();
     archive_conforms(store.as_ref()).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn mysql_archive_conforms() {
     let db = crate::support::Db::mariadb_with_pigeons(&[], "127.0.0.1:3306").await;
-    let store = pigeon_bus::serve::open_store(&db.url).await.unwrap();
+    let store = pigeon_bus::store::open_migrated(&db.url).await.unwrap();
     archive_conforms(store.as_ref()).await;
     db.drop_mariadb().await;
 }
@@ -256,7 +256,7 @@ fn tidb_problems(sql: &str) -> Vec<String> {
 
 #[test]
 fn mysql_migrations_use_only_sql_tidb_supports() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../migrations/mysql");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../migrations/mysql");
     let mut checked = 0;
     let mut problems = Vec::new();
     for entry in std::fs::read_dir(&dir).unwrap() {

@@ -375,7 +375,7 @@ fn migrate_applies_to_a_fresh_sqlite_file() {
 
 #[test]
 fn scripts_test_prints_the_letters_a_script_emits_or_fails() {
-    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/rhai");
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/rhai");
     let arg = |name: &str| examples.join(name).to_str().unwrap().to_owned();
     let out = Command::new(pigeon_bin())
         .args([

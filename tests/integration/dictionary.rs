@@ -71,7 +71,7 @@ async fn enforced_pigeons_normalise_refuse_and_report_drift() {
     ])
     .await;
     db.store().await.record_registration(&rank_module(), pigeon_bus::store::now_ms()).await.unwrap();
-    let token = pigeon_bus::cli::tokens::create(
+    let token = pigeon::cli::tokens::create(
         db.store().await.as_ref(),
         "viewer",
         pigeon_bus::token::Role::Viewer,
@@ -224,7 +224,7 @@ async fn wiring_is_checked_before_a_pigeon_is_saved() {
     store.record_registration(&chest, now).await.unwrap();
     store.record_registration(&Registration { leaving: true, ..chest }, now).await.unwrap();
     let token =
-        pigeon_bus::cli::tokens::create(store.as_ref(), "ops", pigeon_bus::token::Role::Operator, "tests")
+        pigeon::cli::tokens::create(store.as_ref(), "ops", pigeon_bus::token::Role::Operator, "tests")
             .await
             .unwrap();
     let config = db.path("bus.toml");
@@ -322,10 +322,9 @@ async fn the_router_and_fly_park_only_the_destination_that_lacks_a_field() {
     let db = Db::with_pigeons(&[routed, flown, scripted]).await;
     let store = db.store().await;
     store.record_registration(&rank_module(), pigeon_bus::store::now_ms()).await.unwrap();
-    let token =
-        pigeon_bus::cli::tokens::create(store.as_ref(), "m", pigeon_bus::token::Role::Module, "tests")
-            .await
-            .unwrap();
+    let token = pigeon::cli::tokens::create(store.as_ref(), "m", pigeon_bus::token::Role::Module, "tests")
+        .await
+        .unwrap();
     let bus = Bus::start(&kafka, &db, &[]);
 
     // The router: the audit lane gets the letter, rank's output is parked.

@@ -31,7 +31,7 @@ fn topics(kafka: &Kafka, names: &[&str]) {
 }
 
 async fn operator(db: &Db) -> String {
-    pigeon_bus::cli::tokens::create(db.store().await.as_ref(), "ops", Role::Operator, "tests").await.unwrap()
+    pigeon::cli::tokens::create(db.store().await.as_ref(), "ops", Role::Operator, "tests").await.unwrap()
 }
 
 /// Calls the admin API; returns the status and the JSON body (null when empty).

@@ -370,7 +370,7 @@ async fn operators_fix_and_redrive_parked_script_failures_from_the_cli() {
     let db = Db::with_pigeons(&[strict.clone()]).await;
     let store = db.store().await;
     let token =
-        pigeon_bus::cli::tokens::create(store.as_ref(), "ops", pigeon_bus::token::Role::Operator, "tests")
+        pigeon::cli::tokens::create(store.as_ref(), "ops", pigeon_bus::token::Role::Operator, "tests")
             .await
             .unwrap();
     let bus = Bus::start(&kafka, &db, &[]);

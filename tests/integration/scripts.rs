@@ -18,7 +18,7 @@ fn script_pigeon(id: &str, topic: &str, script: &str, destinations: Vec<Destinat
 }
 
 fn example(name: &str) -> String {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/rhai").join(name);
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/rhai").join(name);
     std::fs::read_to_string(path).unwrap()
 }
 

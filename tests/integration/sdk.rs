@@ -83,9 +83,8 @@ fn instance_state(list: &serde_json::Value, module: &str) -> Option<String> {
 
 async fn tokens(db: &Db) -> (String, String) {
     let store = db.store().await;
-    let viewer = pigeon_bus::cli::tokens::create(store.as_ref(), "ops", Role::Viewer, "tests").await.unwrap();
-    let module =
-        pigeon_bus::cli::tokens::create(store.as_ref(), "act-toy", Role::Module, "tests").await.unwrap();
+    let viewer = pigeon::cli::tokens::create(store.as_ref(), "ops", Role::Viewer, "tests").await.unwrap();
+    let module = pigeon::cli::tokens::create(store.as_ref(), "act-toy", Role::Module, "tests").await.unwrap();
     (viewer, module)
 }
 

@@ -619,7 +619,7 @@ async fn dead_letters_keep_everything(store: &dyn Store) {
 async fn sqlite_store_conforms() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("store.db").display());
-    let store = pigeon_bus::serve::open_store(&url).await.unwrap();
+    let store = pigeon_bus::store::open_migrated(&url).await.unwrap();
     conformance(store).await;
 }
 
@@ -631,7 +631,7 @@ async fn mysql_store_conforms() {
         .unwrap_or_else(|e| panic!("MariaDB must run at {MARIADB} (scripts/test starts it): {e}"));
     sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut admin).await.unwrap();
     let url = format!("mysql://root@127.0.0.1:3306/{name}");
-    let store = pigeon_bus::serve::open_store(&url).await.unwrap();
+    let store = pigeon_bus::store::open_migrated(&url).await.unwrap();
     conformance(store).await;
     sqlx::query(&format!("DROP DATABASE {name}")).execute(&mut admin).await.unwrap();
 }

@@ -268,7 +268,7 @@ impl Db {
     pub async fn with_pigeons(pigeons: &[PigeonSpec]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("bus.db").display());
-        let store = pigeon_bus::serve::open_store(&url).await.expect("store");
+        let store = pigeon_bus::store::open_migrated(&url).await.expect("store");
         for p in pigeons {
             store.save_pigeon(p, "tests").await.expect("save pigeon");
         }
@@ -432,7 +432,7 @@ impl Db {
             .await
             .unwrap_or_else(|e| panic!("MariaDB must run at {MARIADB} (scripts/test starts it): {e}"));
         sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut admin).await.unwrap();
-        let store = pigeon_bus::serve::open_store(&format!("{MARIADB}/{name}")).await.expect("store");
+        let store = pigeon_bus::store::open_migrated(&format!("{MARIADB}/{name}")).await.expect("store");
         for p in pigeons {
             store.save_pigeon(p, "tests").await.expect("save pigeon");
         }

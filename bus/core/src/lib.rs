@@ -4,7 +4,7 @@
 //! `tests/architecture.rs` checks it. Pigeons ([`route`]: specs, tag patterns, live windows,
 //! the compiled route table and the output plan), cleansing [`script`]s, the [`dictionary`] and
 //! checked [`wiring`], retry schedules and the dead-letter, archive and counter records the
-//! store keeps, operators' [`token`]s, and the [`clock`].
+//! store keeps, operators' [`token`]s, the [`clock`], and [`redact`]ion of secrets in what is logged.
 
 pub mod archive;
 pub mod clock;
@@ -12,6 +12,7 @@ pub mod counters;
 pub mod deadletter;
 pub mod dictionary;
 pub mod dryrun;
+pub mod redact;
 pub mod route;
 pub mod script;
 pub mod tag;

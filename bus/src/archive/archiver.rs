@@ -604,7 +604,7 @@ mod tests {
     async fn retention_deletes_old_letters_in_chunks() {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("archive.db").display());
-        let store = crate::serve::open_store(&url).await.unwrap();
+        let store = crate::store::open_migrated(&url).await.unwrap();
         let letters: Vec<ArchivedLetter> = (0..30)
             .map(|i| ArchivedLetter {
                 letter_id: format!("l{i}"),

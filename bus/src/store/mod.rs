@@ -454,6 +454,13 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
     }
 }
 
+/// Opens the store a URL names and applies the migrations it lacks.
+pub async fn open_migrated(url: &str) -> Result<Arc<dyn Store>, StoreError> {
+    let store = open(url).await?;
+    store.migrate().await?;
+    Ok(store)
+}
+
 /// Current time, unix milliseconds.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()

@@ -9,8 +9,8 @@ use utoipa::ToSchema;
 use super::auth::AsAdmin;
 use super::error::{ApiError, ErrorBody};
 use super::{ApiJson, AppState};
-use crate::store::{NewToken, Token};
-use crate::token::{self, Role};
+use pigeon_bus::store::{NewToken, Token};
+use pigeon_bus::token::{self, Role};
 
 /// A token as listed: never its value.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]

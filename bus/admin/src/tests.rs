@@ -6,9 +6,9 @@ use serde_json::{json, Value};
 use tower::ServiceExt;
 
 use super::*;
-use crate::route::PigeonSpec;
-use crate::store::NewToken;
-use crate::token::{self, Role};
+use pigeon_bus::route::PigeonSpec;
+use pigeon_bus::store::NewToken;
+use pigeon_bus::token::{self, Role};
 
 struct Api {
     state: AppState,
@@ -25,7 +25,7 @@ impl Api {
     async fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("api.db").display());
-        let store = crate::store::open(&url).await.unwrap();
+        let store = pigeon_bus::store::open(&url).await.unwrap();
         store.migrate().await.unwrap();
         let mut values = Vec::new();
         for (name, role) in
@@ -39,15 +39,15 @@ impl Api {
             values.push(value);
         }
         // The watcher without Kafka: it checks the store when asked (and every minute).
-        let config = crate::control::WatchConfig {
+        let config = pigeon_bus::control::WatchConfig {
             check: std::time::Duration::from_secs(60),
             window_lead_ms: 0,
             window_grace_ms: 0,
             sources: Default::default(),
         };
-        let watcher = crate::control::Watcher::new(Arc::clone(&store), config);
+        let watcher = pigeon_bus::control::Watcher::new(Arc::clone(&store), config);
         let cancel = tokio_util::sync::CancellationToken::new();
-        let (tables, watching) = crate::control::start(watcher, None, cancel.clone()).await.unwrap();
+        let (tables, watching) = pigeon_bus::control::start(watcher, None, cancel.clone()).await.unwrap();
         tokio::spawn(watching);
         let state = AppState {
             tables: Some(tables),
@@ -196,11 +196,11 @@ async fn every_documented_route_is_mounted_and_guarded_by_its_role() {
 
 #[tokio::test]
 async fn the_overview_sums_every_instances_counts_and_the_backlog() {
-    use crate::counters::{bucket_of, BucketCount, Tally};
-    use crate::deadletter::{ErrorKind, NewDeadLetter, Selection};
+    use pigeon_bus::counters::{bucket_of, BucketCount, Tally};
+    use pigeon_bus::deadletter::{ErrorKind, NewDeadLetter, Selection};
     let api = Api::new().await;
     let store = &api.state.store;
-    let now = crate::store::now_ms();
+    let now = pigeon_bus::store::now_ms();
     let count = |bucket: i64, pigeon: &str, letters_in: u64, letters_out: u64, failures: u64| BucketCount {
         bucket,
         pigeon_id: pigeon.into(),
@@ -621,7 +621,7 @@ async fn scripts_are_tried_on_sample_letters_saved_or_not() {
 
 #[tokio::test]
 async fn operators_inspect_fix_retry_and_discard_dead_letters() {
-    use crate::deadletter::{ErrorKind, NewDeadLetter, StoredHeader};
+    use pigeon_bus::deadletter::{ErrorKind, NewDeadLetter, StoredHeader};
     let api = Api::new().await;
     let letter = |payload: &[u8]| NewDeadLetter {
         letter_id: "01a208e2-9eb6-7227-a459-797e4954dd34".into(),
@@ -714,8 +714,10 @@ async fn flying_checks_the_letter_and_the_pigeon_before_kafka() {
     let mut off = ingress("off");
     off.enabled = false;
     let mut over = ingress("over");
-    over.window =
-        Some(crate::route::WindowSpec { end: Some("2020-01-01T00:00:00Z".into()), ..Default::default() });
+    over.window = Some(pigeon_bus::route::WindowSpec {
+        end: Some("2020-01-01T00:00:00Z".into()),
+        ..Default::default()
+    });
     let keeper = serde_json::from_value::<PigeonSpec>(json!({
         "id": "keeper", "match": { "topic": "pigeon.ingress" }, "action": "archive"
     }))
@@ -888,7 +890,7 @@ async fn a_handler_that_panics_answers_500_in_the_usual_shape_and_the_server_goe
 
 #[test]
 fn the_store_away_answers_503_with_a_retry_hint_and_a_broken_row_500() {
-    use crate::store::StoreError;
+    use pigeon_bus::store::StoreError;
     let away = ApiError::from(StoreError::Database(sqlx::Error::PoolTimedOut));
     assert_eq!(away.status(), StatusCode::SERVICE_UNAVAILABLE);
     let response = axum::response::IntoResponse::into_response(away);
@@ -917,7 +919,7 @@ async fn healthz_names_the_role_that_is_down() {
     assert_eq!(get().await, (StatusCode::OK, "ok\n".to_owned()));
     let cancel = tokio_util::sync::CancellationToken::new();
     let failing = || async { anyhow::bail!("cannot reach the archive database") };
-    let supervised = tokio::spawn(crate::supervise::supervise(
+    let supervised = tokio::spawn(pigeon_bus::supervise::supervise(
         "archiver",
         Arc::clone(&api.state.health),
         cancel.clone(),

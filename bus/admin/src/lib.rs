@@ -31,8 +31,8 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use self::error::ApiError;
-use crate::router::RouterStats;
-use crate::store::Store;
+use pigeon_bus::router::RouterStats;
+use pigeon_bus::store::Store;
 
 /// Largest request body the API reads.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -47,19 +47,19 @@ pub struct AppState {
     /// Router counters.
     pub stats: Arc<RouterStats>,
     /// Retrier counters.
-    pub retrier: Arc<crate::retrier::RetrierStats>,
+    pub retrier: Arc<pigeon_bus::retrier::RetrierStats>,
     /// Archiver counters.
-    pub archiver: Arc<crate::archive::archiver::ArchiverStats>,
+    pub archiver: Arc<pigeon_bus::archive::archiver::ArchiverStats>,
     /// Replay runner counters.
-    pub replays: Arc<crate::archive::replay::ReplayStats>,
+    pub replays: Arc<pigeon_bus::archive::replay::ReplayStats>,
     /// Source topic settings: their declared schemas.
-    pub sources: Arc<std::collections::BTreeMap<String, crate::config::SourceConfig>>,
+    pub sources: Arc<std::collections::BTreeMap<String, pigeon_bus::config::SourceConfig>>,
     /// Sends flown letters (`POST /fly`); absent where the bus has no Kafka.
     pub producer: Option<rdkafka::producer::FutureProducer>,
     /// The watcher's route tables (`POST /fly` flies through them).
-    pub tables: Option<crate::control::Tables>,
+    pub tables: Option<pigeon_bus::control::Tables>,
     /// Which roles run and which are down.
-    pub health: Arc<crate::supervise::Health>,
+    pub health: Arc<pigeon_bus::supervise::Health>,
 }
 
 /// One page of a list, and the cursor of the next (absent on the last page).

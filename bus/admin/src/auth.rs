@@ -5,7 +5,7 @@ use axum::http::request::Parts;
 
 use super::error::ApiError;
 use super::AppState;
-use crate::token::{self, Role};
+use pigeon_bus::token::{self, Role};
 
 /// The authenticated caller.
 #[derive(Clone, Debug)]

@@ -11,10 +11,10 @@ use reqwest::Method;
 
 use super::client::Client;
 use super::deadletters::parse_since;
-use crate::admin::archive::{ArchivedView, DryRun, SearchRequest};
-use crate::admin::Page;
-use crate::archive::{parse_key, ArchiveQuery, ReplayJob, ReplaySpec, ReplayStatus};
-use crate::store::now_ms;
+use pigeon_admin::archive::{ArchivedView, DryRun, SearchRequest};
+use pigeon_admin::Page;
+use pigeon_bus::archive::{parse_key, ArchiveQuery, ReplayJob, ReplaySpec, ReplayStatus};
+use pigeon_bus::store::now_ms;
 
 /// Which archived letters, as the command line gives them.
 #[derive(Debug, Clone, Default)]
@@ -211,7 +211,7 @@ fn letter_table(letters: &[ArchivedView]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::archive::KeyField;
+    use pigeon_bus::archive::KeyField;
 
     #[test]
     fn the_command_line_becomes_an_archive_query() {

@@ -4,8 +4,8 @@ use anyhow::bail;
 use reqwest::Method;
 
 use super::client::Client;
-use crate::admin::dictionary::FieldView;
-use crate::dictionary::{Field, FieldType};
+use pigeon_admin::dictionary::FieldView;
+use pigeon_bus::dictionary::{Field, FieldType};
 
 /// What `dictionary set` was told; whatever it leaves out stays as it is.
 #[derive(Debug, Default)]
@@ -76,7 +76,8 @@ pub async fn delete(client: &Client, name: &str) -> anyhow::Result<FieldView> {
 
 /// `dictionary drift`: fields the dictionary does not know, per source topic.
 pub async fn drift(client: &Client) -> anyhow::Result<String> {
-    let drift: Vec<crate::store::Drift> = client.call(Method::GET, "/dictionary/drift", None::<&()>).await?;
+    let drift: Vec<pigeon_bus::store::Drift> =
+        client.call(Method::GET, "/dictionary/drift", None::<&()>).await?;
     if drift.is_empty() {
         return Ok("no unknown fields seen (only pigeons in normalize or enforce mode look)\n".into());
     }

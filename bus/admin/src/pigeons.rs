@@ -12,12 +12,12 @@ use utoipa::{IntoParams, ToSchema};
 use super::auth::{AsOperator, AsViewer, Caller};
 use super::error::{ApiError, ErrorBody};
 use super::{ApiJson, ApiQuery, AppState, Page};
-use crate::dryrun::{dry_run_pigeon, DryRunOutput, SampleLetter};
-use crate::route::{self, parse_spec, Phase, PigeonSpec};
-use crate::script;
-use crate::store::{now_ms, StoredPigeon};
-use crate::token::Role;
-use crate::wiring;
+use pigeon_bus::dryrun::{dry_run_pigeon, DryRunOutput, SampleLetter};
+use pigeon_bus::route::{self, parse_spec, Phase, PigeonSpec};
+use pigeon_bus::script;
+use pigeon_bus::store::{now_ms, StoredPigeon};
+use pigeon_bus::token::Role;
+use pigeon_bus::wiring;
 
 /// A pigeon with its version.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -91,7 +91,7 @@ impl From<StoredPigeon> for PigeonView {
 /// Tells every running instance that pigeons (or what they check letters against) changed.
 pub(crate) fn announce(state: &AppState, pigeons: Vec<String>, actor: &str) {
     if let Some(producer) = &state.producer {
-        crate::control::notify(producer, pigeons, actor);
+        pigeon_bus::control::notify(producer, pigeons, actor);
     }
 }
 
@@ -133,13 +133,13 @@ async fn evidence(
 ) -> Result<BTreeMap<String, wiring::Evidence>, ApiError> {
     let now = now_ms();
     // What routers check letters against: the dictionary and every live capability's fields.
-    let (contracts, _) = crate::control::load_contracts(state.store.as_ref()).await?;
+    let (contracts, _) = pigeon_bus::control::load_contracts(state.store.as_ref()).await?;
     let live: std::collections::HashSet<String> = state
         .store
         .module_instances()
         .await?
         .into_iter()
-        .filter(|i| i.state(now) == crate::store::InstanceState::Live)
+        .filter(|i| i.state(now) == pigeon_bus::store::InstanceState::Live)
         .map(|i| i.module)
         .collect();
     let capabilities: std::collections::HashMap<String, wiring::CapabilityState> = contracts

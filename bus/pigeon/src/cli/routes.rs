@@ -11,9 +11,9 @@ use reqwest::Method;
 use serde::{Deserialize, Serialize};
 
 use super::client::Client;
-use crate::admin::pigeons::{ApplyResponse, Change, PigeonView};
-use crate::admin::Page;
-use crate::route::PigeonSpec;
+use pigeon_admin::pigeons::{ApplyResponse, Change, PigeonView};
+use pigeon_admin::Page;
+use pigeon_bus::route::PigeonSpec;
 
 /// File formats for routes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -90,7 +90,7 @@ pub async fn list(client: &Client) -> anyhow::Result<String> {
             p.spec.matcher.topic,
             p.spec.matcher.tag,
             match p.spec.action {
-                crate::route::Action::Archive => "(archive)".to_owned(),
+                pigeon_bus::route::Action::Archive => "(archive)".to_owned(),
                 _ => destinations.join(", "),
             }
         ));
@@ -181,7 +181,7 @@ fn describe(diff: &ApplyResponse) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::route::{DestinationSpec, MatchSpec};
+    use pigeon_bus::route::{DestinationSpec, MatchSpec};
 
     #[test]
     fn route_files_round_trip_in_both_formats() {

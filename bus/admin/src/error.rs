@@ -8,7 +8,7 @@ use axum::Json;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::store::StoreError;
+use pigeon_bus::store::StoreError;
 
 /// The body of every error response.
 #[derive(Debug, Serialize, ToSchema)]

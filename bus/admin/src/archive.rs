@@ -12,8 +12,8 @@ use utoipa::{IntoParams, ToSchema};
 use super::auth::{AsOperator, AsViewer};
 use super::error::{ApiError, ErrorBody};
 use super::{page_limit, ApiJson, AppState, Page};
-use crate::archive::{ArchiveQuery, ArchivedLetter, KeyField, Position, ReplayJob, ReplaySpec};
-use crate::deadletter::StoredHeader;
+use pigeon_bus::archive::{ArchiveQuery, ArchivedLetter, KeyField, Position, ReplayJob, ReplaySpec};
+use pigeon_bus::deadletter::StoredHeader;
 
 /// An archived letter.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]

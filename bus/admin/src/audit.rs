@@ -8,7 +8,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::auth::AsViewer;
 use super::error::{ApiError, ErrorBody};
 use super::{ApiQuery, AppState, Page};
-use crate::store::AuditEntry;
+use pigeon_bus::store::AuditEntry;
 
 /// One recorded mutation.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]

@@ -7,10 +7,10 @@ use anyhow::{bail, Context};
 use reqwest::Method;
 
 use super::client::Client;
-use crate::admin::deadletters::{Changed, DeadLetterDetail, DeadLetterView};
-use crate::admin::Page;
-use crate::deadletter::DeadLetterFilter;
-use crate::store::now_ms;
+use pigeon_admin::deadletters::{Changed, DeadLetterDetail, DeadLetterView};
+use pigeon_admin::Page;
+use pigeon_bus::deadletter::DeadLetterFilter;
+use pigeon_bus::store::now_ms;
 
 /// Reads `--since`: an age (`90m`, `2h`, `1d`) or an RFC 3339 time; unix ms.
 pub fn parse_since(text: &str) -> anyhow::Result<i64> {
@@ -185,7 +185,7 @@ fn urlencode(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::deadletter::{ErrorKind, Status};
+    use pigeon_bus::deadletter::{ErrorKind, Status};
 
     #[test]
     fn filters_read_every_key_and_name_bad_ones() {

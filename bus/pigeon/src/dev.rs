@@ -10,12 +10,12 @@ use anyhow::Context;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::BusConfig;
-use crate::route::{DestinationSpec, MatchSpec, PigeonSpec};
 use crate::serve;
+use pigeon_bus::config::BusConfig;
+use pigeon_bus::route::{DestinationSpec, MatchSpec, PigeonSpec};
 
 /// The SDK's example module, `act-toy`: the demo provider.
-#[path = "../../sdk/examples/act_toy/toy.rs"]
+#[path = "../../../sdk/examples/act_toy/toy.rs"]
 pub mod act_toy;
 
 /// The demo activity's source topic.
@@ -44,7 +44,7 @@ pub fn demo_pigeons() -> [PigeonSpec; 3] {
         pigeon(
             act_toy::FULL_PIGEON,
             "A full progress bar drops a chest",
-            crate::route::INGRESS,
+            pigeon_bus::route::INGRESS,
             "progress.full",
             "chest.drop",
         ),
@@ -53,7 +53,7 @@ pub fn demo_pigeons() -> [PigeonSpec; 3] {
             name: "Every gift, kept for replay".into(),
             owner: "demo".into(),
             enabled: true,
-            action: crate::route::Action::Archive,
+            action: pigeon_bus::route::Action::Archive,
             script: None,
             matcher: MatchSpec::new(DEMO_SOURCE, "gift.*"),
             destinations: Vec::new(),
@@ -119,14 +119,15 @@ pub async fn run(config: BusConfig, options: DevOptions) -> anyhow::Result<()> {
         let saved = store.save_pigeon(&pigeon, "pigeon dev").await?;
         tracing::info!(pigeon = %pigeon.id, version = saved.version, "demo activity seeded");
     }
-    let name = format!("dev-{}", crate::store::now_ms());
+    let name = format!("dev-{}", pigeon_bus::store::now_ms());
     let token =
-        crate::cli::tokens::create(store.as_ref(), &name, crate::token::Role::Admin, "pigeon dev").await?;
+        crate::cli::tokens::create(store.as_ref(), &name, pigeon_bus::token::Role::Admin, "pigeon dev")
+            .await?;
     println!("token: {token}");
 
     let cancel = CancellationToken::new();
     if options.demo_traffic {
-        tokio::spawn(demo_traffic(crate::kafka::producer_config(&config.kafka), cancel.clone()));
+        tokio::spawn(demo_traffic(pigeon_bus::kafka::producer_config(&config.kafka), cancel.clone()));
     }
     let module = tokio::spawn(demo_module(config.kafka.clone(), cancel.clone()));
     let served = serve::run(config, store, cancel.clone(), |url| println!("admin: {url}")).await;
@@ -136,7 +137,7 @@ pub async fn run(config: BusConfig, options: DevOptions) -> anyhow::Result<()> {
 }
 
 /// Runs the `act-toy` module with the bus's Kafka settings until `cancel` fires.
-async fn demo_module(kafka: crate::config::KafkaConfig, cancel: CancellationToken) {
+async fn demo_module(kafka: pigeon_bus::config::KafkaConfig, cancel: CancellationToken) {
     let mut builder = act_toy::module().brokers(kafka.brokers.clone());
     for (name, value) in kafka.common.iter().chain(&kafka.consumer) {
         builder = builder.kafka_property(name, value);

@@ -2,8 +2,8 @@
 
 use anyhow::bail;
 
-use crate::store::{NewToken, Store};
-use crate::token::{self, Role};
+use pigeon_bus::store::{NewToken, Store};
+use pigeon_bus::token::{self, Role};
 
 /// Creates a token and returns its secret value.
 pub async fn create(store: &dyn Store, name: &str, role: Role, actor: &str) -> anyhow::Result<String> {

@@ -17,11 +17,11 @@ use utoipa::ToSchema;
 use super::auth::AsModule;
 use super::error::{ApiError, ErrorBody};
 use super::{ApiJson, AppState};
-use crate::control::{Routes, Tables};
-use crate::deadletter::CaptureMessage;
-use crate::deadletter::{ErrorKind, NewDeadLetter};
-use crate::route::{pattern::validate_tag, Action, Route, INGRESS};
-use crate::router::output::{owned_outputs, OwnedOutput};
+use pigeon_bus::control::{Routes, Tables};
+use pigeon_bus::deadletter::CaptureMessage;
+use pigeon_bus::deadletter::{ErrorKind, NewDeadLetter};
+use pigeon_bus::route::{pattern::validate_tag, Action, Route, INGRESS};
+use pigeon_bus::router::output::{owned_outputs, OwnedOutput};
 use pigeon_sdk::{header, Letter, LetterId};
 
 /// How long the bus waits for Kafka to acknowledge each output.

@@ -9,7 +9,9 @@ use utoipa::{IntoParams, ToSchema};
 use super::auth::{AsOperator, AsViewer};
 use super::error::{ApiError, ErrorBody};
 use super::{ApiJson, ApiQuery, AppState, Page};
-use crate::deadletter::{Attempt, DeadLetter, DeadLetterFilter, ErrorKind, Selection, Status, StoredHeader};
+use pigeon_bus::deadletter::{
+    Attempt, DeadLetter, DeadLetterFilter, ErrorKind, Selection, Status, StoredHeader,
+};
 
 /// A dead letter as the API shows it.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]

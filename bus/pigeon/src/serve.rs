@@ -7,22 +7,20 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
-use crate::admin::{self, AppState};
-use crate::archive::archiver::{self, ArchiverParts, ArchiverStats};
-use crate::archive::replay::{self, ReplayParts, ReplayStats};
-use crate::config::{redact_url, BusConfig, Role};
-use crate::control::{self, WatchConfig, Watcher};
-use crate::kafka;
-use crate::retrier::{self, RetrierParts, RetrierStats};
-use crate::router::{self, RouterParts, RouterStats};
-use crate::store::{self, Store};
-use crate::supervise::{supervise, Health};
+use pigeon_admin::{self as admin, AppState};
+use pigeon_bus::archive::archiver::{self, ArchiverParts, ArchiverStats};
+use pigeon_bus::archive::replay::{self, ReplayParts, ReplayStats};
+use pigeon_bus::config::{redact_url, BusConfig, Role};
+use pigeon_bus::control::{self, WatchConfig, Watcher};
+use pigeon_bus::kafka;
+use pigeon_bus::retrier::{self, RetrierParts, RetrierStats};
+use pigeon_bus::router::{self, RouterParts, RouterStats};
+use pigeon_bus::store::{self, Store};
+use pigeon_bus::supervise::{supervise, Health};
 
-/// Opens the store and applies migrations.
+/// Opens the store and applies migrations, saying which store failed (its password hidden).
 pub async fn open_store(url: &str) -> anyhow::Result<Arc<dyn Store>> {
-    let store = store::open(url).await.with_context(|| format!("opening store {}", redact_url(url)))?;
-    store.migrate().await.context("applying migrations")?;
-    Ok(store)
+    store::open_migrated(url).await.with_context(|| format!("opening store {}", redact_url(url)))
 }
 
 /// Runs every role until `cancel` fires (or SIGTERM/SIGINT, which fire it), then drains.
@@ -86,12 +84,12 @@ pub async fn run(
 
     // Counts are flushed until every role has drained, so the last letters count too.
     let counting_stop = CancellationToken::new();
-    let counting = tokio::spawn(crate::counters::run(Arc::clone(&store), counting_stop.clone()));
+    let counting = tokio::spawn(pigeon_bus::counters::run(Arc::clone(&store), counting_stop.clone()));
     if config.roles.contains(&Role::Registry) {
-        let registry = kafka::consumer_config(&config.kafka, crate::registry::GROUP);
+        let registry = kafka::consumer_config(&config.kafka, pigeon_bus::registry::GROUP);
         let (store, stop) = (Arc::clone(&store), cancel.clone());
         roles.spawn(supervise("registry", Arc::clone(&health), cancel.clone(), move || {
-            crate::registry::run(registry.clone(), Arc::clone(&store), stop.clone())
+            pigeon_bus::registry::run(registry.clone(), Arc::clone(&store), stop.clone())
         }));
     }
     if config.roles.contains(&Role::Retrier) {
@@ -107,10 +105,10 @@ pub async fn run(
         roles.spawn(supervise("retrier", Arc::clone(&health), cancel.clone(), move || {
             retrier::run(parts.clone(), stop.clone())
         }));
-        let failed = kafka::consumer_config(&config.kafka, crate::failures::GROUP);
+        let failed = kafka::consumer_config(&config.kafka, pigeon_bus::failures::GROUP);
         let (store, stop) = (Arc::clone(&store), cancel.clone());
         roles.spawn(supervise("failures", Arc::clone(&health), cancel.clone(), move || {
-            crate::failures::run(failed.clone(), Arc::clone(&store), stop.clone())
+            pigeon_bus::failures::run(failed.clone(), Arc::clone(&store), stop.clone())
         }));
     }
     if let Some(producer) = fly_producer {

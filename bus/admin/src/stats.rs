@@ -12,9 +12,9 @@ use utoipa::{IntoParams, ToSchema};
 use super::auth::{AsModule, AsViewer};
 use super::error::{ApiError, ErrorBody};
 use super::{ApiQuery, AppState};
-use crate::counters::{BucketCount, Tally, BUCKET_MS};
-use crate::deadletter::Status;
-use crate::store::now_ms;
+use pigeon_bus::counters::{BucketCount, Tally, BUCKET_MS};
+use pigeon_bus::deadletter::Status;
+use pigeon_bus::store::now_ms;
 
 /// The window of `/stats/pigeons`.
 #[derive(Debug, Deserialize, IntoParams)]
@@ -101,7 +101,7 @@ impl Window {
         let per_step = (span_ms / STEPS).max(1);
         let step_ms = ceil_div(per_step, BUCKET_MS) * BUCKET_MS;
         let steps = ceil_div(span_ms, step_ms).max(1);
-        let end = crate::counters::bucket_of(to) + BUCKET_MS;
+        let end = pigeon_bus::counters::bucket_of(to) + BUCKET_MS;
         Self { from: end - steps * step_ms, end, step_ms, steps }
     }
 }

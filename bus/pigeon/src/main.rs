@@ -5,15 +5,16 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use pigeon_bus::cli::deadletters;
-use pigeon_bus::cli::{self, client::Client, dictionary, routes};
+use pigeon::cli::deadletters;
+use pigeon::cli::{self, client::Client, dictionary, routes};
+use pigeon::dev::{self, DevOptions};
+use pigeon::serve;
 use pigeon_bus::config::{BusConfig, Role};
 use pigeon_bus::deadletter::DeadLetterFilter;
-use pigeon_bus::dev::{self, DevOptions};
 use pigeon_bus::dryrun::{dry_run, SampleLetter};
 use pigeon_bus::route::{DestinationSpec, RouteTable};
 use pigeon_bus::script::{Limits, ScriptEngine};
-use pigeon_bus::{control, kafka, serve, topics};
+use pigeon_bus::{control, kafka, topics};
 use rdkafka::mocking::MockCluster;
 use tokio_util::sync::CancellationToken;
 

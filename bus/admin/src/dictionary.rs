@@ -8,8 +8,8 @@ use utoipa::ToSchema;
 use super::auth::{AsOperator, AsViewer};
 use super::error::{ApiError, ErrorBody};
 use super::{ApiJson, AppState};
-use crate::dictionary::{self, Field};
-use crate::store::{Drift, StoredField};
+use pigeon_bus::dictionary::{self, Field};
+use pigeon_bus::store::{Drift, StoredField};
 
 /// A dictionary field with its version.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -200,7 +200,7 @@ pub async fn schemas(
     }
     for declared in state.store.declared_tags().await? {
         declare(
-            crate::route::INGRESS,
+            pigeon_bus::route::INGRESS,
             &declared.tag,
             &declared.fields,
             format!("module:{}", declared.module),

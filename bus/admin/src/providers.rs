@@ -6,8 +6,8 @@ use axum::Json;
 use super::auth::AsViewer;
 use super::error::{ApiError, ErrorBody};
 use super::AppState;
-use crate::registry::{self, ProviderView};
-use crate::store::now_ms;
+use pigeon_bus::registry::{self, ProviderView};
+use pigeon_bus::store::now_ms;
 
 /// Every module that ever registered: live or not, with its instances (live, stale or left)
 /// and capabilities (retired ones included). A capability is a destination `module/name`.
