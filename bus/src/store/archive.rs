@@ -1,11 +1,11 @@
-//! The archive and replay jobs in the store: one implementation for both backends, expanded by
-//! [`archive_store!`] like [`super::sql`].
+//! The archive: letters kept whole, and the replay jobs that send them again.
 
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 
-use super::StoreError;
+use super::sql::{values, Bind, Dialect, Done, SqlStore};
+use super::{fit, now_ms, StoreError};
 use crate::archive::{ArchiveQuery, ArchivedLetter, KeyField, Position, ReplayJob, ReplaySpec, ReplayStatus};
 use crate::deadletter::StoredHeader;
 
@@ -51,9 +51,10 @@ pub fn insert_chunks<'a>(letters: &'a [&'a ArchivedLetter]) -> Vec<&'a [&'a Arch
     chunks
 }
 
-/// The archive: letters kept whole, and the replay jobs that send them again.
+/// The archive: letters kept whole, and the replay jobs that send them again. Replay jobs'
+/// creation and cancellation are audited in their transaction.
 #[async_trait]
-pub trait Archive: Send + Sync {
+pub trait ArchiveStore: Send + Sync {
     /// Stores letters in one transaction, with multi-row inserts. A letter id already stored is
     /// left as it is, so a redelivered letter is stored once. Returns how many rows are new.
     async fn archive_letters(&self, letters: &[ArchivedLetter]) -> Result<u64, StoreError>;
@@ -131,30 +132,29 @@ pub struct ReplayProgress {
 
 /// An archived letter as read from the store.
 #[derive(sqlx::FromRow)]
-pub struct ArchivedRow {
-    pub letter_id: String,
-    pub pigeon_id: String,
-    pub topic: String,
-    pub kafka_partition: i32,
-    pub kafka_offset: i64,
-    pub letter_time: i64,
-    pub tag: String,
-    pub user_id: Option<String>,
-    pub anchor_id: Option<String>,
-    pub room_id: Option<String>,
-    pub msg_key: Option<Vec<u8>>,
-    pub headers: Vec<u8>,
-    pub payload: Option<Vec<u8>>,
-    pub archived_at: i64,
+struct ArchivedRow {
+    letter_id: String,
+    pigeon_id: String,
+    topic: String,
+    kafka_partition: i32,
+    kafka_offset: i64,
+    letter_time: i64,
+    tag: String,
+    user_id: Option<String>,
+    anchor_id: Option<String>,
+    room_id: Option<String>,
+    msg_key: Option<Vec<u8>>,
+    headers: Vec<u8>,
+    payload: Option<Vec<u8>>,
+    archived_at: i64,
 }
 
 /// The columns of [`ArchivedRow`], in order.
-pub const ARCHIVED_COLUMNS: &str =
-    "letter_id, pigeon_id, topic, kafka_partition, kafka_offset, letter_time, \
+const ARCHIVED_COLUMNS: &str = "letter_id, pigeon_id, topic, kafka_partition, kafka_offset, letter_time, \
     tag, user_id, anchor_id, room_id, msg_key, headers, payload, archived_at";
 
 /// Archive order.
-pub const ARCHIVE_ORDER: &str = "letter_time, topic, kafka_partition, kafka_offset";
+const ARCHIVE_ORDER: &str = "letter_time, topic, kafka_partition, kafka_offset";
 
 impl TryFrom<ArchivedRow> for ArchivedLetter {
     type Error = StoreError;
@@ -190,27 +190,27 @@ impl TryFrom<ArchivedRow> for ArchivedLetter {
 
 /// A replay job as read from the store.
 #[derive(sqlx::FromRow)]
-pub struct ReplayRow {
-    pub id: i64,
-    pub spec: String,
-    pub status: String,
-    pub total: i64,
-    pub sent: i64,
-    pub resent: i64,
-    pub in_flight: i64,
-    pub checkpoint_time: Option<i64>,
-    pub checkpoint_topic: Option<String>,
-    pub checkpoint_partition: Option<i32>,
-    pub checkpoint_offset: Option<i64>,
-    pub message: Option<String>,
-    pub owner: Option<String>,
-    pub created_by: String,
-    pub created_at: i64,
-    pub updated_at: i64,
+struct ReplayRow {
+    id: i64,
+    spec: String,
+    status: String,
+    total: i64,
+    sent: i64,
+    resent: i64,
+    in_flight: i64,
+    checkpoint_time: Option<i64>,
+    checkpoint_topic: Option<String>,
+    checkpoint_partition: Option<i32>,
+    checkpoint_offset: Option<i64>,
+    message: Option<String>,
+    owner: Option<String>,
+    created_by: String,
+    created_at: i64,
+    updated_at: i64,
 }
 
 /// The columns of [`ReplayRow`], in order.
-pub const REPLAY_COLUMNS: &str = "id, spec, status, total, sent, resent, in_flight, checkpoint_time, \
+const REPLAY_COLUMNS: &str = "id, spec, status, total, sent, resent, in_flight, checkpoint_time, \
     checkpoint_topic, checkpoint_partition, checkpoint_offset, message, owner, created_by, created_at, updated_at";
 
 impl TryFrom<ReplayRow> for ReplayJob {
@@ -248,266 +248,276 @@ impl TryFrom<ReplayRow> for ReplayJob {
     }
 }
 
-/// Appends the query's conditions (and the position after which to start) to `builder`.
-macro_rules! push_archive_query {
-    ($builder:expr, $query:expr, $after:expr) => {{
-        let query: &ArchiveQuery = $query;
-        let builder = $builder;
-        builder.push(" WHERE letter_time >= ").push_bind(query.since);
-        builder.push(" AND letter_time < ").push_bind(query.until);
-        if let Some(topic) = &query.topic {
-            builder.push(" AND topic = ").push_bind(topic.clone());
-        }
-        if let Some(tag) = &query.tag {
-            builder.push(" AND tag = ").push_bind(tag.clone());
-        }
-        if let Some(pigeon) = &query.pigeon {
-            builder.push(" AND pigeon_id = ").push_bind(pigeon.clone());
-        }
-        for (field, value) in &query.keys {
-            builder.push(format_args!(" AND {} = ", field.column())).push_bind(value.clone());
-        }
-        let after: Option<&Position> = $after;
-        if let Some(after) = after {
-            // The plain bound lets every database range-scan the time index; the row value
-            // orders letters of the same millisecond.
-            builder.push(" AND letter_time >= ").push_bind(after.time);
-            builder.push(" AND (letter_time, topic, kafka_partition, kafka_offset) > (");
-            builder.push_bind(after.time).push(", ").push_bind(after.topic.clone());
-            builder.push(", ").push_bind(after.partition).push(", ").push_bind(after.offset).push(")");
-        }
-    }};
+/// The conditions of an archive query, and the position after which to start, each `?` bound
+/// by [`bind_archive_query`] in this order.
+fn archive_query_sql(query: &ArchiveQuery, after: Option<&Position>) -> String {
+    let mut sql = String::from(" WHERE letter_time >= ? AND letter_time < ?");
+    if query.topic.is_some() {
+        sql.push_str(" AND topic = ?");
+    }
+    if query.tag.is_some() {
+        sql.push_str(" AND tag = ?");
+    }
+    if query.pigeon.is_some() {
+        sql.push_str(" AND pigeon_id = ?");
+    }
+    for field in query.keys.keys() {
+        sql.push_str(&format!(" AND {} = ?", field.column()));
+    }
+    if after.is_some() {
+        // The plain bound lets every database range-scan the time index; the row value orders
+        // letters of the same millisecond.
+        sql.push_str(
+            " AND letter_time >= ? AND (letter_time, topic, kafka_partition, kafka_offset) > (?, ?, ?, ?)",
+        );
+    }
+    sql
 }
-pub(crate) use push_archive_query;
 
-/// Implements [`Archive`] for `$store` (with a `pool` field) with `$dialect`'s SQL.
-macro_rules! archive_store {
-    ($store:ty, $dialect:expr, |$result:ident| $last_id:expr) => {
-        #[async_trait::async_trait]
-        impl $crate::store::archive::Archive for $store {
-            async fn archive_letters(&self, letters: &[ArchivedLetter]) -> Result<u64, StoreError> {
-                if letters.is_empty() {
-                    return Ok(0);
-                }
-                let now = now_ms();
-                let mut tx = self.pool.begin_with($dialect.begin_write).await?;
-                let mut inserted = 0;
-                let letters = archive::in_key_order(letters);
-                for chunk in archive::insert_chunks(&letters) {
-                    let mut builder = sqlx::QueryBuilder::new(format!(
-                        "{} INTO archived_letters ({}) ",
-                        $dialect.insert_once.0,
-                        archive::ARCHIVED_COLUMNS
-                    ));
-                    builder.push_values(chunk, |mut row, letter| {
-                        let headers = serde_json::to_vec(&letter.headers).expect("headers serialize");
-                        // Ids and business keys from letters, bounded to their columns.
-                        use $crate::store::fit;
-                        let key = |field| letter.keys.get(&field).map(|k: &String| fit::id(k, fit::NAME).into_owned());
-                        row.push_bind(fit::id(&letter.letter_id, fit::ID).into_owned())
-                            .push_bind(fit::id(&letter.pigeon_id, fit::NAME).into_owned())
-                            .push_bind(letter.position.topic.clone())
-                            .push_bind(letter.position.partition)
-                            .push_bind(letter.position.offset)
-                            .push_bind(letter.position.time)
-                            .push_bind(fit::text(&letter.tag, fit::TOPIC).into_owned())
-                            .push_bind(key(KeyField::UserId))
-                            .push_bind(key(KeyField::AnchorId))
-                            .push_bind(key(KeyField::RoomId))
-                            .push_bind(letter.key.clone())
-                            .push_bind(headers)
-                            .push_bind(letter.payload.clone())
-                            .push_bind(now);
-                    });
-                    builder.push($dialect.insert_once.1);
-                    inserted += builder.build().execute(&mut *tx).await?.rows_affected();
-                }
-                tx.commit().await?;
-                Ok(inserted)
+/// Binds the conditions of [`archive_query_sql`], in order.
+fn bind_archive_query<'q, DB: Dialect, Q: Bind<'q, DB>>(
+    statement: Q,
+    query: &'q ArchiveQuery,
+    after: Option<&'q Position>,
+) -> Q {
+    let mut statement = statement.bind(query.since).bind(query.until);
+    for value in [&query.topic, &query.tag, &query.pigeon].into_iter().flatten() {
+        statement = statement.bind(value);
+    }
+    for value in query.keys.values() {
+        statement = statement.bind(value);
+    }
+    if let Some(after) = after {
+        statement = statement
+            .bind(after.time)
+            .bind(after.time)
+            .bind(&after.topic)
+            .bind(after.partition)
+            .bind(after.offset);
+    }
+    statement
+}
+
+#[async_trait]
+impl<DB: Dialect> ArchiveStore for SqlStore<DB> {
+    async fn archive_letters(&self, letters: &[ArchivedLetter]) -> Result<u64, StoreError> {
+        if letters.is_empty() {
+            return Ok(0);
+        }
+        let now = now_ms();
+        let mut tx = self.begin().await?;
+        let mut inserted = 0;
+        let letters = in_key_order(letters);
+        let (insert, once) = DB::INSERT_ONCE;
+        for chunk in insert_chunks(&letters) {
+            let rows = values(chunk.len(), ARCHIVED_COLUMNS.split(',').count());
+            let sql = format!("{insert} INTO archived_letters ({ARCHIVED_COLUMNS}){rows}{once}");
+            let mut query = sqlx::query(&sql);
+            for letter in chunk {
+                let headers = serde_json::to_vec(&letter.headers).expect("headers serialize");
+                // Ids and business keys from letters, bounded to their columns.
+                let key =
+                    |field| letter.keys.get(&field).map(|k: &String| fit::id(k, fit::NAME).into_owned());
+                query = query
+                    .bind(fit::id(&letter.letter_id, fit::ID).into_owned())
+                    .bind(fit::id(&letter.pigeon_id, fit::NAME).into_owned())
+                    .bind(&letter.position.topic)
+                    .bind(letter.position.partition)
+                    .bind(letter.position.offset)
+                    .bind(letter.position.time)
+                    .bind(fit::text(&letter.tag, fit::TOPIC).into_owned())
+                    .bind(key(KeyField::UserId))
+                    .bind(key(KeyField::AnchorId))
+                    .bind(key(KeyField::RoomId))
+                    .bind(&letter.key)
+                    .bind(headers)
+                    .bind(&letter.payload)
+                    .bind(now);
             }
+            inserted += query.execute(&mut *tx).await?.rows_affected();
+        }
+        tx.commit().await?;
+        Ok(inserted)
+    }
 
-            async fn archived(
-                &self,
-                query: &ArchiveQuery,
-                after: Option<&Position>,
-                limit: u32,
-            ) -> Result<Vec<ArchivedLetter>, StoreError> {
-                let mut builder =
-                    sqlx::QueryBuilder::new(format!("SELECT {} FROM archived_letters", archive::ARCHIVED_COLUMNS));
-                archive::push_archive_query!(&mut builder, query, after);
-                builder.push(format_args!(" ORDER BY {} LIMIT ", archive::ARCHIVE_ORDER)).push_bind(i64::from(limit));
-                let rows: Vec<archive::ArchivedRow> = builder.build_query_as().fetch_all(&self.pool).await?;
-                rows.into_iter().map(TryInto::try_into).collect()
-            }
+    async fn archived(
+        &self,
+        query: &ArchiveQuery,
+        after: Option<&Position>,
+        limit: u32,
+    ) -> Result<Vec<ArchivedLetter>, StoreError> {
+        let sql = format!(
+            "SELECT {ARCHIVED_COLUMNS} FROM archived_letters{} ORDER BY {ARCHIVE_ORDER} LIMIT ?",
+            archive_query_sql(query, after)
+        );
+        let statement = bind_archive_query(sqlx::query_as::<_, ArchivedRow>(&sql), query, after);
+        let rows = statement.bind(i64::from(limit)).fetch_all(&self.pool).await?;
+        rows.into_iter().map(TryInto::try_into).collect()
+    }
 
-            async fn count_archived(&self, query: &ArchiveQuery) -> Result<i64, StoreError> {
-                let mut builder = sqlx::QueryBuilder::new("SELECT COUNT(*) FROM archived_letters");
-                archive::push_archive_query!(&mut builder, query, None);
-                let (count,): (i64,) = builder.build_query_as().fetch_one(&self.pool).await?;
-                Ok(count)
-            }
+    async fn count_archived(&self, query: &ArchiveQuery) -> Result<i64, StoreError> {
+        let sql = format!("SELECT COUNT(*) FROM archived_letters{}", archive_query_sql(query, None));
+        let statement = bind_archive_query(sqlx::query_as::<_, (i64,)>(&sql), query, None);
+        let (count,) = statement.fetch_one(&self.pool).await?;
+        Ok(count)
+    }
 
-            async fn archived_letter(&self, letter_id: &str) -> Result<Option<ArchivedLetter>, StoreError> {
-                let sql = format!("SELECT {} FROM archived_letters WHERE letter_id = ?", archive::ARCHIVED_COLUMNS);
-                let row: Option<archive::ArchivedRow> =
-                    sqlx::query_as(&sql).bind(letter_id).fetch_optional(&self.pool).await?;
-                row.map(TryInto::try_into).transpose()
-            }
+    async fn archived_letter(&self, letter_id: &str) -> Result<Option<ArchivedLetter>, StoreError> {
+        let sql = format!("SELECT {ARCHIVED_COLUMNS} FROM archived_letters WHERE letter_id = ?");
+        let row: Option<ArchivedRow> =
+            sqlx::query_as(&sql).bind(letter_id).fetch_optional(&self.pool).await?;
+        row.map(TryInto::try_into).transpose()
+    }
 
-            async fn delete_archived_before(&self, before: i64, limit: u32) -> Result<u64, StoreError> {
-                let sql = ($dialect.delete_first)("archived_letters", "letter_time < ?");
-                let result = sqlx::query(&sql).bind(before).bind(i64::from(limit)).execute(&self.pool).await?;
-                Ok(result.rows_affected())
-            }
+    async fn delete_archived_before(&self, before: i64, limit: u32) -> Result<u64, StoreError> {
+        let sql = DB::delete_first("archived_letters", "letter_time < ?");
+        let done = sqlx::query(&sql).bind(before).bind(i64::from(limit)).execute(&self.pool).await?;
+        Ok(done.rows_affected())
+    }
 
-            async fn create_replay(&self, spec: &ReplaySpec, total: i64, actor: &str) -> Result<i64, StoreError> {
-                let now = now_ms();
-                let spec_json = serde_json::to_string(spec).expect("a replay spec serializes");
-                let mut tx = self.pool.begin_with($dialect.begin_write).await?;
-                let $result = sqlx::query(
-                    "INSERT INTO replay_jobs (spec, status, total, sent, resent, in_flight, created_by, \
-                     created_at, updated_at) VALUES (?, 'pending', ?, 0, 0, 0, ?, ?, ?)",
-                )
-                .bind(&spec_json)
-                .bind(total)
-                .bind(actor)
-                .bind(now)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-                let id: i64 = $last_id;
-                let after = serde_json::json!({ "spec": spec, "total": total });
-                audit_entry!(now, actor, "replay.create", format!("replay/{id}"), None::<String>, Some(after.to_string()))
-                    .execute(&mut *tx)
-                    .await?;
-                tx.commit().await?;
-                Ok(id)
-            }
+    async fn create_replay(&self, spec: &ReplaySpec, total: i64, actor: &str) -> Result<i64, StoreError> {
+        let now = now_ms();
+        let spec_json = serde_json::to_string(spec).expect("a replay spec serializes");
+        let mut tx = self.begin().await?;
+        let done = sqlx::query(
+            "INSERT INTO replay_jobs (spec, status, total, sent, resent, in_flight, created_by, \
+             created_at, updated_at) VALUES (?, 'pending', ?, 0, 0, 0, ?, ?, ?)",
+        )
+        .bind(&spec_json)
+        .bind(total)
+        .bind(actor)
+        .bind(now)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        let id = done.last_insert_id();
+        let after = serde_json::json!({ "spec": spec, "total": total });
+        Self::audit_entry(now, actor, "replay.create", format!("replay/{id}"), None, Some(after.to_string()))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(id)
+    }
 
-            async fn replay_jobs(&self, limit: u32) -> Result<Vec<ReplayJob>, StoreError> {
-                let sql = format!("SELECT {} FROM replay_jobs ORDER BY id DESC LIMIT ?", archive::REPLAY_COLUMNS);
-                let rows: Vec<archive::ReplayRow> =
-                    sqlx::query_as(&sql).bind(i64::from(limit)).fetch_all(&self.pool).await?;
-                rows.into_iter().map(TryInto::try_into).collect()
-            }
+    async fn replay_jobs(&self, limit: u32) -> Result<Vec<ReplayJob>, StoreError> {
+        let sql = format!("SELECT {REPLAY_COLUMNS} FROM replay_jobs ORDER BY id DESC LIMIT ?");
+        let rows: Vec<ReplayRow> = sqlx::query_as(&sql).bind(i64::from(limit)).fetch_all(&self.pool).await?;
+        rows.into_iter().map(TryInto::try_into).collect()
+    }
 
-            async fn replay_job(&self, id: i64) -> Result<Option<ReplayJob>, StoreError> {
-                let sql = format!("SELECT {} FROM replay_jobs WHERE id = ?", archive::REPLAY_COLUMNS);
-                let row: Option<archive::ReplayRow> = sqlx::query_as(&sql).bind(id).fetch_optional(&self.pool).await?;
-                row.map(TryInto::try_into).transpose()
-            }
+    async fn replay_job(&self, id: i64) -> Result<Option<ReplayJob>, StoreError> {
+        let sql = format!("SELECT {REPLAY_COLUMNS} FROM replay_jobs WHERE id = ?");
+        let row: Option<ReplayRow> = sqlx::query_as(&sql).bind(id).fetch_optional(&self.pool).await?;
+        row.map(TryInto::try_into).transpose()
+    }
 
-            async fn claim_replay(
-                &self,
-                owner: &str,
-                now: i64,
-                lease_until: i64,
-            ) -> Result<Option<ReplayJob>, StoreError> {
-                const CLAIMABLE: &str = "(status = 'pending' OR (status = 'running' AND lease_until < ?))";
-                let candidates: Vec<(i64,)> = sqlx::query_as(&format!(
-                    "SELECT id FROM replay_jobs WHERE {CLAIMABLE} ORDER BY id LIMIT 8"
-                ))
+    async fn claim_replay(
+        &self,
+        owner: &str,
+        now: i64,
+        lease_until: i64,
+    ) -> Result<Option<ReplayJob>, StoreError> {
+        const CLAIMABLE: &str = "(status = 'pending' OR (status = 'running' AND lease_until < ?))";
+        let candidates: Vec<(i64,)> =
+            sqlx::query_as(&format!("SELECT id FROM replay_jobs WHERE {CLAIMABLE} ORDER BY id LIMIT 8"))
                 .bind(now)
                 .fetch_all(&self.pool)
                 .await?;
-                for (id,) in candidates {
-                    // Only one runner's update finds the row still claimable.
-                    let claimed = sqlx::query(&format!(
-                        "UPDATE replay_jobs SET status = 'running', owner = ?, lease_until = ?, \
-                         resent = resent + in_flight, in_flight = 0, updated_at = ? WHERE id = ? AND {CLAIMABLE}"
-                    ))
-                    .bind(owner)
-                    .bind(lease_until)
-                    .bind(now)
-                    .bind(id)
-                    .bind(now)
-                    .execute(&self.pool)
-                    .await?
-                    .rows_affected();
-                    if claimed == 1 {
-                        return self.replay_job(id).await;
-                    }
-                }
-                Ok(None)
-            }
-
-            async fn replay_progress(
-                &self,
-                id: i64,
-                owner: &str,
-                progress: &archive::ReplayProgress,
-            ) -> Result<bool, StoreError> {
-                let checkpoint = progress.checkpoint.as_ref();
-                let updated = sqlx::query(
-                    "UPDATE replay_jobs SET checkpoint_time = COALESCE(?, checkpoint_time), \
-                     checkpoint_topic = COALESCE(?, checkpoint_topic), \
-                     checkpoint_partition = COALESCE(?, checkpoint_partition), \
-                     checkpoint_offset = COALESCE(?, checkpoint_offset), sent = sent + ?, in_flight = ?, \
-                     lease_until = ?, updated_at = ? WHERE id = ? AND owner = ? AND status = 'running'",
-                )
-                .bind(checkpoint.map(|c| c.time))
-                .bind(checkpoint.map(|c| c.topic.clone()))
-                .bind(checkpoint.map(|c| c.partition))
-                .bind(checkpoint.map(|c| c.offset))
-                .bind(progress.sent)
-                .bind(progress.in_flight)
-                .bind(progress.lease_until)
-                .bind(now_ms())
-                .bind(id)
-                .bind(owner)
-                .execute(&self.pool)
-                .await?
-                .rows_affected();
-                Ok(updated == 1)
-            }
-
-            async fn finish_replay(
-                &self,
-                id: i64,
-                owner: &str,
-                status: ReplayStatus,
-                message: &str,
-            ) -> Result<bool, StoreError> {
-                let updated = sqlx::query(
-                    "UPDATE replay_jobs SET status = ?, message = ?, in_flight = 0, lease_until = NULL, \
-                     updated_at = ? WHERE id = ? AND owner = ? AND status = 'running'",
-                )
-                .bind(status.as_str())
-                .bind(message)
-                .bind(now_ms())
-                .bind(id)
-                .bind(owner)
-                .execute(&self.pool)
-                .await?
-                .rows_affected();
-                Ok(updated == 1)
-            }
-
-            async fn cancel_replay(&self, id: i64, actor: &str) -> Result<bool, StoreError> {
-                let now = now_ms();
-                let mut tx = self.pool.begin_with($dialect.begin_write).await?;
-                let cancelled = sqlx::query(
-                    "UPDATE replay_jobs SET status = 'cancelled', message = ?, lease_until = NULL, \
-                     updated_at = ? WHERE id = ? AND status IN ('pending', 'running')",
-                )
-                .bind(format!("cancelled by {actor}"))
-                .bind(now)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                if cancelled == 1 {
-                    audit_entry!(now, actor, "replay.cancel", format!("replay/{id}"), None::<String>, None::<String>)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                tx.commit().await?;
-                Ok(cancelled == 1)
+        for (id,) in candidates {
+            // Only one runner's update finds the row still claimable.
+            let claimed = sqlx::query(&format!(
+                "UPDATE replay_jobs SET status = 'running', owner = ?, lease_until = ?, \
+                 resent = resent + in_flight, in_flight = 0, updated_at = ? WHERE id = ? AND {CLAIMABLE}"
+            ))
+            .bind(owner)
+            .bind(lease_until)
+            .bind(now)
+            .bind(id)
+            .bind(now)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+            if claimed == 1 {
+                return self.replay_job(id).await;
             }
         }
-    };
+        Ok(None)
+    }
+
+    async fn replay_progress(
+        &self,
+        id: i64,
+        owner: &str,
+        progress: &ReplayProgress,
+    ) -> Result<bool, StoreError> {
+        let checkpoint = progress.checkpoint.as_ref();
+        let updated = sqlx::query(
+            "UPDATE replay_jobs SET checkpoint_time = COALESCE(?, checkpoint_time), \
+             checkpoint_topic = COALESCE(?, checkpoint_topic), \
+             checkpoint_partition = COALESCE(?, checkpoint_partition), \
+             checkpoint_offset = COALESCE(?, checkpoint_offset), sent = sent + ?, in_flight = ?, \
+             lease_until = ?, updated_at = ? WHERE id = ? AND owner = ? AND status = 'running'",
+        )
+        .bind(checkpoint.map(|c| c.time))
+        .bind(checkpoint.map(|c| c.topic.clone()))
+        .bind(checkpoint.map(|c| c.partition))
+        .bind(checkpoint.map(|c| c.offset))
+        .bind(progress.sent)
+        .bind(progress.in_flight)
+        .bind(progress.lease_until)
+        .bind(now_ms())
+        .bind(id)
+        .bind(owner)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(updated == 1)
+    }
+
+    async fn finish_replay(
+        &self,
+        id: i64,
+        owner: &str,
+        status: ReplayStatus,
+        message: &str,
+    ) -> Result<bool, StoreError> {
+        let updated = sqlx::query(
+            "UPDATE replay_jobs SET status = ?, message = ?, in_flight = 0, lease_until = NULL, \
+             updated_at = ? WHERE id = ? AND owner = ? AND status = 'running'",
+        )
+        .bind(status.as_str())
+        .bind(message)
+        .bind(now_ms())
+        .bind(id)
+        .bind(owner)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(updated == 1)
+    }
+
+    async fn cancel_replay(&self, id: i64, actor: &str) -> Result<bool, StoreError> {
+        let now = now_ms();
+        let mut tx = self.begin().await?;
+        let cancelled = sqlx::query(
+            "UPDATE replay_jobs SET status = 'cancelled', message = ?, lease_until = NULL, \
+             updated_at = ? WHERE id = ? AND status IN ('pending', 'running')",
+        )
+        .bind(format!("cancelled by {actor}"))
+        .bind(now)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if cancelled == 1 {
+            Self::audit_entry(now, actor, "replay.cancel", format!("replay/{id}"), None, None)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(cancelled == 1)
+    }
 }
-pub(crate) use archive_store;
 
 #[cfg(test)]
 mod tests {

@@ -3,38 +3,17 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
+use sqlx::migrate::Migrator;
+use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions, MySqlQueryResult};
+use sqlx::MySql;
 
-use super::archive::{self, archive_store};
-use super::rows::{self, AttemptRow, AuditRow, DeadLetterRow, PigeonRow, TokenRow};
-use super::sql::{delete_first_mysql, sql_store, update_first_mysql, upsert_add_mysql, Backend, Dialect};
-use super::{
-    audit_entry, bind_dead_letter, bind_dead_letter_filter, bind_selection, now_ms, AuditEntry, Claimed,
-    NewToken, Saved, StoreError, StoredPigeon, Token,
-};
-use crate::archive::{ArchiveQuery, ArchivedLetter, KeyField, Position, ReplayJob, ReplaySpec, ReplayStatus};
-use crate::deadletter::{Attempt, DeadLetter, DeadLetterFilter, NewDeadLetter, Outcome, Report, Selection};
-use crate::route::PigeonSpec;
-
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/mysql");
-
-const MYSQL: Dialect = Dialect {
-    begin_write: "BEGIN",
-    lock_row: " FOR UPDATE",
-    update_first: update_first_mysql,
-    delete_first: delete_first_mysql,
-    // IGNORE skips rows whose key exists (and reports only new ones as affected). It would
-    // also turn a value too long for its column into a warning: the archive cuts every value
-    // to its column before it writes.
-    insert_once: ("INSERT IGNORE", ""),
-    upsert_add: upsert_add_mysql,
-};
+use super::sql::{Dialect, Done, SqlStore};
+use super::StoreError;
 
 /// The MySQL/TiDB store.
-#[derive(Clone, Debug)]
-pub struct MySqlStore {
-    pool: MySqlPool,
-}
+pub type MySqlStore = SqlStore<MySql>;
+
+static MIGRATOR: Migrator = sqlx::migrate!("../migrations/mysql");
 
 impl MySqlStore {
     /// Connects to the database a `mysql://USER:PASSWORD@HOST:PORT/DB` URL names.
@@ -49,9 +28,44 @@ impl MySqlStore {
     }
 }
 
-impl Backend for MySqlStore {
-    type Db = sqlx::MySql;
+impl Dialect for MySql {
+    const BEGIN_WRITE: &'static str = "BEGIN";
+    const LOCK_ROW: &'static str = " FOR UPDATE";
+    // IGNORE skips rows whose key exists (and reports only new ones as affected). It would
+    // also turn a value too long for its column into a warning: the archive cuts every value
+    // to its column before it writes.
+    const INSERT_ONCE: (&'static str, &'static str) = ("INSERT IGNORE", "");
+
+    // MySQL and TiDB take `ORDER BY … LIMIT` on an `UPDATE`, not in an `IN` subquery.
+    fn update_first(set: &str, condition: &str, order: &str) -> String {
+        format!("UPDATE dead_letters SET {set} WHERE {condition} ORDER BY {order} LIMIT ?")
+    }
+
+    fn delete_first(table: &str, condition: &str) -> String {
+        format!("DELETE FROM {table} WHERE {condition} LIMIT ?")
+    }
+
+    fn upsert_add(_conflict: &str, add: &[&str], max: &[&str]) -> String {
+        let sets: Vec<String> = add
+            .iter()
+            .map(|c| format!("{c} = {c} + VALUES({c})"))
+            .chain(max.iter().map(|c| format!("{c} = GREATEST({c}, VALUES({c}))")))
+            .collect();
+        format!(" ON DUPLICATE KEY UPDATE {}", sets.join(", "))
+    }
+
+    fn migrator() -> &'static Migrator {
+        &MIGRATOR
+    }
 }
 
-sql_store!(MySqlStore, MIGRATOR, MYSQL, |result| result.last_insert_id() as i64);
-archive_store!(MySqlStore, MYSQL, |result| result.last_insert_id() as i64);
+// The inherent methods, for the generic SQL.
+impl Done for MySqlQueryResult {
+    fn rows_affected(&self) -> u64 {
+        MySqlQueryResult::rows_affected(self)
+    }
+
+    fn last_insert_id(&self) -> i64 {
+        MySqlQueryResult::last_insert_id(self) as i64
+    }
+}

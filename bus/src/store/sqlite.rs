@@ -3,37 +3,19 @@
 use std::str::FromStr;
 use std::time::Duration;
 
+use sqlx::migrate::Migrator;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteQueryResult, SqliteSynchronous,
 };
+use sqlx::Sqlite;
 
-use super::archive::{self, archive_store};
-use super::rows::{self, AttemptRow, AuditRow, DeadLetterRow, PigeonRow, TokenRow};
-use super::sql::{delete_first_sqlite, sql_store, update_first_sqlite, upsert_add_sqlite, Backend, Dialect};
-use super::{
-    audit_entry, bind_dead_letter, bind_dead_letter_filter, bind_selection, now_ms, AuditEntry, Claimed,
-    NewToken, Saved, StoreError, StoredPigeon, Token,
-};
-use crate::archive::{ArchiveQuery, ArchivedLetter, KeyField, Position, ReplayJob, ReplaySpec, ReplayStatus};
-use crate::deadletter::{Attempt, DeadLetter, DeadLetterFilter, NewDeadLetter, Outcome, Report, Selection};
-use crate::route::PigeonSpec;
-
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
-
-const SQLITE: Dialect = Dialect {
-    begin_write: "BEGIN IMMEDIATE",
-    lock_row: "",
-    update_first: update_first_sqlite,
-    delete_first: delete_first_sqlite,
-    insert_once: ("INSERT", " ON CONFLICT (letter_id) DO NOTHING"),
-    upsert_add: upsert_add_sqlite,
-};
+use super::sql::{Dialect, Done, SqlStore};
+use super::StoreError;
 
 /// The SQLite store.
-#[derive(Clone, Debug)]
-pub struct SqliteStore {
-    pool: SqlitePool,
-}
+pub type SqliteStore = SqlStore<Sqlite>;
+
+static MIGRATOR: Migrator = sqlx::migrate!("../migrations/sqlite");
 
 impl SqliteStore {
     /// Opens (creating if missing) the database a `sqlite://PATH` URL names.
@@ -48,9 +30,47 @@ impl SqliteStore {
     }
 }
 
-impl Backend for SqliteStore {
-    type Db = sqlx::Sqlite;
+impl Dialect for Sqlite {
+    // The write lock at once: a reader that upgrades to a writer can deadlock.
+    const BEGIN_WRITE: &'static str = "BEGIN IMMEDIATE";
+    // One writer at a time: what a write transaction read stays as it read it.
+    const LOCK_ROW: &'static str = "";
+    const INSERT_ONCE: (&'static str, &'static str) = ("INSERT", " ON CONFLICT (letter_id) DO NOTHING");
+
+    // SQLite takes `ORDER BY … LIMIT` in an `IN` subquery, not on an `UPDATE`.
+    fn update_first(set: &str, condition: &str, order: &str) -> String {
+        format!(
+            "UPDATE dead_letters SET {set} WHERE id IN \
+             (SELECT id FROM dead_letters WHERE {condition} ORDER BY {order} LIMIT ?)"
+        )
+    }
+
+    // SQLite is built without `DELETE … LIMIT`.
+    fn delete_first(table: &str, condition: &str) -> String {
+        format!("DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} WHERE {condition} LIMIT ?)")
+    }
+
+    fn upsert_add(conflict: &str, add: &[&str], max: &[&str]) -> String {
+        let sets: Vec<String> = add
+            .iter()
+            .map(|c| format!("{c} = {c} + excluded.{c}"))
+            .chain(max.iter().map(|c| format!("{c} = MAX({c}, excluded.{c})")))
+            .collect();
+        format!(" ON CONFLICT ({conflict}) DO UPDATE SET {}", sets.join(", "))
+    }
+
+    fn migrator() -> &'static Migrator {
+        &MIGRATOR
+    }
 }
 
-sql_store!(SqliteStore, MIGRATOR, SQLITE, |result| result.last_insert_rowid());
-archive_store!(SqliteStore, SQLITE, |result| result.last_insert_rowid());
+// The inherent methods, for the generic SQL.
+impl Done for SqliteQueryResult {
+    fn rows_affected(&self) -> u64 {
+        SqliteQueryResult::rows_affected(self)
+    }
+
+    fn last_insert_id(&self) -> i64 {
+        SqliteQueryResult::last_insert_rowid(self)
+    }
+}
