@@ -16,7 +16,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::router::tracker::PartitionTracker;
+use pigeon_sdk::ledger::PartitionLedger;
+
 use crate::store::Store;
 
 /// What went wrong; decides whether retrying can help.
@@ -374,8 +375,8 @@ pub struct Report {
 pub struct Job {
     /// The record.
     pub dead_letter: NewDeadLetter,
-    /// The partition the letter came from.
-    pub tracker: Arc<PartitionTracker>,
+    /// The ledger of the partition the letter came from.
+    pub ledger: Arc<PartitionLedger>,
     /// The letter's offset there.
     pub offset: i64,
 }
@@ -441,7 +442,7 @@ pub async fn write_dead_letters(
                 error = %dead.error_message,
                 "letter dead-lettered"
             );
-            job.tracker.settle(job.offset);
+            job.ledger.settle(job.offset);
         }
     }
 }
