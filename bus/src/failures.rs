@@ -3,23 +3,24 @@
 //!
 //! A report is the letter exactly as the module received it (key, headers, payload) plus
 //! [`header`]s naming the topic it was consumed from, the module, and the error. The report's
-//! offset is committed only once its dead letter is stored (the same writer as the router's).
+//! offset is committed only once its dead letter is stored (the same writer as the router's,
+//! which settles it in the reader's [`Ledger`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use pigeon_headers::RawHeaders;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use pigeon_sdk::ledger::{Ledger, LedgerContext};
+use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::ClientConfig;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::deadletter::schedule::Schedule;
 use crate::deadletter::{self, ErrorKind, Job, NewDeadLetter, StoredHeader};
 use crate::deadletter::{CaptureHeader, CaptureMessage};
-use crate::router::tracker::PartitionTracker;
 use crate::store::fit;
 use crate::store::Store;
 use crate::topics::FAILED;
@@ -33,6 +34,9 @@ pub mod header {
 
 /// The consumer group that reads `pigeon.failed`.
 pub const GROUP: &str = "pigeon-failed";
+
+/// How long a revoke or the shutdown waits for the reports read to be stored.
+const DRAIN: Duration = Duration::from_secs(10);
 
 /// Reads one failure report into a dead letter: kind `handler` (retried on the default
 /// schedule) when it names its topic, `malformed` (parked) when it does not.
@@ -150,30 +154,27 @@ pub async fn run(
     store: Arc<dyn Store>,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
-    let consumer: StreamConsumer = consumer.create()?;
+    let ledger = Arc::new(Ledger::new("failures reader"));
+    let consumer: StreamConsumer<LedgerContext> =
+        consumer.create_with_context(LedgerContext::new(Arc::clone(&ledger), DRAIN))?;
     consumer.subscribe(&[FAILED])?;
     let (jobs, jobs_rx) = mpsc::unbounded_channel();
     let writer_stop = CancellationToken::new();
     let mut schedules = Schedules { store: Arc::clone(&store), known: HashMap::new() };
     let writer = tokio::spawn(deadletter::write_dead_letters(store, jobs_rx, writer_stop.clone()));
-    // Trackers only settle here (never pause), so their resume channel stays unused.
-    let (resume, _) = mpsc::unbounded_channel();
-    let mut trackers: HashMap<i32, Arc<PartitionTracker>> = HashMap::new();
     let mut store_tick = tokio::time::interval(Duration::from_millis(200));
     tracing::info!(topic = FAILED, "reading handler failures");
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
             _ = store_tick.tick() => {
-                store_offsets(&consumer, &trackers);
+                ledger.store_offsets(&consumer);
             }
             received = consumer.recv() => match received {
                 Ok(report) => {
-                    let tracker = Arc::clone(trackers.entry(report.partition()).or_insert_with(|| {
-                        PartitionTracker::new(Arc::from(FAILED), report.partition(), usize::MAX, resume.clone())
-                    }));
+                    let partition = ledger.partition(report.topic(), report.partition());
                     let offset = report.offset();
-                    tracker.begin(offset, 1, usize::MAX);
+                    partition.begin(offset, 1);
                     let mut dead_letter = dead_letter_of(&report);
                     if dead_letter.error_kind == ErrorKind::Handler {
                         let pigeon = match &dead_letter.pigeon_id {
@@ -191,47 +192,18 @@ pub async fn run(
                             crate::counters::book().of(id).failed();
                         }
                     }
-                    let _ = jobs.send(Job { dead_letter, tracker, offset });
+                    let _ = jobs.send(Job { dead_letter, ledger: partition, offset });
                 }
                 Err(e) => tracing::warn!(error = %e, "reading pigeon.failed"),
             },
         }
     }
     // Store what was read (bounded), then commit up to it.
-    let pending: Vec<Arc<PartitionTracker>> = trackers.values().cloned().collect();
-    let _ =
-        tokio::task::spawn_blocking(move || pending.iter().all(|t| t.wait_settled(Duration::from_secs(10))))
-            .await;
-    {
-        let offsets = store_offsets(&consumer, &trackers);
-        if offsets.count() > 0 {
-            if let Err(e) = consumer.commit(&offsets, CommitMode::Sync) {
-                tracing::warn!(error = %e, "final commit of pigeon.failed");
-            }
-        }
-    }
+    ledger.drain_and_commit_async(&consumer, DRAIN).await;
     drop(jobs);
     writer_stop.cancel();
     let _ = writer.await;
     Ok(())
-}
-
-fn store_offsets(
-    consumer: &StreamConsumer,
-    trackers: &HashMap<i32, Arc<PartitionTracker>>,
-) -> TopicPartitionList {
-    let mut tpl = TopicPartitionList::new();
-    for tracker in trackers.values() {
-        if let Some(watermark) = tracker.watermark() {
-            let _ = tpl.add_partition_offset(FAILED, tracker.partition, Offset::Offset(watermark));
-        }
-    }
-    if tpl.count() > 0 {
-        if let Err(e) = consumer.store_offsets(&tpl) {
-            tracing::debug!(error = %e, "store offsets of pigeon.failed");
-        }
-    }
-    tpl
 }
 
 #[cfg(test)]

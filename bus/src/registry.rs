@@ -10,13 +10,14 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::ClientConfig;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use utoipa::ToSchema;
 
+use pigeon_sdk::ledger::{Ledger, LedgerContext};
 use pigeon_sdk::registry::{self, Registration};
 
 use crate::store::{now_ms, CapabilityRecord, InstanceState, ModuleInstance, Store};
@@ -68,7 +69,11 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let mut consumer = consumer;
     consumer.set("enable.auto.offset.store", "false");
-    let consumer: StreamConsumer = consumer.create()?;
+    // Registrations settle one by one on this task, before the next is read: a revoke finds
+    // nothing to wait for.
+    let ledger = Arc::new(Ledger::new("registry"));
+    let consumer: StreamConsumer<LedgerContext> =
+        consumer.create_with_context(LedgerContext::new(Arc::clone(&ledger), Duration::ZERO))?;
     consumer.subscribe(&[registry::TOPIC])?;
     tracing::info!(topic = registry::TOPIC, "reading module registrations");
     loop {
@@ -82,14 +87,15 @@ pub async fn run(
                 }
             },
         };
+        let partition = ledger.partition(message.topic(), message.partition());
+        partition.begin(message.offset(), 1);
         if !record(&message, store.as_ref(), &cancel).await {
             break; // cancelled while the store was down: read again after the restart
         }
-        if let Err(e) = consumer.store_offset_from_message(&message) {
-            tracing::debug!(error = %e, "store offset of pigeon.registry");
-        }
+        partition.settle(message.offset());
+        ledger.store_offsets(&consumer);
     }
-    if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+    if let Err(e) = ledger.commit(&consumer) {
         tracing::debug!(error = %e, "final commit of pigeon.registry");
     }
     Ok(())

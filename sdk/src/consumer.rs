@@ -4,25 +4,25 @@
 //! module uses. Each letter goes to one of `concurrency` workers chosen by its key (or, without
 //! a key, its partition), so letters of one key are handled one after another, in order. A
 //! partition's offset is committed only up to its lowest letter not yet handled or reported
-//! (at least once, as the router does).
+//! (at least once, as the router does): the consumer commits through a [`Ledger`].
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::panic::AssertUnwindSafe;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::capability::Handler;
+use crate::ledger::{Ledger, LedgerContext, PartitionLedger};
 use crate::letter::{header, Letter};
 use crate::module::{Context, Retry, FAILED};
 
@@ -52,115 +52,11 @@ impl Running {
     }
 }
 
-/// A topic and partition.
-type Partition = (Arc<str>, i32);
-
-#[derive(Default)]
-struct PartitionState {
-    in_flight: BTreeSet<i64>,
-    next: Option<i64>,
-}
-
-/// Letters in hand per partition, and the offset each may commit.
-#[derive(Default)]
-struct Offsets {
-    partitions: Mutex<HashMap<Partition, PartitionState>>,
-    settled: Condvar,
-}
-
-impl Offsets {
-    fn lock(&self) -> MutexGuard<'_, HashMap<Partition, PartitionState>> {
-        self.partitions.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn begin(&self, partition: &Partition, offset: i64) {
-        let mut map = self.lock();
-        let state = map.entry(partition.clone()).or_default();
-        state.in_flight.insert(offset);
-        state.next = Some(offset + 1);
-    }
-
-    fn settle(&self, partition: &Partition, offset: i64) {
-        if let Some(state) = self.lock().get_mut(partition) {
-            state.in_flight.remove(&offset);
-        }
-        self.settled.notify_all();
-    }
-
-    /// The offset to commit: the lowest letter in hand, or the one after the last read.
-    fn watermarks(&self, only: Option<&[Partition]>) -> TopicPartitionList {
-        let mut tpl = TopicPartitionList::new();
-        for (partition, state) in self.lock().iter() {
-            if only.is_some_and(|o| !o.contains(partition)) {
-                continue;
-            }
-            let mark = state.in_flight.first().copied().or(state.next);
-            if let Some(mark) = mark {
-                let _ = tpl.add_partition_offset(&partition.0, partition.1, Offset::Offset(mark));
-            }
-        }
-        tpl
-    }
-
-    /// Waits until the partitions (all when `None`) have nothing in hand, or the deadline.
-    fn wait_settled(&self, only: Option<&[Partition]>, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        let mut map = self.lock();
-        loop {
-            let busy = map.iter().any(|(p, s)| !s.in_flight.is_empty() && only.is_none_or(|o| o.contains(p)));
-            if !busy {
-                return true;
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return false;
-            }
-            map = self.settled.wait_timeout(map, left).map(|(m, _)| m).unwrap_or_else(|p| p.into_inner().0);
-        }
-    }
-
-    fn remove(&self, partitions: &[Partition]) {
-        let mut map = self.lock();
-        for p in partitions {
-            map.remove(p);
-        }
-    }
-}
-
-struct ModuleConsumerContext {
-    offsets: Arc<Offsets>,
-    drain_timeout: Duration,
-}
-
-impl ClientContext for ModuleConsumerContext {}
-
-impl ConsumerContext for ModuleConsumerContext {
-    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let Rebalance::Revoke(revoked) = rebalance else { return };
-        let partitions: Vec<Partition> =
-            revoked.elements().iter().map(|e| (Arc::from(e.topic()), e.partition())).collect();
-        // Finish the letters in hand, then commit exactly up to them: the next owner neither
-        // skips nor repeats letters, and keys keep their order across the move.
-        if !self.offsets.wait_settled(Some(&partitions), self.drain_timeout) {
-            tracing::warn!(
-                "partitions revoked before their letters were handled; they will be handled again"
-            );
-        }
-        let offsets = self.offsets.watermarks(Some(&partitions));
-        self.offsets.remove(&partitions);
-        if offsets.count() > 0 {
-            let _ = consumer.store_offsets(&offsets);
-            if let Err(e) = consumer.commit(&offsets, CommitMode::Sync) {
-                tracing::warn!(error = %e, "committing revoked partitions");
-            }
-        }
-    }
-}
-
 /// One letter for a worker.
 struct Job {
     message: OwnedMessage,
-    partition: Partition,
+    /// Its partition's ledger, which the worker settles it in.
+    ledger: Arc<PartitionLedger>,
 }
 
 /// What every worker shares.
@@ -170,18 +66,14 @@ struct Shared {
     context: Context,
     retry: Retry,
     reports: FutureProducer,
-    offsets: Arc<Offsets>,
     cancel: CancellationToken,
 }
 
 /// Subscribes and starts the poller thread and the workers on the current runtime.
 pub(crate) fn start(parts: ConsumerParts) -> Result<Running, KafkaError> {
-    let offsets = Arc::new(Offsets::default());
-    let consumer: BaseConsumer<ModuleConsumerContext> =
-        parts.config.create_with_context(ModuleConsumerContext {
-            offsets: Arc::clone(&offsets),
-            drain_timeout: parts.drain_timeout,
-        })?;
+    let ledger = Arc::new(Ledger::new(format!("module {}", parts.module)));
+    let consumer: BaseConsumer<LedgerContext> =
+        parts.config.create_with_context(LedgerContext::new(Arc::clone(&ledger), parts.drain_timeout))?;
     let topics: Vec<&str> = parts.topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics)?;
     let shared = Arc::new(Shared {
@@ -190,7 +82,6 @@ pub(crate) fn start(parts: ConsumerParts) -> Result<Running, KafkaError> {
         context: parts.context,
         retry: parts.retry,
         reports: parts.reports,
-        offsets: Arc::clone(&offsets),
         cancel: parts.cancel.clone(),
     });
     let runtime = tokio::runtime::Handle::current();
@@ -204,16 +95,16 @@ pub(crate) fn start(parts: ConsumerParts) -> Result<Running, KafkaError> {
     let drain_timeout = parts.drain_timeout;
     let poller = std::thread::Builder::new()
         .name(format!("pigeon-{}", shared.module))
-        .spawn(move || poll(consumer, workers, offsets, cancel, drain_timeout))
+        .spawn(move || poll(consumer, workers, ledger, cancel, drain_timeout))
         .map_err(|e| KafkaError::Subscription(format!("cannot start the consumer thread: {e}")))?;
     Ok(Running { poller })
 }
 
 /// Reads letters and hands them to workers until cancelled; then drains and commits.
 fn poll(
-    consumer: BaseConsumer<ModuleConsumerContext>,
+    consumer: BaseConsumer<LedgerContext>,
     workers: Vec<mpsc::Sender<Job>>,
-    offsets: Arc<Offsets>,
+    ledger: Arc<Ledger>,
     cancel: CancellationToken,
     drain_timeout: Duration,
 ) {
@@ -222,10 +113,10 @@ fn poll(
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(message)) => {
                 let message = message.detach();
-                let partition: Partition = (Arc::from(message.topic()), message.partition());
-                offsets.begin(&partition, message.offset());
-                let worker = &workers[worker_of(&message, workers.len())];
-                if worker.blocking_send(Job { message, partition }).is_err() {
+                let partition = ledger.partition(message.topic(), message.partition());
+                partition.begin(message.offset(), 1);
+                let Some(worker) = workers.get(worker_of(&message, workers.len())) else { break };
+                if worker.blocking_send(Job { message, ledger: partition }).is_err() {
                     break; // the runtime is gone
                 }
             }
@@ -233,31 +124,13 @@ fn poll(
             None => {}
         }
         if stored_at.elapsed() >= Duration::from_millis(200) {
-            store(&consumer, &offsets);
+            ledger.store_offsets(&consumer);
             stored_at = Instant::now();
         }
     }
     drop(workers);
-    if !offsets.wait_settled(None, drain_timeout) {
-        tracing::warn!("shutdown before every letter was handled; the rest will be handled again");
-    }
-    let tpl = store(&consumer, &offsets);
-    if tpl.count() > 0 {
-        if let Err(e) = consumer.commit(&tpl, CommitMode::Sync) {
-            tracing::warn!(error = %e, "final commit");
-        }
-    }
+    ledger.drain_and_commit(&consumer, drain_timeout);
     consumer.unsubscribe();
-}
-
-fn store(consumer: &BaseConsumer<ModuleConsumerContext>, offsets: &Offsets) -> TopicPartitionList {
-    let tpl = offsets.watermarks(None);
-    if tpl.count() > 0 {
-        if let Err(e) = consumer.store_offsets(&tpl) {
-            tracing::debug!(error = %e, "store offsets");
-        }
-    }
-    tpl
 }
 
 /// Letters of one key always go to the same worker; letters without a key, by partition.
@@ -278,7 +151,7 @@ async fn work(mut jobs: mpsc::Receiver<Job>, shared: Arc<Shared>) {
                 continue; // not settled: committed only after it is handled or reported
             }
         }
-        shared.offsets.settle(&job.partition, offset);
+        job.ledger.settle(offset);
     }
 }
 
@@ -359,46 +232,6 @@ async fn report(message: &OwnedMessage, error: &str, shared: &Shared) -> bool {
 mod tests {
     use super::*;
 
-    fn p(n: i32) -> Partition {
-        (Arc::from("pigeon.module.m"), n)
-    }
-
-    fn offset_of(tpl: &TopicPartitionList, partition: i32) -> Option<Offset> {
-        tpl.find_partition("pigeon.module.m", partition).map(|e| e.offset())
-    }
-
-    #[test]
-    fn the_commit_offset_stops_at_the_lowest_letter_in_hand() {
-        let offsets = Offsets::default();
-        for o in 10..15 {
-            offsets.begin(&p(0), o);
-        }
-        offsets.settle(&p(0), 10);
-        offsets.settle(&p(0), 12);
-        assert_eq!(offset_of(&offsets.watermarks(None), 0), Some(Offset::Offset(11)));
-        offsets.settle(&p(0), 11);
-        offsets.settle(&p(0), 13);
-        assert_eq!(offset_of(&offsets.watermarks(None), 0), Some(Offset::Offset(14)));
-        offsets.settle(&p(0), 14);
-        assert_eq!(offset_of(&offsets.watermarks(None), 0), Some(Offset::Offset(15)));
-    }
-
-    #[test]
-    fn waiting_covers_only_the_named_partitions() {
-        let offsets = Arc::new(Offsets::default());
-        offsets.begin(&p(0), 1);
-        offsets.begin(&p(1), 1);
-        assert!(!offsets.wait_settled(Some(&[p(0)]), Duration::from_millis(20)));
-        let settler = Arc::clone(&offsets);
-        let t = std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(30));
-            settler.settle(&p(0), 1);
-        });
-        assert!(offsets.wait_settled(Some(&[p(0)]), Duration::from_secs(5)), "p0 settles");
-        assert!(!offsets.wait_settled(None, Duration::from_millis(20)), "p1 is still in hand");
-        t.join().unwrap();
-    }
-
     #[test]
     fn one_key_always_goes_to_one_worker() {
         let message = |key: &str, partition| {
@@ -416,7 +249,8 @@ mod tests {
             let first = worker_of(&message(key, 0), 8);
             assert!((0..20).all(|p| worker_of(&message(key, p), 8) == first));
         }
-        let spread: BTreeSet<usize> = (0..100).map(|n| worker_of(&message(&format!("k{n}"), 0), 8)).collect();
+        let spread: std::collections::BTreeSet<usize> =
+            (0..100).map(|n| worker_of(&message(&format!("k{n}"), 0), 8)).collect();
         assert!(spread.len() > 4, "keys spread over the workers: {spread:?}");
     }
 }

@@ -3,6 +3,7 @@
 mod capability;
 mod consumer;
 pub mod fields;
+pub mod ledger;
 pub mod letter;
 mod module;
 pub use pigeon_wire::registry;

@@ -3,20 +3,21 @@
 //!
 //! A batch is written when it holds `batch_rows` letters or `flush_ms` after its first letter,
 //! in one transaction of multi-row inserts that leave an already archived letter id alone. Only
-//! then are the batch's offsets handed to the consumer to commit, so a letter is archived
-//! before its offset is committed, and a redelivered one is stored once. While the database
-//! cannot be reached the archiver pauses its partitions and tries the same batch again, with
-//! a growing wait, committing nothing.
+//! then are the batch's messages settled in the archiver's [`Ledger`] and the offsets it allows
+//! handed to the consumer to commit, so a letter is archived before its offset is committed,
+//! and a redelivered one is stored once. While the database cannot be reached the archiver
+//! pauses its partitions and tries the same batch again, with a growing wait, committing
+//! nothing.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use pigeon_sdk::ledger::{Ledger, LedgerContext, PartitionLedger};
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Message, OwnedMessage};
-use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -138,8 +139,8 @@ struct Batch {
     candidates: Vec<Candidate>,
     /// Built at the first try to write, kept for the next tries.
     letters: Option<Vec<ArchivedLetter>>,
-    /// Per partition, the offset after the last message read.
-    offsets: HashMap<(String, i32), i64>,
+    /// Every message read into it, with its partition's ledger: settled once it is durable.
+    read: Vec<(Arc<PartitionLedger>, i64)>,
     /// When the first message of the batch was read.
     started: Option<Instant>,
     /// About how many bytes its letters hold.
@@ -175,7 +176,12 @@ type Writing = tokio::task::JoinHandle<(Batch, anyhow::Result<()>)>;
 /// fails is tried again before any later one, so no offset ever passes an unwritten letter.
 pub async fn run(parts: ArchiverParts, cancel: CancellationToken) -> anyhow::Result<()> {
     let ArchiverParts { mut routes, config, consumer, store, stats } = parts;
-    let consumer: StreamConsumer = consumer.create()?;
+    // A batch settles on this task, which a revoke callback holds up: a revoke commits what is
+    // durable, without waiting (the next owner reads the rest again; the archive keeps each
+    // letter once).
+    let ledger = Arc::new(Ledger::new("archiver"));
+    let consumer: Archiving =
+        consumer.create_with_context(LedgerContext::new(Arc::clone(&ledger), Duration::ZERO))?;
     let names = Arc::new(KeyNames::from_dictionary(store.as_ref()).await);
     let mut table = Arc::clone(&routes.borrow_and_update().archive);
     let mut topics = table.consumed_topics();
@@ -230,7 +236,7 @@ pub async fn run(parts: ArchiverParts, cancel: CancellationToken) -> anyhow::Res
                 let (done, result) = done?;
                 match result {
                     Ok(()) => {
-                        store_offsets(&consumer, &done.offsets);
+                        settle(&ledger, &consumer, &done);
                         if outage.take().is_some() {
                             stats.paused.store(0, Ordering::Relaxed);
                             set_paused(&consumer, false);
@@ -260,7 +266,7 @@ pub async fn run(parts: ArchiverParts, cancel: CancellationToken) -> anyhow::Res
             _ = sleep_until(due), if due.is_some() => {}
             received = consumer.recv(), if !full => {
                 match received {
-                    Ok(message) => take(&mut batch, &message, &table, &names, &stats),
+                    Ok(message) => take(&mut batch, &message, &ledger, &table, &names, &stats),
                     Err(e) => tracing::warn!(error = %e, "archiver consumer error"),
                 }
                 if !batch.is_full(config.batch_rows) {
@@ -290,7 +296,7 @@ pub async fn run(parts: ArchiverParts, cancel: CancellationToken) -> anyhow::Res
     if let Some(handle) = writing.take() {
         let (done, result) = handle.await?;
         match result {
-            Ok(()) => store_offsets(&consumer, &done.offsets),
+            Ok(()) => settle(&ledger, &consumer, &done),
             Err(_) => failed = Some(done),
         }
     }
@@ -299,14 +305,15 @@ pub async fn run(parts: ArchiverParts, cancel: CancellationToken) -> anyhow::Res
             break;
         }
         match write(&mut last, &store, &names, &stats).await {
-            Ok(()) => store_offsets(&consumer, &last.offsets),
+            Ok(()) => settle(&ledger, &consumer, &last),
             Err(e) => {
                 tracing::warn!(error = %e, letters = last.len(), "the last batches were not archived; their letters are read again after restart");
                 ready = false;
             }
         }
     }
-    if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+    // What was not archived stays unsettled: the commit stops before it.
+    if let Err(e) = ledger.commit(&consumer) {
         tracing::debug!(error = %e, "final archiver commit");
     }
     consumer.unsubscribe();
@@ -322,8 +329,11 @@ async fn sleep_until(due: Option<Instant>) {
     }
 }
 
+/// The archiver's consumer: it commits through its ledger.
+type Archiving = StreamConsumer<LedgerContext>;
+
 /// Subscribes to the archive pigeons' topics and topic patterns; to nothing when there are none.
-fn subscribe(consumer: &StreamConsumer, topics: &[String]) {
+fn subscribe(consumer: &Archiving, topics: &[String]) {
     if topics.is_empty() {
         consumer.unsubscribe();
         return;
@@ -338,13 +348,16 @@ fn subscribe(consumer: &StreamConsumer, topics: &[String]) {
 fn take(
     batch: &mut Batch,
     message: &rdkafka::message::BorrowedMessage<'_>,
+    ledger: &Ledger,
     table: &RouteTable,
     names: &KeyNames,
     stats: &ArchiverStats,
 ) {
     stats.read.fetch_add(1, Ordering::Relaxed);
     batch.started.get_or_insert_with(Instant::now);
-    batch.offsets.insert((message.topic().to_owned(), message.partition()), message.offset() + 1);
+    let partition = ledger.partition(message.topic(), message.partition());
+    partition.begin(message.offset(), 1);
+    batch.read.push((partition, message.offset()));
     let Lookup::Routes(topic_routes) = table.lookup(message.topic()) else { return };
     // A message without a timestamp is filed under its reading time, but its derived id must
     // not change when it is read again.
@@ -489,26 +502,18 @@ fn truncate(text: &str, max: usize) -> String {
     crate::store::fit::prefix(text, max).to_owned()
 }
 
-/// Hands the batch's offsets to the consumer for its next commit. A partition revoked
-/// meanwhile is refused, which is right: its next owner reads from the last commit, and the
-/// letters it reads again are already archived.
-fn store_offsets(consumer: &StreamConsumer, offsets: &HashMap<(String, i32), i64>) {
-    if offsets.is_empty() {
-        return;
+/// Settles a durable batch's letters and hands the offsets they allow to the consumer for its
+/// next commit. A partition revoked meanwhile is forgotten by the ledger: its next owner reads
+/// from the last commit, and the letters it reads again are already archived.
+fn settle(ledger: &Ledger, consumer: &Archiving, batch: &Batch) {
+    for (partition, offset) in &batch.read {
+        partition.settle(*offset);
     }
-    let mut tpl = TopicPartitionList::new();
-    for ((topic, partition), offset) in offsets {
-        if let Err(e) = tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset)) {
-            tracing::warn!(topic, partition, error = %e, "archiver offset");
-        }
-    }
-    if let Err(e) = consumer.store_offsets(&tpl) {
-        tracing::debug!(error = %e, "storing archiver offsets (a partition was revoked)");
-    }
+    ledger.store_offsets(consumer);
 }
 
 /// Pauses or resumes every assigned partition.
-fn set_paused(consumer: &StreamConsumer, paused: bool) {
+fn set_paused(consumer: &Archiving, paused: bool) {
     let assignment = match consumer.assignment() {
         Ok(assignment) => assignment,
         Err(e) => {

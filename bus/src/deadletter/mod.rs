@@ -14,8 +14,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 pub use pigeon_core::deadletter::*;
+use pigeon_sdk::ledger::PartitionLedger;
 
-use crate::router::tracker::PartitionTracker;
 use crate::store::Store;
 
 /// A header read off Kafka, kept whatever its name's bytes.
@@ -75,8 +75,8 @@ impl CaptureMessage for NewDeadLetter {
 pub struct Job {
     /// The record.
     pub dead_letter: NewDeadLetter,
-    /// The partition the letter came from.
-    pub tracker: Arc<PartitionTracker>,
+    /// The ledger of the partition the letter came from.
+    pub ledger: Arc<PartitionLedger>,
     /// The letter's offset there.
     pub offset: i64,
 }
@@ -142,7 +142,7 @@ pub async fn write_dead_letters(
                 error = %dead.error_message,
                 "letter dead-lettered"
             );
-            job.tracker.settle(job.offset);
+            job.ledger.settle(job.offset);
         }
     }
 }

@@ -1,8 +1,9 @@
 //! The forward path: consume source topics, look letters up in the route table, re-publish
 //! them to their destinations with the destination tag, at least once.
 //!
-//! Many letters are in flight per partition; a partition's committed offset is its
-//! [`tracker`]'s watermark, the lowest letter not yet fully acknowledged or dead-lettered. A
+//! Many letters are in flight per partition; a partition's committed offset is the lowest
+//! letter not yet fully acknowledged or dead-lettered, kept by the router's
+//! [`Ledger`](pigeon_sdk::ledger::Ledger) (each output is one piece of work to settle). A
 //! partition pauses when its in-flight letters reach the cap and resumes below half of it.
 //! Revoked partitions and shutdown drain first, then commit.
 
@@ -10,7 +11,6 @@ pub mod breaker;
 pub mod context;
 pub mod output;
 mod scripts;
-pub mod tracker;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -18,8 +18,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::FutureExt;
+use pigeon_sdk::ledger::{Admission, Begun, Ledger, PartitionLedger};
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaResult;
 use rdkafka::message::{BorrowedMessage, Message, OwnedMessage};
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
@@ -28,10 +29,9 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use self::breaker::Breakers;
-use self::context::{Delivery, RouterConsumerContext, RouterProducerContext, Trackers};
+use self::context::{Delivery, RouterConsumerContext, RouterProducerContext};
 use self::output::{output_headers, Outputs};
 use self::scripts::{ScriptJob, ScriptPool};
-use self::tracker::{Admission, Begun, PartitionTracker};
 use crate::config::RouterConfig;
 use crate::control::Routes;
 use crate::deadletter::CaptureMessage;
@@ -160,7 +160,8 @@ pub async fn run(parts: RouterParts, cancel: CancellationToken) -> anyhow::Resul
     let writer = tokio::spawn(deadletter::write_dead_letters(store, dead_rx, writer_stop.clone()));
 
     let drain_timeout = Duration::from_secs(config.drain_timeout_secs);
-    let trackers = Arc::new(Trackers::default());
+    let (resume_tx, mut resume_rx) = mpsc::unbounded_channel::<Arc<PartitionLedger>>();
+    let ledger = Arc::new(Ledger::capped("router", config.max_in_flight_per_partition, resume_tx));
     let (breaker_tx, mut breaker_rx) = mpsc::unbounded_channel();
     let breakers = Arc::new(Breakers::new(
         config.breaker_failures,
@@ -181,7 +182,7 @@ pub async fn run(parts: RouterParts, cancel: CancellationToken) -> anyhow::Resul
     let scripts = ScriptPool::start(config.script_workers, Arc::clone(&outputs));
     let consumer: StreamConsumer<RouterConsumerContext> =
         consumer.create_with_context(RouterConsumerContext {
-            trackers: Arc::clone(&trackers),
+            ledger: Arc::clone(&ledger),
             drain_timeout,
             ready: Arc::clone(&ready),
             fresh: Arc::clone(&fresh),
@@ -191,12 +192,9 @@ pub async fn run(parts: RouterParts, cancel: CancellationToken) -> anyhow::Resul
     subscribe(&consumer, &topics)?;
     tracing::info!(topics = ?topics, pigeons = table.len(), "router subscribed");
 
-    let (resume_tx, mut resume_rx) = mpsc::unbounded_channel::<Arc<PartitionTracker>>();
     let mut router = Forwarder {
         table,
-        cap: config.max_in_flight_per_partition,
-        trackers: Arc::clone(&trackers),
-        resume_tx,
+        ledger: Arc::clone(&ledger),
         outputs: &outputs,
         scripts: &scripts,
         dead_letters: dead_tx,
@@ -218,17 +216,17 @@ pub async fn run(parts: RouterParts, cancel: CancellationToken) -> anyhow::Resul
         tokio::select! {
             biased;
             _ = cancel.cancelled() => break,
-            Some(tracker) = resume_rx.recv() => {
-                if router.breaker_holds(&tracker) {
+            Some(partition) = resume_rx.recv() => {
+                if router.breaker_holds(&partition) {
                     continue; // it stays paused until its destination's breaker lets it go
                 }
-                let tpl = partition_list(&tracker, Offset::Invalid);
+                let tpl = partition_list(&partition, Offset::Invalid);
                 if let Err(e) = consumer.resume(&tpl) {
-                    tracing::debug!(topic = %tracker.topic, partition = tracker.partition, error = %e, "resume");
+                    tracing::debug!(topic = %partition.topic, partition = partition.partition, error = %e, "resume");
                 }
             }
             _ = store_tick.tick() => {
-                store_offsets(&consumer, &trackers);
+                ledger.store_offsets(&consumer);
             }
             _ = drift_tick.tick() => {
                 tokio::spawn(flush_reports(Arc::clone(&drift_store), Arc::clone(&drift), Arc::clone(&observed)));
@@ -271,26 +269,7 @@ pub async fn run(parts: RouterParts, cancel: CancellationToken) -> anyhow::Resul
 
     // Drain: stop reading, let every letter in flight settle, commit, then leave the group.
     tracing::info!("router draining");
-    let pending = trackers.all();
-    let drained = tokio::task::spawn_blocking(move || {
-        let deadline = std::time::Instant::now() + drain_timeout;
-        pending.iter().all(|t| t.wait_settled(deadline.saturating_duration_since(std::time::Instant::now())))
-    })
-    .await
-    .unwrap_or(false);
-    if !drained {
-        tracing::warn!("drain timed out; unsettled letters will be delivered again after restart");
-    }
-    {
-        // Scoped: a partition list holds references into the consumer, whose destruction
-        // below waits for them.
-        let offsets = store_offsets(&consumer, &trackers);
-        if offsets.count() > 0 {
-            if let Err(e) = consumer.commit(&offsets, CommitMode::Sync) {
-                tracing::warn!(error = %e, "final commit");
-            }
-        }
-    }
+    ledger.drain_and_commit_async(&consumer, drain_timeout).await;
     leave_group(&consumer).await;
     drop(router);
     scripts.stop();
@@ -341,9 +320,9 @@ async fn flush_reports(store: Arc<dyn Store>, drift: Arc<DriftTally>, observed: 
 }
 
 /// Leaves the group before the consumer is closed: unsubscribes and serves the rebalance
-/// until every partition is revoked (each revoke commits its watermark). Closing in the middle
-/// of a cooperative rebalance trips an assertion in librdkafka. Letters read meanwhile are
-/// not routed and their offsets not stored: the next owner reads them.
+/// until every partition is revoked (each revoke commits what the ledger allows). Closing in
+/// the middle of a cooperative rebalance trips an assertion in librdkafka. Letters read
+/// meanwhile are not routed and their offsets not stored: the next owner reads them.
 async fn leave_group(consumer: &StreamConsumer<RouterConsumerContext>) {
     consumer.unsubscribe();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -367,29 +346,9 @@ fn subscribe(
     })
 }
 
-/// Hands each partition's watermark to the consumer for its next commit; returns them.
-fn store_offsets(
-    consumer: &StreamConsumer<RouterConsumerContext>,
-    trackers: &Trackers,
-) -> TopicPartitionList {
+fn partition_list(partition: &PartitionLedger, offset: Offset) -> TopicPartitionList {
     let mut tpl = TopicPartitionList::new();
-    for tracker in trackers.all() {
-        if let Some(watermark) = tracker.watermark() {
-            let _ = tpl.add_partition_offset(&tracker.topic, tracker.partition, Offset::Offset(watermark));
-        }
-    }
-    if tpl.count() > 0 {
-        if let Err(e) = consumer.store_offsets(&tpl) {
-            // A partition revoked a moment ago cannot be stored; the revoke committed it.
-            tracing::debug!(error = %e, "store offsets");
-        }
-    }
-    tpl
-}
-
-fn partition_list(tracker: &PartitionTracker, offset: Offset) -> TopicPartitionList {
-    let mut tpl = TopicPartitionList::new();
-    let _ = tpl.add_partition_offset(&tracker.topic, tracker.partition, offset);
+    let _ = tpl.add_partition_offset(&partition.topic, partition.partition, offset);
     tpl
 }
 
@@ -406,9 +365,8 @@ type SourcePartition = (Arc<str>, i32);
 struct Forwarder<'p> {
     /// The route table in use; the consume loop swaps it.
     table: Arc<RouteTable>,
-    cap: usize,
-    trackers: Arc<Trackers>,
-    resume_tx: mpsc::UnboundedSender<Arc<PartitionTracker>>,
+    /// Letters in flight per source partition, capped.
+    ledger: Arc<Ledger>,
     outputs: &'p Outputs,
     scripts: &'p ScriptPool,
     dead_letters: mpsc::UnboundedSender<Job>,
@@ -426,14 +384,14 @@ struct Forwarder<'p> {
 
 impl Forwarder<'_> {
     /// Whether an open destination breaker holds this partition paused.
-    fn breaker_holds(&self, tracker: &PartitionTracker) -> bool {
-        let key = (Arc::clone(&tracker.topic), tracker.partition);
+    fn breaker_holds(&self, partition: &PartitionLedger) -> bool {
+        let key = (Arc::clone(&partition.topic), partition.partition);
         self.breaker_paused.lock().unwrap_or_else(|p| p.into_inner()).values().any(|set| set.contains(&key))
     }
 
-    /// Whether the partition is paused at its in-flight cap (its tracker resumes it).
+    /// Whether the partition is paused at its in-flight cap (its ledger resumes it).
     fn cap_holds(&self, topic: &str, partition: i32) -> bool {
-        self.trackers.get(topic, partition).is_some_and(|t| t.paused_at_cap())
+        self.ledger.get(topic, partition).is_some_and(|p| p.paused_at_cap())
     }
 
     /// Resumes the source partitions paused for `destination` (its breaker closed), unless
@@ -483,7 +441,7 @@ impl Forwarder<'_> {
     fn breaker_admission(
         &self,
         routes: &[&Arc<Route>],
-        tracker: &PartitionTracker,
+        ledger: &PartitionLedger,
         admission: Admission,
     ) -> Admission {
         if !self.breakers.any_tripped() {
@@ -500,15 +458,12 @@ impl Forwarder<'_> {
         }
         let mut paused = self.breaker_paused.lock().unwrap_or_else(|p| p.into_inner());
         for topic in open {
-            paused
-                .entry(topic.to_owned())
-                .or_default()
-                .insert((Arc::clone(&tracker.topic), tracker.partition));
+            paused.entry(topic.to_owned()).or_default().insert((Arc::clone(&ledger.topic), ledger.partition));
         }
         Admission::Pause
     }
 
-    /// Forwards a letter the consumer gave, pausing its partition when the tracker asks.
+    /// Forwards a letter the consumer gave, pausing its partition when its ledger asks.
     async fn take(
         &self,
         consumer: &StreamConsumer<RouterConsumerContext>,
@@ -529,30 +484,27 @@ impl Forwarder<'_> {
 
     async fn forward(&self, message: &BorrowedMessage<'_>) -> Admission {
         self.stats.letters_in.fetch_add(1, Ordering::Relaxed);
-        let resume_below = (self.cap / 2).max(1);
         let topic = message.topic();
-        let tracker = self.trackers.get_or_insert(topic, message.partition(), |topic| {
-            PartitionTracker::new(topic, message.partition(), resume_below, self.resume_tx.clone())
-        });
+        let ledger = self.ledger.partition(topic, message.partition());
         let offset = message.offset();
         let table = &self.table;
         let lookup = table.lookup(topic);
         let source = match &lookup {
             Lookup::Flown(source) => *source,
             Lookup::Routes(routes) => &routes.source,
-            Lookup::Nothing => return tracker.begin(offset, 0, self.cap).admission,
+            Lookup::Nothing => return ledger.begin(offset, 0).admission,
         };
         let input = LetterHeaders::of(message);
         let meta = match source::read(message, &input, source) {
             Ok(meta) => meta,
-            Err(reason) => return self.dead_letter(message, &tracker, reason),
+            Err(reason) => return self.dead_letter(message, &ledger, reason),
         };
         // A letter that went round too many pigeons is parked, not sent round again.
         let hops = output::hops_of(input.text(pigeon_sdk::header::HOPS));
         if hops >= output::MAX_HOPS {
             return self.dead_letter(
                 message,
-                &tracker,
+                &ledger,
                 format!("the letter passed through {hops} pigeons: a loop of pigeons sends it round (the most is {})", output::MAX_HOPS),
             );
         }
@@ -566,7 +518,7 @@ impl Forwarder<'_> {
             // Flown to a pigeon by id, whatever its tag.
             Lookup::Flown(_) | Lookup::Nothing => match table.flown(input.text(pigeon_sdk::header::PIGEON)) {
                 Ok(route) => vec![route],
-                Err(reason) => return self.dead_letter(message, &tracker, reason),
+                Err(reason) => return self.dead_letter(message, &ledger, reason),
             },
             Lookup::Routes(routes) => {
                 let matched: Vec<&Arc<Route>> = match &meta.tag {
@@ -575,10 +527,10 @@ impl Forwarder<'_> {
                 };
                 if matched.is_empty() {
                     return match meta.tag {
-                        Some(_) => tracker.begin(offset, 0, self.cap).admission,
+                        Some(_) => ledger.begin(offset, 0).admission,
                         None => self.dead_letter(
                             message,
-                            &tracker,
+                            &ledger,
                             format!("no tag: {}", describe_tag_source(routes)),
                         ),
                     };
@@ -593,13 +545,13 @@ impl Forwarder<'_> {
             matched.retain(|r| r.takes(time_ms));
             if matched.is_empty() {
                 return match lookup {
-                    Lookup::Routes(_) => tracker.begin(offset, 0, self.cap).admission,
+                    Lookup::Routes(_) => ledger.begin(offset, 0).admission,
                     // A flown letter names its pigeon: say why it did not fly rather than drop it.
                     Lookup::Flown(_) | Lookup::Nothing => {
                         first.counts.failed();
                         self.dead_letter(
                             message,
-                            &tracker,
+                            &ledger,
                             format!("the letter's time is outside the live window of pigeon {:?}", first.id),
                         )
                     }
@@ -620,7 +572,7 @@ impl Forwarder<'_> {
             })
             .sum();
         // Begin before producing: a delivery report may arrive before `send` returns.
-        let Begun { admission, in_flight } = tracker.begin(offset, outputs as u32, self.cap);
+        let Begun { admission, in_flight } = ledger.begin(offset, outputs as u32);
         self.stats.in_flight_peak.fetch_max(in_flight as u64, Ordering::Relaxed);
 
         let derived_id;
@@ -633,13 +585,13 @@ impl Forwarder<'_> {
                 &derived_id
             }
         };
-        let admission = self.breaker_admission(&matched, &tracker, admission);
+        let admission = self.breaker_admission(&matched, &ledger, admission);
         let (mut detached, mut detached_normalized) = (None, None);
         for (i, route) in matched.into_iter().enumerate() {
             route.counts.took();
             let normalized = match plan_of(i) {
                 Judgement::Unfit(reason) => {
-                    self.unfit(message, route, id, &tracker, reason.clone());
+                    self.unfit(message, route, id, &ledger, reason.clone());
                     continue;
                 }
                 Judgement::Normalized => normalized.as_ref(),
@@ -665,7 +617,7 @@ impl Forwarder<'_> {
                     message: Arc::clone(message),
                     id: id.to_owned(),
                     tag: meta.tag.as_deref().unwrap_or_default().to_owned(),
-                    tracker: Arc::clone(&tracker),
+                    ledger: Arc::clone(&ledger),
                     contracts: table.contracts_arc(),
                 };
                 self.scripts.submit(job).await;
@@ -676,7 +628,7 @@ impl Forwarder<'_> {
                     output_headers(message, &input, id, &destination.tag, &route.id, normalized.is_some());
                 let mut record = BaseRecord::with_opaque_to(
                     &destination.topic,
-                    Box::new(Delivery { tracker: Arc::clone(&tracker), offset, route: Arc::clone(route) }),
+                    Box::new(Delivery { ledger: Arc::clone(&ledger), offset, route: Arc::clone(route) }),
                 )
                 .headers(headers);
                 if let Some(key) = message.key() {
@@ -695,11 +647,8 @@ impl Forwarder<'_> {
                         self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
                         route.counts.failed();
                         let dead_letter = output::unfit_output(&record, reason);
-                        let _ = self.dead_letters.send(Job {
-                            dead_letter,
-                            tracker: Arc::clone(&tracker),
-                            offset,
-                        });
+                        let _ =
+                            self.dead_letters.send(Job { dead_letter, ledger: Arc::clone(&ledger), offset });
                         continue;
                     }
                 }
@@ -745,7 +694,7 @@ impl Forwarder<'_> {
         message: &BorrowedMessage<'_>,
         route: &Route,
         id: &str,
-        tracker: &Arc<PartitionTracker>,
+        ledger: &Arc<PartitionLedger>,
         reason: String,
     ) {
         let mut dead_letter = NewDeadLetter::from_message(message, ErrorKind::Dictionary, reason);
@@ -756,18 +705,18 @@ impl Forwarder<'_> {
         self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
         route.counts.failed();
         let offset = message.offset();
-        let _ = self.dead_letters.send(Job { dead_letter, tracker: Arc::clone(tracker), offset });
+        let _ = self.dead_letters.send(Job { dead_letter, ledger: Arc::clone(ledger), offset });
     }
 
     /// Dead-letters a source message that cannot be routed at all.
     fn dead_letter(
         &self,
         message: &BorrowedMessage<'_>,
-        tracker: &Arc<PartitionTracker>,
+        ledger: &Arc<PartitionLedger>,
         reason: String,
     ) -> Admission {
         let offset = message.offset();
-        let admission = tracker.begin(offset, 1, self.cap).admission;
+        let admission = ledger.begin(offset, 1).admission;
         let mut dead_letter = NewDeadLetter::from_message(message, ErrorKind::Malformed, reason);
         let ms = message.timestamp().to_millis().unwrap_or(0).max(0) as u64;
         dead_letter.letter_id =
@@ -784,7 +733,7 @@ impl Forwarder<'_> {
             }
         }
         self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
-        let _ = self.dead_letters.send(Job { dead_letter, tracker: Arc::clone(tracker), offset });
+        let _ = self.dead_letters.send(Job { dead_letter, ledger: Arc::clone(ledger), offset });
         admission
     }
 }

@@ -51,7 +51,7 @@ impl Outputs {
                 delivery.route.counts.failed();
                 let _ = self.dead_letters.send(Job {
                     dead_letter,
-                    tracker: delivery.tracker,
+                    ledger: delivery.ledger,
                     offset: delivery.offset,
                 });
                 Ok(())

@@ -19,12 +19,12 @@ use tokio::sync::mpsc;
 
 use super::context::Delivery;
 use super::output::{output_headers, Outputs};
-use super::tracker::PartitionTracker;
 use crate::deadletter::CaptureMessage;
 use crate::deadletter::{ErrorKind, Job, NewDeadLetter};
 use crate::route::{Contracts, Route};
 use crate::script::{self, ScriptLetter};
 use crate::source::LetterHeaders;
+use pigeon_sdk::ledger::PartitionLedger;
 use pigeon_sdk::{header, LetterId};
 
 /// Consecutive failures that open a pigeon's breaker.
@@ -44,8 +44,8 @@ pub struct ScriptJob {
     pub id: String,
     /// The letter's tag.
     pub tag: String,
-    /// Its partition's tracker; the job itself is one unsettled output.
-    pub tracker: Arc<PartitionTracker>,
+    /// Its partition's ledger; the job itself is one unsettled output.
+    pub ledger: Arc<PartitionLedger>,
     /// The dictionary and the capabilities' required fields, for a pigeon in `enforce` mode.
     pub contracts: Arc<Contracts>,
 }
@@ -105,7 +105,7 @@ impl ScriptPool {
     /// Queues a job on its partition's worker, waiting while that queue is full.
     pub async fn submit(&self, job: ScriptJob) {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        (job.tracker.topic.as_ref(), job.tracker.partition).hash(&mut hasher);
+        (job.ledger.topic.as_ref(), job.ledger.partition).hash(&mut hasher);
         let worker = (hasher.finish() % self.senders.len() as u64) as usize;
         if let Err(mpsc::error::SendError(job)) = self.senders[worker].send(job).await {
             // Workers only stop after the router: the letter stays unsettled and is read again.
@@ -157,7 +157,7 @@ fn run(job: ScriptJob, outputs: &Outputs, breaker: &Breaker) {
         tracing::info!(pigeon = %route.id, version = route.version, "script circuit breaker closed");
     }
     // The step keeps the letter pending while its outputs are added, then settles itself.
-    job.tracker.add(offset, emitted.len() as u32);
+    job.ledger.add(offset, emitted.len() as u32);
     let time_ms = job.message.timestamp().to_millis().unwrap_or(0).max(0) as u64;
     for (index, out) in emitted.into_iter().enumerate() {
         let Some(destination) = script.destinations.get(out.dest) else {
@@ -166,7 +166,7 @@ fn run(job: ScriptJob, outputs: &Outputs, breaker: &Breaker) {
         };
         let id = LetterId::derived_output(&job.id, route.version, index, time_ms).to_string();
         let headers = output_headers(job.message.as_ref(), &input, &id, &out.tag, &route.id, true);
-        let delivery = Delivery { tracker: Arc::clone(&job.tracker), offset, route: Arc::clone(route) };
+        let delivery = Delivery { ledger: Arc::clone(&job.ledger), offset, route: Arc::clone(route) };
         let mut record = BaseRecord::with_opaque_to(&destination.topic, Box::new(delivery))
             .headers(headers)
             .payload(out.payload.as_slice());
@@ -186,7 +186,7 @@ fn run(job: ScriptJob, outputs: &Outputs, breaker: &Breaker) {
                 route.counts.failed();
                 let dead_letter = super::output::unfit_output(&record, reason);
                 let _ =
-                    outputs.dead_letters.send(Job { dead_letter, tracker: Arc::clone(&job.tracker), offset });
+                    outputs.dead_letters.send(Job { dead_letter, ledger: Arc::clone(&job.ledger), offset });
                 continue;
             }
         }
@@ -195,7 +195,7 @@ fn run(job: ScriptJob, outputs: &Outputs, breaker: &Breaker) {
             std::thread::sleep(Duration::from_millis(2));
         }
     }
-    job.tracker.settle(offset);
+    job.ledger.settle(offset);
 }
 
 /// Dead-letters the letter for this pigeon; the store write settles the job.
@@ -207,5 +207,5 @@ fn fail(job: &ScriptJob, outputs: &Outputs, reason: String) {
     dead_letter.pigeon_id = Some(job.route.id.to_string());
     dead_letter.pigeon_version = Some(job.route.version);
     let offset = job.message.offset();
-    let _ = outputs.dead_letters.send(Job { dead_letter, tracker: Arc::clone(&job.tracker), offset });
+    let _ = outputs.dead_letters.send(Job { dead_letter, ledger: Arc::clone(&job.ledger), offset });
 }
