@@ -17,8 +17,8 @@ pub mod registry;
 pub mod retrier;
 pub mod router;
 pub mod source;
-pub mod store;
 pub mod supervise;
 pub mod topics;
 
 pub use pigeon_core::{clock, dictionary, dryrun, route, script, tag, token, wiring};
+pub use pigeon_store as store;

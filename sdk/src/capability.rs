@@ -3,9 +3,10 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
+use crate::fly::Context;
 use crate::letter::Letter;
-use crate::module::Context;
 use crate::registry::CapabilityInfo;
 
 /// The error a handler returns; anything that is an [`std::error::Error`] converts with `?`.
@@ -94,5 +95,42 @@ impl Capability {
     /// What the module registers for it.
     pub fn info(&self) -> &CapabilityInfo {
         &self.info
+    }
+}
+
+/// How a failing handler is tried again in process before the failure is reported to the bus.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Retry {
+    /// Tries in all, the first included; at least 1.
+    pub attempts: u32,
+    /// Wait before the second try; doubled before each further one.
+    pub first_delay: Duration,
+    /// The longest wait between tries.
+    pub max_delay: Duration,
+}
+
+impl Retry {
+    /// `attempts` tries in all, waiting `first_delay` and then twice as long each time, at most
+    /// five seconds.
+    pub fn new(attempts: u32, first_delay: Duration) -> Self {
+        Self { attempts: attempts.max(1), first_delay, max_delay: Duration::from_secs(5) }
+    }
+
+    /// One try: a failure is reported at once.
+    pub fn none() -> Self {
+        Self::new(1, Duration::ZERO)
+    }
+
+    /// The wait after failed try `attempt` (1-based).
+    pub(crate) fn delay_after(&self, attempt: u32) -> Duration {
+        let factor = 2u32.saturating_pow(attempt.saturating_sub(1));
+        self.first_delay.saturating_mul(factor).min(self.max_delay)
+    }
+}
+
+impl Default for Retry {
+    /// Three tries, 200 ms and then 400 ms apart.
+    fn default() -> Self {
+        Self::new(3, Duration::from_millis(200))
     }
 }

@@ -22,9 +22,11 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::capability::Handler;
+use crate::capability::Retry;
+use crate::fly::Context;
 use crate::ledger::{Ledger, LedgerContext, PartitionLedger};
 use crate::letter::{header, Letter};
-use crate::module::{Context, Retry, FAILED};
+use pigeon_wire::FAILED;
 
 /// Everything the consumer runs with.
 pub(crate) struct ConsumerParts {

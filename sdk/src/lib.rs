@@ -3,15 +3,14 @@
 mod capability;
 mod consumer;
 pub mod fields;
+mod fly;
 pub mod ledger;
 pub mod letter;
 mod module;
 pub use pigeon_wire::registry;
 
-pub use capability::{Capability, HandlerError, HandlerResult};
+pub use capability::{Capability, HandlerError, HandlerResult, Retry};
 pub use fields::LetterBuilder;
+pub use fly::{Context, DeadLettered, Delivered, FlyError, FlyLetter, FlyRequest, Receipt};
 pub use letter::{header, Letter, LetterError, LetterId};
-pub use module::{
-    Context, DeadLettered, Delivered, FlyError, FlyLetter, FlyRequest, Module, ModuleBuilder, Receipt, Retry,
-    StartError, FAILED, INGRESS,
-};
+pub use module::{Module, ModuleBuilder, StartError, FAILED, INGRESS};

@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 
 use async_trait::async_trait;
-use pigeon_sdk::registry::{CapabilityInfo, Registration};
+use pigeon_wire::registry::{CapabilityInfo, Registration};
 
 use super::sql::{Dialect, SqlStore};
 use super::StoreError;
@@ -54,7 +54,7 @@ pub struct ModuleInstance {
 pub enum InstanceState {
     /// It heartbeats.
     Live,
-    /// It missed [`pigeon_sdk::registry::MISSED_HEARTBEATS`] heartbeats.
+    /// It missed [`pigeon_wire::registry::MISSED_HEARTBEATS`] heartbeats.
     Stale,
     /// It shut down and said so.
     Left,
@@ -63,7 +63,7 @@ pub enum InstanceState {
 impl ModuleInstance {
     /// Its state at `now` (unix ms).
     pub fn state(&self, now: i64) -> InstanceState {
-        let missed = pigeon_sdk::registry::MISSED_HEARTBEATS as i64;
+        let missed = pigeon_wire::registry::MISSED_HEARTBEATS as i64;
         if self.left_at.is_some() {
             InstanceState::Left
         } else if now - self.last_seen > self.heartbeat_ms.saturating_mul(missed) {

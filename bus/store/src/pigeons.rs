@@ -5,7 +5,7 @@ use sqlx::Transaction;
 
 use super::sql::{Dialect, Done, SqlStore};
 use super::{now_ms, StoreError};
-use crate::route::{PigeonSpec, VersionedPigeon};
+use pigeon_core::route::{PigeonSpec, VersionedPigeon};
 
 /// A pigeon as stored.
 #[derive(Clone, Debug, PartialEq)]

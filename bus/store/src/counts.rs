@@ -4,7 +4,7 @@ use async_trait::async_trait;
 
 use super::sql::{values, Dialect, Done, SqlStore};
 use super::StoreError;
-use crate::counters::{BucketCount, Tally};
+use pigeon_core::counters::{BucketCount, Tally};
 
 /// Pigeons' counts per bucket.
 #[async_trait]

@@ -5,7 +5,7 @@ use sqlx::query::Query;
 
 use super::sql::{Bind, Dialect, Done, SqlStore};
 use super::{fit, now_ms, StoreError};
-use crate::deadletter::{
+use pigeon_core::deadletter::{
     Attempt, DeadLetter, DeadLetterFilter, ErrorKind, NewDeadLetter, Outcome, Report, Selection, Status,
     StoredHeader,
 };

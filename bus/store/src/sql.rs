@@ -6,13 +6,11 @@
 //! Both backends take `?` placeholders, row values, `COALESCE` and `CASE`; queries are
 //! checked at run time, and the same conformance suite runs on both.
 
-use async_trait::async_trait;
 use sqlx::migrate::{Migrate, Migrator};
 use sqlx::query::{Query, QueryAs};
 use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Transaction, Type};
 
-use super::archive::ArchiveStore;
-use super::{Store, StoreError};
+use super::StoreError;
 
 /// The store on one database.
 #[derive(Debug)]
@@ -175,18 +173,6 @@ impl<DB: Dialect> SqlStore<DB> {
 pub(super) fn values(rows: usize, columns: usize) -> String {
     let row = format!("({})", vec!["?"; columns].join(", "));
     format!(" VALUES {}", vec![row.as_str(); rows].join(", "))
-}
-
-#[async_trait]
-impl<DB: Dialect> Store for SqlStore<DB> {
-    async fn migrate(&self) -> Result<(), StoreError> {
-        DB::migrator().run(&self.pool).await?;
-        Ok(())
-    }
-
-    fn archive(&self) -> &dyn ArchiveStore {
-        self
-    }
 }
 
 #[cfg(test)]

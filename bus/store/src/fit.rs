@@ -8,7 +8,7 @@ use std::borrow::Cow;
 
 use sha2::{Digest, Sha256};
 
-use crate::deadletter::NewDeadLetter;
+use pigeon_core::deadletter::NewDeadLetter;
 
 /// `letter_id` columns.
 pub const ID: usize = 64;
@@ -107,7 +107,7 @@ pub fn dead_letter(letter: &NewDeadLetter) -> Cow<'_, NewDeadLetter> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::deadletter::{ErrorKind, StoredHeader};
+    use pigeon_core::deadletter::{ErrorKind, StoredHeader};
 
     fn letter() -> NewDeadLetter {
         NewDeadLetter {

@@ -7,7 +7,7 @@ use sqlx::Transaction;
 
 use super::sql::{values, Dialect, SqlStore};
 use super::{now_ms, Saved, StoreError};
-use crate::dictionary::{Drift, Field, Observed, ObservedField};
+use pigeon_core::dictionary::{Drift, Field, Observed, ObservedField};
 
 /// A dictionary field as stored.
 #[derive(Clone, Debug, PartialEq)]
@@ -28,7 +28,7 @@ pub trait DictionaryStore: Send + Sync {
     async fn dictionary(&self) -> Result<Vec<StoredField>, StoreError>;
 
     /// Creates or changes a dictionary field: a new version, audited. An identical field
-    /// changes nothing. The caller checks it against the rest ([`crate::dictionary::validate`]).
+    /// changes nothing. The caller checks it against the rest ([`pigeon_core::dictionary::validate`]).
     async fn save_field(&self, field: &Field, actor: &str) -> Result<Saved, StoreError>;
 
     /// Deletes a dictionary field, audited; returns it as it was.

@@ -34,7 +34,7 @@ pub use registry::{
 pub use sql::{Dialect, SqlStore};
 pub use tokens::{AuditEntry, NewToken, Token, TokenStore};
 
-pub use crate::dictionary::{Drift, Observed};
+pub use pigeon_core::dictionary::{Drift, Observed};
 
 /// A store failure.
 #[derive(Debug, thiserror::Error)]
@@ -111,6 +111,18 @@ pub trait Store:
     fn archive(&self) -> &dyn ArchiveStore;
 }
 
+#[async_trait]
+impl<DB: sql::Dialect> Store for sql::SqlStore<DB> {
+    async fn migrate(&self) -> Result<(), StoreError> {
+        DB::migrator().run(&self.pool).await?;
+        Ok(())
+    }
+
+    fn archive(&self) -> &dyn ArchiveStore {
+        self
+    }
+}
+
 /// Opens the store a URL names: `sqlite://PATH` or `mysql://…`.
 pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
     if url.starts_with("sqlite:") {
@@ -118,7 +130,7 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
     } else if url.starts_with("mysql:") {
         Ok(Arc::new(mysql::MySqlStore::open(url).await?))
     } else {
-        Err(StoreError::UnsupportedUrl(crate::config::redact_url(url)))
+        Err(StoreError::UnsupportedUrl(pigeon_core::redact::redact_url(url)))
     }
 }
 
@@ -129,10 +141,4 @@ pub async fn open_migrated(url: &str) -> Result<Arc<dyn Store>, StoreError> {
     Ok(store)
 }
 
-/// Current time, unix milliseconds.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+pub use pigeon_core::clock::now_ms;

@@ -15,7 +15,7 @@ use super::StoreError;
 /// The SQLite store.
 pub type SqliteStore = SqlStore<Sqlite>;
 
-static MIGRATOR: Migrator = sqlx::migrate!("../migrations/sqlite");
+static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/sqlite");
 
 impl SqliteStore {
     /// Opens (creating if missing) the database a `sqlite://PATH` URL names.

@@ -4,7 +4,7 @@ use async_trait::async_trait;
 
 use super::sql::{Dialect, Done, SqlStore};
 use super::{now_ms, StoreError};
-use crate::token::Role;
+use pigeon_core::token::Role;
 
 /// A token to store: its hash, never its value.
 #[derive(Clone, Debug, PartialEq, Eq)]

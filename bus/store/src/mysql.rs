@@ -13,7 +13,7 @@ use super::StoreError;
 /// The MySQL/TiDB store.
 pub type MySqlStore = SqlStore<MySql>;
 
-static MIGRATOR: Migrator = sqlx::migrate!("../migrations/mysql");
+static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/mysql");
 
 impl MySqlStore {
     /// Connects to the database a `mysql://USER:PASSWORD@HOST:PORT/DB` URL names.

@@ -6,8 +6,10 @@ use async_trait::async_trait;
 
 use super::sql::{values, Bind, Dialect, Done, SqlStore};
 use super::{fit, now_ms, StoreError};
-use crate::archive::{ArchiveQuery, ArchivedLetter, KeyField, Position, ReplayJob, ReplaySpec, ReplayStatus};
-use crate::deadletter::StoredHeader;
+use pigeon_core::archive::{
+    ArchiveQuery, ArchivedLetter, KeyField, Position, ReplayJob, ReplaySpec, ReplayStatus,
+};
+use pigeon_core::deadletter::StoredHeader;
 
 /// Rows per multi-row `INSERT`: 14 parameters each stays under SQLite's and MySQL's limits.
 pub const INSERT_CHUNK: usize = 1_000;
