@@ -32,8 +32,9 @@ pub struct Token {
     pub revoked_at: Option<i64>,
 }
 
-/// One recorded mutation.
-#[derive(Clone, Debug, PartialEq)]
+/// One recorded mutation: the store's row, and what `GET /api/v1/audit` lists.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[schema(as = AuditView)]
 pub struct AuditEntry {
     /// Increasing id.
     pub id: i64,
