@@ -39,6 +39,7 @@ pub enum FlyError {
 
 /// What `fly_sync` reports: where the letter went.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema), schema(as = ReceiptView))]
 pub struct Receipt {
     /// The flown letter's id.
     pub letter_id: String,
@@ -62,6 +63,7 @@ impl Receipt {
 
 /// One delivered output of a flown letter.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema), schema(as = DeliveredView))]
 pub struct Delivered {
     /// Destination topic.
     pub topic: String,
@@ -77,6 +79,7 @@ pub struct Delivered {
 
 /// One output of a flown letter that failed and is now a dead letter.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema), schema(as = DeadLetteredView))]
 pub struct DeadLettered {
     /// Destination topic, when one output failed (absent when the pigeon's script failed).
     pub topic: Option<String>,
@@ -86,6 +89,8 @@ pub struct DeadLettered {
 
 /// The body of `POST /api/v1/fly`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema), schema(as = FlyBody))]
+#[serde(deny_unknown_fields)]
 pub struct FlyRequest {
     /// The pigeon to fly to.
     pub pigeon: String,
@@ -95,6 +100,8 @@ pub struct FlyRequest {
 
 /// A letter in a [`FlyRequest`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema), schema(as = FlyLetterBody))]
+#[serde(deny_unknown_fields)]
 pub struct FlyLetter {
     /// Letter id (UUIDv7); the bus makes one when absent.
     #[serde(default)]

@@ -32,7 +32,6 @@ pub async fn list(
 ) -> Result<Json<Page<AuditView>>, ApiError> {
     let limit = super::page_limit(q.limit)?;
     let before = super::id_cursor(q.cursor.as_deref())?;
-    let items: Vec<AuditView> =
-        state.store.audit(before, limit as u32 + 1).await?;
+    let items: Vec<AuditView> = state.store.audit(before, limit as u32 + 1).await?;
     Ok(Json(Page::from_overfetch(items, limit, |a| a.id.to_string())))
 }

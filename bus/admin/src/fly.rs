@@ -11,8 +11,6 @@ use std::time::{Duration, SystemTime};
 use axum::extract::State;
 use axum::Json;
 use rdkafka::message::OwnedMessage;
-use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
 
 use super::auth::AsModule;
 use super::error::{ApiError, ErrorBody};
@@ -22,89 +20,17 @@ use pigeon_bus::deadletter::CaptureMessage;
 use pigeon_bus::deadletter::{ErrorKind, NewDeadLetter};
 use pigeon_bus::route::{pattern::validate_tag, Action, Route, INGRESS};
 use pigeon_bus::router::output::{owned_outputs, OwnedOutput};
-use pigeon_sdk::{header, Letter, LetterId};
+// The wire types are the SDK's (named FlyBody, FlyLetterBody, ReceiptView, … in the OpenAPI
+// document): what a module sends is exactly what the bus reads.
+use pigeon_sdk::{header, DeadLettered, Delivered, FlyRequest, Letter, LetterId, Receipt};
 
 /// How long the bus waits for Kafka to acknowledge each output.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The body of `POST /fly` (the SDK's `FlyRequest`).
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct FlyBody {
-    /// The pigeon to fly to.
-    pub pigeon: String,
-    /// The letter.
-    pub letter: FlyLetterBody,
-}
-
-/// A flown letter.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct FlyLetterBody {
-    /// Letter id (a UUID, v7 preferred); a fresh one when absent. Flying the same id again
-    /// makes outputs with the same ids, so modules can drop repeats.
-    #[serde(default)]
-    pub id: Option<String>,
-    /// Producer, usually the module.
-    pub source: String,
-    /// Tag.
-    pub tag: String,
-    /// RFC 3339 time; now when absent.
-    #[serde(default)]
-    pub time: Option<String>,
-    /// Partition key.
-    #[serde(default)]
-    pub key: Option<String>,
-    /// The JSON payload.
-    pub payload: serde_json::Value,
-    /// W3C trace context.
-    #[serde(default)]
-    pub traceparent: Option<String>,
-}
-
-/// Where a flown letter went.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ReceiptView {
-    /// The letter's id.
-    pub letter_id: String,
-    /// The pigeon.
-    pub pigeon: String,
-    /// The pigeon version that ran.
-    pub version: i64,
-    /// Outputs Kafka acknowledged.
-    pub delivered: Vec<DeliveredView>,
-    /// Outputs (or the letter, when the script failed) stored as dead letters.
-    pub dead_lettered: Vec<DeadLetteredView>,
-}
-
-/// One acknowledged output.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct DeliveredView {
-    /// Destination topic.
-    pub topic: String,
-    /// Its tag there.
-    pub tag: String,
-    /// The output's letter id.
-    pub id: String,
-    /// Partition.
-    pub partition: i32,
-    /// Offset.
-    pub offset: i64,
-}
-
-/// One output stored as a dead letter.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct DeadLetteredView {
-    /// Destination topic (absent when the script failed).
-    pub topic: Option<String>,
-    /// What went wrong.
-    pub error: String,
-}
-
 /// Flies a letter to a pigeon and returns once every output is acknowledged or stored as a
 /// dead letter. Needs any token; modules use a `module` token.
-#[utoipa::path(post, path = "/fly", tag = "fly", request_body = FlyBody,
-    responses((status = 200, description = "Where the letter went", body = ReceiptView),
+#[utoipa::path(post, path = "/fly", tag = "fly", request_body = FlyRequest,
+    responses((status = 200, description = "Where the letter went", body = Receipt),
               (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
               (status = 404, description = "No such pigeon", body = ErrorBody),
               (status = 409, description = "The pigeon is disabled", body = ErrorBody),
@@ -113,8 +39,8 @@ pub struct DeadLetteredView {
 pub async fn fly(
     AsModule(caller): AsModule,
     State(state): State<AppState>,
-    ApiJson(body): ApiJson<FlyBody>,
-) -> Result<Json<ReceiptView>, ApiError> {
+    ApiJson(body): ApiJson<FlyRequest>,
+) -> Result<Json<Receipt>, ApiError> {
     let letter = letter_of(&body)?;
     let tables = state.tables.as_ref().ok_or_else(|| {
         ApiError::unavailable("this bus runs no route tables; fly through another instance")
@@ -134,7 +60,7 @@ pub async fn fly(
         ApiError::unavailable("this bus runs without a Kafka producer; fly through pigeon.ingress")
     })?;
 
-    let mut receipt = ReceiptView {
+    let mut receipt = Receipt {
         letter_id: id.clone(),
         pigeon: body.pigeon.clone(),
         version: route.version,
@@ -150,7 +76,7 @@ pub async fn fly(
             dead.pigeon_id = Some(route.id.to_string());
             dead.pigeon_version = Some(route.version);
             dead_letters.push(dead);
-            receipt.dead_lettered.push(DeadLetteredView { topic: None, error });
+            receipt.dead_lettered.push(DeadLettered { topic: None, error });
         }
         Ok(outputs) => {
             // An output its destination would refuse is parked on its own; the others go.
@@ -159,9 +85,7 @@ pub async fn fly(
             for output in &unfit {
                 let reason = output.unfit.as_ref().map_or_else(String::new, |u| u.reason.clone());
                 dead_letters.extend(output.parked());
-                receipt
-                    .dead_lettered
-                    .push(DeadLetteredView { topic: Some(output.topic.clone()), error: reason });
+                receipt.dead_lettered.push(DeadLettered { topic: Some(output.topic.clone()), error: reason });
             }
             let sends = outputs.iter().map(|output| {
                 let record = output.record();
@@ -170,7 +94,7 @@ pub async fn fly(
             let results = futures::future::join_all(sends).await;
             for (output, result) in outputs.iter().zip(results) {
                 match result {
-                    Ok(delivery) => receipt.delivered.push(DeliveredView {
+                    Ok(delivery) => receipt.delivered.push(Delivered {
                         topic: output.topic.clone(),
                         tag: output.header(header::TYPE).unwrap_or_default(),
                         id: output.header(header::ID).unwrap_or_default(),
@@ -188,9 +112,7 @@ pub async fn fly(
                         );
                         dead.source_topic = INGRESS.to_owned();
                         dead_letters.push(dead);
-                        receipt
-                            .dead_lettered
-                            .push(DeadLetteredView { topic: Some(output.topic.clone()), error });
+                        receipt.dead_lettered.push(DeadLettered { topic: Some(output.topic.clone()), error });
                     }
                 }
             }
@@ -265,7 +187,7 @@ async fn route_of(
 }
 
 /// Reads the request's letter, explaining what is wrong with it.
-fn letter_of(body: &FlyBody) -> Result<Letter, ApiError> {
+fn letter_of(body: &FlyRequest) -> Result<Letter, ApiError> {
     let l = &body.letter;
     if body.pigeon.is_empty() {
         return Err(ApiError::bad_request("name the pigeon to fly to"));

@@ -190,6 +190,21 @@ async fn every_documented_route_is_mounted_and_guarded_by_its_role() {
     assert_eq!(status, StatusCode::OK);
     assert!(served["paths"]["/api/v1/pigeons/{id}"]["put"].is_object());
     assert!(served["components"]["securitySchemes"]["token"].is_object());
+    // The wire types the SDK and the store share are served under the API's names.
+    let schemas = &served["components"]["schemas"];
+    for (name, field) in [
+        ("FlyBody", "letter"),
+        ("FlyLetterBody", "payload"),
+        ("ReceiptView", "dead_lettered"),
+        ("DeliveredView", "offset"),
+        ("DeadLetteredView", "error"),
+        ("AuditView", "before"),
+    ] {
+        assert!(schemas[name]["properties"][field].is_object(), "{name}.{field} in {schemas}");
+    }
+    let fly_body =
+        &served["paths"]["/api/v1/fly"]["post"]["requestBody"]["content"]["application/json"]["schema"];
+    assert_eq!(fly_body["$ref"], "#/components/schemas/FlyBody");
     let (status, body) = api.call(Method::GET, "/api/v1/nope", &api.admin, None).await;
     assert_eq!((status, body["code"].as_str()), (StatusCode::NOT_FOUND, Some("not_found")));
 }
