@@ -24,7 +24,7 @@ use crate::config::{RetrierConfig, Sweep};
 use crate::deadletter::schedule::Schedule;
 use crate::deadletter::{DeadLetter, NewDeadLetter, Outcome, Report};
 use crate::route::{Lookup, Route, RouteTable};
-use crate::router::output::{owned_outputs, reroute, with_attempt, OwnedOutput as Output};
+use crate::router::output::{owned_outputs, reroute, with_attempt, OwnedOutput as Output, Planned};
 use crate::source;
 use crate::store::{now_ms, Store};
 use pigeon_sdk::{header, LetterId};
@@ -188,14 +188,22 @@ impl Retrier {
     /// Delivers one dead letter and says how it went.
     async fn attempt(&self, letter: &DeadLetter, table: &RouteTable) -> Report {
         let attempt = letter.attempts + 1;
-        let outputs = match plan(letter, table, attempt) {
-            Ok(outputs) => outputs,
+        let Planned { outputs, refused } = match plan(letter, table, attempt) {
+            Ok(planned) => planned,
             Err(message) => return Report { outcome: Outcome::Parked, message, next_attempt_at: None },
         };
-        // Outputs their destination would refuse are parked on their own; the others go.
+        // Outputs their destination would refuse are parked on their own, and so is the letter
+        // for a pigeon that refuses it; the others go.
         let (unfit, outputs): (Vec<Output>, Vec<Output>) =
             outputs.into_iter().partition(|o| o.unfit.is_some());
-        let parked: Vec<NewDeadLetter> = unfit.iter().filter_map(Output::parked).collect();
+        let mut parked: Vec<NewDeadLetter> = unfit.iter().filter_map(Output::parked).collect();
+        let refusals: Vec<String> = refused
+            .iter()
+            .map(|d| {
+                format!("; pigeon {} refused it: {}", d.pigeon_id.as_deref().unwrap_or("?"), d.error_message)
+            })
+            .collect();
+        parked.extend(refused);
         if !parked.is_empty() {
             let refs: Vec<&NewDeadLetter> = parked.iter().collect();
             if let Err(e) = self.parts.store.insert_dead_letters(&refs).await {
@@ -224,6 +232,7 @@ impl Retrier {
                 let reason = output.unfit.as_ref().map_or("", |u| u.reason.as_str());
                 message.push_str(&format!("; parked the output to {}: {reason}", output.topic));
             }
+            message.extend(refusals);
             return Report { outcome: Outcome::Delivered, message, next_attempt_at: None };
         };
         let schedule = letter
@@ -247,8 +256,9 @@ impl Retrier {
     }
 }
 
-/// What redelivering a dead letter sends, or why it cannot be sent (it is then parked).
-fn plan(letter: &DeadLetter, table: &RouteTable, attempt: i32) -> Result<Vec<Output>, String> {
+/// What redelivering a dead letter sends, or why it cannot be sent (it is then parked): no
+/// pigeon takes it now, or every one that does refuses it.
+fn plan(letter: &DeadLetter, table: &RouteTable, attempt: i32) -> Result<Planned, String> {
     let dead = &letter.letter;
     let stored_headers = || {
         dead.headers.iter().fold(OwnedHeaders::new_with_capacity(dead.headers.len()), |headers, h| {
@@ -257,13 +267,14 @@ fn plan(letter: &DeadLetter, table: &RouteTable, attempt: i32) -> Result<Vec<Out
     };
     if let Some(topic) = &dead.dest_topic {
         // A delivery Kafka refused: the same output again.
-        return Ok(vec![Output {
+        let output = Output {
             topic: topic.clone(),
             key: dead.key.clone(),
             headers: with_attempt(&stored_headers(), attempt),
             payload: dead.payload.clone(),
             unfit: None,
-        }]);
+        };
+        return Ok(Planned { outputs: vec![output], refused: Vec::new() });
     }
     // The letter never left: route it again through the pigeons as they are now.
     let time_ms = dead
@@ -302,7 +313,12 @@ fn plan(letter: &DeadLetter, table: &RouteTable, attempt: i32) -> Result<Vec<Out
     } else {
         dead.letter_id.clone()
     };
-    owned_outputs(&message, &id, &tag, time_ms, &matched, attempt, table.contracts()).map_err(|e| e.message)
+    let planned = owned_outputs(&message, &id, &tag, time_ms, &matched, attempt, table.contracts());
+    if planned.outputs.is_empty() && planned.refused.len() == matched.len() {
+        let reasons: Vec<&str> = planned.refused.iter().map(|d| d.error_message.as_str()).collect();
+        return Err(reasons.join("; "));
+    }
+    Ok(planned)
 }
 
 #[cfg(test)]
@@ -350,8 +366,8 @@ mod tests {
             created_at: now_ms(),
             updated_at: now_ms(),
         };
-        let outputs = plan(&dead, &table, 2).unwrap();
-        let topics: Vec<&str> = outputs.iter().map(|o| o.topic.as_str()).collect();
+        let planned = plan(&dead, &table, 2).unwrap();
+        let topics: Vec<&str> = planned.outputs.iter().map(|o| o.topic.as_str()).collect();
         assert_eq!(topics, ["pigeon.module.a"], "the ended pigeon does not take today's letter");
     }
 }

@@ -16,7 +16,6 @@ use super::auth::AsModule;
 use super::error::{ApiError, ErrorBody};
 use super::{ApiJson, AppState};
 use pigeon_bus::control::{Routes, Tables};
-use pigeon_bus::deadletter::CaptureMessage;
 use pigeon_bus::deadletter::{ErrorKind, NewDeadLetter};
 use pigeon_bus::route::{pattern::validate_tag, Action, Route, INGRESS};
 use pigeon_bus::router::output::{owned_outputs, OwnedOutput};
@@ -68,53 +67,38 @@ pub async fn fly(
         dead_lettered: Vec::new(),
     };
     let mut dead_letters = Vec::new();
-    match owned_outputs(&message, &id, &letter.tag, time_ms, &[&route], 1, table.contracts()) {
-        Err(refused) => {
-            let error = refused.message;
-            let mut dead = NewDeadLetter::from_message(&message, refused.kind, error.clone());
-            dead.letter_id = id.clone();
-            dead.pigeon_id = Some(route.id.to_string());
-            dead.pigeon_version = Some(route.version);
-            dead_letters.push(dead);
-            receipt.dead_lettered.push(DeadLettered { topic: None, error });
-        }
-        Ok(outputs) => {
-            // An output its destination would refuse is parked on its own; the others go.
-            let (unfit, outputs): (Vec<OwnedOutput>, Vec<OwnedOutput>) =
-                outputs.into_iter().partition(|o| o.unfit.is_some());
-            for output in &unfit {
-                let reason = output.unfit.as_ref().map_or_else(String::new, |u| u.reason.clone());
-                dead_letters.extend(output.parked());
-                receipt.dead_lettered.push(DeadLettered { topic: Some(output.topic.clone()), error: reason });
-            }
-            let sends = outputs.iter().map(|output| {
-                let record = output.record();
-                producer.send(record, DELIVERY_TIMEOUT)
-            });
-            let results = futures::future::join_all(sends).await;
-            for (output, result) in outputs.iter().zip(results) {
-                match result {
-                    Ok(delivery) => receipt.delivered.push(Delivered {
-                        topic: output.topic.clone(),
-                        tag: output.header(header::TYPE).unwrap_or_default(),
-                        id: output.header(header::ID).unwrap_or_default(),
-                        partition: delivery.partition,
-                        offset: delivery.offset,
-                    }),
-                    Err((error, _)) => {
-                        let error = error.to_string();
-                        let pigeon = (route.id.as_ref(), route.version);
-                        let mut dead = output.dead_letter(
-                            pigeon,
-                            ErrorKind::Produce,
-                            error.clone(),
-                            route.retry.after(1),
-                        );
-                        dead.source_topic = INGRESS.to_owned();
-                        dead_letters.push(dead);
-                        receipt.dead_lettered.push(DeadLettered { topic: Some(output.topic.clone()), error });
-                    }
-                }
+    let planned = owned_outputs(&message, &id, &letter.tag, time_ms, &[&route], 1, table.contracts());
+    for refused in planned.refused {
+        receipt.dead_lettered.push(DeadLettered { topic: None, error: refused.error_message.clone() });
+        dead_letters.push(refused);
+    }
+    // An output its destination would refuse is parked on its own; the others go.
+    let (unfit, outputs): (Vec<OwnedOutput>, Vec<OwnedOutput>) =
+        planned.outputs.into_iter().partition(|o| o.unfit.is_some());
+    for output in &unfit {
+        let reason = output.unfit.as_ref().map_or_else(String::new, |u| u.reason.clone());
+        dead_letters.extend(output.parked());
+        receipt.dead_lettered.push(DeadLettered { topic: Some(output.topic.clone()), error: reason });
+    }
+    let sends = outputs.iter().map(|output| producer.send(output.record(), DELIVERY_TIMEOUT));
+    let results = futures::future::join_all(sends).await;
+    for (output, result) in outputs.iter().zip(results) {
+        match result {
+            Ok(delivery) => receipt.delivered.push(Delivered {
+                topic: output.topic.clone(),
+                tag: output.header(header::TYPE).unwrap_or_default(),
+                id: output.header(header::ID).unwrap_or_default(),
+                partition: delivery.partition,
+                offset: delivery.offset,
+            }),
+            Err((error, _)) => {
+                let error = error.to_string();
+                let pigeon = (route.id.as_ref(), route.version);
+                let mut dead =
+                    output.dead_letter(pigeon, ErrorKind::Produce, error.clone(), route.retry.after(1));
+                dead.source_topic = INGRESS.to_owned();
+                dead_letters.push(dead);
+                receipt.dead_lettered.push(DeadLettered { topic: Some(output.topic.clone()), error });
             }
         }
     }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use pigeon_bus::route::{DestinationSpec, MatchSpec, PigeonSpec, RouteTable, VersionedPigeon};
 use pigeon_bus::router::output::output_headers;
 use pigeon_bus::source;
+use pigeon_core::plan;
 use rdkafka::message::{Headers, Message, OwnedMessage};
 use rdkafka::Timestamp;
 
@@ -89,11 +90,12 @@ pub fn forward(table: &RouteTable, m: &OwnedMessage) -> usize {
     let input = source::LetterHeaders::of(m);
     let meta = source::read(m, &input, &routes.source).expect("a readable letter");
     let tag = meta.tag.as_deref().expect("tagged");
+    let id = meta.id.expect("with an id");
     let mut n = 0;
     for route in routes.matching(tag) {
         route.counts.took();
-        for d in &route.destinations {
-            let headers = output_headers(m, &input, meta.id.expect("with an id"), &d.tag, &route.id, false);
+        for planned in plan::forwards(route, id, m.key(), m.payload(), None, table.contracts()) {
+            let headers = output_headers(m, &input, &planned.id, &planned.tag, &route.id, planned.rewritten);
             n += std::hint::black_box(headers).count();
         }
     }

@@ -2,7 +2,7 @@
 //!
 //! No Kafka client, no database, no runtime: this crate's dependencies say so, and
 //! `tests/architecture.rs` checks it. Pigeons ([`route`]: specs, tag patterns, live windows,
-//! the compiled route table and the output plan), cleansing [`script`]s, the [`dictionary`] and
+//! the compiled route table), the output [`plan`] every sender follows, cleansing [`script`]s, the [`dictionary`] and
 //! checked [`wiring`], retry schedules and the dead-letter, archive and counter records the
 //! store keeps, operators' [`token`]s, the [`clock`], and [`redact`]ion of secrets in what is logged.
 
@@ -12,6 +12,7 @@ pub mod counters;
 pub mod deadletter;
 pub mod dictionary;
 pub mod dryrun;
+pub mod plan;
 pub mod redact;
 pub mod route;
 pub mod script;

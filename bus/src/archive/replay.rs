@@ -26,10 +26,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::{ArchivedLetter, Position, ReplayJob, ReplaySpec, ReplayStatus};
 use crate::config::ReplayConfig;
-use crate::deadletter::CaptureMessage;
-use crate::deadletter::NewDeadLetter;
 use crate::route::RouteTable;
-use crate::router::output::{owned_outputs, reroute, OwnedOutput};
+use crate::router::output::{owned_outputs, reroute, OwnedOutput, Planned};
 use crate::store::archive::ReplayProgress;
 use crate::store::{now_ms, Store};
 use pigeon_sdk::{header, LetterId};
@@ -192,7 +190,12 @@ async fn run_job(parts: &ReplayParts, job: ReplayJob, cancel: &CancellationToken
         for letter in &page {
             pacer.wait().await;
             match plan(letter, spec, job.id, table.as_deref()) {
-                Ok(outputs) => {
+                Ok(Planned { outputs, refused }) => {
+                    // A pigeon that refuses the letter makes a dead letter; the others' go.
+                    for failed in &refused {
+                        dead += 1;
+                        parts.store.insert_dead_letter(failed).await?;
+                    }
                     for output in outputs {
                         // An output its destination would refuse is parked on its own.
                         if let Some(parked) = output.parked() {
@@ -203,13 +206,9 @@ async fn run_job(parts: &ReplayParts, job: ReplayJob, cancel: &CancellationToken
                         deliveries.push(send(&parts.producer, output).await?);
                     }
                 }
-                Err(Unsent::NoPigeon(reason)) => {
+                Err(reason) => {
                     skipped += 1;
                     tracing::debug!(job = job.id, letter = %letter.letter_id, reason, "replayed letter taken by no pigeon");
-                }
-                Err(Unsent::Script(failed)) => {
-                    dead += 1;
-                    parts.store.insert_dead_letter(&failed).await?;
                 }
             }
         }
@@ -263,22 +262,14 @@ async fn send(
     }
 }
 
-/// Why a letter was not sent.
-#[derive(Debug)]
-pub enum Unsent {
-    /// No pigeon takes it now (through the pigeons only).
-    NoPigeon(String),
-    /// Its pigeon's script failed on it: a dead letter.
-    Script(Box<NewDeadLetter>),
-}
-
-/// What replaying one archived letter sends.
+/// What replaying one archived letter sends, or why no pigeon takes it now (through the
+/// pigeons only).
 pub fn plan(
     letter: &ArchivedLetter,
     spec: &ReplaySpec,
     job: i64,
     table: Option<&RouteTable>,
-) -> Result<Vec<OwnedOutput>, Unsent> {
+) -> Result<Planned, String> {
     let replay_id =
         LetterId::replayed(&letter.letter_id, job, letter.position.time.max(0) as u64).to_string();
     // The original's headers, without a replay marker of its own (a replay of a replay names
@@ -302,16 +293,17 @@ pub fn plan(
             .insert(Header { key: header::REPLAYOF, value: Some(letter.letter_id.as_bytes()) })
     };
     if let Some(topic) = &spec.to_topic {
-        return Ok(vec![OwnedOutput {
+        let output = OwnedOutput {
             topic: topic.clone(),
             key: letter.key.clone(),
             headers: marked(&original()),
             payload: letter.payload.clone(),
             unfit: None,
-        }]);
+        };
+        return Ok(Planned { outputs: vec![output], refused: Vec::new() });
     }
     let Some(table) = table else {
-        return Err(Unsent::NoPigeon("the job names no topic and runs through no pigeons".into()));
+        return Err("the job names no topic and runs through no pigeons".into());
     };
     let message = OwnedMessage::new(
         letter.payload.clone(),
@@ -322,19 +314,15 @@ pub fn plan(
         letter.position.offset,
         Some(original()),
     );
-    let (tag, routes) = reroute(table, &message, letter.position.time).map_err(Unsent::NoPigeon)?;
+    let (tag, routes) = reroute(table, &message, letter.position.time)?;
     let routes: Vec<_> = routes.iter().collect();
-    let outputs =
-        owned_outputs(&message, &replay_id, &tag, letter.position.time, &routes, 1, table.contracts())
-            .map_err(|e| {
-                let mut failed =
-                    NewDeadLetter::from_message(&message, e.kind, format!("replay job {job}: {e}"));
-                failed.letter_id = letter.letter_id.clone();
-                failed.pigeon_id = Some(e.pigeon.0.clone());
-                failed.pigeon_version = Some(e.pigeon.1);
-                Unsent::Script(Box::new(failed))
-            })?;
-    Ok(outputs
+    let Planned { outputs, mut refused } =
+        owned_outputs(&message, &replay_id, &tag, letter.position.time, &routes, 1, table.contracts());
+    for failed in &mut refused {
+        failed.letter_id.clone_from(&letter.letter_id);
+        failed.error_message = format!("replay job {job}: {}", failed.error_message);
+    }
+    let outputs = outputs
         .into_iter()
         .map(|output| OwnedOutput {
             headers: output
@@ -342,7 +330,8 @@ pub fn plan(
                 .insert(Header { key: header::REPLAYOF, value: Some(letter.letter_id.as_bytes()) }),
             ..output
         })
-        .collect())
+        .collect();
+    Ok(Planned { outputs, refused })
 }
 
 #[cfg(test)]
@@ -387,7 +376,7 @@ mod tests {
     #[test]
     fn a_replayed_letter_is_the_original_with_a_new_id_and_the_replay_marker() {
         let letter = archived();
-        let outputs = plan(&letter, &spec(Some("replayed.gift")), 7, None).unwrap();
+        let outputs = plan(&letter, &spec(Some("replayed.gift")), 7, None).unwrap().outputs;
         assert_eq!(outputs.len(), 1);
         let out = &outputs[0];
         assert_eq!(out.topic, "replayed.gift");
@@ -396,13 +385,13 @@ mod tests {
         assert_eq!(out.header(header::REPLAYOF).as_deref(), Some(letter.letter_id.as_str()));
         let id = out.header(header::ID).unwrap();
         assert_ne!(id, letter.letter_id, "a new id, so modules that drop duplicates take it");
-        let again = plan(&letter, &spec(Some("replayed.gift")), 7, None).unwrap();
+        let again = plan(&letter, &spec(Some("replayed.gift")), 7, None).unwrap().outputs;
         assert_eq!(again[0].header(header::ID).unwrap(), id, "the same job gives the same id");
-        let other_job = plan(&letter, &spec(Some("replayed.gift")), 8, None).unwrap();
+        let other_job = plan(&letter, &spec(Some("replayed.gift")), 8, None).unwrap().outputs;
         assert_ne!(other_job[0].header(header::ID).unwrap(), id);
         let mut foreign = archived();
         foreign.headers.retain(|h| h.name != header::ID);
-        let foreign_out = &plan(&foreign, &spec(Some("replayed.gift")), 7, None).unwrap()[0];
+        let foreign_out = &plan(&foreign, &spec(Some("replayed.gift")), 7, None).unwrap().outputs[0];
         let expected = LetterId::replayed(&foreign.letter_id, 7, foreign.position.time as u64).to_string();
         assert_eq!(foreign_out.header(header::ID), Some(expected), "a foreign letter gets an id too");
         for h in &letter.headers {
@@ -425,7 +414,7 @@ mod tests {
         )
         .unwrap();
         let letter = archived();
-        let outputs = plan(&letter, &spec(None), 7, Some(&table)).unwrap();
+        let outputs = plan(&letter, &spec(None), 7, Some(&table)).unwrap().outputs;
         assert_eq!(outputs.len(), 1);
         assert_eq!(outputs[0].topic, "pigeon.module.rank");
         assert_eq!(outputs[0].header(header::TYPE).as_deref(), Some("gift"));
@@ -434,8 +423,8 @@ mod tests {
         let mut view = archived();
         view.position.topic = "live.view".into();
         match plan(&view, &spec(None), 7, Some(&table)) {
-            Err(Unsent::NoPigeon(reason)) => assert!(reason.contains("live.view"), "{reason}"),
-            other => panic!("expected no pigeon, got {other:?}"),
+            Err(reason) => assert!(reason.contains("live.view"), "{reason}"),
+            Ok(planned) => panic!("expected no pigeon, got {planned:?}"),
         }
     }
 

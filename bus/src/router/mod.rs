@@ -30,16 +30,17 @@ use tokio_util::sync::CancellationToken;
 
 use self::breaker::Breakers;
 use self::context::{Delivery, RouterConsumerContext, RouterProducerContext};
-use self::output::{output_headers, Outputs};
+use self::output::Outputs;
 use self::scripts::{ScriptJob, ScriptPool};
 use crate::config::RouterConfig;
 use crate::control::Routes;
 use crate::deadletter::CaptureMessage;
 use crate::deadletter::{self, ErrorKind, Job, NewDeadLetter};
-use crate::dictionary::{DriftTally, Judgement, Mode, Normalized, ObservedTally};
+use crate::dictionary::{DriftTally, Normalized, ObservedTally};
 use crate::route::{Lookup, Route, RouteTable, INGRESS};
 use crate::source::{self, LetterHeaders};
 use crate::store::Store;
+use pigeon_core::plan::{self, Refusal};
 
 /// Counters of what the router did, readable while it runs.
 #[derive(Debug, Default)]
@@ -558,16 +559,25 @@ impl Forwarder<'_> {
                 };
             }
         }
+        // The letter read against the dictionary once for every pigeon that took it (not at
+        // all when they leave it off), then taken by each as its mode says.
         let contracts = table.contracts();
-        let (plans, normalized) = self.plans(&matched, message, contracts);
-        let plan_of = |i: usize| plans.get(i).unwrap_or(&Judgement::AsIs);
+        let checked = plan::check(matched.iter().map(|r| r.as_ref()), contracts, message.payload());
+        if let Some(Ok(normalized)) = &checked {
+            self.drift.record(topic, &normalized.unknown, crate::store::now_ms());
+        }
+        let taken: Vec<Result<Option<&Normalized>, Refusal>> = match &checked {
+            None => Vec::new(),
+            Some(_) => matched.iter().map(|r| plan::take(r, checked.as_ref())).collect(),
+        };
+        let take = |i: usize| taken.get(i).cloned().unwrap_or(Ok(None));
         // A script pigeon counts one step per letter; its worker adds the letters it emits. A
-        // letter that does not fit a pigeon's dictionary is one dead letter for it.
+        // letter a pigeon refuses is one dead letter for it.
         let outputs: usize = matched
             .iter()
             .enumerate()
-            .map(|(i, r)| match (r.script.is_some(), plan_of(i)) {
-                (true, _) | (_, Judgement::Unfit(_)) => 1,
+            .map(|(i, r)| match (r.script.is_some(), taken.get(i)) {
+                (true, _) | (_, Some(Err(_))) => 1,
                 _ => r.destinations.len(),
             })
             .sum();
@@ -585,17 +595,17 @@ impl Forwarder<'_> {
                 &derived_id
             }
         };
+        let tag = meta.tag.as_deref().unwrap_or_default();
         let admission = self.breaker_admission(&matched, &ledger, admission);
         let (mut detached, mut detached_normalized) = (None, None);
         for (i, route) in matched.into_iter().enumerate() {
             route.counts.took();
-            let normalized = match plan_of(i) {
-                Judgement::Unfit(reason) => {
-                    self.unfit(message, route, id, &ledger, reason.clone());
+            let normalized = match take(i) {
+                Ok(normalized) => normalized,
+                Err(refusal) => {
+                    self.refuse(message, route, id, &ledger, refusal);
                     continue;
                 }
-                Judgement::Normalized => normalized.as_ref(),
-                Judgement::AsIs => None,
             };
             if route.script.is_some() {
                 let message = match normalized {
@@ -616,43 +626,22 @@ impl Forwarder<'_> {
                     route: Arc::clone(route),
                     message: Arc::clone(message),
                     id: id.to_owned(),
-                    tag: meta.tag.as_deref().unwrap_or_default().to_owned(),
+                    tag: tag.to_owned(),
                     ledger: Arc::clone(&ledger),
                     contracts: table.contracts_arc(),
                 };
                 self.scripts.submit(job).await;
                 continue;
             }
-            for destination in &route.destinations {
-                let headers =
-                    output_headers(message, &input, id, &destination.tag, &route.id, normalized.is_some());
-                let mut record = BaseRecord::with_opaque_to(
-                    &destination.topic,
-                    Box::new(Delivery { ledger: Arc::clone(&ledger), offset, route: Arc::clone(route) }),
-                )
-                .headers(headers);
-                if let Some(key) = message.key() {
-                    record = record.key(key);
+            let payload = normalized.map_or(message.payload(), |n| Some(&n.payload));
+            for mut planned in plan::forwards(route, id, message.key(), payload, normalized, contracts) {
+                let unfit = planned.unfit.take();
+                let delivery = Delivery { ledger: Arc::clone(&ledger), offset, route: Arc::clone(route) };
+                let record = output::record(message, &input, &planned, delivery);
+                match unfit {
+                    Some(reason) => self.outputs.park(&record, reason),
+                    None => self.send(record).await,
                 }
-                match normalized {
-                    Some(n) => record = record.payload(n.payload.as_slice()),
-                    None => {
-                        if let Some(payload) = message.payload() {
-                            record = record.payload(payload);
-                        }
-                    }
-                }
-                {
-                    if let Some(reason) = output::forward_unfit(route, normalized, contracts, destination) {
-                        self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
-                        route.counts.failed();
-                        let dead_letter = output::unfit_output(&record, reason);
-                        let _ =
-                            self.dead_letters.send(Job { dead_letter, ledger: Arc::clone(&ledger), offset });
-                        continue;
-                    }
-                }
-                self.send(record).await;
             }
         }
         admission
@@ -666,42 +655,16 @@ impl Forwarder<'_> {
         }
     }
 
-    /// What each matched pigeon does with the letter by its dictionary mode, and the letter
-    /// normalised once for all of them. Pigeons that all leave the dictionary off (the common
-    /// case) get no plans: the payload is not read and nothing is allocated.
-    fn plans(
-        &self,
-        matched: &[&Arc<Route>],
-        message: &BorrowedMessage<'_>,
-        contracts: &crate::route::Contracts,
-    ) -> (Vec<Judgement>, Option<Normalized>) {
-        if matched.iter().all(|r| r.dictionary == Mode::Off) {
-            return (Vec::new(), None);
-        }
-        let checked = contracts.vocabulary.normalize(message.payload().unwrap_or(b"null"));
-        let plans = matched.iter().map(|route| route.dictionary.judge(&checked)).collect();
-        let normalized = checked.ok();
-        if let Some(n) = &normalized {
-            self.drift.record(message.topic(), &n.unknown, crate::store::now_ms());
-        }
-        (plans, normalized)
-    }
-
-    /// Dead-letters a letter that does not fit the dictionary of a pigeon in `enforce` mode:
-    /// parked for an operator, who can fix it and send it through the pigeon again.
-    fn unfit(
+    /// Dead-letters a letter `route` refuses: it does not fit the pigeon's dictionary.
+    fn refuse(
         &self,
         message: &BorrowedMessage<'_>,
         route: &Route,
         id: &str,
         ledger: &Arc<PartitionLedger>,
-        reason: String,
+        refusal: Refusal,
     ) {
-        let mut dead_letter = NewDeadLetter::from_message(message, ErrorKind::Dictionary, reason);
-        dead_letter.letter_id = id.to_owned();
-        dead_letter.pigeon_id = Some(route.id.to_string());
-        dead_letter.pigeon_version = Some(route.version);
-        dead_letter.first_retry = None;
+        let dead_letter = output::refused(message, id, route, refusal);
         self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
         route.counts.failed();
         let offset = message.offset();

@@ -14,9 +14,9 @@ use super::context::{output_dead_letter, Delivery, RouterProducerContext};
 use super::RouterStats;
 use crate::deadletter::CaptureMessage;
 use crate::deadletter::{ErrorKind, Job, NewDeadLetter};
-use crate::dictionary::{Mode, Normalized};
-use crate::route::{Contracts, Destination, Route};
+use crate::route::{Contracts, Route};
 use crate::source::LetterHeaders;
+use pigeon_core::plan::{self, LetterRef, Output, Refusal};
 use pigeon_sdk::header;
 
 /// A record of one output letter.
@@ -43,7 +43,7 @@ impl Outputs {
             }
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => Err(back),
             Err((error, back)) => {
-                // Refused before it left (too large, unknown topic…).
+                // Refused before it left (too large, unknown topic...).
                 let output = owned(&back);
                 let delivery = back.delivery_opaque;
                 let dead_letter = output_dead_letter(&output, &delivery, error.to_string());
@@ -58,6 +58,82 @@ impl Outputs {
             }
         }
     }
+}
+
+impl Outputs {
+    /// Parks an output its destination would refuse (`reason`: a field it lacks): a dead
+    /// letter kept as it would have been sent, for an operator, who can fix the payload and
+    /// redrive it to the same destination. The store write settles it.
+    pub fn park(&self, record: &OutputRecord<'_>, reason: String) {
+        let mut dead_letter = output_dead_letter(&owned(record), &record.delivery_opaque, reason);
+        dead_letter.error_kind = ErrorKind::Dictionary;
+        dead_letter.first_retry = None;
+        self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+        let delivery = &record.delivery_opaque;
+        delivery.route.counts.failed();
+        let _ = self.dead_letters.send(Job {
+            dead_letter,
+            ledger: Arc::clone(&delivery.ledger),
+            offset: delivery.offset,
+        });
+    }
+}
+
+/// The record that sends a planned output of `message` (whose headers are `input`).
+pub fn record<'a, M: Message>(
+    message: &M,
+    input: &LetterHeaders<'_>,
+    output: &'a Output<'a>,
+    delivery: Delivery,
+) -> OutputRecord<'a> {
+    let headers =
+        output_headers(message, input, &output.id, &output.tag, &delivery.route.id, output.rewritten);
+    let mut record = BaseRecord::with_opaque_to(output.topic, Box::new(delivery)).headers(headers);
+    if let Some(key) = &output.key {
+        record = record.key(key.as_ref());
+    }
+    if let Some(payload) = &output.payload {
+        record = record.payload(payload.as_ref());
+    }
+    record
+}
+
+/// The letter as the plan reads it: `id` and `tag` as the caller found them, source and time
+/// from its headers, `time_ms` its time.
+pub fn letter_ref<'a, 'h: 'a, M: Message>(
+    message: &'a M,
+    input: &LetterHeaders<'h>,
+    id: &'a str,
+    tag: &'a str,
+    time_ms: i64,
+) -> LetterRef<'a> {
+    LetterRef {
+        id,
+        tag,
+        source: input.text(header::SOURCE).unwrap_or(message.topic()),
+        key: message.key(),
+        time: input.text(header::TIME),
+        time_ms,
+        payload: message.payload(),
+    }
+}
+
+/// The dead letter of a letter `route` refuses (it does not fit the pigeon's dictionary, or
+/// its script failed): the source letter kept whole, for that pigeon alone. One that does not
+/// fit is parked for an operator; a script's failure is retried on the default schedule.
+pub fn refused<M>(message: &M, id: &str, route: &Route, refusal: Refusal) -> NewDeadLetter
+where
+    M: Message,
+    M::Headers: RawHeaders,
+{
+    let mut dead = NewDeadLetter::from_message(message, refusal.kind, refusal.reason);
+    dead.letter_id = id.to_owned();
+    dead.pigeon_id = Some(route.id.to_string());
+    dead.pigeon_version = Some(route.version);
+    if refusal.kind == ErrorKind::Dictionary {
+        dead.first_retry = None;
+    }
+    dead
 }
 
 /// The output's headers: the input's (`input`, read once per letter), with the output's id and
@@ -146,16 +222,6 @@ fn text<'a>(key: &'a str, value: &'a str) -> Header<'a, &'a [u8]> {
     Header { key, value: Some(value.as_bytes()) }
 }
 
-/// A dead letter for an output that does not fit the dictionary (a field its destination
-/// requires is missing): kept as it would have been sent, parked for an operator, who can fix
-/// the payload and redrive it to the same destination.
-pub fn unfit_output(record: &OutputRecord<'_>, reason: String) -> NewDeadLetter {
-    let mut dead = output_dead_letter(&owned(record), &record.delivery_opaque, reason);
-    dead.error_kind = ErrorKind::Dictionary;
-    dead.first_retry = None;
-    dead
-}
-
 /// A refused record copied into a message, so it can be dead-lettered like a failed delivery.
 fn owned(record: &OutputRecord<'_>) -> OwnedMessage {
     OwnedMessage::new(
@@ -198,6 +264,28 @@ pub struct Unfit {
 }
 
 impl OwnedOutput {
+    /// A planned output of `message` for `route`, owned, with `ce_attempt` set to `attempt`.
+    pub fn planned(
+        message: &OwnedMessage,
+        input: &LetterHeaders<'_>,
+        output: Output<'_>,
+        route: &Route,
+        attempt: i32,
+    ) -> Self {
+        let headers = output_headers(message, input, &output.id, &output.tag, &route.id, output.rewritten);
+        Self {
+            topic: output.topic.to_owned(),
+            key: output.key.map(std::borrow::Cow::into_owned),
+            headers: with_attempt(&headers, attempt),
+            payload: output.payload.map(std::borrow::Cow::into_owned),
+            unfit: output.unfit.map(|reason| Unfit {
+                reason,
+                pigeon: (route.id.to_string(), route.version),
+                source_topic: message.topic().to_owned(),
+            }),
+        }
+    }
+
     /// An unfit output as the dead letter that keeps it: parked for an operator, who can fix
     /// the payload and redrive it to the same destination. `None` for an output that fits.
     pub fn parked(&self) -> Option<NewDeadLetter> {
@@ -255,159 +343,43 @@ impl OwnedOutput {
     }
 }
 
-/// Why a letter makes no outputs: its pigeon's script failed, or it does not fit the
-/// dictionary.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Refused {
-    /// Which of the two.
-    pub kind: ErrorKind,
-    /// What exactly.
-    pub message: String,
-    /// The pigeon (id, version) that refused it.
-    pub pigeon: (String, i64),
+/// What the pigeons that took a letter read again make of it: the outputs, and a dead letter
+/// for each pigeon that refused the letter (its alone: the others' outputs still go).
+#[derive(Debug, Default)]
+pub struct Planned {
+    /// Every pigeon's outputs; an unfit one is marked ([`OwnedOutput::parked`]).
+    pub outputs: Vec<OwnedOutput>,
+    /// The letter, once for each pigeon that refused it.
+    pub refused: Vec<NewDeadLetter>,
 }
 
-impl std::fmt::Display for Refused {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-/// Why a forward pigeon's output to `destination` must not go: in `enforce` mode, the
-/// normalised letter lacks a field the destination requires. The one rule the router and
-/// [`owned_outputs`] apply, destination by destination.
-pub fn forward_unfit(
-    route: &Route,
-    normalized: Option<&Normalized>,
-    contracts: &Contracts,
-    destination: &Destination,
-) -> Option<String> {
-    match (route.dictionary, normalized) {
-        (Mode::Enforce, Some(n)) => contracts.lacking(&n.fields, destination),
-        _ => None,
-    }
-}
-
-/// Why a script's output (to `topic`, with its own `tag`) must not go: in `enforce` mode, it
-/// lacks a field the capability its tag names requires (the module dispatches on the output's
-/// tag). The payload is read only when that capability requires any. The one rule the script
-/// workers and [`owned_outputs`] apply, output by output.
-pub fn script_output_unfit(
-    route: &Route,
-    contracts: &Contracts,
-    topic: &str,
-    tag: &str,
-    payload: &[u8],
-) -> Option<String> {
-    if route.dictionary != Mode::Enforce {
-        return None;
-    }
-    let target = Destination { topic: topic.to_owned(), tag: tag.to_owned() };
-    if contracts.required(&target).is_empty() {
-        return None;
-    }
-    let fields: Vec<String> = serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(payload)
-        .map(|object| object.into_iter().map(|(k, _)| k).collect())
-        .unwrap_or_default();
-    contracts.lacking(&fields, &target)
-}
-
-/// The outputs `routes` make of a letter, owned, with `ce_attempt` set to `attempt`: a forward
-/// route's one per destination, a script route's as its script says (with derived ids, as the
-/// router makes them). A pigeon that holds letters to the dictionary normalises the letter
-/// first and refuses one its mode judges unfit; in `enforce` mode an output that lacks a field
-/// its destination requires is marked `unfit` (the router's rule, destination by
-/// destination). `time_ms` is the letter's time; the error is a script's failure or the
-/// letter's misfit.
+/// The outputs each of `routes` makes of a letter read again (a redriven dead letter, a
+/// replayed or flown one), owned, with `ce_attempt` set to `attempt`: the [`plan`] the router
+/// follows, pigeon by pigeon. `id`, `tag` and `time_ms` are the letter's.
 pub fn owned_outputs(
     message: &OwnedMessage,
     id: &str,
     tag: &str,
     time_ms: i64,
-    routes: &[&Arc<crate::route::Route>],
+    routes: &[&Arc<Route>],
     attempt: i32,
-    contracts: &crate::route::Contracts,
-) -> Result<Vec<OwnedOutput>, Refused> {
+    contracts: &Contracts,
+) -> Planned {
     let input = LetterHeaders::of(message);
-    let mut outputs = Vec::new();
+    let letter = letter_ref(message, &input, id, tag, time_ms);
+    let checked = plan::check(routes.iter().map(|r| r.as_ref()), contracts, letter.payload);
+    let mut planned = Planned::default();
     for route in routes {
-        use crate::dictionary::Judgement;
-        let pigeon = (route.id.to_string(), route.version);
-        let refuse =
-            |message: String| Refused { kind: ErrorKind::Dictionary, message, pigeon: pigeon.clone() };
-        let normalized = match route.dictionary {
-            Mode::Off => None,
-            mode => {
-                let checked = contracts.vocabulary.normalize(message.payload().unwrap_or(b"null"));
-                match mode.judge(&checked) {
-                    Judgement::Unfit(reason) => return Err(refuse(reason)),
-                    Judgement::Normalized => checked.ok(),
-                    Judgement::AsIs => None,
-                }
-            }
-        };
-        let payload = normalized.as_ref().map_or(message.payload(), |n| Some(n.payload.as_slice()));
-        let Some(script) = &route.script else {
-            for destination in &route.destinations {
-                let headers =
-                    output_headers(message, &input, id, &destination.tag, &route.id, normalized.is_some());
-                outputs.push(OwnedOutput {
-                    topic: destination.topic.clone(),
-                    key: message.key().map(<[u8]>::to_vec),
-                    headers: with_attempt(&headers, attempt),
-                    payload: payload.map(<[u8]>::to_vec),
-                    unfit: forward_unfit(route, normalized.as_ref(), contracts, destination).map(|reason| {
-                        Unfit { reason, pigeon: pigeon.clone(), source_topic: message.topic().to_owned() }
-                    }),
-                });
-            }
-            continue;
-        };
-        let letter = crate::script::ScriptLetter {
-            id,
-            tag,
-            source: input.text(header::SOURCE).unwrap_or(message.topic()),
-            key: message.key(),
-            time: input.text(header::TIME),
-            payload: payload.unwrap_or(b"null"),
-        };
-        let emitted = crate::script::default_engine()
-            .run(&script.compiled, &letter, &script.destinations)
-            .map_err(|e| Refused {
-                kind: ErrorKind::Script,
-                message: format!("pigeon {} version {}: {e}", route.id, route.version),
-                pigeon: (route.id.to_string(), route.version),
-            })?;
-        for (index, out) in emitted.into_iter().enumerate() {
-            let out_id =
-                pigeon_sdk::LetterId::derived_output(id, route.version, index, time_ms as u64).to_string();
-            let headers = output_headers(message, &input, &out_id, &out.tag, &route.id, true);
-            let Some(destination) = script.destinations.get(out.dest) else {
-                return Err(Refused {
-                    kind: ErrorKind::Script,
-                    message: format!(
-                        "pigeon {} version {}: output {index} names no destination",
-                        route.id, route.version
-                    ),
-                    pigeon: (route.id.to_string(), route.version),
-                });
-            };
-            let unfit = script_output_unfit(route, contracts, &destination.topic, &out.tag, &out.payload)
-                .map(|reason| Unfit {
-                    reason,
-                    pigeon: pigeon.clone(),
-                    source_topic: message.topic().to_owned(),
-                });
-            outputs.push(OwnedOutput {
-                topic: destination.topic.clone(),
-                key: out.key,
-                headers: with_attempt(&headers, attempt),
-                payload: Some(out.payload),
-                unfit,
-            });
+        match plan::plan(route, &letter, checked.as_ref(), contracts) {
+            Ok(outputs) => planned.outputs.extend(
+                outputs
+                    .into_iter()
+                    .map(|output| OwnedOutput::planned(message, &input, output, route, attempt)),
+            ),
+            Err(refusal) => planned.refused.push(refused(message, id, route, refusal)),
         }
     }
-    Ok(outputs)
+    planned
 }
 
 /// The pigeons that take a letter read again (a redriven dead letter, a replayed one) as the

@@ -14,18 +14,15 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use rdkafka::message::{Message, OwnedMessage};
-use rdkafka::producer::BaseRecord;
 use tokio::sync::mpsc;
 
 use super::context::Delivery;
-use super::output::{output_headers, Outputs};
-use crate::deadletter::CaptureMessage;
-use crate::deadletter::{ErrorKind, Job, NewDeadLetter};
+use super::output::{self, Outputs};
+use crate::deadletter::{ErrorKind, Job};
 use crate::route::{Contracts, Route};
-use crate::script::{self, ScriptLetter};
 use crate::source::LetterHeaders;
+use pigeon_core::plan::{self, Refusal};
 use pigeon_sdk::ledger::PartitionLedger;
-use pigeon_sdk::{header, LetterId};
 
 /// Consecutive failures that open a pigeon's breaker.
 pub const BREAKER_AFTER: u32 = 20;
@@ -124,7 +121,9 @@ impl ScriptPool {
 
 fn run(job: ScriptJob, outputs: &Outputs, breaker: &Breaker) {
     let route = &job.route;
-    let Some(script) = route.script.as_ref() else { return };
+    if route.script.is_none() {
+        return;
+    }
     let offset = job.message.offset();
     if breaker.open.load(Ordering::Relaxed)
         && breaker.skipped.fetch_add(1, Ordering::Relaxed) % PROBE_EVERY != 0
@@ -133,23 +132,17 @@ fn run(job: ScriptJob, outputs: &Outputs, breaker: &Breaker) {
         return fail(&job, outputs, reason);
     }
     let input = LetterHeaders::of(job.message.as_ref());
-    let letter = ScriptLetter {
-        id: &job.id,
-        tag: &job.tag,
-        source: input.text(header::SOURCE).unwrap_or(job.message.topic()),
-        key: job.message.key(),
-        time: input.text(header::TIME),
-        payload: job.message.payload().unwrap_or(b"null"),
-    };
+    let time_ms = job.message.timestamp().to_millis().unwrap_or(0);
+    let letter = output::letter_ref(job.message.as_ref(), &input, &job.id, &job.tag, time_ms);
     outputs.stats.scripts_run.fetch_add(1, Ordering::Relaxed);
-    let emitted = match script::default_engine().run(&script.compiled, &letter, &script.destinations) {
-        Ok(emitted) => emitted,
-        Err(e) => {
+    let planned = match plan::script(route, &letter, &job.contracts) {
+        Ok(planned) => planned,
+        Err(refusal) => {
             let failures = breaker.failures.fetch_add(1, Ordering::Relaxed) + 1;
             if failures >= BREAKER_AFTER && !breaker.open.swap(true, Ordering::Relaxed) {
                 tracing::error!(pigeon = %route.id, version = route.version, failures, "script circuit breaker open");
             }
-            return fail(&job, outputs, e.to_string());
+            return fail(&job, outputs, refusal.reason);
         }
     };
     breaker.failures.store(0, Ordering::Relaxed);
@@ -157,38 +150,14 @@ fn run(job: ScriptJob, outputs: &Outputs, breaker: &Breaker) {
         tracing::info!(pigeon = %route.id, version = route.version, "script circuit breaker closed");
     }
     // The step keeps the letter pending while its outputs are added, then settles itself.
-    job.ledger.add(offset, emitted.len() as u32);
-    let time_ms = job.message.timestamp().to_millis().unwrap_or(0).max(0) as u64;
-    for (index, out) in emitted.into_iter().enumerate() {
-        let Some(destination) = script.destinations.get(out.dest) else {
-            // The engine checks every output's destination; a bug here parks the letter.
-            return fail(&job, outputs, format!("output {index} names no destination"));
-        };
-        let id = LetterId::derived_output(&job.id, route.version, index, time_ms).to_string();
-        let headers = output_headers(job.message.as_ref(), &input, &id, &out.tag, &route.id, true);
+    job.ledger.add(offset, planned.len() as u32);
+    for mut planned in planned {
+        let unfit = planned.unfit.take();
         let delivery = Delivery { ledger: Arc::clone(&job.ledger), offset, route: Arc::clone(route) };
-        let mut record = BaseRecord::with_opaque_to(&destination.topic, Box::new(delivery))
-            .headers(headers)
-            .payload(out.payload.as_slice());
-        if let Some(key) = &out.key {
-            record = record.key(key.as_slice());
-        }
-        {
-            let lacking = super::output::script_output_unfit(
-                route,
-                &job.contracts,
-                &destination.topic,
-                &out.tag,
-                &out.payload,
-            );
-            if let Some(reason) = lacking {
-                outputs.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
-                route.counts.failed();
-                let dead_letter = super::output::unfit_output(&record, reason);
-                let _ =
-                    outputs.dead_letters.send(Job { dead_letter, ledger: Arc::clone(&job.ledger), offset });
-                continue;
-            }
+        let mut record = output::record(job.message.as_ref(), &input, &planned, delivery);
+        if let Some(reason) = unfit {
+            outputs.park(&record, reason);
+            continue;
         }
         while let Err(back) = outputs.try_send(record) {
             record = back;
@@ -202,10 +171,8 @@ fn run(job: ScriptJob, outputs: &Outputs, breaker: &Breaker) {
 fn fail(job: &ScriptJob, outputs: &Outputs, reason: String) {
     outputs.stats.script_failures.fetch_add(1, Ordering::Relaxed);
     job.route.counts.failed();
-    let mut dead_letter = NewDeadLetter::from_message(job.message.as_ref(), ErrorKind::Script, reason);
-    dead_letter.letter_id.clone_from(&job.id);
-    dead_letter.pigeon_id = Some(job.route.id.to_string());
-    dead_letter.pigeon_version = Some(job.route.version);
+    let refusal = Refusal { kind: ErrorKind::Script, reason };
+    let dead_letter = output::refused(job.message.as_ref(), &job.id, &job.route, refusal);
     let offset = job.message.offset();
     let _ = outputs.dead_letters.send(Job { dead_letter, ledger: Arc::clone(&job.ledger), offset });
 }

@@ -1,8 +1,11 @@
 //! Pigeon's wire vocabulary, shared by the SDK (modules) and the bus: the CloudEvents header
-//! names Pigeon reads and writes, the bus's own topics, and what a module publishes about itself
+//! names Pigeon reads and writes, letter ids, the bus's own topics, and what a module publishes about itself
 //! on `pigeon.registry`. Nothing here does I/O.
 
+mod id;
 pub mod registry;
+
+pub use id::LetterId;
 
 /// Header names of the binary binding, and the extensions Pigeon adds.
 pub mod header {
