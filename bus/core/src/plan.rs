@@ -30,20 +30,20 @@ use pigeon_wire::LetterId;
 /// A letter as the plan reads it, borrowed from wherever it was read.
 #[derive(Clone, Copy, Debug)]
 pub struct LetterRef<'a> {
-    /// Its id (`ce_id`, or the one derived from its position).
-    pub id: &'a str,
-    /// Its tag (empty when it has none).
-    pub tag: &'a str,
-    /// `ce_source`, or the topic it was read from.
-    pub source: &'a str,
-    /// Its partition key.
-    pub key: Option<&'a [u8]>,
-    /// `ce_time` as written.
-    pub time: Option<&'a str>,
+    /// What a script sees of it: id, tag, source, key, `ce_time` (and the payload, `null` when
+    /// it has none).
+    pub seen: ScriptLetter<'a>,
+    /// Its payload as it came (`None`: a tombstone, forwarded as one).
+    pub payload: Option<&'a [u8]>,
     /// Its time in milliseconds since the epoch (output ids derive from it).
     pub time_ms: i64,
-    /// Its payload.
-    pub payload: Option<&'a [u8]>,
+}
+
+impl<'a> LetterRef<'a> {
+    /// The same letter carrying `payload` instead (normalised to the dictionary).
+    pub fn with_payload(self, payload: Option<&'a [u8]>) -> Self {
+        Self { seen: ScriptLetter { payload: payload.unwrap_or(b"null"), ..self.seen }, payload, ..self }
+    }
 }
 
 /// One output letter: where it goes and what it carries (the caller adds the headers).
@@ -153,17 +153,9 @@ pub fn script<'a>(
     contracts: &Contracts,
 ) -> Result<Vec<Output<'a>>, Refusal> {
     let Some(script) = &route.script else { return Ok(Vec::new()) };
-    let input = ScriptLetter {
-        id: letter.id,
-        tag: letter.tag,
-        source: letter.source,
-        key: letter.key,
-        time: letter.time,
-        payload: letter.payload.unwrap_or(b"null"),
-    };
     let refused = |reason: String| Refusal { kind: ErrorKind::Script, reason };
     let emitted = script::default_engine()
-        .run(&script.compiled, &input, &script.destinations)
+        .run(&script.compiled, &letter.seen, &script.destinations)
         .map_err(|e| refused(e.to_string()))?;
     let time_ms = u64::try_from(letter.time_ms).unwrap_or(0);
     emitted
@@ -178,7 +170,7 @@ pub fn script<'a>(
             Ok(Output {
                 topic: &destination.topic,
                 id: Cow::Owned(
-                    LetterId::derived_output(letter.id, route.version, index, time_ms).to_string(),
+                    LetterId::derived_output(letter.seen.id, route.version, index, time_ms).to_string(),
                 ),
                 tag: Cow::Owned(out.tag),
                 key: out.key.map(Cow::Owned),
@@ -223,10 +215,13 @@ pub fn plan<'a>(
     contracts: &'a Contracts,
 ) -> Result<Vec<Output<'a>>, Refusal> {
     let normalized = take(route, checked)?;
-    let letter = LetterRef { payload: normalized.map_or(letter.payload, |n| Some(&n.payload)), ..*letter };
+    let letter = letter.with_payload(normalized.map_or(letter.payload, |n| Some(&n.payload)));
     match route.script {
         Some(_) => script(route, &letter, contracts),
-        None => Ok(forwards(route, letter.id, letter.key, letter.payload, normalized, contracts).collect()),
+        None => {
+            Ok(forwards(route, letter.seen.id, letter.seen.key, letter.payload, normalized, contracts)
+                .collect())
+        }
     }
 }
 

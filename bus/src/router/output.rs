@@ -107,15 +107,16 @@ pub fn letter_ref<'a, 'h: 'a, M: Message>(
     tag: &'a str,
     time_ms: i64,
 ) -> LetterRef<'a> {
-    LetterRef {
+    let payload = message.payload();
+    let seen = crate::script::ScriptLetter {
         id,
         tag,
         source: input.text(header::SOURCE).unwrap_or(message.topic()),
         key: message.key(),
         time: input.text(header::TIME),
-        time_ms,
-        payload: message.payload(),
-    }
+        payload: payload.unwrap_or(b"null"),
+    };
+    LetterRef { seen, payload, time_ms }
 }
 
 /// The dead letter of a letter `route` refuses (it does not fit the pigeon's dictionary, or

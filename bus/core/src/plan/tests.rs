@@ -4,6 +4,7 @@ use std::sync::Arc;
 use super::*;
 use crate::dictionary::{Field, FieldType, Vocabulary};
 use crate::route::{PigeonSpec, RouteTable, VersionedPigeon};
+use crate::script::ScriptLetter;
 
 /// Rank's capability requires `userId` and `anchorId`; the dictionary knows both, `uid` as an
 /// alias of `userId`.
@@ -34,15 +35,15 @@ fn route(spec: serde_json::Value) -> (RouteTable, Arc<str>) {
 }
 
 fn letter(payload: &[u8]) -> LetterRef<'_> {
-    LetterRef {
+    let seen = ScriptLetter {
         id: "0190c1d2-0000-7000-8000-000000000001",
         tag: "gift.sent",
         source: "live.gift",
         key: Some(b"room-7"),
         time: None,
-        time_ms: 1_700_000_000_000,
-        payload: Some(payload),
-    }
+        payload,
+    };
+    LetterRef { seen, payload: Some(payload), time_ms: 1_700_000_000_000 }
 }
 
 /// The plan of the table's one pigeon for `payload`: (topic, tag, unfit?) per output.
@@ -71,9 +72,9 @@ fn a_forward_pigeon_sends_the_letter_to_each_destination_with_its_tag_and_id() {
     assert_eq!((planned[0].topic, planned[0].tag.as_ref()), ("pigeon.module.rank", "gift"));
     assert_eq!((planned[1].topic, planned[1].tag.as_ref()), ("lane.audit", "audit.gift"));
     for output in &planned {
-        assert_eq!(output.id, letter.id, "a forwarded letter keeps its id");
+        assert_eq!(output.id, letter.seen.id, "a forwarded letter keeps its id");
         assert_eq!(output.payload.as_deref(), letter.payload, "untouched when the dictionary is off");
-        assert_eq!(output.key.as_deref(), letter.key);
+        assert_eq!(output.key.as_deref(), letter.seen.key);
         assert!(!output.rewritten && output.unfit.is_none());
     }
 }
