@@ -570,7 +570,6 @@ impl Forwarder<'_> {
             None => Vec::new(),
             Some(_) => matched.iter().map(|r| plan::take(r, checked.as_ref())).collect(),
         };
-        let take = |i: usize| taken.get(i).cloned().unwrap_or(Ok(None));
         // A script pigeon counts one step per letter; its worker adds the letters it emits. A
         // letter a pigeon refuses is one dead letter for it.
         let outputs: usize = matched
@@ -598,9 +597,11 @@ impl Forwarder<'_> {
         let tag = meta.tag.as_deref().unwrap_or_default();
         let admission = self.breaker_admission(&matched, &ledger, admission);
         let (mut detached, mut detached_normalized) = (None, None);
-        for (i, route) in matched.into_iter().enumerate() {
+        // Without a dictionary, every pigeon takes the letter as it came.
+        let mut taken = taken.into_iter();
+        for route in matched {
             route.counts.took();
-            let normalized = match take(i) {
+            let normalized = match taken.next().unwrap_or(Ok(None)) {
                 Ok(normalized) => normalized,
                 Err(refusal) => {
                     self.refuse(message, route, id, &ledger, refusal);

@@ -129,7 +129,7 @@ fn run(job: ScriptJob, outputs: &Outputs, breaker: &Breaker) {
         && breaker.skipped.fetch_add(1, Ordering::Relaxed) % PROBE_EVERY != 0
     {
         let reason = format!("circuit breaker open after {BREAKER_AFTER} consecutive script failures");
-        return fail(&job, outputs, reason);
+        return fail(&job, outputs, Refusal { kind: ErrorKind::Script, reason });
     }
     let input = LetterHeaders::of(job.message.as_ref());
     let time_ms = job.message.timestamp().to_millis().unwrap_or(0);
@@ -142,7 +142,7 @@ fn run(job: ScriptJob, outputs: &Outputs, breaker: &Breaker) {
             if failures >= BREAKER_AFTER && !breaker.open.swap(true, Ordering::Relaxed) {
                 tracing::error!(pigeon = %route.id, version = route.version, failures, "script circuit breaker open");
             }
-            return fail(&job, outputs, refusal.reason);
+            return fail(&job, outputs, refusal);
         }
     };
     breaker.failures.store(0, Ordering::Relaxed);
@@ -168,10 +168,9 @@ fn run(job: ScriptJob, outputs: &Outputs, breaker: &Breaker) {
 }
 
 /// Dead-letters the letter for this pigeon; the store write settles the job.
-fn fail(job: &ScriptJob, outputs: &Outputs, reason: String) {
+fn fail(job: &ScriptJob, outputs: &Outputs, refusal: Refusal) {
     outputs.stats.script_failures.fetch_add(1, Ordering::Relaxed);
     job.route.counts.failed();
-    let refusal = Refusal { kind: ErrorKind::Script, reason };
     let dead_letter = output::refused(job.message.as_ref(), &job.id, &job.route, refusal);
     let offset = job.message.offset();
     let _ = outputs.dead_letters.send(Job { dead_letter, ledger: Arc::clone(&job.ledger), offset });
