@@ -739,7 +739,7 @@ async function pageDeadLetters(root, params) {
   const filter = { pigeon: params.get('pigeon') || '', status: params.get('status') || '', kind: params.get('kind') || '' };
   const pigeon = h('input', { type: 'text', id: 'dl-pigeon', value: filter.pigeon });
   const status = select([['', 'any'], ['pending'], ['retrying'], ['parked'], ['delivered'], ['discarded']], filter.status, { id: 'dl-status' });
-  const kind = select([['', 'any'], ['produce'], ['malformed'], ['script'], ['handler'], ['dictionary']], filter.kind, { id: 'dl-kind' });
+  const kind = select([['', 'any'], ['produce'], ['malformed'], ['script'], ['handler'], ['dictionary'], ['internal']], filter.kind, { id: 'dl-kind' });
   const slot = h('div', { 'aria-live': 'assertive', id: 'dl-result' });
   const detail = h('div', { id: 'dl-detail' });
   const tbody = h('tbody');

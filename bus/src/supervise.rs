@@ -102,11 +102,7 @@ where
 /// What a task that panicked said.
 pub fn panic_message(join: tokio::task::JoinError) -> String {
     match join.try_into_panic() {
-        Ok(panic) => panic
-            .downcast_ref::<&str>()
-            .map(|s| (*s).to_owned())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "no message".into()),
+        Ok(panic) => pigeon_core::fault::panic_text(panic.as_ref()),
         Err(join) => join.to_string(),
     }
 }

@@ -9,7 +9,7 @@ use pigeon_sdk::Letter;
 
 use crate::support::*;
 
-const GROUP: &str = "pigeon-router";
+use crate::support::ROUTER_GROUP as GROUP;
 
 fn letter(tag: &str, n: u64) -> Letter {
     Letter::new("t", tag, serde_json::json!({ "n": n })).with_key(format!("k{n}"))

@@ -296,6 +296,11 @@ pub struct Bus {
     pub stderr: PathBuf,
 }
 
+/// The consumer group routers join by default.
+pub const ROUTER_GROUP: &str = "pigeon-router";
+/// The consumer group archivers join by default.
+pub const ARCHIVER_GROUP: &str = "pigeon-archiver";
+
 /// Quick group joins and failure detection, as every test router needs.
 pub const FAST_GROUP: [&str; 4] =
     ["-X", "consumer.session.timeout.ms=6000", "-X", "consumer.heartbeat.interval.ms=500"];
@@ -303,6 +308,11 @@ pub const FAST_GROUP: [&str; 4] =
 impl Bus {
     /// Starts `pigeon serve` and waits until it prints its admin URL.
     pub fn start(kafka: &Kafka, db: &Db, extra: &[&str]) -> Self {
+        Self::start_with_env(kafka, db, extra, &[])
+    }
+
+    /// Starts `pigeon serve` with these environment variables set as well.
+    pub fn start_with_env(kafka: &Kafka, db: &Db, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let stderr = db.path(&format!("router-{}.log", uuid::Uuid::new_v4()));
         let mut child = Command::new(pigeon_bin())
             .args(["serve", "--brokers", &kafka.bootstrap, "--database", &db.url])
@@ -310,6 +320,7 @@ impl Bus {
             .args(FAST_GROUP)
             .args(extra)
             .env("RUST_LOG", "info,librdkafka=warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&stderr).unwrap())
             .spawn()

@@ -109,7 +109,7 @@ pub struct ListQuery {
     pub pigeon: Option<String>,
     /// Only in this status: pending, retrying, delivered, parked or discarded.
     pub status: Option<Status>,
-    /// Only of this error kind: produce, handler, script, malformed or dictionary.
+    /// Only of this error kind: produce, handler, script, malformed, dictionary or internal.
     pub kind: Option<ErrorKind>,
     /// Only those stored at or after this time (unix ms).
     pub since: Option<i64>,

@@ -12,6 +12,7 @@ pub mod counters;
 pub mod deadletter;
 pub mod dictionary;
 pub mod dryrun;
+pub mod fault;
 pub mod plan;
 pub mod redact;
 pub mod route;

@@ -153,6 +153,7 @@ pub fn script<'a>(
     contracts: &Contracts,
 ) -> Result<Vec<Output<'a>>, Refusal> {
     let Some(script) = &route.script else { return Ok(Vec::new()) };
+    crate::fault::panic_point("a script pigeon", letter.seen.tag);
     let refused = |reason: String| Refusal { kind: ErrorKind::Script, reason };
     let emitted = script::default_engine()
         .run(&script.compiled, &letter.seen, &script.destinations)

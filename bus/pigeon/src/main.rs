@@ -261,7 +261,7 @@ enum DeadLettersCommand {
         /// Only in this status: pending, retrying, delivered, parked or discarded.
         #[arg(long)]
         status: Option<String>,
-        /// Only of this kind: produce, handler, script, malformed or dictionary.
+        /// Only of this kind: produce, handler, script, malformed, dictionary or internal.
         #[arg(long)]
         kind: Option<String>,
         /// Only those stored since: an age (2h) or a time (2026-11-23T10:00:00Z).

@@ -25,12 +25,13 @@ use tokio_util::sync::CancellationToken;
 use super::{ArchivedLetter, KeyField, Position, MAX_KEY_LEN};
 use crate::config::ArchiverConfig;
 use crate::control::Routes;
-use crate::deadletter::CaptureHeader;
 use crate::deadletter::StoredHeader;
+use crate::deadletter::{CaptureHeader, CaptureMessage, ErrorKind, NewDeadLetter};
 use crate::route::{Lookup, Route, RouteTable};
 use crate::script::{self, ScriptLetter};
 use crate::source::LetterHeaders;
 use crate::store::{now_ms, Store};
+use pigeon_core::fault;
 
 /// The archiver's counters, exported on `/metrics`.
 #[derive(Debug, Default)]
@@ -139,6 +140,9 @@ struct Batch {
     candidates: Vec<Candidate>,
     /// Built at the first try to write, kept for the next tries.
     letters: Option<Vec<ArchivedLetter>>,
+    /// Letters whose building panicked (a bug not found yet), parked as `internal` dead
+    /// letters with the batch.
+    internal: Vec<NewDeadLetter>,
     /// Every message read into it, with its partition's ledger: settled once it is durable.
     read: Vec<(Arc<PartitionLedger>, i64)>,
     /// When the first message of the batch was read.
@@ -386,8 +390,10 @@ fn take(
     };
     if routes.iter().all(|r| r.filter.is_none()) {
         // No script to run: built now, while the batch before is being written.
-        let letter = letter(message, id, tag.as_deref().unwrap_or_default(), time, &routes, names, stats);
-        batch.letters.get_or_insert_with(Vec::new).extend(letter);
+        match contained(message, id, tag.as_deref().unwrap_or_default(), time, &routes, names, stats) {
+            Ok(letter) => batch.letters.get_or_insert_with(Vec::new).extend(letter),
+            Err(parked) => batch.internal.push(*parked),
+        }
         return;
     }
     batch.candidates.push(Candidate {
@@ -411,10 +417,14 @@ async fn write(
         let candidates = std::mem::take(&mut batch.candidates);
         let (names, stats) = (Arc::clone(names), Arc::clone(stats));
         let built = tokio::task::spawn_blocking(move || {
-            candidates
-                .iter()
-                .filter_map(|c| letter(&c.message, c.id.clone(), &c.tag, c.time, &c.routes, &names, &stats))
-                .collect::<Vec<_>>()
+            let (mut letters, mut internal) = (Vec::new(), Vec::new());
+            for c in candidates {
+                match contained(&c.message, c.id, &c.tag, c.time, &c.routes, &names, &stats) {
+                    Ok(letter) => letters.extend(letter),
+                    Err(parked) => internal.push(*parked),
+                }
+            }
+            (letters, internal)
         })
         .await
         // The candidates went with the task: failing here, before any later offset is stored,
@@ -423,7 +433,14 @@ async fn write(
             Ok(panic) => std::panic::resume_unwind(panic),
             Err(e) => panic!("building archive letters was cancelled: {e}"),
         });
+        let (built, internal) = built;
         batch.letters.get_or_insert_with(Vec::new).extend(built);
+        batch.internal.extend(internal);
+    }
+    if !batch.internal.is_empty() {
+        let parked: Vec<&NewDeadLetter> = batch.internal.iter().collect();
+        store.insert_dead_letters(&parked).await?;
+        batch.internal.clear();
     }
     let letters = batch.letters.as_deref().unwrap_or_default();
     if letters.is_empty() {
@@ -444,6 +461,33 @@ async fn write(
     Ok(())
 }
 
+/// [`letter`], or, when building it panicked (a bug not found yet), its dead letter: the
+/// letter whole, for the first pigeon that would keep it, with the panic's message.
+fn contained<M>(
+    message: &M,
+    id: String,
+    tag: &str,
+    time: i64,
+    routes: &[Arc<Route>],
+    names: &KeyNames,
+    stats: &ArchiverStats,
+) -> Result<Option<ArchivedLetter>, Box<NewDeadLetter>>
+where
+    M: Message,
+    M::Headers: pigeon_headers::RawHeaders,
+{
+    let build = || letter(message, id.clone(), tag, time, routes, names, stats);
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(build)).map_err(|panic| {
+        let panic = fault::panic_text(panic.as_ref());
+        tracing::error!(letter = %id, panic, "building an archive row panicked; the letter is parked");
+        let reason = format!("archiving the letter panicked (a bug in the bus): {panic}");
+        let mut dead = NewDeadLetter::from_message(message, ErrorKind::Internal, reason);
+        dead.letter_id = id;
+        dead.pigeon_id = routes.first().map(|r| r.id.to_string());
+        Box::new(dead)
+    })
+}
+
 /// The letter the first of its pigeons whose filter takes it keeps, if any. A filter that
 /// fails on a letter keeps it (and counts it): an archive loses nothing over a bad filter.
 fn letter<M>(
@@ -459,6 +503,7 @@ where
     M: Message,
     M::Headers: pigeon_headers::RawHeaders,
 {
+    fault::panic_point("an archive pigeon", tag);
     let input = LetterHeaders::of(message);
     let pigeon = routes.iter().find(|route| {
         let Some(filter) = &route.filter else { return true };

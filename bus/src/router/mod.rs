@@ -13,7 +13,8 @@ pub mod output;
 mod scripts;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -40,6 +41,7 @@ use crate::dictionary::{DriftTally, Normalized, ObservedTally};
 use crate::route::{Lookup, Route, RouteTable, INGRESS};
 use crate::source::{self, LetterHeaders};
 use crate::store::Store;
+use pigeon_core::fault;
 use pigeon_core::plan::{self, Refusal};
 
 /// Counters of what the router did, readable while it runs.
@@ -362,6 +364,29 @@ fn partition_list_of(message: &BorrowedMessage<'_>) -> TopicPartitionList {
 /// A source topic and partition.
 type SourcePartition = (Arc<str>, i32);
 
+/// How far the router got with one letter, kept outside the future that handles it so that
+/// a panic there can be contained: the outputs it counted in the ledger and has not handed on.
+#[derive(Default)]
+struct Progress {
+    /// Outputs begun in the ledger and not handed to the producer, a worker or the store.
+    owed: AtomicU32,
+    /// Whether beginning the letter asked to pause its partition.
+    pause: AtomicBool,
+}
+
+impl Progress {
+    // Only the task handling the letter writes these (atomics only because its future must be
+    // `Send`): plain loads and stores, no read-modify-write.
+    fn begun(&self, outputs: u32, admission: &Admission) {
+        self.owed.store(outputs, Ordering::Relaxed);
+        self.pause.store(*admission == Admission::Pause, Ordering::Relaxed);
+    }
+
+    fn handed(&self) {
+        self.owed.store(self.owed.load(Ordering::Relaxed).saturating_sub(1), Ordering::Relaxed);
+    }
+}
+
 /// The per-letter work of the router.
 struct Forwarder<'p> {
     /// The route table in use; the consume loop swaps it.
@@ -472,7 +497,15 @@ impl Forwarder<'_> {
     ) {
         match received {
             Ok(message) => {
-                if self.forward(&message).await == Admission::Pause {
+                // A panic while handling the letter (a bug not found yet) costs that letter
+                // only: it becomes a dead letter of kind `internal`, and the router goes on.
+                let progress = Progress::default();
+                let handled = AssertUnwindSafe(self.forward(&message, &progress)).catch_unwind().await;
+                let admission = match handled {
+                    Ok(admission) => admission,
+                    Err(panic) => self.contain(&message, &progress, &fault::panic_text(panic.as_ref())),
+                };
+                if admission == Admission::Pause {
                     let tpl = partition_list_of(&message);
                     if let Err(e) = consumer.pause(&tpl) {
                         tracing::warn!(topic = message.topic(), partition = message.partition(), error = %e, "pause");
@@ -483,7 +516,7 @@ impl Forwarder<'_> {
         }
     }
 
-    async fn forward(&self, message: &BorrowedMessage<'_>) -> Admission {
+    async fn forward(&self, message: &BorrowedMessage<'_>, progress: &Progress) -> Admission {
         self.stats.letters_in.fetch_add(1, Ordering::Relaxed);
         let topic = message.topic();
         let ledger = self.ledger.partition(topic, message.partition());
@@ -582,6 +615,7 @@ impl Forwarder<'_> {
             .sum();
         // Begin before producing: a delivery report may arrive before `send` returns.
         let Begun { admission, in_flight } = ledger.begin(offset, outputs as u32);
+        progress.begun(outputs as u32, &admission);
         self.stats.in_flight_peak.fetch_max(in_flight as u64, Ordering::Relaxed);
 
         let derived_id;
@@ -605,6 +639,7 @@ impl Forwarder<'_> {
                 Ok(normalized) => normalized,
                 Err(refusal) => {
                     self.refuse(message, route, id, &ledger, refusal);
+                    progress.handed();
                     continue;
                 }
             };
@@ -632,8 +667,10 @@ impl Forwarder<'_> {
                     contracts: table.contracts_arc(),
                 };
                 self.scripts.submit(job).await;
+                progress.handed();
                 continue;
             }
+            fault::panic_point("a forward pigeon", tag);
             let payload = normalized.map_or(message.payload(), |n| Some(&n.payload));
             for mut planned in plan::forwards(route, id, message.key(), payload, normalized, contracts) {
                 let unfit = planned.unfit.take();
@@ -643,6 +680,7 @@ impl Forwarder<'_> {
                     Some(reason) => self.outputs.park(&record, reason),
                     None => self.send(record).await,
                 }
+                progress.handed();
             }
         }
         admission
@@ -653,6 +691,40 @@ impl Forwarder<'_> {
         while let Err(back) = self.outputs.try_send(record) {
             record = back;
             tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    /// Parks a letter whose handling panicked as a dead letter of kind `internal`, whole and
+    /// with the panic's message, settling in the ledger the outputs it never handed on.
+    fn contain(&self, message: &BorrowedMessage<'_>, progress: &Progress, panic: &str) -> Admission {
+        tracing::error!(
+            topic = message.topic(),
+            partition = message.partition(),
+            offset = message.offset(),
+            panic,
+            "handling a letter panicked; it is parked"
+        );
+        let ledger = self.ledger.partition(message.topic(), message.partition());
+        let offset = message.offset();
+        // The dead letter is one more piece of work, whether the letter was begun or not (a
+        // begun letter that settled already waits again in offset order until it is stored).
+        let Begun { admission, .. } = ledger.begin(offset, 1);
+        for _ in 0..progress.owed.load(Ordering::Relaxed) {
+            ledger.settle(offset);
+        }
+        let reason = format!("handling the letter panicked (a bug in the bus): {panic}");
+        let mut dead_letter = NewDeadLetter::from_message(message, ErrorKind::Internal, reason);
+        let ms = u64::try_from(message.timestamp().to_millis().unwrap_or(0)).unwrap_or(0);
+        dead_letter.letter_id = dead_letter.header_text(pigeon_sdk::header::ID).map_or_else(
+            || pigeon_sdk::LetterId::derived(message.topic(), message.partition(), offset, ms).to_string(),
+            str::to_owned,
+        );
+        self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+        let _ = self.dead_letters.send(Job { dead_letter, ledger, offset });
+        if progress.pause.load(Ordering::Relaxed) {
+            Admission::Pause
+        } else {
+            admission
         }
     }
 

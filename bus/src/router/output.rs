@@ -16,6 +16,7 @@ use crate::deadletter::CaptureMessage;
 use crate::deadletter::{ErrorKind, Job, NewDeadLetter};
 use crate::route::{Contracts, Route};
 use crate::source::LetterHeaders;
+use pigeon_core::fault;
 use pigeon_core::plan::{self, LetterRef, Output, Refusal};
 use pigeon_sdk::header;
 
@@ -371,7 +372,20 @@ pub fn owned_outputs(
     let checked = plan::check(routes.iter().map(|r| r.as_ref()), contracts, letter.payload);
     let mut planned = Planned::default();
     for route in routes {
-        match plan::plan(route, &letter, checked.as_ref(), contracts) {
+        // A panic in the plan (a bug not found yet) costs this pigeon the letter, parked as
+        // `internal`, as on the router's path.
+        let judged = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            plan::plan(route, &letter, checked.as_ref(), contracts)
+        }))
+        .unwrap_or_else(|panic| {
+            let reason = format!(
+                "planning the letter panicked (a bug in the bus): {}",
+                fault::panic_text(panic.as_ref())
+            );
+            tracing::error!(pigeon = %route.id, letter = id, reason, "a plan panicked; the letter is parked");
+            Err(Refusal { kind: ErrorKind::Internal, reason })
+        });
+        match judged {
             Ok(outputs) => planned.outputs.extend(
                 outputs
                     .into_iter()

@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -21,6 +22,7 @@ use super::output::{self, Outputs};
 use crate::deadletter::{ErrorKind, Job};
 use crate::route::{Contracts, Route};
 use crate::source::LetterHeaders;
+use pigeon_core::fault;
 use pigeon_core::plan::{self, Refusal};
 use pigeon_sdk::ledger::PartitionLedger;
 
@@ -89,7 +91,14 @@ impl ScriptPool {
                             let key = (Arc::clone(&job.route.id), job.route.version);
                             Arc::clone(map.entry(key).or_default())
                         };
-                        run(job, &outputs, &breaker);
+                        // The script's run contains its own panics; one anywhere else in the
+                        // job still leaves the worker to take the next.
+                        let pigeon = Arc::clone(&job.route.id);
+                        if let Err(panic) =
+                            std::panic::catch_unwind(AssertUnwindSafe(|| run(job, &outputs, &breaker)))
+                        {
+                            tracing::error!(%pigeon, panic = fault::panic_text(panic.as_ref()), "a script job panicked");
+                        }
                     }
                 })
                 .expect("spawning a script worker");
@@ -135,9 +144,20 @@ fn run(job: ScriptJob, outputs: &Outputs, breaker: &Breaker) {
     let time_ms = job.message.timestamp().to_millis().unwrap_or(0);
     let letter = output::letter_ref(job.message.as_ref(), &input, &job.id, &job.tag, time_ms);
     outputs.stats.scripts_run.fetch_add(1, Ordering::Relaxed);
-    let planned = match plan::script(route, &letter, &job.contracts) {
-        Ok(planned) => planned,
-        Err(refusal) => {
+    // A panic in the script's run (a bug of ours or of the engine's) parks the letter for this
+    // pigeon as `internal`; it does not count against the script's breaker.
+    let planned = std::panic::catch_unwind(AssertUnwindSafe(|| plan::script(route, &letter, &job.contracts)));
+    let planned = match planned {
+        Ok(Ok(planned)) => planned,
+        Err(panic) => {
+            let reason = format!(
+                "running the script panicked (a bug in the bus): {}",
+                fault::panic_text(panic.as_ref())
+            );
+            tracing::error!(pigeon = %route.id, offset, reason, "a script run panicked; the letter is parked");
+            return fail(&job, outputs, Refusal { kind: ErrorKind::Internal, reason });
+        }
+        Ok(Err(refusal)) => {
             let failures = breaker.failures.fetch_add(1, Ordering::Relaxed) + 1;
             if failures >= BREAKER_AFTER && !breaker.open.swap(true, Ordering::Relaxed) {
                 tracing::error!(pigeon = %route.id, version = route.version, failures, "script circuit breaker open");

@@ -26,6 +26,9 @@ pub enum ErrorKind {
     /// The letter does not fit the dictionary: a field of the wrong type, or one a destination
     /// requires is missing (a pigeon in `enforce` mode).
     Dictionary,
+    /// Handling the letter hit a bug in the bus (a panic, caught): parked with the panic's
+    /// message, so the letter waits for a fixed bus instead of stopping this one.
+    Internal,
 }
 
 impl ErrorKind {
@@ -42,6 +45,7 @@ impl ErrorKind {
             ErrorKind::Script => "script",
             ErrorKind::Handler => "handler",
             ErrorKind::Dictionary => "dictionary",
+            ErrorKind::Internal => "internal",
         }
     }
 }
@@ -61,6 +65,7 @@ impl FromStr for ErrorKind {
             "script" => Ok(ErrorKind::Script),
             "handler" => Ok(ErrorKind::Handler),
             "dictionary" => Ok(ErrorKind::Dictionary),
+            "internal" => Ok(ErrorKind::Internal),
             other => Err(format!("unknown error kind {other:?}")),
         }
     }
