@@ -20,3 +20,8 @@ pub mod script;
 pub mod tag;
 pub mod token;
 pub mod wiring;
+
+/// Unit tests count what script runs hold, as the bus binary does.
+#[cfg(test)]
+#[global_allocator]
+static ALLOC: pigeon_alloc::Counting = pigeon_alloc::Counting;

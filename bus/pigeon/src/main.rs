@@ -445,6 +445,10 @@ impl Connect {
     }
 }
 
+/// Counts what each script run holds, so a run is bounded in all (`Limits::max_memory`).
+#[global_allocator]
+static ALLOC: pigeon_alloc::Counting = pigeon_alloc::Counting;
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(

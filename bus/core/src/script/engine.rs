@@ -26,6 +26,11 @@ pub struct Limits {
     pub max_map_size: usize,
     /// Letters one run may emit.
     pub max_outputs: usize,
+    /// Bytes one run may hold in all, its input included (counted by `pigeon_alloc` where the
+    /// binary installs it as its allocator).
+    pub max_memory: usize,
+    /// How deep a value the script returns may nest (what modules' JSON readers take).
+    pub max_depth: usize,
 }
 
 /// Rhai operations one run may take by default.
@@ -50,6 +55,8 @@ impl Default for Limits {
             max_array_size: 10_000,
             max_map_size: 10_000,
             max_outputs: 100,
+            max_memory: 64 << 20,
+            max_depth: 128,
         }
     }
 }
@@ -57,6 +64,60 @@ impl Default for Limits {
 thread_local! {
     /// When the script running on this thread started; read by the progress callback.
     static STARTED: Cell<Option<Instant>> = const { Cell::new(None) };
+    /// Scripts this thread may still compile or run for the work at hand ([`budgeted`]); none
+    /// set: no bound (the router's workers).
+    static BUDGET: Cell<Option<Budget>> = const { Cell::new(None) };
+}
+
+#[derive(Clone, Copy)]
+struct Budget {
+    limit: u32,
+    left: u32,
+    exceeded: bool,
+}
+
+/// A piece of work ran more scripts than it was allowed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("it would compile or run more than {limit} scripts, the most one request may; send fewer pigeons or letters at a time")]
+pub struct TooManyScripts {
+    /// The bound.
+    pub limit: u32,
+}
+
+/// Runs `work` on this thread allowing it to compile or run at most `limit` scripts: past
+/// that, each compile or run fails ([`ScriptError::Budget`]) and so does the whole work, even
+/// when it made light of the script's failure.
+pub fn budgeted<T>(limit: u32, work: impl FnOnce() -> T) -> Result<T, TooManyScripts> {
+    struct Reset(Option<Budget>);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            BUDGET.with(|b| b.set(self.0));
+        }
+    }
+    let reset = Reset(BUDGET.with(|b| b.replace(Some(Budget { limit, left: limit, exceeded: false }))));
+    let done = work();
+    let exceeded = BUDGET.with(Cell::get).is_some_and(|b| b.exceeded);
+    drop(reset);
+    if exceeded {
+        Err(TooManyScripts { limit })
+    } else {
+        Ok(done)
+    }
+}
+
+/// Takes one script from this thread's budget, if it has one.
+fn spend() -> Result<(), ScriptError> {
+    BUDGET.with(|cell| {
+        let Some(mut budget) = cell.get() else { return Ok(()) };
+        let spent = budget.left.checked_sub(1);
+        budget.left = spent.unwrap_or(0);
+        budget.exceeded |= spent.is_none();
+        cell.set(Some(budget));
+        match spent {
+            Some(_) => Ok(()),
+            None => Err(ScriptError::Budget { limit: budget.limit }),
+        }
+    })
 }
 
 /// The one engine every script runs on: no `eval`, no `import`, no file, network or process
@@ -84,7 +145,12 @@ impl ScriptEngine {
         engine.on_print(|_| {});
         engine.on_debug(|_, _, _| {});
         let max_time = limits.max_time;
+        let max_memory = isize::try_from(limits.max_memory).unwrap_or(isize::MAX);
         engine.on_progress(move |ops| {
+            // One operation grows one value at most (and that by at most its own limit).
+            if pigeon_alloc::held() > max_memory {
+                return Some(Dynamic::from(MEMORY_LIMIT));
+            }
             // Checking the clock every 1024 operations keeps the cost out of the hot loop.
             if ops % 1024 != 0 {
                 return None;
@@ -102,6 +168,7 @@ impl ScriptEngine {
 
     /// Compiles a script; errors give line and column.
     pub fn compile(&self, source: &str) -> Result<CompiledScript, ScriptError> {
+        spend()?;
         let mut scope = Scope::new();
         for name in VARIABLES {
             scope.push(name, Dynamic::UNIT);
@@ -138,6 +205,10 @@ impl ScriptEngine {
     }
 
     fn eval(&self, script: &CompiledScript, letter: &ScriptLetter<'_>) -> Result<Dynamic, ScriptError> {
+        spend()?;
+        // What the run holds, from its input on; the value it returns is converted (and
+        // dropped) after, and is bounded by the per-value limits.
+        let _counted = pigeon_alloc::count();
         let payload: Dynamic =
             serde_json::from_slice(letter.payload).map_err(|e| ScriptError::Payload(e.to_string()))?;
         let key_text = letter.key.map(|k| String::from_utf8_lossy(k).into_owned());
@@ -152,7 +223,7 @@ impl ScriptEngine {
         STARTED.with(|s| s.set(Some(Instant::now())));
         let result = self.engine.eval_ast_with_scope::<Dynamic>(&mut scope, &script.ast);
         STARTED.with(|s| s.set(None));
-        result.map_err(|e| runtime_error(&e))
+        result.map_err(|e| runtime_error(&e, &self.limits))
     }
 
     fn outputs(
@@ -168,7 +239,7 @@ impl ScriptEngine {
             return Ok(Vec::new());
         }
         if value.is_map() {
-            let payload = to_json(value, "the returned map")?;
+            let payload = to_json(value, "the returned map", self.limits.max_depth)?;
             return Ok(vec![ScriptOutput {
                 dest: 0,
                 tag: destinations[0].tag.clone(),
@@ -190,7 +261,12 @@ impl ScriptEngine {
                 self.limits.max_outputs
             )));
         }
-        items.into_iter().enumerate().map(|(i, item)| output(i, item, letter, destinations)).collect()
+        let max_depth = self.limits.max_depth;
+        items
+            .into_iter()
+            .enumerate()
+            .map(|(i, item)| output(i, item, letter, destinations, max_depth))
+            .collect()
     }
 }
 
@@ -199,6 +275,7 @@ fn output(
     item: Dynamic,
     letter: &ScriptLetter<'_>,
     destinations: &[ScriptDestination],
+    max_depth: usize,
 ) -> Result<ScriptOutput, ScriptError> {
     let what = format!("letter [{i}]");
     let mut map = item.try_cast_result::<Map>().map_err(|item| {
@@ -256,17 +333,59 @@ fn output(
         Some(k) if k.is_unit() => None,
         Some(k) => Some(k.to_string().into_bytes()),
     };
-    Ok(ScriptOutput { dest, tag, key, payload: to_json(payload, &what)? })
+    Ok(ScriptOutput { dest, tag, key, payload: to_json(payload, &what, max_depth)? })
 }
 
-fn to_json(value: Dynamic, what: &str) -> Result<Vec<u8>, ScriptError> {
-    serde_json::to_vec(&value).map_err(|e| ScriptError::Output(format!("{what} is not JSON: {e}")))
+/// Whether the JSON text `json` nests deeper than `max` arrays and objects, read byte by
+/// byte (no recursion, whatever the depth).
+fn nests_deeper(json: &[u8], max: usize) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &byte in json {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
 }
 
-fn runtime_error(error: &rhai::EvalAltResult) -> ScriptError {
+fn to_json(value: Dynamic, what: &str, max_depth: usize) -> Result<Vec<u8>, ScriptError> {
+    let json =
+        serde_json::to_vec(&value).map_err(|e| ScriptError::Output(format!("{what} is not JSON: {e}")))?;
+    if nests_deeper(&json, max_depth) {
+        return Err(ScriptError::Output(format!(
+            "{what} nests deeper than {max_depth} levels, the most a letter's payload may"
+        )));
+    }
+    Ok(json)
+}
+
+/// What the progress callback ends a run with when it holds too much.
+const MEMORY_LIMIT: &str = "memory limit";
+
+fn runtime_error(error: &rhai::EvalAltResult, limits: &Limits) -> ScriptError {
     use rhai::EvalAltResult as E;
     let message = match error {
         E::ErrorTooManyOperations(_) => "used up its operation budget (an endless loop?)".to_owned(),
+        E::ErrorTerminated(token, _) if token.clone().into_string().is_ok_and(|t| t == MEMORY_LIMIT) => {
+            format!("held more than {} MiB in all", limits.max_memory >> 20)
+        }
         E::ErrorTerminated(..) => "ran past its time limit".to_owned(),
         E::ErrorStackOverflow(_) => "recursed too deep".to_owned(),
         E::ErrorDataTooLarge(what, _) => format!("{what} grew past its limit"),

@@ -23,7 +23,7 @@ mod engine;
 #[cfg(test)]
 mod tests;
 
-pub use engine::{Limits, ScriptEngine, DEFAULT_MAX_OPERATIONS, STACK_SIZE};
+pub use engine::{budgeted, Limits, ScriptEngine, TooManyScripts, DEFAULT_MAX_OPERATIONS, STACK_SIZE};
 
 use std::fmt;
 
@@ -115,6 +115,12 @@ pub enum ScriptError {
     /// The script returned something that is not `()`, a map or an array of letters.
     #[error("script returned an invalid result: {0}")]
     Output(String),
+    /// The work at hand already compiled or ran as many scripts as it may ([`budgeted`]).
+    #[error("not run: this request already compiled or ran {limit} scripts, the most one request may")]
+    Budget {
+        /// The bound.
+        limit: u32,
+    },
 }
 
 impl ScriptError {
@@ -125,6 +131,7 @@ impl ScriptError {
             ScriptError::Payload(_) => "payload",
             ScriptError::Runtime { .. } => "runtime",
             ScriptError::Output(_) => "output",
+            ScriptError::Budget { .. } => "budget",
         }
     }
 }

@@ -240,3 +240,56 @@ fn the_deepest_value_a_script_can_build_leaves_its_thread_alive() {
         );
     }
 }
+
+/// One run holds at most `max_memory` in all: a megabyte string copied into a hundred
+/// variables (each value within its own limit) is stopped, and says why.
+#[test]
+fn a_run_holding_too_much_in_all_is_stopped() {
+    let copies: String = (0..100).map(|n| format!("let v{n} = s + \"{n}\";\n")).collect();
+    let source = format!("let s = \"\"; s.pad(1000000, \"x\");\n{copies}payload");
+    let engine = ScriptEngine::new(Limits { max_time: Duration::from_secs(60), ..Limits::default() });
+    let script = engine.compile(&source).unwrap();
+    let letter = ScriptLetter { id: "i", tag: "t", source: "s", key: None, time: None, payload: b"{}" };
+    let error = engine.run(&script, &letter, &destinations()).unwrap_err().to_string();
+    assert!(error.contains("held more than 64 MiB in all"), "{error}");
+    // The same copies, fewer of them, fit.
+    let few: String = (0..10).map(|n| format!("let v{n} = s + \"{n}\";\n")).collect();
+    let source = format!("let s = \"\"; s.pad(1000000, \"x\");\n{few}payload");
+    let script = engine.compile(&source).unwrap();
+    assert_eq!(engine.run(&script, &letter, &destinations()).map(|o| o.len()), Ok(1));
+}
+
+/// A returned value may nest as deep as a letter's reader takes (128 levels), no deeper.
+#[test]
+fn a_returned_value_deeper_than_a_letter_may_be_is_an_error() {
+    let engine = default_engine();
+    let letter = ScriptLetter { id: "i", tag: "t", source: "s", key: None, time: None, payload: b"{}" };
+    let nested = |levels: usize| format!("let x = #{{}}; for i in 0..{levels} {{ x = #{{ a: x }}; }} x");
+    let script = engine.compile(&nested(100)).unwrap();
+    assert!(engine.run(&script, &letter, &destinations()).is_ok());
+    let script = engine.compile(&nested(500)).unwrap();
+    let error = engine.run(&script, &letter, &destinations()).unwrap_err().to_string();
+    assert!(error.contains("nests deeper than 128 levels"), "{error}");
+}
+
+/// Work given a budget compiles and runs that many scripts, and fails past it, even when it
+/// made light of a script's failure.
+#[test]
+fn a_budget_bounds_the_scripts_one_piece_of_work_runs() {
+    let engine = default_engine();
+    let letter = ScriptLetter { id: "i", tag: "t", source: "s", key: None, time: None, payload: b"{}" };
+    let run = |times: usize| {
+        budgeted(10, || {
+            for _ in 0..times {
+                let Ok(script) = engine.compile("payload") else { continue };
+                let _ignored = engine.run(&script, &letter, &destinations());
+            }
+        })
+    };
+    assert_eq!(run(5), Ok(()), "5 compiles and 5 runs");
+    assert_eq!(run(6), Err(TooManyScripts { limit: 10 }));
+    // Outside the budgeted work, no bound.
+    for _ in 0..20 {
+        assert!(engine.compile("payload").is_ok());
+    }
+}
