@@ -69,6 +69,12 @@ impl ApiError {
         Self { retry_after: Some(after), ..Self::unavailable(message) }
     }
 
+    /// 429 with a `Retry-After` hint: the bus has as many requests in hand as it takes.
+    pub fn too_many_requests(message: impl Into<String>) -> Self {
+        let error = Self::new(StatusCode::TOO_MANY_REQUESTS, "too_many_requests", message);
+        Self { retry_after: Some(std::time::Duration::from_secs(1)), ..error }
+    }
+
     /// 409.
     pub fn conflict(message: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, "conflict", message)
@@ -129,11 +135,7 @@ impl From<StoreError> for ApiError {
 /// What a handler that panicked answers (`CatchPanicLayer`): a 500 in the usual shape; the
 /// panic is logged, and the server goes on.
 pub fn panicked(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
-    let message = panic
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "no message".into());
+    let message = pigeon_core::fault::panic_text(panic.as_ref());
     ApiError::internal(format!("a request handler panicked: {message}")).into_response()
 }
 

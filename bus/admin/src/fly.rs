@@ -45,7 +45,6 @@ pub async fn fly(
         ApiError::unavailable("this bus runs no route tables; fly through another instance")
     })?;
     let (routes, route) = route_of(tables, &state, &body.pigeon).await?;
-    let table = &routes.redeliver;
     let message = message_of(&letter);
     let id = letter.id.to_string();
     let time_ms = ms(letter.time);
@@ -67,7 +66,15 @@ pub async fn fly(
         dead_lettered: Vec::new(),
     };
     let mut dead_letters = Vec::new();
-    let planned = owned_outputs(&message, &id, &letter.tag, time_ms, &[&route], 1, table.contracts());
+    // The pigeon's script runs on the API's script threads, not the runtime's.
+    let planned = {
+        let (id, tag, route) = (id.clone(), letter.tag.clone(), Arc::clone(&route));
+        let work = move || {
+            let table = &routes.redeliver;
+            Ok(owned_outputs(&message, &id, &tag, time_ms, &[&route], 1, table.contracts()))
+        };
+        state.scripts.run(&mut state.scripts.budget(), work).await?
+    };
     for refused in planned.refused {
         receipt.dead_lettered.push(DeadLettered { topic: None, error: refused.error_message.clone() });
         dead_letters.push(refused);

@@ -11,6 +11,7 @@ pub mod deadletters;
 pub mod dictionary;
 pub mod error;
 pub mod fly;
+pub mod gate;
 pub mod pigeons;
 pub mod providers;
 pub mod stats;
@@ -19,6 +20,7 @@ pub mod ui;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, State};
 use axum::http::StatusCode;
@@ -60,6 +62,8 @@ pub struct AppState {
     pub tables: Option<pigeon_bus::control::Tables>,
     /// Which roles run and which are down.
     pub health: Arc<pigeon_bus::supervise::Health>,
+    /// The threads the API's scripts run on.
+    pub scripts: gate::ScriptGate,
 }
 
 /// One page of a list, and the cursor of the next (absent on the last page).
@@ -181,10 +185,40 @@ pub fn app(state: AppState, with_api: bool) -> Router {
         let doc = Arc::new(doc);
         app = app
             .route("/api/v1/openapi.json", get(move || async move { Json(doc.as_ref().clone()) }))
-            .merge(api)
+            .merge(limited(api))
             .merge(ui::routes());
     }
     harden(app.fallback(not_found).with_state(state))
+}
+
+/// API requests the bus handles at once; past it, 429 at once (health and metrics are not
+/// counted).
+pub const MAX_CONCURRENT_REQUESTS: usize = 64;
+/// How long an API request may take before it is answered 503.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The API's routes, bounded: [`MAX_CONCURRENT_REQUESTS`] at once (more are refused, not
+/// queued) and [`REQUEST_TIMEOUT`] each.
+fn limited(api: Router<AppState>) -> Router<AppState> {
+    use tower::ServiceBuilder;
+    let refused = |error: tower::BoxError| async move {
+        if error.is::<tower::load_shed::error::Overloaded>() {
+            ApiError::too_many_requests(format!(
+                "the bus is handling {MAX_CONCURRENT_REQUESTS} requests; try again shortly"
+            ))
+        } else if error.is::<tower::timeout::error::Elapsed>() {
+            ApiError::unavailable(format!("the request took longer than {} s", REQUEST_TIMEOUT.as_secs()))
+        } else {
+            ApiError::internal(error)
+        }
+    };
+    api.layer(
+        ServiceBuilder::new()
+            .layer(axum::error_handling::HandleErrorLayer::new(refused))
+            .timeout(REQUEST_TIMEOUT)
+            .load_shed()
+            .layer(tower::limit::GlobalConcurrencyLimitLayer::new(MAX_CONCURRENT_REQUESTS)),
+    )
 }
 
 /// What wraps every route: the body limit, and a handler that panics answers 500 in the usual

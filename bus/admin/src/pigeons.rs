@@ -18,6 +18,7 @@ use pigeon_bus::script;
 use pigeon_bus::store::{now_ms, StoredPigeon};
 use pigeon_bus::token::Role;
 use pigeon_bus::wiring;
+use pigeon_core::script::Budget;
 
 /// A pigeon with its version.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -197,6 +198,7 @@ enum Checking {
 /// they are audited and become warnings); returns the warnings.
 async fn check_wiring(
     state: &AppState,
+    budget: &mut Budget,
     specs: &[&PigeonSpec],
     checking: Checking,
     actor: &str,
@@ -207,8 +209,18 @@ async fn check_wiring(
     }
     let topics = specs.iter().map(|s| s.matcher.topic.as_str()).collect();
     let evidence = evidence(state, &topics).await?;
-    for spec in specs {
-        let report = wiring::check(spec, &evidence[&spec.matcher.topic]);
+    // Checking a script pigeon runs its script on sample letters: on the API's script threads.
+    let owned: Vec<PigeonSpec> = specs.iter().map(|s| (*s).clone()).collect();
+    let reports = state
+        .scripts
+        .run(budget, move || {
+            let check = |spec: &PigeonSpec| {
+                evidence.get(&spec.matcher.topic).map(|e| wiring::check(spec, e)).unwrap_or_default()
+            };
+            Ok(owned.iter().map(check).collect::<Vec<_>>())
+        })
+        .await?;
+    for (spec, report) in specs.iter().zip(reports) {
         let prefix =
             |text: String| if specs.len() > 1 { format!("pigeon {:?}: {text}", spec.id) } else { text };
         problems.extend(report.problems.into_iter().map(prefix));
@@ -282,11 +294,12 @@ pub async fn create(
     ApiQuery(query): ApiQuery<ForceQuery>,
     ApiJson(body): ApiJson<serde_json::Value>,
 ) -> Result<(StatusCode, Json<PigeonView>), ApiError> {
-    let spec = checked_spec(body)?;
+    let mut budget = state.scripts.budget();
+    let spec = state.scripts.run(&mut budget, move || checked_spec(body)).await?;
     if state.store.pigeon(&spec.id).await?.is_some() {
         return Err(ApiError::conflict(format!("pigeon {:?} exists; PUT /pigeons/{0} changes it", spec.id)));
     }
-    let warnings = check_wiring(&state, &[&spec], checking(query.force), &caller.name).await?;
+    let warnings = check_wiring(&state, &mut budget, &[&spec], checking(query.force), &caller.name).await?;
     state.store.save_pigeon(&spec, &caller.name).await?;
     announce(&state, vec![spec.id.clone()], &caller.name);
     let mut view = PigeonView::from(current(&state, &spec.id).await?);
@@ -300,9 +313,10 @@ pub async fn create(
     security(("token" = [])))]
 pub async fn validate(
     _: AsViewer,
+    State(state): State<AppState>,
     ApiJson(body): ApiJson<serde_json::Value>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    checked_spec(body)?;
+    state.scripts.run(&mut state.scripts.budget(), move || checked_spec(body)).await?;
     Ok(Json(serde_json::json!({ "valid": true })))
 }
 
@@ -331,7 +345,8 @@ pub async fn update(
     ApiQuery(query): ApiQuery<ForceQuery>,
     ApiJson(body): ApiJson<serde_json::Value>,
 ) -> Result<Json<PigeonView>, ApiError> {
-    let spec = checked_spec(body)?;
+    let mut budget = state.scripts.budget();
+    let spec = state.scripts.run(&mut budget, move || checked_spec(body)).await?;
     if spec.id != id {
         return Err(ApiError::invalid(
             "invalid_pigeon",
@@ -342,7 +357,7 @@ pub async fn update(
     let before = current(&state, &id).await?;
     let warnings = match before.spec == spec {
         true => Vec::new(),
-        false => check_wiring(&state, &[&spec], checking(query.force), &caller.name).await?,
+        false => check_wiring(&state, &mut budget, &[&spec], checking(query.force), &caller.name).await?,
     };
     if state.store.save_pigeon(&spec, &caller.name).await?.changed {
         announce(&state, vec![id.clone()], &caller.name);
@@ -489,14 +504,21 @@ pub async fn apply(
     if !request.dry_run {
         caller.require(Role::Operator)?;
     }
-    let mut specs = Vec::new();
-    let mut problems = Vec::new();
-    for (i, value) in request.pigeons.into_iter().enumerate() {
-        match checked_spec(value) {
-            Ok(spec) => specs.push(spec),
-            Err(e) => problems.extend(e.details().iter().map(|d| format!("pigeons[{i}]: {d}"))),
-        }
-    }
+    let mut budget = state.scripts.budget();
+    let pigeons = request.pigeons;
+    let (specs, mut problems) = state
+        .scripts
+        .run(&mut budget, move || {
+            let (mut specs, mut problems) = (Vec::new(), Vec::new());
+            for (i, value) in pigeons.into_iter().enumerate() {
+                match checked_spec(value) {
+                    Ok(spec) => specs.push(spec),
+                    Err(e) => problems.extend(e.details().iter().map(|d| format!("pigeons[{i}]: {d}"))),
+                }
+            }
+            Ok((specs, problems))
+        })
+        .await?;
     let mut wanted = BTreeMap::new();
     for spec in specs {
         if wanted.contains_key(&spec.id) {
@@ -541,7 +563,7 @@ pub async fn apply(
     let to_check: Vec<&PigeonSpec> = save.iter().collect();
     // A dry run reports refused wiring as warnings: it changes nothing to refuse.
     let mode = if request.dry_run { Checking::Report } else { checking(request.force) };
-    let warnings = check_wiring(&state, &to_check, mode, &caller.name).await?;
+    let warnings = check_wiring(&state, &mut budget, &to_check, mode, &caller.name).await?;
     let applied = !request.dry_run;
     if applied && !(save.is_empty() && delete.is_empty()) {
         state.store.apply_pigeons(&save, &delete, &caller.name).await?;
@@ -571,9 +593,19 @@ pub struct UnsavedTest {
     pub letter: SampleLetter,
 }
 
-fn test_result(pigeon: &PigeonSpec, letter: &SampleLetter) -> Result<Json<TestResult>, ApiError> {
-    let letters = dry_run_pigeon(script::default_engine(), pigeon, letter)
-        .map_err(|e| ApiError::invalid("script_failed", e.to_string(), vec![e.to_string()]))?;
+/// The letters `pigeon` emits for `letter`, run on the API's script threads.
+async fn test_result(
+    state: &AppState,
+    pigeon: PigeonSpec,
+    letter: SampleLetter,
+) -> Result<Json<TestResult>, ApiError> {
+    let letters = state
+        .scripts
+        .run(&mut state.scripts.budget(), move || {
+            dry_run_pigeon(script::default_engine(), &pigeon, &letter)
+                .map_err(|e| ApiError::invalid("script_failed", e.to_string(), vec![e.to_string()]))
+        })
+        .await?;
     Ok(Json(TestResult { letters }))
 }
 
@@ -589,7 +621,7 @@ pub async fn test(
     ApiJson(letter): ApiJson<SampleLetter>,
 ) -> Result<Json<TestResult>, ApiError> {
     let pigeon = current(&state, &id).await?.spec;
-    test_result(&pigeon, &letter)
+    test_result(&state, pigeon, letter).await
 }
 
 /// Run an unsaved pigeon (a script being written) on a sample letter.
@@ -598,8 +630,17 @@ pub async fn test(
     security(("token" = [])))]
 pub async fn test_unsaved(
     _: AsViewer,
+    State(state): State<AppState>,
     ApiJson(request): ApiJson<UnsavedTest>,
 ) -> Result<Json<TestResult>, ApiError> {
-    let pigeon = checked_spec(request.pigeon)?;
-    test_result(&pigeon, &request.letter)
+    let UnsavedTest { pigeon, letter } = request;
+    let letters = state
+        .scripts
+        .run(&mut state.scripts.budget(), move || {
+            let pigeon = checked_spec(pigeon)?;
+            dry_run_pigeon(script::default_engine(), &pigeon, &letter)
+                .map_err(|e| ApiError::invalid("script_failed", e.to_string(), vec![e.to_string()]))
+        })
+        .await?;
+    Ok(Json(TestResult { letters }))
 }

@@ -52,6 +52,7 @@ impl Api {
         let state = AppState {
             tables: Some(tables),
             health: Arc::default(),
+            scripts: crate::gate::ScriptGate::new(2, crate::gate::SCRIPTS_PER_REQUEST),
             store,
             ready: Arc::new(AtomicBool::new(true)),
             stats: Arc::default(),
@@ -946,4 +947,62 @@ async fn healthz_names_the_role_that_is_down() {
     assert!(body.contains("down: archiver") && body.contains("cannot reach the archive database"), "{body}");
     cancel.cancel();
     supervised.await.unwrap().unwrap();
+}
+
+fn script_pigeon(id: &str) -> Value {
+    json!({
+        "id": id, "name": format!("pigeon {id}"), "owner": "x", "action": "script",
+        "match": { "topic": "live.gift", "tag": "gift.sent" },
+        "destinations": [{ "topic": "lane.out", "tag": "out" }],
+        "script": "payload"
+    })
+}
+
+/// One request compiles or runs a bounded number of scripts, and says so when it would run
+/// more; as many as it may go through.
+#[tokio::test]
+async fn a_request_that_would_run_too_many_scripts_is_refused_saying_so() {
+    let api = Api::new().await;
+    let most = crate::gate::SCRIPTS_PER_REQUEST as usize;
+    let apply = |count: usize| {
+        let pigeons: Vec<Value> = (0..count).map(|n| script_pigeon(&format!("p{n}"))).collect();
+        json!({ "pigeons": pigeons, "dry_run": true })
+    };
+    let (status, body) =
+        api.call(Method::POST, "/api/v1/pigeons/apply", &api.viewer, Some(apply(most))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) =
+        api.call(Method::POST, "/api/v1/pigeons/apply", &api.viewer, Some(apply(most + 1))).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["code"], "too_many_scripts");
+    assert!(body["message"].as_str().unwrap().contains(&format!("more than {most} scripts")), "{body}");
+}
+
+/// Past the requests the API handles at once, more are refused at once with 429 (not queued);
+/// the ones taken are all answered.
+#[tokio::test]
+async fn requests_past_the_concurrency_limit_are_refused_with_429() {
+    let api = Api::new().await;
+    let app = app(api.state.clone(), true);
+    let extra = 16;
+    let requests = (0..crate::MAX_CONCURRENT_REQUESTS + extra).map(|_| {
+        let body =
+            json!({ "pigeon": script_pigeon("t"), "letter": { "tag": "gift.sent", "payload": {"n": 1} } });
+        let request = Request::builder()
+            .method(Method::POST)
+            .uri("/api/v1/pigeons/test")
+            .header("content-type", "application/json")
+            .header("authorization", format!("Bearer {}", api.viewer))
+            .body(Body::from(body.to_string()))
+            .unwrap();
+        app.clone().oneshot(request)
+    });
+    let responses = futures::future::join_all(requests).await;
+    let statuses: Vec<StatusCode> = responses.iter().map(|r| r.as_ref().unwrap().status()).collect();
+    let count = |status| statuses.iter().filter(|s| **s == status).count();
+    assert_eq!(count(StatusCode::OK), crate::MAX_CONCURRENT_REQUESTS, "{statuses:?}");
+    assert_eq!(count(StatusCode::TOO_MANY_REQUESTS), extra, "{statuses:?}");
+    let refused =
+        responses.into_iter().map(Result::unwrap).find(|r| r.status() == StatusCode::TOO_MANY_REQUESTS);
+    assert!(refused.unwrap().headers().contains_key("retry-after"));
 }

@@ -74,6 +74,7 @@ pub async fn run(
             producer: fly_producer.clone(),
             tables: Some(tables.clone()),
             health: Arc::clone(&health),
+            scripts: pigeon_admin::gate::ScriptGate::default(),
         },
         config.roles.contains(&Role::Admin),
     );

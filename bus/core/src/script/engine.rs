@@ -69,11 +69,21 @@ thread_local! {
     static BUDGET: Cell<Option<Budget>> = const { Cell::new(None) };
 }
 
-#[derive(Clone, Copy)]
-struct Budget {
-    limit: u32,
-    left: u32,
+/// Scripts a piece of work may still compile or run, of its limit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Budget {
+    /// The most it may.
+    pub limit: u32,
+    /// What is left.
+    pub left: u32,
     exceeded: bool,
+}
+
+impl Budget {
+    /// A budget of `limit` scripts.
+    pub fn new(limit: u32) -> Self {
+        Self { limit, left: limit, exceeded: false }
+    }
 }
 
 /// A piece of work ran more scripts than it was allowed.
@@ -84,22 +94,28 @@ pub struct TooManyScripts {
     pub limit: u32,
 }
 
-/// Runs `work` on this thread allowing it to compile or run at most `limit` scripts: past
-/// that, each compile or run fails ([`ScriptError::Budget`]) and so does the whole work, even
-/// when it made light of the script's failure.
-pub fn budgeted<T>(limit: u32, work: impl FnOnce() -> T) -> Result<T, TooManyScripts> {
-    struct Reset(Option<Budget>);
-    impl Drop for Reset {
+/// Runs `work` on this thread spending `budget`: each script compiled or run takes one; past
+/// the last, each compile or run fails ([`ScriptError::Budget`]) and so does the whole work,
+/// even when it made light of the script's failure. The same budget can be spent by several
+/// pieces of work, one after the other.
+pub fn budgeted<T>(budget: &mut Budget, work: impl FnOnce() -> T) -> Result<T, TooManyScripts> {
+    struct Restore<'b> {
+        outer: Option<Budget>,
+        budget: &'b mut Budget,
+    }
+    impl Drop for Restore<'_> {
         fn drop(&mut self) {
-            BUDGET.with(|b| b.set(self.0));
+            if let Some(spent) = BUDGET.with(|b| b.replace(self.outer)) {
+                *self.budget = spent;
+            }
         }
     }
-    let reset = Reset(BUDGET.with(|b| b.replace(Some(Budget { limit, left: limit, exceeded: false }))));
+    let outer = BUDGET.with(|b| b.replace(Some(*budget)));
+    let restore = Restore { outer, budget };
     let done = work();
-    let exceeded = BUDGET.with(Cell::get).is_some_and(|b| b.exceeded);
-    drop(reset);
-    if exceeded {
-        Err(TooManyScripts { limit })
+    drop(restore);
+    if budget.exceeded {
+        Err(TooManyScripts { limit: budget.limit })
     } else {
         Ok(done)
     }

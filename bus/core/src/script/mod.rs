@@ -23,7 +23,9 @@ mod engine;
 #[cfg(test)]
 mod tests;
 
-pub use engine::{budgeted, Limits, ScriptEngine, TooManyScripts, DEFAULT_MAX_OPERATIONS, STACK_SIZE};
+pub use engine::{
+    budgeted, Budget, Limits, ScriptEngine, TooManyScripts, DEFAULT_MAX_OPERATIONS, STACK_SIZE,
+};
 
 use std::fmt;
 

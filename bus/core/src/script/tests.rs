@@ -279,7 +279,7 @@ fn a_budget_bounds_the_scripts_one_piece_of_work_runs() {
     let engine = default_engine();
     let letter = ScriptLetter { id: "i", tag: "t", source: "s", key: None, time: None, payload: b"{}" };
     let run = |times: usize| {
-        budgeted(10, || {
+        budgeted(&mut Budget::new(10), || {
             for _ in 0..times {
                 let Ok(script) = engine.compile("payload") else { continue };
                 let _ignored = engine.run(&script, &letter, &destinations());
@@ -288,6 +288,15 @@ fn a_budget_bounds_the_scripts_one_piece_of_work_runs() {
     };
     assert_eq!(run(5), Ok(()), "5 compiles and 5 runs");
     assert_eq!(run(6), Err(TooManyScripts { limit: 10 }));
+    // One budget spent by two pieces of work.
+    let mut budget = Budget::new(10);
+    assert_eq!(budgeted(&mut budget, || engine.compile("payload").is_ok()), Ok(true));
+    assert_eq!(budget.left, 9);
+    assert!(budgeted(&mut budget, || (0..9).all(|_| engine.compile("payload").is_ok())).unwrap());
+    assert_eq!(
+        budgeted(&mut budget, || engine.compile("payload").is_ok()),
+        Err(TooManyScripts { limit: 10 })
+    );
     // Outside the budgeted work, no bound.
     for _ in 0..20 {
         assert!(engine.compile("payload").is_ok());
