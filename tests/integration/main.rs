@@ -16,5 +16,6 @@ mod plan;
 mod retry;
 mod scripts;
 mod sdk;
+mod soak;
 mod store;
 mod support;
