@@ -200,6 +200,12 @@ pub fn format_time_ms(ms: i64) -> String {
     format_ms(u64::try_from(ms).unwrap_or(0))
 }
 
+/// Kafka's millisecond timestamp clamped as `ce_time` writes it: from the Unix epoch to the
+/// last millisecond of year 9999 (where archives file a letter, so a search can reach it).
+pub fn clamp_time_ms(ms: i64) -> i64 {
+    ms.clamp(0, LATEST_MS as i64)
+}
+
 fn format_ms(ms: u64) -> String {
     let time = UNIX_EPOCH + Duration::from_millis(ms.min(LATEST_MS));
     // In range, humantime's Display cannot fail.
@@ -282,6 +288,9 @@ mod tests {
         // `to_string` panicked on its refusal).
         assert_eq!(format_time_ms(253_402_300_800_000), "9999-12-31T23:59:59.999Z");
         assert_eq!(format_time_ms(i64::MAX), "9999-12-31T23:59:59.999Z");
+        assert_eq!(clamp_time_ms(i64::MAX), 253_402_300_799_999);
+        assert_eq!(clamp_time_ms(i64::MIN), 0);
+        assert_eq!(clamp_time_ms(1_700_000_000_000), 1_700_000_000_000);
         let far = UNIX_EPOCH + Duration::from_secs(400_000_000_000);
         assert_eq!(format_time(far), "9999-12-31T23:59:59.999Z");
         assert_eq!(format_time(UNIX_EPOCH - Duration::from_secs(5)), "1970-01-01T00:00:00.000Z");

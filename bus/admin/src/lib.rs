@@ -241,7 +241,11 @@ async fn metrics(State(state): State<AppState>) -> String {
     for (name, help, value) in [
         ("pigeon_letters_in_total", "Source letters read by the router.", &stats.letters_in),
         ("pigeon_letters_out_total", "Outputs handed to the producer.", &stats.letters_out),
-        ("pigeon_dead_letters_total", "Letters and outputs the router dead-lettered.", &stats.dead_lettered),
+        (
+            "pigeon_dead_letters_total",
+            "Letters and outputs the router dead-lettered (a script's failures count in pigeon_script_failures_total).",
+            &stats.dead_lettered,
+        ),
         ("pigeon_in_flight_peak", "Most letters one partition had in flight at once.", &stats.in_flight_peak),
         ("pigeon_scripts_run_total", "Letters script pigeons ran on.", &stats.scripts_run),
         (

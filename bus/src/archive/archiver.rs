@@ -366,7 +366,9 @@ fn take(
     // A message without a timestamp is filed under its reading time, but its derived id must
     // not change when it is read again.
     let kafka_time = message.timestamp().to_millis();
-    let time = kafka_time.unwrap_or_else(now_ms);
+    // Filed under the time its `ce_time` says: a search reaches every letter (a client may
+    // stamp one i64::MAX, past any search's exclusive end).
+    let time = kafka_time.map_or_else(now_ms, pigeon_sdk::letter::clamp_time_ms);
     batch.bytes += message.payload_len() + message.key().map_or(0, <[u8]>::len) + 256;
     let headers = LetterHeaders::of(message);
     let (tag, id) = match crate::source::read(message, &headers, &topic_routes.source) {
