@@ -5,6 +5,7 @@ use std::time::Duration;
 use pigeon_bus::route::DestinationSpec;
 use pigeon_sdk::{Capability, Context, Letter, Module};
 use rdkafka::message::Message;
+use serde_json::json;
 use tokio::sync::mpsc;
 
 use crate::support::*;
@@ -259,4 +260,57 @@ async fn a_panic_while_handling_a_letter_parks_it_as_internal_and_the_router_goe
     let (status, body) = http_get(&bus.admin, "/healthz").unwrap();
     assert_eq!((status, body.trim()), (200, "ok"), "no role went down");
     bus.stop();
+}
+
+/// A letter the archive's database refuses for good (here a trigger refuses it, as a column
+/// type or a rule of the database might) is not retried for ever holding the partition: the
+/// batch goes one by one, the others are archived, and the refused one is parked as a dead
+/// letter saying why; the archiver's offset moves past it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_letter_the_archive_refuses_for_good_is_parked_and_the_others_are_archived() {
+    use pigeon_bus::deadletter::Status;
+    use pigeon_bus::route::Action;
+    use sqlx::Connection;
+    let kafka = Kafka::new(1);
+    kafka.topic("live.kept", 1);
+    let mut kept = pigeon("kept", "live.kept", "**", Vec::new());
+    kept.action = Action::Archive;
+    // The router is healthy once it consumes: a forward pigeon gives it a topic.
+    let side = pigeon("side", "live.kept", "side.*", vec![DestinationSpec::topic("lane.side", "side")]);
+    let db = Db::with_pigeons(&[kept, side]).await;
+    let mut raw = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
+    sqlx::query(
+        "CREATE TRIGGER refuse_poison BEFORE INSERT ON archived_letters \
+         WHEN CAST(NEW.payload AS TEXT) LIKE '%poison%' BEGIN SELECT RAISE(ABORT, 'poisoned payload'); END",
+    )
+    .execute(&mut raw)
+    .await
+    .unwrap();
+    let bus = Bus::start(&kafka, &db, &[]);
+    let letters = [json!({"n": 0}), json!({"n": 1, "poison": true}), json!({"n": 2})]
+        .map(|payload| Letter::new("tests", "gift.sent", payload));
+    kafka.produce("live.kept", letters.iter().map(Outgoing::from));
+    eventually("the archiver's offset is committed past every letter", || {
+        kafka.committed(ARCHIVER_GROUP, "live.kept", 0) == 3
+    });
+    let store = db.store().await;
+    let query = pigeon_bus::archive::ArchiveQuery { since: 0, until: i64::MAX, ..Default::default() };
+    let archived = store.archive().archived(&query, None, 100).await.unwrap();
+    let mut ids: Vec<&str> = archived.iter().map(|a| a.letter_id.as_str()).collect();
+    ids.sort_unstable();
+    let mut good = [letters[0].id.to_string(), letters[2].id.to_string()];
+    good.sort();
+    assert_eq!(ids, good, "the others are archived");
+    let rows = wait_dead_letters(store.as_ref(), |rows| !rows.is_empty()).await;
+    assert_eq!(rows.len(), 1, "{rows:#?}");
+    let parked = &rows[0];
+    assert_eq!(parked.letter.letter_id, letters[1].id.to_string());
+    assert_eq!(parked.status, Status::Parked);
+    assert!(
+        parked.letter.error_message.contains("the archive refused the letter"),
+        "{}",
+        parked.letter.error_message
+    );
+    assert!(parked.letter.error_message.contains("poisoned payload"), "{}", parked.letter.error_message);
+    up_all_along(bus);
 }

@@ -679,3 +679,71 @@ async fn store_errors_say_whether_trying_again_can_help() {
     assert!(!error.is_transient(), "a duplicate key fails the same way every time: {error}");
     sqlx::query(&format!("DROP TABLE {table}")).execute(&pool).await.unwrap();
 }
+
+/// A dead letter the store refuses for good (its statement, not the database being away) is
+/// never tried for ever, and costs no other letter its place: the batch goes one by one, the
+/// refused one is stored without its payload, saying why and how big it was.
+async fn a_refused_dead_letter_is_stored_bare_and_the_others_whole(store: &dyn Store) {
+    let good = [
+        dead_letter("p-good", ErrorKind::Produce, b"{\"ok\":1}".to_vec()),
+        dead_letter("p-good", ErrorKind::Produce, b"{\"ok\":2}".to_vec()),
+    ];
+    let poison = dead_letter("p-poison", ErrorKind::Malformed, b"{\"poison\":true}".to_vec());
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let batch = [&good[0], &poison, &good[1]];
+    let stored = tokio::time::timeout(
+        Duration::from_secs(30),
+        pigeon_bus::deadletter::store_durably(store, &batch, &cancel),
+    )
+    .await;
+    assert_eq!(stored, Ok(Some(())), "stored once, not tried for ever");
+    let rows = store.dead_letters(&DeadLetterFilter::default(), None, 500).await.unwrap();
+    let row = |id: &str| rows.iter().find(|r| r.letter.letter_id == id).map(|r| &r.letter);
+    for letter in &good {
+        assert_eq!(row(&letter.letter_id).and_then(|r| r.payload.clone()), letter.payload, "kept whole");
+    }
+    let bare = row(&poison.letter_id).expect("the refused letter has a row");
+    assert_eq!(bare.payload, None);
+    assert_eq!(
+        (bare.source_topic.as_str(), bare.source_offset),
+        ("live.gift", 123_456_789_012),
+        "its place in Kafka"
+    );
+    let error = &bare.error_message;
+    assert!(error.contains("stored without its payload") && error.contains("poisoned payload"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sqlite_never_retries_a_refused_dead_letter_for_ever() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("store.db").display());
+    let store = pigeon_bus::store::open_migrated(&url).await.unwrap();
+    let mut raw = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    sqlx::query(
+        "CREATE TRIGGER refuse_poison BEFORE INSERT ON dead_letters \
+         WHEN CAST(NEW.payload AS TEXT) LIKE '%poison%' BEGIN SELECT RAISE(ABORT, 'poisoned payload'); END",
+    )
+    .execute(&mut raw)
+    .await
+    .unwrap();
+    a_refused_dead_letter_is_stored_bare_and_the_others_whole(store.as_ref()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mysql_never_retries_a_refused_dead_letter_for_ever() {
+    let name = format!("pigeon_t_{}", uuid::Uuid::new_v4().simple());
+    let mut admin = sqlx::MySqlConnection::connect(MARIADB).await.unwrap();
+    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut admin).await.unwrap();
+    let url = format!("mysql://root@127.0.0.1:3306/{name}");
+    let store = pigeon_bus::store::open_migrated(&url).await.unwrap();
+    let mut raw = sqlx::MySqlConnection::connect(&url).await.unwrap();
+    sqlx::query(
+        "CREATE TRIGGER refuse_poison BEFORE INSERT ON dead_letters FOR EACH ROW BEGIN \
+         IF NEW.payload LIKE '%poison%' THEN SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'poisoned payload'; END IF; END",
+    )
+    .execute(&mut raw)
+    .await
+    .unwrap();
+    a_refused_dead_letter_is_stored_bare_and_the_others_whole(store.as_ref()).await;
+    sqlx::query(&format!("DROP DATABASE {name}")).execute(&mut admin).await.unwrap();
+}

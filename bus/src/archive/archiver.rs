@@ -448,7 +448,11 @@ async fn write(
     if letters.is_empty() {
         return Ok(());
     }
-    let new = store.archive().archive_letters(letters).await?;
+    let new = match store.archive().archive_letters(letters).await {
+        Ok(new) => new,
+        Err(e) if !e.is_transient() => archive_one_by_one(store.as_ref(), letters, &e).await?,
+        Err(e) => return Err(e.into()),
+    };
     // Durable: each letter is one out for the pigeon that kept it.
     let mut kept: std::collections::HashMap<&str, u64> = std::collections::HashMap::new();
     for letter in letters {
@@ -461,6 +465,50 @@ async fn write(
     stats.archived.fetch_add(new, Ordering::Relaxed);
     stats.duplicates.fetch_add((letters.len() as u64).saturating_sub(new), Ordering::Relaxed);
     Ok(())
+}
+
+/// Archives `letters` one at a time after the store refused their batch for good (the
+/// statement, not the database being away), so the others are kept; a letter it still
+/// refuses becomes a parked dead letter saying why, never a batch tried for ever. Returns how
+/// many were new; an error means the database went away meanwhile (the batch is tried again,
+/// and the letters archived already are not stored twice).
+async fn archive_one_by_one(
+    store: &dyn Store,
+    letters: &[ArchivedLetter],
+    refused: &crate::store::StoreError,
+) -> anyhow::Result<u64> {
+    tracing::error!(error = %refused, letters = letters.len(), "the archive refuses this batch; archiving its letters one by one");
+    let mut new = 0;
+    for letter in letters {
+        let error = match store.archive().archive_letters(std::slice::from_ref(letter)).await {
+            Ok(n) => {
+                new += n;
+                continue;
+            }
+            Err(e) if e.is_transient() => return Err(e.into()),
+            Err(e) => e,
+        };
+        let dead = NewDeadLetter {
+            letter_id: letter.letter_id.clone(),
+            pigeon_id: Some(letter.pigeon_id.clone()),
+            pigeon_version: None,
+            source_topic: letter.position.topic.clone(),
+            source_partition: letter.position.partition,
+            source_offset: letter.position.offset,
+            dest_topic: None,
+            dest_tag: None,
+            key: letter.key.clone(),
+            headers: letter.headers.clone(),
+            payload: letter.payload.clone(),
+            error_kind: ErrorKind::Malformed,
+            error_message: format!("the archive refused the letter: {error}"),
+            first_retry: None,
+        };
+        // Never cancelled: the batch is not settled before this returns.
+        let cancel = CancellationToken::new();
+        crate::deadletter::store_durably(store, &[&dead], &cancel).await;
+    }
+    Ok(new)
 }
 
 /// [`letter`], or, when building it panicked (a bug not found yet), its dead letter: the

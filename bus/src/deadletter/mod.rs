@@ -87,6 +87,75 @@ const WRITE_BATCH: usize = 256;
 /// larger letter goes alone.
 const WRITE_BATCH_BYTES: usize = 8 << 20;
 
+/// Inserts `letters` in one transaction, trying again while the store is away (`None` when
+/// cancelled meanwhile). A refusal of the statement itself is permanent: it is returned, never
+/// tried again as it was.
+async fn insert_retrying(
+    store: &dyn Store,
+    letters: &[&NewDeadLetter],
+    cancel: &CancellationToken,
+) -> Option<Result<(), crate::store::StoreError>> {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match store.insert_dead_letters(letters).await {
+            Ok(()) => return Some(Ok(())),
+            Err(e) if !e.is_transient() => return Some(Err(e)),
+            Err(e) => {
+                tracing::error!(error = %e, retry_in = ?backoff, letters = letters.len(), "cannot store dead letters; holding offsets");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = cancel.cancelled() => return None,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// Stores `letters` for good (`None` when cancelled first). When the store refuses the
+/// statement itself (not the database being away), the letters go one by one, so the others
+/// are kept; one it still refuses is stored without its payload, key and headers, saying why
+/// and what its size was (its place in Kafka stays in the row); one refused even so is logged
+/// with its place and dropped, never tried for ever.
+pub async fn store_durably(
+    store: &dyn Store,
+    letters: &[&NewDeadLetter],
+    cancel: &CancellationToken,
+) -> Option<()> {
+    let refused = match insert_retrying(store, letters, cancel).await? {
+        Ok(()) => return Some(()),
+        Err(e) => e,
+    };
+    tracing::error!(error = %refused, letters = letters.len(), "the store refuses these dead letters; storing them one by one");
+    for letter in letters {
+        let error = match letters.len() {
+            1 => refused.to_string(),
+            _ => match insert_retrying(store, &[*letter], cancel).await? {
+                Ok(()) => continue,
+                Err(e) => e.to_string(),
+            },
+        };
+        let mut bare = (*letter).clone();
+        bare.error_message = format!(
+            "{} [stored without its payload, key and headers ({} bytes), which the store refused: {error}]",
+            letter.error_message,
+            letter.size()
+        );
+        (bare.payload, bare.key, bare.headers) = (None, None, Vec::new());
+        if let Err(e) = insert_retrying(store, &[&bare], cancel).await? {
+            tracing::error!(
+                error = %e,
+                letter = %letter.letter_id,
+                topic = %letter.source_topic,
+                partition = letter.source_partition,
+                offset = letter.source_offset,
+                "the store refuses even the bare dead letter; it is only in this log"
+            );
+        }
+    }
+    Some(())
+}
+
 /// Stores dead letters as they come (what queued up meanwhile in one transaction), retrying
 /// while the store is down, and settles each letter only once its dead letter is durable.
 /// Returns when `jobs` closes or on cancellation (letters not yet stored then stay unsettled,
@@ -114,19 +183,8 @@ pub async fn write_dead_letters(
                 end += 1;
             }
             let letters: Vec<&NewDeadLetter> = batch[start..end].iter().map(|job| &job.dead_letter).collect();
-            let mut backoff = Duration::from_millis(100);
-            loop {
-                match store.insert_dead_letters(&letters).await {
-                    Ok(()) => break,
-                    Err(e) => {
-                        tracing::error!(error = %e, retry_in = ?backoff, letters = letters.len(), "cannot store dead letters; holding offsets");
-                        tokio::select! {
-                            _ = tokio::time::sleep(backoff) => {}
-                            _ = cancel.cancelled() => return,
-                        }
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
-                    }
-                }
+            if store_durably(store.as_ref(), &letters, &cancel).await.is_none() {
+                return;
             }
             start = end;
         }
