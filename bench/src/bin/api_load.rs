@@ -64,21 +64,27 @@ fn spawn_until(mut command: Command, prefix: &str) -> anyhow::Result<(std::proce
     Ok((child, found))
 }
 
-/// A pigeon of about 1 MiB (within the API's body limit): a script of many small statements.
-fn big_pigeon(n: usize) -> serde_json::Value {
-    let mut script = String::with_capacity(1 << 20);
+/// About 1 MiB of script pigeons (within the API's body limit): each script (60 KB, near the
+/// most a script may have) is many small statements, to compile.
+fn big_apply(caller: usize) -> serde_json::Value {
+    let mut script = String::with_capacity(64 << 10);
     let mut i = 0;
-    while script.len() < 900_000 {
+    while script.len() < 60_000 {
         script.push_str(&format!("let v{i} = payload.n + {i};\n"));
         i += 1;
     }
     script.push_str("payload");
-    serde_json::json!({
-        "id": format!("big-{n}"), "name": "big", "owner": "bench", "action": "script",
-        "match": { "topic": "load.elsewhere", "tag": "x" },
-        "destinations": [{ "topic": "load.nowhere", "tag": "x" }],
-        "script": script,
-    })
+    let pigeons: Vec<serde_json::Value> = (0..16)
+        .map(|n| {
+            serde_json::json!({
+                "id": format!("big-{caller}-{n}"), "name": "big", "owner": "bench", "action": "script",
+                "match": { "topic": "load.elsewhere", "tag": "x" },
+                "destinations": [{ "topic": "load.nowhere", "tag": "x" }],
+                "script": script,
+            })
+        })
+        .collect();
+    serde_json::json!({ "pigeons": pigeons, "dry_run": true })
 }
 
 fn percentile(sorted: &[u64], p: f64) -> f64 {
@@ -177,6 +183,9 @@ fn main() -> anyhow::Result<()> {
     })?;
     let mut bus = Command::new(&args.pigeon);
     bus.args(["serve", "--brokers", &bootstrap, "--database", &url, "--listen", "127.0.0.1:0"]);
+    // The mock cluster answers a fetch only when its wait is over, data or not: the default
+    // 500 ms would be most of every letter's latency.
+    bus.args(["-X", "consumer.fetch.wait.max.ms=10"]);
     bus.env("RUST_LOG", "warn");
     let (mut bus, admin) = spawn_until(bus, "admin: ")?;
 
@@ -207,7 +216,7 @@ fn main() -> anyhow::Result<()> {
             let (stop, applies, refused) = (Arc::clone(&stop), Arc::clone(&applies), Arc::clone(&refused));
             let url = format!("{admin}/api/v1/pigeons/apply");
             let token = token.clone();
-            let body = serde_json::json!({ "pigeons": [big_pigeon(n)], "dry_run": true }).to_string();
+            let body = big_apply(n).to_string();
             std::thread::spawn(move || {
                 let http = reqwest::blocking::Client::new();
                 while !stop.load(Ordering::Relaxed) {
@@ -233,6 +242,7 @@ fn main() -> anyhow::Result<()> {
     }
     let secs = started.elapsed().as_secs_f64();
     report(&format!("letters + {} callers' applies", args.callers), loaded, sent);
+    println!("apply body: {} bytes", big_apply(0).to_string().len());
     println!(
         "dry-run applies of ~1 MiB: {} answered 200 ({:.1}/s), {} not",
         applies.load(Ordering::Relaxed),

@@ -31,6 +31,9 @@ pub struct Limits {
     pub max_memory: usize,
     /// How deep a value the script returns may nest (what modules' JSON readers take).
     pub max_depth: usize,
+    /// Bytes of source one script may have (compiling takes time that grows faster than its
+    /// length: a megabyte of statements took 15 s).
+    pub max_source: usize,
 }
 
 /// Rhai operations one run may take by default.
@@ -57,6 +60,7 @@ impl Default for Limits {
             max_outputs: 100,
             max_memory: 64 << 20,
             max_depth: 128,
+            max_source: 64 << 10,
         }
     }
 }
@@ -184,6 +188,17 @@ impl ScriptEngine {
 
     /// Compiles a script; errors give line and column.
     pub fn compile(&self, source: &str) -> Result<CompiledScript, ScriptError> {
+        if source.len() > self.limits.max_source {
+            return Err(ScriptError::Compile {
+                line: 0,
+                column: 0,
+                message: format!(
+                    "the script is {} bytes, more than the most a script may have ({})",
+                    source.len(),
+                    self.limits.max_source
+                ),
+            });
+        }
         spend()?;
         let mut scope = Scope::new();
         for name in VARIABLES {

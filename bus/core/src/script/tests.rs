@@ -302,3 +302,16 @@ fn a_budget_bounds_the_scripts_one_piece_of_work_runs() {
         assert!(engine.compile("payload").is_ok());
     }
 }
+
+/// A script longer than the most is refused before it is compiled, saying so.
+#[test]
+fn a_script_longer_than_the_most_is_refused_before_compiling() {
+    let engine = default_engine();
+    let most = engine.limits().max_source;
+    let statement = "let x = 1;\n";
+    let long: String = statement.repeat(most / statement.len() + 1) + "payload";
+    let error = engine.compile(&long).unwrap_err().to_string();
+    assert!(error.contains(&format!("more than the most a script may have ({most})")), "{error}");
+    let fits: String = statement.repeat((most - 16) / statement.len()) + "payload";
+    assert!(engine.compile(&fits).is_ok());
+}
