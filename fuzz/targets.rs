@@ -428,6 +428,16 @@ pub fn check_normalize(vocabulary: &Vocabulary, payload: &[u8]) {
         panic!("normalised payload is not JSON ({e}): {}", String::from_utf8_lossy(&once.payload))
     });
     assert!(value.is_object(), "a normalised payload is an object");
+    // Read with no dictionary, the payload's own fields, as they come.
+    let given = Vocabulary::default().normalize(payload).expect("it read as an object").fields;
+    if !has_twice(&given) {
+        assert!(
+            !has_twice(&once.fields),
+            "normalising names a field twice: {} became {}",
+            String::from_utf8_lossy(payload),
+            String::from_utf8_lossy(&once.payload)
+        );
+    }
     let twice = vocabulary.normalize(&once.payload).expect("a normalised payload normalises");
     assert!(
         !twice.changed,
@@ -440,6 +450,13 @@ pub fn check_normalize(vocabulary: &Vocabulary, payload: &[u8]) {
     for mode in [dictionary::Mode::Off, dictionary::Mode::Normalize, dictionary::Mode::Enforce] {
         let _ = mode.judge(&Ok(once.clone()));
     }
+}
+
+/// Whether a name is in `names` twice.
+fn has_twice(names: &[String]) -> bool {
+    let mut sorted: Vec<&String> = names.iter().collect();
+    sorted.sort_unstable();
+    sorted.windows(2).any(|w| w[0] == w[1])
 }
 
 // ---------------------------------------------------------------------------------------------
