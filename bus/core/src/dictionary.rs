@@ -168,9 +168,10 @@ impl Vocabulary {
     }
 
     /// Renames aliases at the payload's top level to dictionary names and coerces values to
-    /// their field's type where the meaning is plain. A field given under two names keeps the
-    /// dictionary name's value when both agree; when they differ, both stay and the conflict is
-    /// a problem. Only what changes is written again: other values keep their exact text and
+    /// their field's type where the meaning is plain. A field given under two names (its name
+    /// and an alias, or two aliases) is written once, under its name, when they agree; when
+    /// they differ, both stay and the conflict is a problem. The dictionary never names a
+    /// field twice that the payload gave once. Only what changes is written again: other values keep their exact text and
     /// the fields their order, and a payload with nothing to change comes back byte for byte.
     /// The error: the payload is not a JSON object.
     pub fn normalize(&self, payload: &[u8]) -> Result<Normalized, String> {
@@ -186,6 +187,8 @@ impl Vocabulary {
                 self.types.get(key).map(|kind| (key.as_str(), coerce(value_of(raw), *kind).0))
             })
             .collect();
+        // The values aliases gave, coerced, by the name they were renamed to.
+        let mut renamed: HashMap<&str, serde_json::Value> = HashMap::new();
         let mut out: Vec<(String, Written)> = Vec::with_capacity(entries.len());
         let (mut changed, mut unknown, mut problems) = (false, Vec::new(), Vec::new());
         for (key, raw) in &entries {
@@ -200,7 +203,7 @@ impl Vocabulary {
                 problems.push(format!("{name}: expected {}, got {}", kind.as_str(), describe(&value)));
             }
             if name != key {
-                if let Some(given) = canonical.get(name) {
+                if let Some(given) = canonical.get(name).or_else(|| renamed.get(name)) {
                     if *given == value {
                         changed = true; // the alias said the same: dropped
                     } else {
@@ -211,6 +214,7 @@ impl Vocabulary {
                     }
                     continue;
                 }
+                renamed.insert(name, value.clone());
             }
             changed |= coerced || name != key;
             let written = if coerced { Written::Value(value) } else { Written::Raw(raw) };
@@ -702,6 +706,14 @@ mod tests {
             String::from_utf8(out.payload).unwrap(),
             r#"{"z":123456789012345678901234567890,"userId":7,"nested":{"b":1.0000000000000000001,"a":[1]}}"#
         );
+        // Two aliases of one field: written once when they agree, both kept when they differ.
+        let twice = v.normalize(br#"{"uid":"7","user_id":7,"aid":1,"AID":2}"#).unwrap();
+        assert_eq!(
+            String::from_utf8(twice.payload).unwrap(),
+            r#"{"userId":7,"anchorId":1,"AID":2}"#,
+            "no field named twice"
+        );
+        assert_eq!(twice.problems, ["anchorId is given twice with different values: 1 and AID: 2"]);
         let untouched = br#"{ "userId" : 7, "x": 1e400 }"#;
         let out = v.normalize(untouched).unwrap();
         assert_eq!((out.payload.as_slice(), out.changed), (&untouched[..], false), "byte for byte");
