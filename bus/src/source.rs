@@ -76,9 +76,10 @@ pub fn read<'a, M: Message>(
         TagSource::Header(name) => Some(name.as_str()),
         TagSource::Field(_) => None,
     };
+    // The first of each counts, as everywhere a header is read ([`LetterHeaders::text`]).
     for header in headers.iter() {
-        let is_tag = tag_header.is_some_and(|name| header.is(name));
-        let is_id = header.is(&source.id_header);
+        let is_tag = tag.is_none() && tag_header.is_some_and(|name| header.is(name));
+        let is_id = id.is_none() && header.is(&source.id_header);
         if !(is_tag || is_id) {
             continue;
         }
@@ -218,6 +219,17 @@ mod tests {
         let m = message(&[("ce_type", b"gift.sent"), ("ce_id", b"abc"), ("x-other", b"\xff")], b"not json");
         let meta = read_of(&m, &header_source("ce_type")).unwrap();
         assert_eq!(meta, Meta { tag: Some(Cow::Borrowed("gift.sent")), id: Some("abc") });
+    }
+
+    #[test]
+    fn of_duplicated_headers_the_first_gives_tag_and_id_as_everywhere() {
+        let m = message(
+            &[("ce_type", b"gift.sent"), ("ce_id", b"first"), ("ce_type", b"\xff"), ("ce_id", b"second")],
+            b"",
+        );
+        let meta = read_of(&m, &header_source("ce_type")).unwrap();
+        assert_eq!(meta, Meta { tag: Some(Cow::Borrowed("gift.sent")), id: Some("first") });
+        assert_eq!(LetterHeaders::of(&m).text("ce_id"), meta.id);
     }
 
     #[test]

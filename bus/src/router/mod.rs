@@ -534,7 +534,7 @@ impl Forwarder<'_> {
             Err(reason) => return self.dead_letter(message, &ledger, reason),
         };
         // A letter that went round too many pigeons is parked, not sent round again.
-        let hops = output::hops_of(input.text(pigeon_sdk::header::HOPS));
+        let hops = output::hops_in(&input);
         if hops >= output::MAX_HOPS {
             return self.dead_letter(
                 message,

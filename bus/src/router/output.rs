@@ -157,7 +157,8 @@ pub fn output_headers<M: Message>(
     for input in input.iter() {
         let name = input.name;
         if is(name, header::HOPS) {
-            hops = hops_of(input.text());
+            // The most of them, as the router judged the letter by ([`hops_in`]).
+            hops = hops.max(hops_of(input.text()));
             continue;
         }
         if is(name, header::TYPE)
@@ -201,6 +202,12 @@ pub fn output_headers<M: Message>(
 /// The most pigeons a letter may pass through: past it, the router parks the letter (pigeons
 /// x→y and y→x, or a longer ring, would send it round for ever).
 pub const MAX_HOPS: u32 = 16;
+
+/// The hops a letter made: the most its `ce_hops` headers say (a second header saying 0 must
+/// not hide a loop).
+pub fn hops_in(input: &LetterHeaders<'_>) -> u32 {
+    input.iter().filter(|h| h.is(header::HOPS)).map(|h| hops_of(h.text())).max().unwrap_or(0)
+}
 
 /// A `ce_hops` value: 0 when absent or not a number (a foreign producer's).
 pub fn hops_of(value: Option<&str>) -> u32 {
