@@ -341,5 +341,9 @@ mod tests {
         assert_eq!(out, LetterId::derived_output(&a.to_string(), 3, 0, 1_700_000_000_000));
         assert_ne!(out, LetterId::derived_output(&a.to_string(), 3, 1, 1_700_000_000_000));
         assert_ne!(out, LetterId::derived_output(&a.to_string(), 4, 0, 1_700_000_000_000));
+        // A time past what a v7 id holds (year 10889 on) sorts last, never wrapped to 1970.
+        let far = LetterId::derived("live.gift", 3, 1000, u64::MAX);
+        assert!(far > later, "{far}");
+        assert_eq!(far, LetterId::derived("live.gift", 3, 1000, 1 << 48));
     }
 }

@@ -36,12 +36,15 @@ impl LetterId {
         Self::derived_from(&format!("replay/{job}/{original}"), timestamp_ms)
     }
 
-    /// A v7 id whose time bits are `timestamp_ms` and whose random bits hash `name`.
+    /// A v7 id whose time bits are `timestamp_ms` and whose random bits hash `name`. A v7 id
+    /// holds 48 bits of milliseconds: a later time (year 10889 on, which any Kafka client may
+    /// stamp) is written as the latest it holds, never wrapped round to 1970.
     fn derived_from(name: &str, timestamp_ms: u64) -> Self {
+        const LATEST: u64 = (1 << 48) - 1;
         let hashed = Uuid::new_v5(&Uuid::NAMESPACE_OID, name.as_bytes());
         let mut random = [0u8; 10];
         random.copy_from_slice(&hashed.as_bytes()[6..16]);
-        Self(uuid::Builder::from_unix_timestamp_millis(timestamp_ms, &random).into_uuid())
+        Self(uuid::Builder::from_unix_timestamp_millis(timestamp_ms.min(LATEST), &random).into_uuid())
     }
 
     /// The underlying UUID.
