@@ -54,41 +54,10 @@ impl Kafka {
     pub fn collect_until(
         &self,
         topic: &str,
-        mut done: impl FnMut(&[OwnedMessage]) -> bool,
+        done: impl FnMut(&[OwnedMessage]) -> bool,
         extra: Duration,
     ) -> Vec<OwnedMessage> {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &self.bootstrap)
-            .set("group.id", format!("collector-{}", uuid::Uuid::new_v4()))
-            .set("enable.auto.commit", "false")
-            .create()
-            .expect("consumer");
-        let metadata = consumer.fetch_metadata(Some(topic), DEADLINE).expect("metadata");
-        let partitions = metadata.topics()[0].partitions().len() as i32;
-        let mut tpl = TopicPartitionList::new();
-        for p in 0..partitions {
-            tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
-        }
-        consumer.assign(&tpl).expect("assign");
-        let mut out = Vec::new();
-        let deadline = Instant::now() + DEADLINE;
-        let mut settle: Option<Instant> = None;
-        loop {
-            if settle.is_none() && done(&out) {
-                settle = Some(Instant::now() + extra);
-            }
-            if settle.is_some_and(|s| Instant::now() >= s) {
-                return out;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{topic}: only {} messages arrived before the deadline",
-                out.len()
-            );
-            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
-                out.push(m.detach());
-            }
-        }
+        collect_until(&self.bootstrap, topic, done, extra)
     }
 
     /// Reads `topic` until every letter's id arrived (failing at the deadline); returns what
@@ -154,6 +123,48 @@ impl Kafka {
         match committed.find_partition(topic, partition).map(|e| e.offset()) {
             Some(Offset::Offset(o)) => o,
             _ => -1001,
+        }
+    }
+}
+
+/// Reads a topic of the cluster at `bootstrap` from the beginning until `done` holds for what
+/// arrived (and `extra` longer), failing at the deadline.
+pub fn collect_until(
+    bootstrap: &str,
+    topic: &str,
+    mut done: impl FnMut(&[OwnedMessage]) -> bool,
+    extra: Duration,
+) -> Vec<OwnedMessage> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", format!("collector-{}", uuid::Uuid::new_v4()))
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let metadata = consumer.fetch_metadata(Some(topic), DEADLINE).expect("metadata");
+    let partitions = metadata.topics()[0].partitions().len() as i32;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
+    }
+    consumer.assign(&tpl).expect("assign");
+    let mut out = Vec::new();
+    let deadline = Instant::now() + DEADLINE;
+    let mut settle: Option<Instant> = None;
+    loop {
+        if settle.is_none() && done(&out) {
+            settle = Some(Instant::now() + extra);
+        }
+        if settle.is_some_and(|s| Instant::now() >= s) {
+            return out;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{topic}: only {} messages arrived before the deadline",
+            out.len()
+        );
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+            out.push(m.detach());
         }
     }
 }
@@ -313,12 +324,22 @@ impl Bus {
 
     /// Starts `pigeon serve` with these environment variables set as well.
     pub fn start_with_env(kafka: &Kafka, db: &Db, extra: &[&str], env: &[(&str, &str)]) -> Self {
+        let args: Vec<&str> = FAST_GROUP.iter().chain(extra).copied().collect();
+        let bus = Self::launch(&kafka.bootstrap, db, &args, env)
+            .unwrap_or_else(|log| panic!("pigeon serve exited before listening:\n{log}"));
+        bus.wait_healthy();
+        bus
+    }
+
+    /// Starts `pigeon serve` on the brokers at `bootstrap` with `args` (no group settings of
+    /// the tests' own) and waits until it prints its admin URL, not until it is healthy; its
+    /// log when it exits before that.
+    pub fn launch(bootstrap: &str, db: &Db, args: &[&str], env: &[(&str, &str)]) -> Result<Self, String> {
         let stderr = db.path(&format!("router-{}.log", uuid::Uuid::new_v4()));
         let mut child = Command::new(pigeon_bin())
-            .args(["serve", "--brokers", &kafka.bootstrap, "--database", &db.url])
-            .args(if extra.contains(&"--listen") { &[][..] } else { &["--listen", "127.0.0.1:0"][..] })
-            .args(FAST_GROUP)
-            .args(extra)
+            .args(["serve", "--brokers", bootstrap, "--database", &db.url])
+            .args(if args.contains(&"--listen") { &[][..] } else { &["--listen", "127.0.0.1:0"][..] })
+            .args(args)
             .env("RUST_LOG", "info,librdkafka=warn")
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
@@ -334,14 +355,15 @@ impl Bus {
                         break url.to_owned();
                     }
                 }
-                _ => panic!("pigeon serve exited before listening:\n{}", read(&stderr)),
+                _ => {
+                    let _ = child.wait();
+                    return Err(read(&stderr));
+                }
             }
         };
         // Keep draining stdout so the child never blocks on a full pipe.
         std::thread::spawn(move || lines.for_each(drop));
-        let bus = Self { child, admin, stderr };
-        bus.wait_healthy();
-        bus
+        Ok(Self { child, admin, stderr })
     }
 
     pub fn wait_healthy(&self) {
