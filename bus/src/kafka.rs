@@ -14,13 +14,23 @@ pub fn consumer_config(kafka: &KafkaConfig, group: &str) -> ClientConfig {
 /// The router's consumer. Its subscription changes with the pigeons, so rebalancing is
 /// cooperative (only the partitions concerned move), and metadata is refreshed often (a topic
 /// created after its pigeon, or matching a topic pattern, is found soon).
+///
+/// Under Kafka 4's consumer group protocol (`consumer.group.protocol=consumer`, KIP-848) the
+/// broker assigns partitions, incrementally, and librdkafka refuses an assignment strategy:
+/// none is set then (`group.remote.assignor` names the broker's, if wanted).
 pub fn router_consumer_config(kafka: &KafkaConfig) -> ClientConfig {
     let mut config = group_consumer(kafka, &kafka.router_group);
-    config
-        .set("partition.assignment.strategy", "cooperative-sticky")
-        .set("topic.metadata.refresh.interval.ms", "10000");
+    if !broker_assigns(kafka) {
+        config.set("partition.assignment.strategy", "cooperative-sticky");
+    }
+    config.set("topic.metadata.refresh.interval.ms", "10000");
     apply(&mut config, &kafka.consumer);
     config
+}
+
+/// Whether the consumers use Kafka 4's consumer group protocol, where the broker assigns.
+pub fn broker_assigns(kafka: &KafkaConfig) -> bool {
+    kafka.consumer.get("group.protocol").is_some_and(|p| p.eq_ignore_ascii_case("consumer"))
 }
 
 /// A consumer of assigned partitions that joins no group and commits nothing, so that every
@@ -119,6 +129,13 @@ mod tests {
             Some("range,roundrobin"),
             "the operator wins"
         );
+
+        // Under the consumer group protocol the broker assigns: no strategy is set.
+        let mut kip848 = KafkaConfig::default();
+        kip848.consumer.insert("group.protocol".into(), "consumer".into());
+        let router = router_consumer_config(&kip848);
+        assert_eq!(router.get("partition.assignment.strategy"), None);
+        assert_eq!(router.get("group.protocol"), Some("consumer"));
 
         // Every instance its own group id, never committing.
         let (one, two) = (
