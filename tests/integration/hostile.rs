@@ -270,7 +270,6 @@ async fn a_panic_while_handling_a_letter_parks_it_as_internal_and_the_router_goe
 async fn a_letter_the_archive_refuses_for_good_is_parked_and_the_others_are_archived() {
     use pigeon_bus::deadletter::Status;
     use pigeon_bus::route::Action;
-    use sqlx::Connection;
     let kafka = Kafka::new(1);
     kafka.topic("live.kept", 1);
     let mut kept = pigeon("kept", "live.kept", "**", Vec::new());
@@ -278,14 +277,7 @@ async fn a_letter_the_archive_refuses_for_good_is_parked_and_the_others_are_arch
     // The router is healthy once it consumes: a forward pigeon gives it a topic.
     let side = pigeon("side", "live.kept", "side.*", vec![DestinationSpec::topic("lane.side", "side")]);
     let db = Db::with_pigeons(&[kept, side]).await;
-    let mut raw = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
-    sqlx::query(
-        "CREATE TRIGGER refuse_poison BEFORE INSERT ON archived_letters \
-         WHEN CAST(NEW.payload AS TEXT) LIKE '%poison%' BEGIN SELECT RAISE(ABORT, 'poisoned payload'); END",
-    )
-    .execute(&mut raw)
-    .await
-    .unwrap();
+    refuse_poison_on_sqlite(&db.url, "archived_letters").await;
     let bus = Bus::start(&kafka, &db, &[]);
     let letters = [json!({"n": 0}), json!({"n": 1, "poison": true}), json!({"n": 2})]
         .map(|payload| Letter::new("tests", "gift.sent", payload));

@@ -514,17 +514,9 @@ fn produce_all(bootstrap: &str, sent: &[Sent]) -> Vec<(i32, i64)> {
         let m = s.draft.outgoing();
         let partition = turn.entry(s.topic).or_default();
         *partition = (*partition + 1) % PARTITIONS;
+        let headers = m.headers.clone();
         let mut record =
-            BaseRecord::with_opaque_to(s.topic, Box::new(i)).headers(m.headers).partition(*partition);
-        if let Some(key) = &m.key {
-            record = record.key(key.as_slice());
-        }
-        if let Some(payload) = &m.payload {
-            record = record.payload(payload.as_slice());
-        }
-        if let Some(ms) = m.timestamp {
-            record = record.timestamp(ms);
-        }
+            m.fill(BaseRecord::with_opaque_to(s.topic, Box::new(i))).headers(headers).partition(*partition);
         while let Err((e, back)) = producer.send(record) {
             assert!(
                 matches!(

@@ -718,14 +718,7 @@ async fn sqlite_never_retries_a_refused_dead_letter_for_ever() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("store.db").display());
     let store = pigeon_bus::store::open_migrated(&url).await.unwrap();
-    let mut raw = sqlx::SqliteConnection::connect(&url).await.unwrap();
-    sqlx::query(
-        "CREATE TRIGGER refuse_poison BEFORE INSERT ON dead_letters \
-         WHEN CAST(NEW.payload AS TEXT) LIKE '%poison%' BEGIN SELECT RAISE(ABORT, 'poisoned payload'); END",
-    )
-    .execute(&mut raw)
-    .await
-    .unwrap();
+    crate::support::refuse_poison_on_sqlite(&url, "dead_letters").await;
     a_refused_dead_letter_is_stored_bare_and_the_others_whole(store.as_ref()).await;
 }
 

@@ -184,16 +184,8 @@ pub fn produce(
         .create()
         .expect("producer");
     for (i, m) in messages.into_iter().enumerate() {
-        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).headers(m.headers);
-        if let Some(key) = &m.key {
-            record = record.key(key.as_slice());
-        }
-        if let Some(payload) = &m.payload {
-            record = record.payload(payload.as_slice());
-        }
-        if let Some(ms) = m.timestamp {
-            record = record.timestamp(ms);
-        }
+        let (record, headers) = (BaseRecord::to(topic), m.headers.clone());
+        let mut record: BaseRecord<'_, [u8], [u8]> = m.fill(record).headers(headers);
         while let Err((_, back)) = producer.send(record) {
             record = back;
             std::thread::sleep(Duration::from_millis(5));
@@ -213,6 +205,40 @@ pub struct Outgoing {
     pub key: Option<Vec<u8>>,
     pub headers: rdkafka::message::OwnedHeaders,
     pub payload: Option<Vec<u8>>,
+}
+
+impl Outgoing {
+    /// `record` with this message's key, payload and timestamp (its headers are the caller's
+    /// to move in).
+    pub fn fill<'a, D: rdkafka::util::IntoOpaque>(
+        &'a self,
+        mut record: BaseRecord<'a, [u8], [u8], D>,
+    ) -> BaseRecord<'a, [u8], [u8], D> {
+        if let Some(key) = &self.key {
+            record = record.key(key.as_slice());
+        }
+        if let Some(payload) = &self.payload {
+            record = record.payload(payload.as_slice());
+        }
+        if let Some(ms) = self.timestamp {
+            record = record.timestamp(ms);
+        }
+        record
+    }
+}
+
+/// Makes the SQLite store at `url` refuse, for good, every row of `table` whose payload holds
+/// "poison" (as a column type or a rule of the database might refuse a row).
+pub async fn refuse_poison_on_sqlite(url: &str, table: &str) {
+    use sqlx::Connection;
+    let mut raw = sqlx::SqliteConnection::connect(url).await.unwrap();
+    sqlx::query(&format!(
+        "CREATE TRIGGER refuse_poison_{table} BEFORE INSERT ON {table} \
+         WHEN CAST(NEW.payload AS TEXT) LIKE '%poison%' BEGIN SELECT RAISE(ABORT, 'poisoned payload'); END"
+    ))
+    .execute(&mut raw)
+    .await
+    .unwrap();
 }
 
 impl From<&Letter> for Outgoing {
