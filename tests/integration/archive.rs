@@ -121,8 +121,14 @@ async fn a_database_cut_mid_stream_loses_nothing() {
         assert!(Instant::now() < deadline, "archiving never got going:\n{}", bus.log());
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    assert_eq!(http_get(&bus.admin, "/readyz"), Some((200, "ready\n".to_owned())));
     proxy.cut();
     eventually("the archiver pauses", || bus.metrics().get("pigeon_archive_paused") == Some(&1));
+    // Not ready while the store is away (the probe says why), alive all the same.
+    eventually("/readyz to say the store is away", || {
+        http_get(&bus.admin, "/readyz").is_some_and(|(status, body)| status == 503 && body.starts_with("store: "))
+    });
+    assert_eq!(http_get(&bus.admin, "/livez").map(|(s, _)| s), Some(200));
     let during = count_archived(&direct).await;
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(count_archived(&direct).await, during, "nothing reaches the database while it is cut");
@@ -130,6 +136,7 @@ async fn a_database_cut_mid_stream_loses_nothing() {
     producing.join().unwrap();
     wait_archived(&direct, 20_000, &bus).await;
     eventually("the archiver resumes", || bus.metrics().get("pigeon_archive_paused") == Some(&0));
+    eventually("ready again", || http_get(&bus.admin, "/readyz").is_some_and(|(s, _)| s == 200));
 
     let stored: HashSet<String> = archived_ids(&direct).await.into_iter().collect();
     let sent: HashSet<String> = letters.iter().map(|l| l.id.to_string()).collect();

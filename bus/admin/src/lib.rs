@@ -22,6 +22,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use rdkafka::producer::Producer;
+
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, State};
 use axum::http::StatusCode;
 use axum::routing::get;
@@ -64,6 +66,8 @@ pub struct AppState {
     pub health: Arc<pigeon_bus::supervise::Health>,
     /// The threads the API's scripts run on.
     pub scripts: gate::ScriptGate,
+    /// Fired when the instance stops: it drains, and is no longer ready.
+    pub draining: tokio_util::sync::CancellationToken,
 }
 
 /// One page of a list, and the cursor of the next (absent on the last page).
@@ -179,7 +183,11 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
 /// The HTTP application: health and metrics, and the admin API when `with_api` (the admin
 /// role).
 pub fn app(state: AppState, with_api: bool) -> Router {
-    let mut app = Router::new().route("/healthz", get(healthz)).route("/metrics", get(metrics));
+    let mut app = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/livez", get(livez))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics));
     if with_api {
         let (api, doc) = api();
         let doc = Arc::new(doc);
@@ -315,6 +323,46 @@ async fn metrics(State(state): State<AppState>) -> String {
         out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"));
     }
     out
+}
+
+/// 200 `live` while the process serves HTTP (a liveness probe: restart it when this fails).
+async fn livez() -> &'static str {
+    "live\n"
+}
+
+/// How long `/readyz` waits for the store and for Kafka.
+const READY_WITHIN: Duration = Duration::from_secs(2);
+
+/// 200 `ready` while this instance can reach the store and Kafka and is not draining; 503
+/// saying which is not, one line each. A router that holds no partitions (more instances than
+/// partitions) is ready: it takes partitions over when another leaves.
+async fn readyz(State(state): State<AppState>) -> (StatusCode, String) {
+    let mut problems = Vec::new();
+    if state.draining.is_cancelled() {
+        problems.push("draining: the instance is stopping".to_owned());
+    }
+    match tokio::time::timeout(READY_WITHIN, state.store.ping()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => problems.push(format!("store: {e}")),
+        Err(_) => problems.push(format!("store: no answer within {} s", READY_WITHIN.as_secs())),
+    }
+    if let Some(producer) = state.producer.clone() {
+        // A metadata request for one topic: the brokers answer, whatever the topic's state.
+        let asked = tokio::task::spawn_blocking(move || {
+            producer.client().fetch_metadata(Some(pigeon_bus::route::INGRESS), READY_WITHIN).map(|_| ())
+        })
+        .await;
+        match asked {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => problems.push(format!("kafka: {e}")),
+            Err(e) => problems.push(format!("kafka: the check failed: {e}")),
+        }
+    }
+    if problems.is_empty() {
+        (StatusCode::OK, "ready\n".into())
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, problems.iter().map(|p| format!("{p}\n")).collect())
+    }
 }
 
 /// 200 once the router consumes, 503 before.

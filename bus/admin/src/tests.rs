@@ -53,6 +53,7 @@ impl Api {
             tables: Some(tables),
             health: Arc::default(),
             scripts: crate::gate::ScriptGate::new(2, crate::gate::SCRIPTS_PER_REQUEST),
+            draining: tokio_util::sync::CancellationToken::new(),
             store,
             ready: Arc::new(AtomicBool::new(true)),
             stats: Arc::default(),
@@ -1005,4 +1006,31 @@ async fn requests_past_the_concurrency_limit_are_refused_with_429() {
     let refused =
         responses.into_iter().map(Result::unwrap).find(|r| r.status() == StatusCode::TOO_MANY_REQUESTS);
     assert!(refused.unwrap().headers().contains_key("retry-after"));
+}
+
+/// `/livez` answers while the process serves; `/readyz` while the store answers (this bus has
+/// no Kafka producer to check) and until the instance drains, then says so.
+#[tokio::test]
+async fn livez_and_readyz_say_whether_to_restart_and_whether_to_send_traffic() {
+    let api = Api::new().await;
+    let state = api.state.clone();
+    let text = |path: &'static str| {
+        let state = state.clone();
+        async move {
+            let response = app(state, true)
+                .oneshot(Request::builder().uri(path).body(Body::empty()).unwrap())
+                .await
+                .unwrap();
+            let status = response.status();
+            let body = axum::body::to_bytes(response.into_body(), 1 << 16).await.unwrap();
+            (status, String::from_utf8_lossy(&body).into_owned())
+        }
+    };
+    assert_eq!(text("/livez").await, (StatusCode::OK, "live\n".to_owned()));
+    assert_eq!(text("/readyz").await, (StatusCode::OK, "ready\n".to_owned()));
+    api.state.draining.cancel();
+    let (status, body) = text("/readyz").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(body.contains("draining"), "{body}");
+    assert_eq!(text("/livez").await.0, StatusCode::OK, "draining is still alive");
 }

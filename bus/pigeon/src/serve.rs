@@ -75,10 +75,13 @@ pub async fn run(
             tables: Some(tables.clone()),
             health: Arc::clone(&health),
             scripts: pigeon_admin::gate::ScriptGate::default(),
+            draining: cancel.clone(),
         },
         config.roles.contains(&Role::Admin),
     );
-    let http_cancel = cancel.clone();
+    // HTTP serves until the roles have drained, so /readyz says the instance is draining.
+    let http_stop = CancellationToken::new();
+    let http_cancel = http_stop.clone();
     let http = tokio::spawn(async move {
         axum::serve(listener, app).with_graceful_shutdown(http_cancel.cancelled_owned()).await
     });
@@ -168,6 +171,7 @@ pub async fn run(
         }
     }
     cancel.cancel();
+    http_stop.cancel();
     let served = http.await.context("admin task").and_then(|r| r.context("admin server"));
     counting_stop.cancel();
     let _ = counting.await;

@@ -107,6 +107,9 @@ pub trait Store:
     /// Applies pending migrations.
     async fn migrate(&self) -> Result<(), StoreError>;
 
+    /// Whether the database answers now (one trivial query).
+    async fn ping(&self) -> Result<(), StoreError>;
+
     /// The archive and replay jobs, in the same database (this store, as an [`ArchiveStore`]).
     fn archive(&self) -> &dyn ArchiveStore;
 }
@@ -115,6 +118,11 @@ pub trait Store:
 impl<DB: sql::Dialect> Store for sql::SqlStore<DB> {
     async fn migrate(&self) -> Result<(), StoreError> {
         DB::migrator().run(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
     }
 
