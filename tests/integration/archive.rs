@@ -126,7 +126,8 @@ async fn a_database_cut_mid_stream_loses_nothing() {
     eventually("the archiver pauses", || bus.metrics().get("pigeon_archive_paused") == Some(&1));
     // Not ready while the store is away (the probe says why), alive all the same.
     eventually("/readyz to say the store is away", || {
-        http_get(&bus.admin, "/readyz").is_some_and(|(status, body)| status == 503 && body.starts_with("store: "))
+        http_get(&bus.admin, "/readyz")
+            .is_some_and(|(status, body)| status == 503 && body.starts_with("store: "))
     });
     assert_eq!(http_get(&bus.admin, "/livez").map(|(s, _)| s), Some(200));
     let during = count_archived(&direct).await;
