@@ -34,8 +34,24 @@ pub fn required_topics(modules: &[String], tables: &[&RouteTable]) -> Vec<String
 pub enum Ensured {
     /// It was created.
     Created,
-    /// It was there already.
-    Existed,
+    /// It was there already, with this many partitions (`None` when the brokers did not say).
+    /// It is left as it is: adding partitions moves keys to other partitions, which is the
+    /// operator's call.
+    Existed(Option<usize>),
+}
+
+impl Ensured {
+    /// How `topics ensure` reports it when `partitions` were asked.
+    pub fn describe(&self, partitions: i32) -> String {
+        match self {
+            Ensured::Created => "created".to_owned(),
+            Ensured::Existed(Some(has)) if i32::try_from(*has).is_ok_and(|has| has < partitions) => format!(
+                "exists with {has} partitions, fewer than the {partitions} asked (left as it is: \
+                 adding partitions moves keys, so per-key order breaks across the change)"
+            ),
+            Ensured::Existed(_) => "exists".to_owned(),
+        }
+    }
 }
 
 /// Creates topics through the Kafka admin API; topics that exist are left as they are.
@@ -58,7 +74,10 @@ pub async fn ensure(
     for result in results {
         match result {
             Ok(topic) => out.push((topic, Ensured::Created)),
-            Err((topic, RDKafkaErrorCode::TopicAlreadyExists)) => out.push((topic, Ensured::Existed)),
+            Err((topic, RDKafkaErrorCode::TopicAlreadyExists)) => {
+                let has = partitions_of(client, &topic).await;
+                out.push((topic, Ensured::Existed(has)));
+            }
             Err((topic, code)) => errors.push(format!("{topic}: {code}")),
         }
     }
@@ -67,6 +86,20 @@ pub async fn ensure(
     } else {
         anyhow::bail!("could not create topics: {}", errors.join("; "))
     }
+}
+
+/// How many partitions `topic` has, as the brokers' metadata says (asked off the runtime:
+/// librdkafka's metadata call blocks).
+async fn partitions_of(client: &ClientConfig, topic: &str) -> Option<usize> {
+    let (client, topic) = (client.clone(), topic.to_owned());
+    let asked = tokio::task::spawn_blocking(move || {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        let metadata_client: BaseConsumer = client.create().ok()?;
+        let metadata = metadata_client.fetch_metadata(Some(&topic), Duration::from_secs(10)).ok()?;
+        let found = metadata.topics().iter().find(|t| t.name() == topic).map(|t| t.partitions().len());
+        found
+    });
+    asked.await.ok().flatten()
 }
 
 #[cfg(test)]

@@ -25,15 +25,19 @@ async fn ensure_creates_what_is_missing_and_leaves_what_exists() {
 
     let both = [fresh.clone(), small.clone()];
     let done = topics::ensure(&client, &both, 4, 1).await.expect("ensure");
-    assert_eq!(sorted(done), [(fresh.clone(), Ensured::Created), (small.clone(), Ensured::Existed)]);
+    assert_eq!(sorted(done), [(fresh.clone(), Ensured::Created), (small.clone(), Ensured::Existed(Some(2)))]);
     assert_eq!(partitions(&bootstrap, &fresh), 4, "created with the partitions asked");
-    // A topic with fewer partitions than asked is reported as existing, nothing more: it is not
-    // grown, and `ensure` does not say that it has fewer.
+    // A topic with fewer partitions than asked is left as it is, and the report says so.
     assert_eq!(partitions(&bootstrap, &small), 2, "an existing topic is left as it is");
+    assert!(Ensured::Existed(Some(2)).describe(4).contains("fewer than the 4 asked"));
+    assert_eq!(Ensured::Existed(Some(4)).describe(4), "exists");
 
     // A second run changes nothing.
     let done = topics::ensure(&client, &both, 4, 1).await.expect("ensure");
-    assert_eq!(sorted(done), [(fresh.clone(), Ensured::Existed), (small.clone(), Ensured::Existed)]);
+    assert_eq!(
+        sorted(done),
+        [(fresh.clone(), Ensured::Existed(Some(4))), (small.clone(), Ensured::Existed(Some(2)))]
+    );
     assert_eq!((partitions(&bootstrap, &fresh), partitions(&bootstrap, &small)), (4, 2));
 }
 

@@ -711,10 +711,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     topics::ensure(&client, &wanted, config.topics.partitions, config.topics.replication)
                         .await?;
                 for (topic, what) in done {
-                    println!(
-                        "{topic}: {}",
-                        if what == topics::Ensured::Created { "created" } else { "exists" }
-                    );
+                    println!("{topic}: {}", what.describe(config.topics.partitions));
                 }
                 Ok(())
             })
