@@ -7,6 +7,7 @@
 
 mod forward;
 mod group_protocol;
+mod scale_out;
 #[allow(dead_code)]
 #[path = "../integration/support.rs"]
 mod support;
