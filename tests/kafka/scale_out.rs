@@ -5,7 +5,7 @@
 //! first in the order they were sent.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -33,6 +33,11 @@ struct Stream {
 
 impl Stream {
     async fn new() -> Self {
+        Self::new_with(PARTITIONS).await
+    }
+
+    /// A stream whose source topic has `partitions`.
+    async fn new_with(partitions: i32) -> Self {
         let bootstrap = broker();
         let (source, destination) = (unique("live.gift"), unique("lane.out"));
         let db = Db::with_pigeons(&[pigeon(
@@ -42,7 +47,7 @@ impl Stream {
             vec![DestinationSpec::topic(&destination, "gift.out")],
         )])
         .await;
-        ensure_topics(&bootstrap, &db, PARTITIONS);
+        ensure_topics(&bootstrap, &db, partitions);
         // One group for every router of this test.
         let config = db.path("routers.toml");
         std::fs::write(&config, format!("[kafka]\nrouter_group = \"{}\"\n", unique("pigeon-router")))
@@ -63,12 +68,24 @@ impl Stream {
     /// Sends letters at [`RATE`] until `stop`, keyed over [`KEYS`] rooms with a sequence per
     /// room; returns them in the order sent.
     fn send(&self, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Vec<Letter>> {
+        self.send_to(stop, Arc::new(AtomicI32::new(0)))
+    }
+
+    /// As [`Stream::send`]; while `partitions` is above 0, room `k`'s letters go to partition
+    /// `k % partitions`, and each letter says which (`"partition"` in its payload).
+    fn send_to(
+        &self,
+        stop: Arc<AtomicBool>,
+        partitions: Arc<AtomicI32>,
+    ) -> std::thread::JoinHandle<Vec<Letter>> {
         let (bootstrap, topic) = (self.bootstrap.clone(), self.source.clone());
         std::thread::spawn(move || {
             let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
                 .set("bootstrap.servers", &bootstrap)
                 .set("enable.idempotence", "true")
                 .set("linger.ms", "5")
+                // Partitions added mid-stream are known within a second.
+                .set("topic.metadata.refresh.interval.ms", "1000")
                 .create()
                 .expect("producer");
             let started = Instant::now();
@@ -78,11 +95,16 @@ impl Stream {
                 while (sent.len() as u64) < due {
                     let n = sent.len() as u64;
                     let room = format!("room-{}", n % KEYS);
-                    let letter = Letter::new("tests", "gift.sent", serde_json::json!({"seq": n / KEYS}))
-                        .with_key(room.as_str());
+                    let chosen = partitions.load(Ordering::Relaxed);
+                    let partition = (chosen > 0).then(|| (n % KEYS) as i32 % chosen);
+                    let payload = serde_json::json!({"seq": n / KEYS, "partition": partition});
+                    let letter = Letter::new("tests", "gift.sent", payload).with_key(room.as_str());
                     let m = Outgoing::from(&letter);
                     let headers = m.headers.clone();
                     let mut record = m.fill(BaseRecord::to(&topic)).headers(headers);
+                    if let Some(partition) = partition {
+                        record = record.partition(partition);
+                    }
                     while let Err((_, back)) = producer.send(record) {
                         record = back;
                         std::thread::sleep(Duration::from_millis(2));
@@ -136,10 +158,11 @@ fn tally(what: &str, sent: &[Letter], got: &[OwnedMessage]) -> (usize, usize) {
             duplicates += 1;
             continue;
         }
-        let seq = serde_json::from_slice::<serde_json::Value>(m.payload().unwrap()).unwrap()["seq"]
-            .as_i64()
-            .unwrap();
-        let key = m.key().unwrap().to_vec();
+        let payload = serde_json::from_slice::<serde_json::Value>(m.payload().unwrap()).unwrap();
+        let seq = payload["seq"].as_i64().unwrap();
+        // Per source partition and key (a key moves when partitions are added).
+        let mut key = m.key().unwrap().to_vec();
+        key.extend(format!(" @{}", payload["partition"]).into_bytes());
         let before = last.insert(key.clone(), seq);
         assert!(
             before.is_none_or(|b| b < seq),
@@ -210,6 +233,47 @@ async fn a_router_killed_mid_stream_loses_nothing() {
          (read again: letters it had not committed; bound {bound}); its replacement was healthy {replaced:?} after"
     );
     assert!(duplicates <= bound, "{duplicates} duplicates");
+    for router in routers {
+        router.stop();
+    }
+}
+
+/// Partitions added to the source topic mid-stream (16 to 32): the routers find them (their
+/// metadata refresh) and read them from the start; nothing is lost or duplicated, and each
+/// (partition, key)'s letters arrive first in order.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "open: in one run of two, about 3,000 letters of the added partitions had not arrived 60 s after the stream stopped (in the other all had, 20 s after); not diagnosed yet"]
+async fn partitions_added_to_a_source_mid_stream_lose_and_duplicate_nothing() {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions};
+    use rdkafka::client::DefaultClientContext;
+    let stream = Stream::new_with(16).await;
+    let routers: Vec<Bus> = (0..2).map(|_| stream.router()).collect();
+    let (stop, partitions) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicI32::new(16)));
+    let sending = stream.send_to(Arc::clone(&stop), Arc::clone(&partitions));
+    std::thread::sleep(Duration::from_secs(3));
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", &stream.bootstrap).create().expect("admin");
+    let grown = admin
+        .create_partitions(&[NewPartitions::new(&stream.source, 32)], &AdminOptions::new())
+        .await
+        .expect("CreatePartitions");
+    assert!(grown.iter().all(Result::is_ok), "{grown:?}");
+    partitions.store(32, Ordering::Relaxed);
+    // The routers refresh metadata every 10 s: stream on past that.
+    std::thread::sleep(Duration::from_secs(14));
+    stop.store(true, Ordering::Relaxed);
+    let sent = sending.join().unwrap();
+    let got = stream.outputs(sent.len());
+    let late = got
+        .iter()
+        .filter(|m| {
+            let payload: serde_json::Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
+            payload["partition"].as_i64().is_some_and(|p| p >= 16)
+        })
+        .count();
+    assert!(late > 0, "letters went to the added partitions");
+    let (lost, duplicates) = tally("partitions added", &sent, &got);
+    assert_eq!((lost, duplicates), (0, 0), "nothing lost, nothing twice");
     for router in routers {
         router.stop();
     }
