@@ -468,3 +468,20 @@ async fn a_pigeon_that_does_not_compile_is_quarantined_while_the_others_fly() {
     assert!(view["problems"][0].as_str().unwrap().contains("match.tag"), "{view}");
     bus.stop();
 }
+
+/// `/readyz` checks Kafka whatever roles an instance runs: a router-only instance that cannot
+/// reach its brokers is not ready, and says why; it is alive all the same.
+#[tokio::test(flavor = "multi_thread")]
+async fn readyz_says_kafka_is_away_on_a_router_only_instance() {
+    let db = Db::with_pigeons(&[]).await;
+    let bus = Bus::launch("127.0.0.1:1", &db, &["--roles", "router"], &[])
+        .unwrap_or_else(|log| panic!("pigeon serve exited before listening:\n{log}"));
+    let mut answer = None;
+    eventually("/readyz to say Kafka is away", || {
+        answer = http_get(&bus.admin, "/readyz");
+        answer.as_ref().is_some_and(|(status, body)| *status == 503 && body.contains("kafka: "))
+    });
+    assert!(!answer.unwrap().1.contains("store: "), "the store answers");
+    assert_eq!(http_get(&bus.admin, "/livez").map(|(s, _)| s), Some(200));
+    bus.kill();
+}

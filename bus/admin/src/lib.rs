@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::producer::Producer;
+use rdkafka::consumer::Consumer;
 
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, State};
 use axum::http::StatusCode;
@@ -68,6 +68,9 @@ pub struct AppState {
     pub scripts: gate::ScriptGate,
     /// Fired when the instance stops: it drains, and is no longer ready.
     pub draining: tokio_util::sync::CancellationToken,
+    /// A client that asks the brokers for metadata, whatever roles run: `/readyz` checks
+    /// that Kafka answers with it (absent where the bus has no Kafka).
+    pub kafka: Option<Arc<rdkafka::consumer::BaseConsumer>>,
 }
 
 /// One page of a list, and the cursor of the next (absent on the last page).
@@ -346,10 +349,10 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, String) {
         Ok(Err(e)) => problems.push(format!("store: {e}")),
         Err(_) => problems.push(format!("store: no answer within {} s", READY_WITHIN.as_secs())),
     }
-    if let Some(producer) = state.producer.clone() {
+    if let Some(kafka) = state.kafka.clone() {
         // A metadata request for one topic: the brokers answer, whatever the topic's state.
         let asked = tokio::task::spawn_blocking(move || {
-            producer.client().fetch_metadata(Some(pigeon_bus::route::INGRESS), READY_WITHIN).map(|_| ())
+            kafka.fetch_metadata(Some(pigeon_bus::route::INGRESS), READY_WITHIN).map(|_| ())
         })
         .await;
         match asked {

@@ -54,6 +54,7 @@ impl Api {
             health: Arc::default(),
             scripts: crate::gate::ScriptGate::new(2, crate::gate::SCRIPTS_PER_REQUEST),
             draining: tokio_util::sync::CancellationToken::new(),
+            kafka: None,
             store,
             ready: Arc::new(AtomicBool::new(true)),
             stats: Arc::default(),

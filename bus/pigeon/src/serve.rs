@@ -76,6 +76,11 @@ pub async fn run(
             health: Arc::clone(&health),
             scripts: pigeon_admin::gate::ScriptGate::default(),
             draining: cancel.clone(),
+            kafka: Some(Arc::new(
+                kafka::admin_config(&config.kafka)
+                    .create()
+                    .context("creating the readiness check's Kafka client")?,
+            )),
         },
         config.roles.contains(&Role::Admin),
     );
