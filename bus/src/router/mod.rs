@@ -614,17 +614,16 @@ impl Forwarder<'_> {
             })
             .sum();
         // Begin before producing: a delivery report may arrive before `send` returns.
-        let Begun { admission, in_flight } = ledger.begin(offset, outputs as u32);
-        progress.begun(outputs as u32, &admission);
+        let outputs = u32::try_from(outputs).unwrap_or(u32::MAX);
+        let Begun { admission, in_flight } = ledger.begin(offset, outputs);
+        progress.begun(outputs, &admission);
         self.stats.in_flight_peak.fetch_max(in_flight as u64, Ordering::Relaxed);
 
         let derived_id;
         let id = match meta.id {
             Some(id) => id,
             None => {
-                let ms = message.timestamp().to_millis().unwrap_or(0).max(0) as u64;
-                derived_id =
-                    pigeon_sdk::LetterId::derived(topic, message.partition(), offset, ms).to_string();
+                derived_id = derived_id_of(message);
                 &derived_id
             }
         };
@@ -714,11 +713,9 @@ impl Forwarder<'_> {
         }
         let reason = format!("handling the letter panicked (a bug in the bus): {panic}");
         let mut dead_letter = NewDeadLetter::from_message(message, ErrorKind::Internal, reason);
-        let ms = u64::try_from(message.timestamp().to_millis().unwrap_or(0)).unwrap_or(0);
-        dead_letter.letter_id = dead_letter.header_text(pigeon_sdk::header::ID).map_or_else(
-            || pigeon_sdk::LetterId::derived(message.topic(), message.partition(), offset, ms).to_string(),
-            str::to_owned,
-        );
+        dead_letter.letter_id = dead_letter
+            .header_text(pigeon_sdk::header::ID)
+            .map_or_else(|| derived_id_of(message), str::to_owned);
         self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
         let _ = self.dead_letters.send(Job { dead_letter, ledger, offset });
         if progress.pause.load(Ordering::Relaxed) {
@@ -754,9 +751,7 @@ impl Forwarder<'_> {
         let offset = message.offset();
         let admission = ledger.begin(offset, 1).admission;
         let mut dead_letter = NewDeadLetter::from_message(message, ErrorKind::Malformed, reason);
-        let ms = message.timestamp().to_millis().unwrap_or(0).max(0) as u64;
-        dead_letter.letter_id =
-            pigeon_sdk::LetterId::derived(message.topic(), message.partition(), offset, ms).to_string();
+        dead_letter.letter_id = derived_id_of(message);
         if message.topic() == INGRESS {
             // A module's letter: it has its own id, and names the pigeon it was flown to.
             if let Some(id) = dead_letter.header_text(pigeon_sdk::header::ID) {
@@ -772,6 +767,13 @@ impl Forwarder<'_> {
         let _ = self.dead_letters.send(Job { dead_letter, ledger: Arc::clone(ledger), offset });
         admission
     }
+}
+
+/// The id of a letter that carries none: derived from its place in Kafka and its time, the
+/// same each time the letter is read.
+fn derived_id_of(message: &BorrowedMessage<'_>) -> String {
+    let ms = u64::try_from(message.timestamp().to_millis().unwrap_or(0)).unwrap_or(0);
+    pigeon_sdk::LetterId::derived(message.topic(), message.partition(), message.offset(), ms).to_string()
 }
 
 fn describe_tag_source(routes: &crate::route::TopicRoutes) -> String {
