@@ -65,12 +65,8 @@ impl ScriptGate {
         match done {
             Ok((done, spent)) => {
                 *budget = spent;
-                done.map_err(|TooManyScripts { limit }| {
-                    ApiError::invalid(
-                        "too_many_scripts",
-                        format!("this request would compile or run more than {limit} scripts, the most one request may; send fewer pigeons or letters at a time"),
-                        Vec::new(),
-                    )
+                done.map_err(|e: TooManyScripts| {
+                    ApiError::invalid("too_many_scripts", e.to_string(), Vec::new())
                 })?
             }
             Err(join) => Err(ApiError::internal(format!("script work failed: {join}"))),

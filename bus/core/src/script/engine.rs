@@ -92,7 +92,7 @@ impl Budget {
 
 /// A piece of work ran more scripts than it was allowed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("it would compile or run more than {limit} scripts, the most one request may; send fewer pigeons or letters at a time")]
+#[error("this request would compile or run more than {limit} scripts, the most one request may; send fewer pigeons or letters at a time")]
 pub struct TooManyScripts {
     /// The bound.
     pub limit: u32,
