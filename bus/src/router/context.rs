@@ -237,14 +237,32 @@ impl ConsumerContext for RouterConsumerContext {
         // skips nor repeats letters.
         self.ledger.commit_revoked(consumer, revoked, self.drain_timeout);
         self.assigned.fetch_sub(revoked.count() as i64, Ordering::AcqRel);
-        tracing::info!(partitions = revoked.count(), "partitions revoked");
+        tracing::info!(partitions = revoked.count(), which = %Partitions(revoked), "partitions revoked");
     }
 
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(assigned) = rebalance {
             self.assigned.fetch_add(assigned.count() as i64, Ordering::AcqRel);
-            tracing::info!(partitions = assigned.count(), "partitions assigned");
+            tracing::info!(partitions = assigned.count(), which = %Partitions(assigned), "partitions assigned");
             self.ready.store(true, Ordering::Release);
         }
+    }
+}
+
+/// A partition list for the log, by topic: `live.gift[0,3,7] pigeon.ingress[1]`.
+struct Partitions<'a>(&'a TopicPartitionList);
+
+impl std::fmt::Display for Partitions<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut by_topic: std::collections::BTreeMap<String, Vec<i32>> = Default::default();
+        for e in self.0.elements() {
+            by_topic.entry(e.topic().to_owned()).or_default().push(e.partition());
+        }
+        for (i, (topic, partitions)) in by_topic.iter_mut().enumerate() {
+            partitions.sort_unstable();
+            let list = partitions.iter().map(i32::to_string).collect::<Vec<_>>().join(",");
+            write!(f, "{}{topic}[{list}]", if i == 0 { "" } else { " " })?;
+        }
+        Ok(())
     }
 }
