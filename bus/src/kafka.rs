@@ -12,8 +12,7 @@ pub fn consumer_config(kafka: &KafkaConfig, group: &str) -> ClientConfig {
 }
 
 /// The router's consumer. Its subscription changes with the pigeons, so rebalancing is
-/// cooperative (only the partitions concerned move), and metadata is refreshed often (a topic
-/// created after its pigeon, or matching a topic pattern, is found soon).
+/// cooperative (only the partitions concerned move).
 ///
 /// Under Kafka 4's consumer group protocol (`consumer.group.protocol=consumer`, KIP-848) the
 /// broker assigns partitions, incrementally, and librdkafka refuses an assignment strategy:
@@ -23,7 +22,6 @@ pub fn router_consumer_config(kafka: &KafkaConfig) -> ClientConfig {
     if !broker_assigns(kafka) {
         config.set("partition.assignment.strategy", "cooperative-sticky");
     }
-    config.set("topic.metadata.refresh.interval.ms", "10000");
     apply(&mut config, &kafka.consumer);
     config
 }
@@ -48,10 +46,14 @@ pub fn assigned_consumer_config(kafka: &KafkaConfig, name: &str) -> ClientConfig
     config
 }
 
+/// Every group consumer refreshes metadata every 10 s (librdkafka's default is 5 minutes):
+/// partitions added to a topic it reads, a topic created after its pigeon and a topic matching
+/// a pattern are found soon, and read from their start.
 fn group_consumer(kafka: &KafkaConfig, group: &str) -> ClientConfig {
     let mut config = base(kafka);
     config
         .set("group.id", group)
+        .set("topic.metadata.refresh.interval.ms", "10000")
         .set("enable.auto.commit", "true")
         .set("enable.auto.offset.store", "false")
         .set("auto.commit.interval.ms", "1000")

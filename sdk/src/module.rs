@@ -232,7 +232,10 @@ impl ModuleBuilder {
                 .set("enable.auto.commit", "true")
                 .set("auto.commit.interval.ms", "1000")
                 .set("enable.auto.offset.store", "false")
-                .set("auto.offset.reset", "earliest");
+                .set("auto.offset.reset", "earliest")
+                // Partitions added to the module's topic are read within 10 s (librdkafka's
+                // default refresh is 5 minutes).
+                .set("topic.metadata.refresh.interval.ms", "10000");
             for (name, value) in &self.properties {
                 config.set(name, value);
             }

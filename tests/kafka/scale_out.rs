@@ -10,7 +10,10 @@ use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pigeon_bus::route::DestinationSpec;
+use pigeon_bus::archive::ArchiveQuery;
+use pigeon_bus::route::{Action, DestinationSpec, PigeonSpec};
+use pigeon_bus::store::Store;
+use pigeon_bus::token::Role;
 use pigeon_sdk::Letter;
 use rdkafka::config::ClientConfig;
 use rdkafka::message::{Message, OwnedMessage};
@@ -20,17 +23,33 @@ use rdkafka::ClientContext;
 use crate::support::{collect_within, header, pigeon, Bus, Db, Outgoing, FAST_GROUP};
 use crate::{broker, ensure_topics, unique};
 
-const PARTITIONS: i32 = 32;
+pub const PARTITIONS: i32 = 32;
 const KEYS: u64 = 64;
 /// Letters a second.
-const RATE: u64 = 1_000;
+pub const RATE: u64 = 2_000;
 
-struct Stream {
-    bootstrap: String,
-    db: Db,
-    config: String,
-    source: String,
-    destination: String,
+/// Pigeon deployed as the deploy files run it, around one source topic: the container's
+/// configuration (deploy/pigeon.container.toml) on MariaDB, the forward pigeon `fan` (source →
+/// destination, tag [`TAG`]) and the archive pigeon `keep` (every letter of the source), a
+/// process each for the archiver, the retrier with the registry, and the admin; the routers,
+/// of one group, are the test's to start.
+pub struct Stream {
+    pub bootstrap: String,
+    pub db: Db,
+    /// The configuration file of every process.
+    pub config: String,
+    pub source: String,
+    pub destination: String,
+    /// The archiver, the retrier with the registry, the admin.
+    pub roles: Vec<Bus>,
+}
+
+/// The forward pigeon's tag on its outputs.
+pub const TAG: &str = "gift.out";
+
+/// The forward pigeon: from `source` to each of `destinations`, with `tag`.
+pub fn fan(source: &str, destinations: &[&str], tag: &str) -> PigeonSpec {
+    pigeon("fan", source, "gift.sent", destinations.iter().map(|d| DestinationSpec::topic(d, tag)).collect())
 }
 
 impl Stream {
@@ -38,29 +57,85 @@ impl Stream {
         Self::new_with(PARTITIONS).await
     }
 
-    /// A stream whose source topic has `partitions`.
-    async fn new_with(partitions: i32) -> Self {
+    /// The deployment around a source topic of `partitions`.
+    pub async fn new_with(partitions: i32) -> Self {
         let bootstrap = broker();
         let (source, destination) = (unique("live.gift"), unique("lane.out"));
-        let db = Db::with_pigeons(&[pigeon(
-            "fan",
-            &source,
-            "gift.sent",
-            vec![DestinationSpec::topic(&destination, "gift.out")],
-        )])
-        .await;
+        let mut keep = pigeon("keep", &source, "gift.sent", Vec::new());
+        keep.action = Action::Archive;
+        let db =
+            Db::mariadb_with_pigeons(&[fan(&source, &[&destination], TAG), keep], "127.0.0.1:3306").await;
         ensure_topics(&bootstrap, &db, partitions);
-        // One group for every router of this test.
-        let config = db.path("routers.toml");
-        std::fs::write(&config, format!("[kafka]\nrouter_group = \"{}\"\n", unique("pigeon-router")))
-            .unwrap();
-        Self { bootstrap, db, config: config.display().to_string(), source, destination }
+        // The container's configuration, with groups of this test's own.
+        let deployed = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/pigeon.container.toml");
+        let config = db.path("pigeon.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "{}\n[kafka]\nrouter_group = \"{}\"\n\n[archiver]\ngroup = \"{}\"\n",
+                std::fs::read_to_string(deployed).expect("deploy/pigeon.container.toml"),
+                unique("pigeon-router"),
+                unique("pigeon-archiver"),
+            ),
+        )
+        .unwrap();
+        let mut stream = Self {
+            bootstrap,
+            db,
+            config: config.display().to_string(),
+            source,
+            destination,
+            roles: Vec::new(),
+        };
+        stream.roles =
+            ["archiver", "retrier,registry", "admin"].into_iter().map(|r| stream.role(r)).collect();
+        stream
+    }
+
+    /// The admin process.
+    pub fn admin(&self) -> &Bus {
+        &self.roles[2]
+    }
+
+    /// Checks that the archive keeps each letter `sent` once and nothing else (waiting for the
+    /// archiver a while), then stops every process and drops the database.
+    pub async fn finish(self, what: &str, sent: &[Sent], routers: Vec<Bus>) {
+        let store = self.db.store().await;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let kept = loop {
+            let kept = archived(store.as_ref()).await;
+            if kept.len() >= sent.len() || Instant::now() >= deadline {
+                break kept;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        };
+        let missing = sent.iter().filter(|s| !kept.contains_key(&s.letter.id.to_string())).count();
+        let twice = kept.values().filter(|n| **n > 1).count();
+        println!(
+            "{what}: {} letters archived, {missing} missing from the archive, {twice} archived twice",
+            kept.len()
+        );
+        assert_eq!(
+            (missing, twice, kept.len()),
+            (0, 0, sent.len()),
+            "the archive holds every letter once, and no other"
+        );
+        for bus in routers.into_iter().chain(self.roles) {
+            bus.stop();
+        }
+        self.db.drop_mariadb().await;
     }
 
     /// A router process of the group, healthy.
-    fn router(&self) -> Bus {
+    pub fn router(&self) -> Bus {
+        self.role("router")
+    }
+
+    /// A process running `roles` (`router`, `archiver`, `retrier,registry`…) with the
+    /// stream's configuration, healthy.
+    pub fn role(&self, roles: &str) -> Bus {
         let args: Vec<&str> =
-            ["-c", self.config.as_str(), "--roles", "router"].into_iter().chain(FAST_GROUP).collect();
+            ["-c", self.config.as_str(), "--roles", roles].into_iter().chain(FAST_GROUP).collect();
         let bus = Bus::launch(&self.bootstrap, &self.db, &args, &[])
             .unwrap_or_else(|log| panic!("pigeon serve exited before listening:\n{log}"));
         bus.wait_healthy();
@@ -69,7 +144,7 @@ impl Stream {
 
     /// Sends letters at [`RATE`] until `stop`, keyed over [`KEYS`] rooms with a sequence per
     /// room; returns them in the order sent.
-    fn send(&self, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Vec<Sent>> {
+    pub fn send(&self, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Vec<Sent>> {
         self.send_to(stop, Arc::new(AtomicI32::new(0)))
     }
 
@@ -127,7 +202,7 @@ impl Stream {
 
     /// Every output once the stream is done, with a few seconds more to catch duplicates (what
     /// arrived by the deadline if some never do: the tally says which).
-    fn outputs(&self, sent: usize) -> Vec<OwnedMessage> {
+    pub fn outputs(&self, sent: usize) -> Vec<OwnedMessage> {
         // Counted as they come: a count over everything on each poll slows the reading down
         // to a few hundred messages a second once thousands have arrived.
         let (mut ids, mut counted) = (HashSet::new(), 0);
@@ -141,9 +216,9 @@ impl Stream {
 }
 
 /// A letter sent, and where the broker put it (`None` if it never said).
-struct Sent {
-    letter: Letter,
-    at: Option<(i32, i64)>,
+pub struct Sent {
+    pub letter: Letter,
+    pub at: Option<(i32, i64)>,
 }
 
 /// The producer's delivery reports: letter number to (partition, offset).
@@ -158,6 +233,23 @@ impl ProducerContext for Positions {
     fn delivery(&self, result: &DeliveryResult<'_>, n: usize) {
         if let Ok(m) = result {
             self.0.lock().unwrap().insert(n, (m.partition(), m.offset()));
+        }
+    }
+}
+
+/// Every letter the archive holds: its ids, with how many rows each has.
+async fn archived(store: &dyn Store) -> HashMap<String, usize> {
+    const PAGE: u32 = 5_000;
+    let query = ArchiveQuery { since: i64::MIN, until: i64::MAX, ..Default::default() };
+    let (mut ids, mut after) = (HashMap::new(), None);
+    loop {
+        let page = store.archive().archived(&query, after.as_ref(), PAGE).await.expect("archive page");
+        for row in &page {
+            *ids.entry(row.letter_id.clone()).or_insert(0) += 1;
+        }
+        after = page.last().map(|row| row.position.clone());
+        if page.len() < PAGE as usize {
+            return ids;
         }
     }
 }
@@ -182,7 +274,7 @@ fn held(router: &Bus, topic: &str) -> i64 {
 
 /// What arrived against what was sent: (lost, duplicates), after checking that each key's
 /// letters arrived first in the order sent.
-fn tally(what: &str, sent: &[Sent], got: &[OwnedMessage]) -> (usize, usize) {
+pub fn tally(what: &str, sent: &[Sent], got: &[OwnedMessage]) -> (usize, usize) {
     let mut seen: HashSet<String> = HashSet::new();
     let mut duplicates = 0;
     let mut last: HashMap<Vec<u8>, i64> = HashMap::new();
@@ -244,9 +336,7 @@ async fn a_rolling_restart_of_three_routers_loses_and_duplicates_nothing() {
     let got = stream.outputs(sent.len());
     let (lost, duplicates) = tally("rolling restart", &sent, &got);
     assert_eq!((lost, duplicates), (0, 0), "nothing lost, nothing twice");
-    for router in routers {
-        router.stop();
-    }
+    stream.finish("rolling restart", &sent, routers).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -278,9 +368,7 @@ async fn a_router_killed_mid_stream_loses_nothing() {
          (read again: letters it had not committed; bound {bound}); its replacement was healthy {replaced:?} after"
     );
     assert!(duplicates <= bound, "{duplicates} duplicates");
-    for router in routers {
-        router.stop();
-    }
+    stream.finish("SIGKILL", &sent, routers).await;
 }
 
 /// Partitions added to the source topic mid-stream (16 to 32): the routers find them (their
@@ -318,7 +406,97 @@ async fn partitions_added_to_a_source_mid_stream_lose_and_duplicate_nothing() {
     assert!(late > 0, "letters went to the added partitions");
     let (lost, duplicates) = tally("partitions added", &sent, &got);
     assert_eq!((lost, duplicates), (0, 0), "nothing lost, nothing twice");
-    for router in routers {
-        router.stop();
+    stream.finish("partitions added", &sent, routers).await;
+}
+
+/// A pigeon changed through the admin API mid-stream (version 2 sends to a second topic too,
+/// with another tag): each letter goes by exactly one version, all of its destinations, once;
+/// per key, version 1's letters come before version 2's.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pigeon_changed_mid_stream_takes_each_letter_by_exactly_one_version() {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    const V2: &str = "gift.v2";
+    let stream = Stream::new().await;
+    // Version 2's new destination exists before it is needed, as an operator would make it.
+    let second_lane = unique("lane.two");
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", &stream.bootstrap).create().expect("admin");
+    let created = admin
+        .create_topics(
+            &[NewTopic::new(&second_lane, PARTITIONS, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        )
+        .await
+        .expect("CreateTopics");
+    assert!(created.iter().all(Result::is_ok), "{created:?}");
+    let token = pigeon::cli::tokens::create(stream.db.store().await.as_ref(), "ops", Role::Operator, "tests")
+        .await
+        .expect("token");
+    let routers: Vec<Bus> = (0..3).map(|_| stream.router()).collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let sending = stream.send(Arc::clone(&stop));
+    std::thread::sleep(Duration::from_secs(4));
+    let v2 = fan(&stream.source, &[&stream.destination, &second_lane], V2);
+    let response = reqwest::Client::new()
+        .put(format!("{}/api/v1/pigeons/fan", stream.admin().admin))
+        .bearer_auth(&token)
+        .json(&v2)
+        .send()
+        .await
+        .expect("the admin API answers");
+    assert_eq!(response.status().as_u16(), 200, "{}", response.text().await.unwrap_or_default());
+    std::thread::sleep(Duration::from_secs(5));
+    stop.store(true, Ordering::Relaxed);
+    let sent = sending.join().unwrap();
+
+    // Every letter on the first lane, once, by one version or the other.
+    let got = stream.outputs(sent.len());
+    let (lost, duplicates) = tally("pigeon changed", &sent, &got);
+    assert_eq!((lost, duplicates), (0, 0), "nothing lost, nothing twice");
+    let tags: HashMap<String, String> =
+        got.iter().filter_map(|m| Some((header(m, "ce_id")?, header(m, "ce_type")?))).collect();
+    let by_v2: HashSet<&String> = tags.iter().filter(|(_, tag)| *tag == V2).map(|(id, _)| id).collect();
+    let by_v1 = tags.values().filter(|tag| *tag == TAG).count();
+    assert_eq!(by_v1 + by_v2.len(), sent.len(), "each output has one of the two versions' tags");
+    assert!(
+        by_v1 > 0 && !by_v2.is_empty(),
+        "the change came mid-stream: {by_v1} by v1, {} by v2",
+        by_v2.len()
+    );
+    // Version 2 sent those, and only those, to the second lane too, once each.
+    let ids = |got: &[OwnedMessage]| got.iter().filter_map(|m| header(m, "ce_id")).collect::<Vec<_>>();
+    let (mut seen, mut counted) = (HashSet::new(), 0);
+    let (second, _) = collect_within(
+        &stream.bootstrap,
+        &second_lane,
+        |got| {
+            seen.extend(ids(&got[counted..]));
+            counted = got.len();
+            seen.len() >= by_v2.len()
+        },
+        Duration::from_secs(3),
+    );
+    let second = ids(&second);
+    let second_set: HashSet<&String> = second.iter().collect();
+    assert_eq!(second.len(), second_set.len(), "nothing twice on the second lane");
+    assert_eq!(second_set, by_v2, "the second lane has exactly the letters version 2 took");
+    // Per key, in the order sent: version 1's letters, then version 2's, never back.
+    let mut switched: HashSet<Vec<u8>> = HashSet::new();
+    for s in &sent {
+        let key = s.letter.key.clone().unwrap_or_default();
+        let went_by_v2 = by_v2.contains(&s.letter.id.to_string());
+        assert!(
+            went_by_v2 || !switched.contains(&key),
+            "a letter of {key:?} went by v1 after one went by v2"
+        );
+        if went_by_v2 {
+            switched.insert(key);
+        }
     }
+    println!(
+        "pigeon changed 4 s into the stream: {by_v1} letters by version 1, {} by version 2",
+        by_v2.len()
+    );
+    stream.finish("pigeon changed", &sent, routers).await;
 }
