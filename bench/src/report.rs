@@ -83,7 +83,8 @@ impl Report {
              100 rooms (the key), topics of {} partitions. A contender's CPU time is read from `/proc` over the \
              window from its first output to its last, so start-up is not counted. {} **CPU-s/M** is CPU-seconds \
              per million output letters (each source letter makes two outputs, one per destination topic), so \
-             letters per CPU-second are 2,000,000 / CPU-s/M. Each run is verified as it is written: every \
+             outputs per CPU-second are 1,000,000 / CPU-s/M and source letters per CPU-second half that, \
+             500,000 / CPU-s/M. Each run is verified as it is written: every \
              source letter on both destinations (missing), no letter of a room after a later one (order), \
              duplicates counted; an incomplete run writes no figures.\n",
             self.revision,
