@@ -24,7 +24,7 @@ def colour(run):
 def main(source, target):
     with open(source) as f:
         report = json.load(f)
-    brokers = [b for b in ("tansu", "mock") if any(r["broker"] == b for r in report["runs"])]
+    brokers = [b for b in ("tansu", "kafka", "mock") if any(r["broker"] == b for r in report["runs"])]
     fig, axes = plt.subplots(len(brokers), 2, figsize=(12, 3.2 + 2.2 * len(brokers)), squeeze=False)
     for row, broker in enumerate(brokers):
         runs = [r for r in report["runs"] if r["broker"] == broker]

@@ -1,5 +1,5 @@
 //! The brokers the contenders run on, each a process of its own: librdkafka's mock cluster
-//! (`pigeon dev-broker`) and Tansu.
+//! (`pigeon dev-broker`), Tansu, and Apache Kafka (`scripts/kafka`).
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -21,6 +21,8 @@ pub enum Kind {
     Mock,
     /// Tansu with its in-memory storage engine.
     Tansu,
+    /// Apache Kafka 4: one KRaft node (broker and controller), started by `scripts/kafka`.
+    Kafka,
 }
 
 impl Kind {
@@ -28,6 +30,7 @@ impl Kind {
         match self {
             Kind::Mock => "mock",
             Kind::Tansu => "tansu",
+            Kind::Kafka => "kafka",
         }
     }
 }
@@ -35,7 +38,27 @@ impl Kind {
 pub struct Broker {
     pub kind: Kind,
     pub bootstrap: String,
-    pub process: Contender,
+    /// The broker's process, whose CPU is measured.
+    pid: u32,
+    /// Stops the broker when dropped.
+    _running: Running,
+}
+
+/// How a broker is stopped.
+enum Running {
+    /// A child of this process, killed when the [`Contender`] is dropped.
+    Child(#[allow(dead_code)] Contender),
+    /// Started by `scripts/kafka` with its data in `dir`: `scripts/kafka stop` stops it.
+    Script { script: PathBuf, dir: PathBuf },
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Running::Script { script, dir } = self {
+            let _ =
+                Command::new(script.as_path()).arg("stop").env("PIGEON_KAFKA_DIR", dir.as_path()).output();
+        }
+    }
 }
 
 /// The topic [`check_fetch_inside_a_batch`] writes to, and its batches' size.
@@ -46,6 +69,8 @@ const PROBE_BATCH: i64 = 10;
 pub struct Binaries {
     pub pigeon: PathBuf,
     pub tansu: PathBuf,
+    /// `scripts/kafka`.
+    pub kafka: PathBuf,
 }
 
 impl Broker {
@@ -64,7 +89,7 @@ impl Broker {
                 }
                 let process = Contender::spawn("pigeon dev-broker", command, &log)?;
                 let bootstrap = wait_for_line(&log, "kafka: ", Duration::from_secs(30))?;
-                Self { kind, bootstrap, process }
+                Self { kind, bootstrap, pid: process.pid(), _running: Running::Child(process) }
             }
             Kind::Tansu => {
                 let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
@@ -75,7 +100,36 @@ impl Broker {
                     .args(["--listener-url", &url, "--advertised-listener-url", &url])
                     .env("RUST_LOG", "warn");
                 let process = Contender::spawn("tansu broker", command, &log)?;
-                let broker = Self { kind, bootstrap: format!("127.0.0.1:{port}"), process };
+                let bootstrap = format!("127.0.0.1:{port}");
+                let broker = Self { kind, bootstrap, pid: process.pid(), _running: Running::Child(process) };
+                broker.wait_ready(Duration::from_secs(30))?;
+                broker.create_topics(topics)?;
+                broker
+            }
+            Kind::Kafka => {
+                // A fresh broker: its data under this run's directory.
+                let dir = logs.join("kafka");
+                let started = Command::new(&bin.kafka)
+                    .arg("start")
+                    .env("PIGEON_KAFKA_DIR", &dir)
+                    .output()
+                    .with_context(|| format!("running {}", bin.kafka.display()))?;
+                let running = Running::Script { script: bin.kafka.clone(), dir: dir.clone() };
+                let printed = String::from_utf8_lossy(&started.stdout);
+                let bootstrap = printed.lines().find_map(|l| l.strip_prefix("kafka: ")).map(str::trim);
+                let (Some(bootstrap), true) = (bootstrap, started.status.success()) else {
+                    bail!(
+                        "{} start failed ({}):\n{printed}{}",
+                        bin.kafka.display(),
+                        started.status,
+                        String::from_utf8_lossy(&started.stderr)
+                    );
+                };
+                let pid = std::fs::read_to_string(dir.join("kafka.pid"))
+                    .ok()
+                    .and_then(|pid| pid.trim().parse().ok())
+                    .with_context(|| format!("no pid in {}", dir.join("kafka.pid").display()))?;
+                let broker = Self { kind, bootstrap: bootstrap.to_owned(), pid, _running: running };
                 broker.wait_ready(Duration::from_secs(30))?;
                 broker.create_topics(topics)?;
                 broker
@@ -134,6 +188,11 @@ impl Broker {
             }
         }
         Ok(())
+    }
+
+    /// The broker process's CPU time so far.
+    pub fn cpu(&self) -> Duration {
+        crate::process::cpu_time(self.pid)
     }
 
     /// A client configuration for this broker.

@@ -28,7 +28,7 @@ use measure::{Bench, Figures};
     about = "Pigeon against the limit and a peer, one contender process at a time"
 )]
 struct Args {
-    /// Source letters on Tansu (the full comparison).
+    /// Source letters on Tansu and Kafka (the full comparison).
     #[arg(long, default_value_t = 1_000_000)]
     letters: u64,
     /// Source letters on the mock broker, which keeps only ~5 MB per partition: with 100
@@ -43,7 +43,7 @@ struct Args {
     #[arg(long, default_value_t = 64)]
     partitions: i32,
     /// Brokers to run on, in order.
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "tansu,mock")]
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "tansu,kafka,mock")]
     brokers: Vec<Kind>,
     /// Only runs whose name starts with one of these (`limit`, `forward`, `script`, `peer`,
     /// `peer-forward`, `archive`, `rss`).
@@ -61,7 +61,15 @@ struct Args {
     limit: PathBuf,
     #[arg(long, default_value = "tansu")]
     tansu: PathBuf,
-    /// A Python with Quix Streams installed (the peer runs on Tansu only).
+    /// `scripts/kafka`, which starts a fresh Apache Kafka broker for each run on Kafka.
+    #[arg(long, default_value = "scripts/kafka")]
+    kafka: PathBuf,
+    /// Keeps the figures of brokers not run now from an earlier run (its `benchmarks.json`),
+    /// and its archive and slow-destination figures when those are not run now: e.g.
+    /// `--brokers kafka --keep docs/benchmarks.json` adds Kafka to the report.
+    #[arg(long, value_name = "JSON")]
+    keep: Option<PathBuf>,
+    /// A Python with Quix Streams installed (the peer runs on Tansu and Kafka).
     #[arg(long)]
     python: Option<PathBuf>,
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/peer/quix_gifts.py"))]
@@ -97,7 +105,8 @@ fn main() -> anyhow::Result<()> {
         python: args.python.clone(),
         peer: args.peer.clone(),
     };
-    let binaries = Binaries { pigeon: args.pigeon.clone(), tansu: args.tansu.clone() };
+    let binaries =
+        Binaries { pigeon: args.pigeon.clone(), tansu: args.tansu.clone(), kafka: args.kafka.clone() };
     if let Some(json) = &args.rewrite {
         let mut report = report::Report::read(json)?;
         add_includes(&mut report, &args.includes)?;
@@ -117,7 +126,7 @@ fn main() -> anyhow::Result<()> {
     for &kind in &args.brokers {
         let mut runs: Vec<Run> = contenders::limit_steps()
             .into_iter()
-            .filter(|step| kind == Kind::Tansu || matches!(step.name, "limit-default" | "limit-tuned"))
+            .filter(|step| kind != Kind::Mock || matches!(step.name, "limit-default" | "limit-tuned"))
             .map(|step| Run {
                 name: step.name.into(),
                 label: step.label.into(),
@@ -126,7 +135,7 @@ fn main() -> anyhow::Result<()> {
             .collect();
         runs.push(Run { name: "forward".into(), label: "Pigeon forward".into(), work: Work::Forward });
         runs.push(Run { name: "script".into(), label: "Pigeon script".into(), work: Work::Script });
-        if kind == Kind::Tansu && args.python.is_some() {
+        if kind != Kind::Mock && args.python.is_some() {
             runs.push(Run {
                 name: "peer-forward".into(),
                 label: "peer forward (Quix Streams)".into(),
@@ -231,6 +240,10 @@ fn main() -> anyhow::Result<()> {
             bail!("letters were lost behind the slow destination; no figures written");
         }
         report.rss = Some(figures);
+    }
+    if let Some(json) = &args.keep {
+        let run_now: Vec<&str> = args.brokers.iter().map(|k| k.name()).collect();
+        report.keep(report::Report::read(json)?, &run_now);
     }
     add_includes(&mut report, &args.includes)?;
     report.write(&args.out)?;

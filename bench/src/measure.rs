@@ -143,7 +143,7 @@ impl Bench<'_> {
             contender.check_alive()?;
             let out = live.backlog_outputs();
             if out > 0 {
-                break (Instant::now(), contender.cpu(), self.broker.process.cpu(), out);
+                break (Instant::now(), contender.cpu(), self.broker.cpu(), out);
             }
             if started.elapsed() > Duration::from_secs(120) {
                 bail!("{}: no output within two minutes (see its log)", run.label);
@@ -163,7 +163,7 @@ impl Bench<'_> {
             std::thread::sleep(Duration::from_millis(10));
         }
         let (t1, cpu1, broker1, out1) =
-            (Instant::now(), contender.cpu(), self.broker.process.cpu(), live.backlog_outputs());
+            (Instant::now(), contender.cpu(), self.broker.cpu(), live.backlog_outputs());
         bar.finish_and_clear();
         let seconds = (t1 - t0).as_secs_f64();
         let written = out1 - out0;

@@ -11,6 +11,9 @@ use crate::contenders;
 use crate::measure::{self, Figures, Paired, Try};
 use crate::rss::RssFigures;
 
+/// The brokers of the report, in its order.
+const BROKERS: [&str; 3] = ["tansu", "kafka", "mock"];
+
 #[derive(serde::Serialize, serde::Deserialize)]
 pub struct Report {
     pub machine: String,
@@ -26,6 +29,9 @@ pub struct Report {
     pub runs: Vec<Figures>,
     pub archive: Option<ArchiveFigures>,
     pub rss: Option<RssFigures>,
+    /// Figures kept from earlier runs (`--keep`): what, and the revision they were measured at.
+    #[serde(default)]
+    pub kept: Vec<String>,
     #[serde(skip)]
     pub includes: Vec<(String, String)>,
 }
@@ -51,6 +57,7 @@ impl Report {
             runs: Vec::new(),
             archive: None,
             rss: None,
+            kept: Vec::new(),
             includes: Vec::new(),
         }
     }
@@ -60,6 +67,32 @@ impl Report {
         let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
         serde_json::from_str(&text)
             .with_context(|| format!("{} is not a report of pigeon-bench", path.display()))
+    }
+
+    /// Takes from `earlier` the runs of brokers not in `run_now`, and its archive and
+    /// slow-destination figures where this run has none; the report says which were kept.
+    pub fn keep(&mut self, earlier: Report, run_now: &[&str]) {
+        let mut kept_brokers: Vec<String> = Vec::new();
+        for figures in earlier.runs.into_iter().filter(|f| !run_now.contains(&f.broker.as_str())) {
+            if !kept_brokers.contains(&figures.broker) {
+                kept_brokers.push(figures.broker.clone());
+            }
+            self.runs.push(figures);
+        }
+        let mut kept: Vec<String> = kept_brokers.iter().map(|b| format!("the {b} runs")).collect();
+        if self.archive.is_none() && earlier.archive.is_some() {
+            self.archive = earlier.archive;
+            kept.push("the archive run".into());
+        }
+        if self.rss.is_none() && earlier.rss.is_some() {
+            self.rss = earlier.rss;
+            kept.push("the slow-destination run".into());
+        }
+        if !kept.is_empty() {
+            self.kept.push(format!("{} (revision `{}`)", kept.join(", "), earlier.revision));
+        }
+        // What the earlier run had kept stays said.
+        self.kept.extend(earlier.kept);
     }
 
     fn find(&self, broker: &str, run: &str) -> Option<&Figures> {
@@ -98,27 +131,41 @@ impl Report {
              sent at {:.0}% of the contender's own peak rate by a producer that lingers 5 ms, as a gateway's \
              would. Read it with care: on two cores the source, the broker, the contender and the verifier \
              share the machine, and letters sent at a pace travel in batches of one or two per partition, \
-             which cost every process several times more per letter than the backlog's full batches. Both \
-             brokers also answer a fetch that finds nothing only when its wait (`fetch.wait.max.ms`, 500 ms \
+             which cost every process several times more per letter than the backlog's full batches. Tansu \
+             and the mock also answer a fetch that finds nothing only when its wait (`fetch.wait.max.ms`, 500 ms \
              by default) runs out, where Kafka answers as soon as a letter arrives. So the figures say more \
              about this machine and these brokers than about the contenders; compare them with each other \
              only. `--latency-fraction` sends at another share of the peak.\n",
             self.latency_secs,
             100.0 * self.latency_fraction
         );
+        if !self.kept.is_empty() {
+            let _ = writeln!(md, "Kept from earlier runs of `scripts/bench`: {}.\n", self.kept.join("; "));
+        }
         let _ = writeln!(md, "![CPU per million outputs and letters per second](benchmarks.png)\n");
-        for broker in ["tansu", "mock"] {
+        for broker in BROKERS {
             let runs: Vec<&Figures> = self.runs.iter().filter(|f| f.broker == broker).collect();
             if runs.is_empty() {
                 continue;
             }
+            // The runs' own backlog: runs kept from an earlier report may have had another.
+            let letters = runs.iter().map(|f| f.source_letters).max().unwrap_or(self.letters);
             let title = match broker {
-                "tansu" => format!("Tansu (in-memory storage), {} letters", self.letters),
-                _ => {
-                    format!("librdkafka's mock cluster (`pigeon dev-broker`), {} letters", self.mock_letters)
-                }
+                "tansu" => format!("Tansu (in-memory storage), {letters} letters"),
+                "kafka" => format!("Apache Kafka 4 (`scripts/kafka`), {letters} letters"),
+                _ => format!("librdkafka's mock cluster (`pigeon dev-broker`), {letters} letters"),
             };
             let _ = writeln!(md, "## {title}\n");
+            if broker == "kafka" {
+                let _ = writeln!(
+                    md,
+                    "What differs from Tansu: the broker users run. One KRaft node, broker and controller, a \
+                     JVM with a 512 MiB heap (its CPU, garbage collection included, is the broker CPU-s/M \
+                     column); the log is written to disk through the page cache (Kafka's defaults: no sync per \
+                     write), one replica; a fetch is answered as soon as letters arrive. The contenders, their \
+                     settings, the letters and the goals are the same as on Tansu.\n"
+                );
+            }
             let limit = self.find(broker, "limit-tuned");
             let _ = writeln!(
                 md,
@@ -253,7 +300,7 @@ impl Report {
         };
         let cpu = |t: &Try| t.cpu_s_per_million_outputs;
         let rate = |t: &Try| t.letters_per_sec;
-        for broker in ["tansu", "mock"] {
+        for broker in BROKERS {
             let (Some(forward), Some(limit)) =
                 (self.find(broker, "forward"), self.find(broker, "limit-tuned"))
             else {
@@ -467,5 +514,33 @@ mod tests {
             page.contains("| tansu: forward ≥ 90% of its throughput | 90% (74–90% in 3 rounds) | yes |"),
             "{page}"
         );
+    }
+
+    /// `--brokers kafka --keep docs/benchmarks.json`: Kafka's new runs beside the earlier run's
+    /// Tansu runs, each broker with its own section and goals, and the page says what was kept.
+    #[test]
+    fn a_run_on_kafka_keeps_the_earlier_runs_of_the_other_brokers() {
+        let mut earlier = Report::new(64, 1_000, 200, 5.0, 0.5, 3);
+        earlier.revision = "a64b29a".into();
+        earlier.runs.push(figures("forward", 8.0, 90.0));
+        earlier.runs.push(figures("limit-tuned", 6.0, 100.0));
+        let kafka =
+            |run: &str, cpu: f64, rate: f64| Figures { broker: "kafka".into(), ..figures(run, cpu, rate) };
+        let mut now = Report::new(64, 1_000, 200, 5.0, 0.5, 3);
+        now.runs.push(kafka("forward", 12.0, 60.0));
+        now.runs.push(kafka("limit-tuned", 6.0, 100.0));
+        now.keep(earlier, &["kafka"]);
+        let page = now.markdown();
+        assert!(
+            page.contains("## Tansu (in-memory storage)") && page.contains("## Apache Kafka 4"),
+            "{page}"
+        );
+        assert!(page.contains("| tansu: forward ≤ 1.5× the tuned limit's CPU | 1.33× | yes |"), "{page}");
+        assert!(page.contains("| kafka: forward ≤ 1.5× the tuned limit's CPU | 2.00× | **no** |"), "{page}");
+        assert!(
+            page.contains("Kept from earlier runs of `scripts/bench`: the tansu runs (revision `a64b29a`)."),
+            "{page}"
+        );
+        assert_eq!(now.runs.iter().filter(|f| f.broker == "tansu").count(), 2);
     }
 }
