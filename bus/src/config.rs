@@ -28,6 +28,8 @@ pub struct BusConfig {
     pub archiver: ArchiverConfig,
     /// Replay jobs (run by the admin role).
     pub replay: ReplayConfig,
+    /// Modules' receipts (kept by the registry role).
+    pub receipts: ReceiptsConfig,
     /// The admin HTTP server.
     pub admin: AdminConfig,
     /// Topics `pigeon topics ensure` creates.
@@ -46,6 +48,7 @@ impl Default for BusConfig {
             retrier: RetrierConfig::default(),
             archiver: ArchiverConfig::default(),
             replay: ReplayConfig::default(),
+            receipts: ReceiptsConfig::default(),
             admin: AdminConfig::default(),
             topics: TopicsConfig::default(),
             sources: BTreeMap::new(),
@@ -221,6 +224,53 @@ impl ArchiverConfig {
     }
 }
 
+/// Modules' receipts on `pigeon.receipts`: the registry role keeps a sample of them whole and
+/// every one in per-minute totals per module, capability and outcome.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default)]
+pub struct ReceiptsConfig {
+    /// The share of letters whose receipts are kept whole (0 to 1; chosen by letter id, so a
+    /// letter's receipts from every module are kept together). Failed ones are always kept.
+    pub sample_ratio: f64,
+    /// How long kept receipts stay (`"7d"`).
+    pub retention: String,
+    /// How long per-minute totals stay (`"90d"`).
+    pub totals_retention: String,
+    /// How often what was read is written to the store.
+    pub flush_ms: u64,
+}
+
+impl Default for ReceiptsConfig {
+    fn default() -> Self {
+        Self { sample_ratio: 0.01, retention: "7d".into(), totals_retention: "90d".into(), flush_ms: 2_000 }
+    }
+}
+
+impl ReceiptsConfig {
+    /// The two retentions, kept receipts' then totals'.
+    pub fn retentions(&self) -> Result<(std::time::Duration, std::time::Duration), String> {
+        let parse = |key: &str, text: &str| match humantime::parse_duration(text) {
+            Ok(age) if !age.is_zero() && age.as_secs() <= 100 * 365 * 86_400 => Ok(age),
+            _ => Err(format!("receipts.{key} {text:?} must be a duration such as \"7d\"")),
+        };
+        Ok((parse("retention", &self.retention)?, parse("totals_retention", &self.totals_retention)?))
+    }
+
+    fn problems(&self) -> Vec<String> {
+        let mut errors = Vec::new();
+        if !(0.0..=1.0).contains(&self.sample_ratio) {
+            errors.push(format!("receipts.sample_ratio {} must be between 0 and 1", self.sample_ratio));
+        }
+        if let Err(e) = self.retentions() {
+            errors.push(e);
+        }
+        if self.flush_ms == 0 {
+            errors.push("receipts.flush_ms must be above 0".into());
+        }
+        errors
+    }
+}
+
 /// Replay jobs.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default)]
@@ -383,7 +433,7 @@ impl BusConfig {
     }
 
     fn problems(&self) -> Vec<String> {
-        let mut errors = Vec::new();
+        let mut errors = self.receipts.problems();
         if self.kafka.brokers.trim().is_empty() {
             errors.push("kafka.brokers is empty".into());
         }

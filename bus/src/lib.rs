@@ -13,12 +13,14 @@ pub mod counters;
 pub mod deadletter;
 pub mod failures;
 pub mod kafka;
+pub mod receipts;
 pub mod registry;
 pub mod retrier;
 pub mod router;
 pub mod source;
 pub mod supervise;
 pub mod topics;
+pub mod trace;
 
 pub use pigeon_core::{clock, dictionary, dryrun, route, script, tag, token, wiring};
 pub use pigeon_store as store;

@@ -26,6 +26,7 @@ use crate::capability::Retry;
 use crate::fly::Context;
 use crate::ledger::{Ledger, LedgerContext, PartitionLedger};
 use crate::letter::{header, Letter};
+use pigeon_wire::receipt::{self, Outcome, Receipt};
 use pigeon_wire::FAILED;
 
 /// Everything the consumer runs with.
@@ -33,6 +34,10 @@ pub(crate) struct ConsumerParts {
     pub config: ClientConfig,
     pub topics: Vec<String>,
     pub module: String,
+    /// This instance's id, as its receipts name it.
+    pub instance: String,
+    /// Whether receipts go to `pigeon.receipts`.
+    pub receipts: bool,
     pub handlers: HashMap<String, Arc<dyn Handler>>,
     pub context: Context,
     pub concurrency: usize,
@@ -64,6 +69,8 @@ struct Job {
 /// What every worker shares.
 struct Shared {
     module: String,
+    instance: String,
+    receipts: bool,
     handlers: HashMap<String, Arc<dyn Handler>>,
     context: Context,
     retry: Retry,
@@ -80,6 +87,8 @@ pub(crate) fn start(parts: ConsumerParts) -> Result<Running, KafkaError> {
     consumer.subscribe(&topics)?;
     let shared = Arc::new(Shared {
         module: parts.module,
+        instance: parts.instance,
+        receipts: parts.receipts,
         handlers: parts.handlers,
         context: parts.context,
         retry: parts.retry,
@@ -148,7 +157,12 @@ fn worker_of(message: &OwnedMessage, workers: usize) -> usize {
 async fn work(mut jobs: mpsc::Receiver<Job>, shared: Arc<Shared>) {
     while let Some(job) = jobs.recv().await {
         let offset = job.message.offset();
-        if let Err(error) = handle(&job.message, &shared).await {
+        let started = Instant::now();
+        let (letter, attempts, handled) = handle(&job.message, &shared).await;
+        if let Some(letter) = &letter {
+            send_receipt(letter, attempts, &handled, started.elapsed(), &shared);
+        }
+        if let Err(error) = handled {
             if !report(&job.message, &error, &shared).await {
                 continue; // not settled: committed only after it is handled or reported
             }
@@ -157,34 +171,71 @@ async fn work(mut jobs: mpsc::Receiver<Job>, shared: Arc<Shared>) {
     }
 }
 
-/// Runs the letter's handler, trying again as the retry policy says; the last error if it
-/// never succeeded.
-async fn handle(message: &OwnedMessage, shared: &Shared) -> Result<(), String> {
-    let letter = Letter::from_message(message).map_err(|e| format!("not a letter: {e}"))?;
+/// Runs the letter's handler, trying again as the retry policy says: the letter (when the
+/// message is one), the tries made, and the last error if it never succeeded.
+async fn handle(message: &OwnedMessage, shared: &Shared) -> (Option<Letter>, u32, Result<(), String>) {
+    let letter = match Letter::from_message(message) {
+        Ok(letter) => letter,
+        Err(e) => return (None, 0, Err(format!("not a letter: {e}"))),
+    };
     let Some(handler) = shared.handlers.get(&letter.tag) else {
         let mut known: Vec<&str> = shared.handlers.keys().map(String::as_str).collect();
         known.sort_unstable();
-        return Err(format!(
+        let error = format!(
             "module {} has no capability {:?} (it has: {})",
             shared.module,
             letter.tag,
             known.join(", ")
-        ));
+        );
+        return (Some(letter), 0, Err(error));
     };
     let mut attempt = 1;
     loop {
         let run = AssertUnwindSafe(handler.call(letter.clone(), shared.context.clone())).catch_unwind();
         let error = match run.await {
-            Ok(Ok(())) => return Ok(()),
+            Ok(Ok(())) => return (Some(letter), attempt, Ok(())),
             Ok(Err(e)) => e.to_string(),
             Err(panic) => format!("handler panicked: {}", panic_text(&panic)),
         };
         tracing::debug!(module = %shared.module, tag = %letter.tag, attempt, error = %error, "handler failed");
         if attempt >= shared.retry.attempts || shared.cancel.is_cancelled() {
-            return Err(format!("{error} (after {attempt} tries)"));
+            return (Some(letter), attempt, Err(format!("{error} (after {attempt} tries)")));
         }
         tokio::time::sleep(shared.retry.delay_after(attempt)).await;
         attempt += 1;
+    }
+}
+
+/// Puts a receipt of the letter's handling on `pigeon.receipts`, without waiting: a receipt
+/// the producer's queue cannot take is left out (receipts are observations; the letter's
+/// delivery never waits on one).
+fn send_receipt(
+    letter: &Letter,
+    attempts: u32,
+    handled: &Result<(), String>,
+    took: Duration,
+    shared: &Shared,
+) {
+    if !shared.receipts {
+        return;
+    }
+    let receipt = Receipt {
+        letter_id: letter.id.to_string(),
+        module: shared.module.clone(),
+        instance: shared.instance.clone(),
+        capability: letter.tag.clone(),
+        outcome: if handled.is_ok() { Outcome::Handled } else { Outcome::Failed },
+        duration_us: u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
+        attempts,
+        at_ms: pigeon_wire::now_ms(),
+        pigeon: letter.pigeon.clone(),
+        error: handled.as_ref().err().cloned(),
+    }
+    .bounded();
+    let Ok(payload) = serde_json::to_vec(&receipt) else { return };
+    let record = FutureRecord::to(receipt::TOPIC).key(receipt.letter_id.as_str()).payload(&payload);
+    if let Err((e, _)) = shared.reports.send_result(record) {
+        tracing::debug!(module = %shared.module, error = %e, "receipt left out");
     }
 }
 

@@ -7,7 +7,7 @@ mod fly;
 pub mod ledger;
 pub mod letter;
 mod module;
-pub use pigeon_wire::registry;
+pub use pigeon_wire::{receipt, registry};
 
 pub use capability::{Capability, HandlerError, HandlerResult, Retry};
 pub use fields::LetterBuilder;

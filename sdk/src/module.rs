@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
@@ -45,6 +45,7 @@ pub struct ModuleBuilder {
     drain_timeout: Duration,
     fly_timeout: Duration,
     bus: Option<(String, String)>,
+    receipts: bool,
 }
 
 impl std::fmt::Debug for ModuleBuilder {
@@ -134,6 +135,15 @@ impl ModuleBuilder {
     /// How long `fly` and `fly_sync` wait for Kafka or the bus (default 30 s).
     pub fn fly_timeout(mut self, timeout: Duration) -> Self {
         self.fly_timeout = timeout;
+        self
+    }
+
+    /// Whether each handled letter's receipt (module, instance, capability, outcome, duration)
+    /// goes to `pigeon.receipts`, where the bus keeps a sample and per-minute totals for
+    /// operators (default: on). A receipt never delays a letter: one the producer's queue
+    /// cannot take at once is left out.
+    pub fn receipts(mut self, on: bool) -> Self {
+        self.receipts = on;
         self
     }
 
@@ -247,6 +257,8 @@ impl ModuleBuilder {
                 config,
                 topics,
                 module: self.name.clone(),
+                instance: instance.clone(),
+                receipts: self.receipts,
                 handlers,
                 context: context.clone(),
                 concurrency: self.concurrency,
@@ -298,6 +310,7 @@ impl Module {
             drain_timeout: Duration::from_secs(30),
             fly_timeout: Duration::from_secs(30),
             bus: None,
+            receipts: true,
         }
     }
 
@@ -353,17 +366,13 @@ impl Drop for Module {
     }
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
-}
-
 /// Publishes a registration keyed by module and waits for Kafka's acknowledgement.
 async fn register(
     producer: &FutureProducer,
     registration: &Registration,
     timeout: Duration,
 ) -> Result<(), KafkaError> {
-    let registration = Registration { sent_at_ms: now_ms(), ..registration.clone() };
+    let registration = Registration { sent_at_ms: pigeon_wire::now_ms(), ..registration.clone() };
     let letter = Letter::new(&registration.module, registry::TAG, serde_json::json!(registration))
         .with_key(registration.module.clone());
     let payload = letter.payload_bytes();

@@ -17,7 +17,9 @@ use crate::support::{pigeon, wait_dead_letters, Bus, Db, Kafka, Outgoing, DEADLI
 const MODULE_TOPIC: &str = "pigeon.module.act-toy";
 
 fn topics(kafka: &Kafka) {
-    for topic in ["pigeon.registry", "pigeon.ingress", "pigeon.failed", MODULE_TOPIC, "live.gift"] {
+    for topic in
+        ["pigeon.registry", "pigeon.ingress", "pigeon.failed", "pigeon.receipts", MODULE_TOPIC, "live.gift"]
+    {
         kafka.topic(topic, 4);
     }
 }

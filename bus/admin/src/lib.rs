@@ -12,6 +12,7 @@ pub mod dictionary;
 pub mod error;
 pub mod fly;
 pub mod gate;
+pub mod letters;
 pub mod pigeons;
 pub mod providers;
 pub mod stats;
@@ -71,6 +72,8 @@ pub struct AppState {
     /// A client that asks the brokers for metadata, whatever roles run: `/readyz` checks
     /// that Kafka answers with it (absent where the bus has no Kafka).
     pub kafka: Option<Arc<rdkafka::consumer::BaseConsumer>>,
+    /// How letter traces ask Kafka (absent where the bus has no Kafka).
+    pub lookup: Option<pigeon_bus::trace::KafkaLookup>,
 }
 
 /// One page of a list, and the cursor of the next (absent on the last page).
@@ -132,6 +135,7 @@ pub struct ApiQuery<T>(pub T);
          (name = "fly", description = "Modules fly letters to pigeons"),
          (name = "dictionary", description = "The field names every module agrees on"),
          (name = "archive", description = "Archived letters: search, and replay jobs"),
+         (name = "letters", description = "A letter's path through the bus"),
          (name = "stats", description = "What the pigeons did, cluster-wide"))
 )]
 struct ApiDoc;
@@ -175,6 +179,8 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(dictionary::drift))
         .routes(routes!(dictionary::schemas))
         .routes(routes!(archive::search))
+        .routes(routes!(letters::get))
+        .routes(routes!(letters::search))
         .routes(routes!(archive::get))
         .routes(routes!(archive::list, archive::create))
         .routes(routes!(archive::dry_run))

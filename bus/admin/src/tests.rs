@@ -55,6 +55,7 @@ impl Api {
             scripts: crate::gate::ScriptGate::new(2, crate::gate::SCRIPTS_PER_REQUEST),
             draining: tokio_util::sync::CancellationToken::new(),
             kafka: None,
+            lookup: None,
             store,
             ready: Arc::new(AtomicBool::new(true)),
             stats: Arc::default(),

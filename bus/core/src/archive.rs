@@ -87,6 +87,15 @@ pub struct ArchiveQuery {
 }
 
 impl ArchiveQuery {
+    /// Whether an archived letter is one the query selects (as the store's search would).
+    pub fn matches(&self, letter: &ArchivedLetter) -> bool {
+        (self.since..self.until).contains(&letter.position.time)
+            && self.topic.as_ref().is_none_or(|t| *t == letter.position.topic)
+            && self.tag.as_ref().is_none_or(|t| *t == letter.tag)
+            && self.pigeon.as_ref().is_none_or(|p| *p == letter.pigeon_id)
+            && self.keys.iter().all(|(field, value)| letter.keys.get(field) == Some(value))
+    }
+
     /// Every problem with the query, at once.
     pub fn validate(&self) -> Result<(), Vec<String>> {
         let mut problems = Vec::new();

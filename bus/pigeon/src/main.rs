@@ -118,6 +118,38 @@ enum Command {
         #[command(subcommand)]
         command: Option<ReplayCommand>,
     },
+    /// A letter's path through the bus: where it was read, the pigeons and outputs, whether
+    /// the router acknowledged it, dead letters, archive row, replays and modules' receipts. By
+    /// id, or for the archived letters a time window and business keys select (through the
+    /// admin API).
+    Trace {
+        #[command(flatten)]
+        remote: Remote,
+        /// The letter id.
+        #[arg(required_unless_present = "since")]
+        letter_id: Option<String>,
+        /// Instead of an id: archived letters from an age (`2h`) or a time (RFC 3339) on.
+        #[arg(long, conflicts_with = "letter_id")]
+        since: Option<String>,
+        /// Until (exclusive): an age or a time; default now.
+        #[arg(long, requires = "since")]
+        until: Option<String>,
+        /// A business key, `userId=42`; repeat for several.
+        #[arg(long = "key", value_name = "FIELD=VALUE", requires = "since")]
+        keys: Vec<String>,
+        /// Only letters of this source topic.
+        #[arg(long, requires = "since")]
+        topic: Option<String>,
+        /// Only letters with this tag.
+        #[arg(long, requires = "since")]
+        tag: Option<String>,
+        /// Letters traced at most (1 to 20).
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=20))]
+        limit: u32,
+        /// Print the trace as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Search the archive (through the admin API).
     Archive {
         #[command(flatten)]
@@ -620,6 +652,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{out}");
             Ok(())
         }),
+        Command::Trace { remote, letter_id, since, until, keys, topic, tag, limit, json } => runtime
+            .block_on(async {
+                let client = Client::new(&remote.url, &remote.token)?;
+                let out = match (letter_id, since) {
+                    (Some(id), _) => cli::trace::one(&client, &id, json).await?,
+                    (None, Some(since)) => {
+                        let selection =
+                            cli::replay::Selection { since, until, topic, tag, pigeon: None, keys };
+                        cli::trace::many(&client, selection.query()?, limit, json).await?
+                    }
+                    (None, None) => anyhow::bail!("give a letter id, or --since with --key…"),
+                };
+                print!("{out}");
+                Ok(())
+            }),
         Command::Archive { remote, command } => runtime.block_on(async {
             let client = Client::new(&remote.url, &remote.token)?;
             let out = match command {

@@ -81,6 +81,10 @@ pub async fn run(
                     .create()
                     .context("creating the readiness check's Kafka client")?,
             )),
+            lookup: Some(pigeon_bus::trace::KafkaLookup {
+                client: kafka::assigned_consumer_config(&config.kafka, "pigeon-trace"),
+                router_group: config.kafka.router_group.clone(),
+            }),
         },
         config.roles.contains(&Role::Admin),
     );
@@ -96,9 +100,19 @@ pub async fn run(
     let counting = tokio::spawn(pigeon_bus::counters::run(Arc::clone(&store), counting_stop.clone()));
     if config.roles.contains(&Role::Registry) {
         let registry = kafka::consumer_config(&config.kafka, pigeon_bus::registry::GROUP);
-        let (store, stop) = (Arc::clone(&store), cancel.clone());
+        let (registry_store, stop) = (Arc::clone(&store), cancel.clone());
         roles.spawn(supervise("registry", Arc::clone(&health), cancel.clone(), move || {
-            pigeon_bus::registry::run(registry.clone(), Arc::clone(&store), stop.clone())
+            pigeon_bus::registry::run(registry.clone(), Arc::clone(&registry_store), stop.clone())
+        }));
+        let receipts = kafka::consumer_config(&config.kafka, pigeon_bus::receipts::GROUP);
+        let (receipt_store, stop, kept) = (Arc::clone(&store), cancel.clone(), config.receipts.clone());
+        roles.spawn(supervise("receipts", Arc::clone(&health), cancel.clone(), move || {
+            pigeon_bus::receipts::run(
+                receipts.clone(),
+                Arc::clone(&receipt_store),
+                kept.clone(),
+                stop.clone(),
+            )
         }));
     }
     if config.roles.contains(&Role::Retrier) {

@@ -43,6 +43,9 @@ pub trait DeadLetterStore: Send + Sync {
     /// A dead letter's history, oldest first.
     async fn dead_letter_attempts(&self, id: i64) -> Result<Vec<Attempt>, StoreError>;
 
+    /// The dead letters of one letter (by its id), oldest first, at most 100.
+    async fn dead_letters_of(&self, letter_id: &str) -> Result<Vec<DeadLetter>, StoreError>;
+
     /// Claims up to `limit` dead letters for one retrier: pending ones that are due, and ones
     /// whose previous claim's lease ran out (taken over; recorded in their history). They are
     /// `retrying` under `token` until `lease_until` (unix ms). Live claims never overlap.
@@ -317,6 +320,14 @@ impl<DB: Dialect> DeadLetterStore for SqlStore<DB> {
         let sql = format!("SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters WHERE id = ?");
         let row: Option<DeadLetterRow> = sqlx::query_as(&sql).bind(id).fetch_optional(&self.pool).await?;
         row.map(TryInto::try_into).transpose()
+    }
+
+    async fn dead_letters_of(&self, letter_id: &str) -> Result<Vec<DeadLetter>, StoreError> {
+        let sql = format!(
+            "SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters WHERE letter_id = ? ORDER BY id LIMIT 100"
+        );
+        let rows: Vec<DeadLetterRow> = sqlx::query_as(&sql).bind(letter_id).fetch_all(&self.pool).await?;
+        rows.into_iter().map(TryInto::try_into).collect()
     }
 
     async fn dead_letter_attempts(&self, id: i64) -> Result<Vec<Attempt>, StoreError> {

@@ -1,7 +1,7 @@
 //! The store: what the bus keeps in its database.
 //!
 //! One trait per domain ([`PigeonStore`], [`DeadLetterStore`], [`TokenStore`], [`RegistryStore`],
-//! [`DictionaryStore`], [`CountStore`], [`ArchiveStore`]), all of them [`Store`], the handle
+//! [`DictionaryStore`], [`CountStore`], [`ArchiveStore`], [`ReceiptStore`]), all of them [`Store`], the handle
 //! the bus passes around as `Arc<dyn Store>`. One SQL implementation, [`SqlStore`], generic
 //! over the database: [`sqlite`] (the embedded default, WAL mode) and [`mysql`] (MySQL and
 //! TiDB; tested on MariaDB) hold only what differs. Every mutation writes its audit entry in
@@ -18,6 +18,7 @@ mod dictionary;
 pub mod fit;
 pub mod mysql;
 mod pigeons;
+mod receipts;
 mod registry;
 mod sql;
 pub mod sqlite;
@@ -28,6 +29,7 @@ pub use counts::CountStore;
 pub use dead_letters::{Claimed, DeadLetterStore};
 pub use dictionary::{DictionaryStore, StoredField};
 pub use pigeons::{PigeonStore, Saved, StoredPigeon};
+pub use receipts::{ReceiptStore, ReceiptTotal};
 pub use registry::{
     CapabilityRecord, DeclaredTag, InstanceState, ModuleInstance, RegistrationChanges, RegistryStore,
 };
@@ -100,6 +102,7 @@ pub trait Store:
     + DictionaryStore
     + CountStore
     + ArchiveStore
+    + ReceiptStore
     + Send
     + Sync
     + 'static

@@ -3,6 +3,7 @@
 //! on `pigeon.registry`. Nothing here does I/O.
 
 mod id;
+pub mod receipt;
 pub mod registry;
 
 pub use id::LetterId;
@@ -54,3 +55,10 @@ pub const FAILED: &str = "pigeon.failed";
 pub const REGISTRY: &str = registry::TOPIC;
 /// Receipts of handled letters.
 pub const RECEIPTS: &str = "pigeon.receipts";
+
+/// Now, in unix milliseconds (0 before 1970, the largest `i64` past year 292 million).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}

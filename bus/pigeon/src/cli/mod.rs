@@ -8,6 +8,7 @@ pub mod dictionary;
 pub mod replay;
 pub mod routes;
 pub mod tokens;
+pub mod trace;
 
 /// Who a local command acts as in the audit log.
 pub fn local_actor() -> String {
