@@ -104,10 +104,19 @@ fn find_coordinator(address: &str, group: &str) -> std::io::Result<Option<i32>> 
 }
 
 /// A new consumer group name that `node` coordinates (the group's partition of
-/// `__consumer_offsets` is one it leads), asking the cluster for each name tried. A node started
-/// again leads none until the cluster hands its preferred leaderships back (`scripts/kafka`
-/// checks every 10 s).
-fn group_coordinated_by(bootstrap: &str, node: i32) -> String {
+/// `__consumer_offsets` is one it leads), asking the cluster for each name tried.
+fn group_coordinated_by(bootstrap: &str, metadata: &BaseConsumer, node: i32) -> String {
+    // The first ask creates `__consumer_offsets` when no group made it yet. A node a run before
+    // killed leads none of it until the cluster hands its preferred leaderships back
+    // (`scripts/kafka cluster` checks every 10 s): wait for that, so that no leadership moves
+    // between the choice and the kill.
+    within("a coordinator", || coordinator(bootstrap, &unique("probe")));
+    within("the preferred leaders of __consumer_offsets", || {
+        let answer = metadata.fetch_metadata(Some("__consumer_offsets"), Duration::from_secs(5)).ok()?;
+        let partitions = answer.topics().first().filter(|t| t.error().is_none())?.partitions();
+        let preferred = partitions.iter().all(|p| p.replicas().first() == Some(&p.leader()));
+        (preferred && !partitions.is_empty()).then_some(())
+    });
     within(&format!("node {node} to coordinate a group"), || {
         (0..100).map(|_| unique("pigeon-router")).find(|group| coordinator(bootstrap, group) == Some(node))
     })
@@ -117,6 +126,12 @@ fn group_coordinated_by(bootstrap: &str, node: i32) -> String {
 async fn a_broker_killed_mid_stream_moves_leaders_and_the_coordinator_and_loses_nothing() {
     let began = Instant::now();
     let bootstrap = cluster();
+    let status = kafka_script(&["status"]);
+    assert!(
+        status.lines().any(|l| l.strip_prefix("kafka cluster: ").is_some_and(|l| l.starts_with(&bootstrap))),
+        "PIGEON_TEST_KAFKA_CLUSTER={bootstrap} is not the cluster of this worktree's scripts/kafka, whose \
+         nodes the test stops and starts:\n{status}"
+    );
     let mut stream = Stream::on(&bootstrap, PARTITIONS, 3).await;
     stream.rate = RATE;
     let metadata: BaseConsumer = client(&bootstrap).create().expect("metadata client");
@@ -124,7 +139,7 @@ async fn a_broker_killed_mid_stream_moves_leaders_and_the_coordinator_and_loses_
     // The node that leads the most source partitions, made the group's coordinator as well.
     let first = within("the source's leaders", || leaders(&metadata, &stream.source));
     let victim = (1..=3).max_by_key(|&node| (led(&first, node), -node)).unwrap();
-    let group = group_coordinated_by(&bootstrap, victim);
+    let group = group_coordinated_by(&bootstrap, &metadata, victim);
     stream.group(&group);
     // librdkafka's session timeout (45 s), as in production: the tests' 6 s would lapse while
     // the group has no coordinator (until the controller fences the killed node, 9 s).

@@ -34,7 +34,7 @@ pub fn broker() -> String {
         _ => panic!(
             "PIGEON_TEST_KAFKA is not set: this tier needs a real Kafka broker. Start one with \
              `scripts/kafka` and run `PIGEON_TEST_KAFKA=<the address it prints> cargo test -p pigeon \
-             --test kafka -- --test-threads 1` (scripts/test does both)"
+             --test kafka -- --test-threads 1 --skip cluster::` (scripts/test does both)"
         ),
     }
 }
