@@ -1,13 +1,18 @@
 //! Tests against a real Apache Kafka broker: the one whose address is in `PIGEON_TEST_KAFKA`.
 //! `scripts/kafka` starts one (Kafka 4, KRaft, a single broker and controller) and prints the
-//! address; `scripts/test` starts it, runs this tier one test at a time and stops it.
+//! address; `scripts/test` starts it, runs this tier one test at a time and stops it. The tests
+//! of `cluster` need a three-node cluster of `scripts/kafka cluster` instead, its addresses in
+//! `PIGEON_TEST_KAFKA_CLUSTER` (they stop and start its nodes through the script); the others
+//! never use it.
 //!
 //! The broker is shared: every test names its topics and consumer groups afresh, so the tier
 //! can run again against the same broker. The helpers are the integration tier's.
 
+mod cluster;
 mod forward;
 mod group_protocol;
 mod scale_out;
+mod stream;
 #[allow(dead_code)]
 #[path = "../integration/support.rs"]
 mod support;
@@ -29,7 +34,21 @@ pub fn broker() -> String {
         _ => panic!(
             "PIGEON_TEST_KAFKA is not set: this tier needs a real Kafka broker. Start one with \
              `scripts/kafka` and run `PIGEON_TEST_KAFKA=<the address it prints> cargo test -p pigeon \
-             --test kafka -- --test-threads 1` (scripts/test does both)"
+             --test kafka -- --test-threads 1 --skip cluster::` (scripts/test does both)"
+        ),
+    }
+}
+
+/// The three-node cluster under test, from `PIGEON_TEST_KAFKA_CLUSTER`: its nodes' addresses,
+/// node N's the Nth.
+pub fn cluster() -> String {
+    match std::env::var("PIGEON_TEST_KAFKA_CLUSTER") {
+        Ok(addresses) if !addresses.trim().is_empty() => addresses,
+        _ => panic!(
+            "PIGEON_TEST_KAFKA_CLUSTER is not set: this test needs a three-node Kafka cluster whose \
+             nodes it stops and starts. Start one with `scripts/kafka cluster` and run \
+             `PIGEON_TEST_KAFKA_CLUSTER=<the addresses it prints> cargo test -p pigeon --test kafka \
+             cluster:: -- --test-threads 1` (scripts/test does both)"
         ),
     }
 }
@@ -61,9 +80,14 @@ pub fn partitions(bootstrap: &str, topic: &str) -> usize {
 /// Runs `pigeon topics ensure` for the pigeons in `db`, single replicas, `partitions` each;
 /// its standard output.
 pub fn ensure_topics(bootstrap: &str, db: &Db, partitions: i32) -> String {
+    ensure_topics_replicated(bootstrap, db, partitions, 1)
+}
+
+/// As [`ensure_topics`], with `replication` replicas of each partition.
+pub fn ensure_topics_replicated(bootstrap: &str, db: &Db, partitions: i32, replication: i32) -> String {
     let out = Command::new(pigeon_bin())
         .args(["topics", "ensure", "--brokers", bootstrap, "--database", &db.url])
-        .args(["--partitions", &partitions.to_string(), "--replication", "1"])
+        .args(["--partitions", &partitions.to_string(), "--replication", &replication.to_string()])
         .env("RUST_LOG", "warn")
         .output()
         .expect("run pigeon topics ensure");
