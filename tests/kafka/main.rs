@@ -17,6 +17,7 @@ mod stream;
 #[path = "../integration/support.rs"]
 mod support;
 mod topics;
+mod trace;
 mod transactions;
 
 use std::process::Command;
