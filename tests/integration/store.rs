@@ -33,6 +33,7 @@ async fn conformance(store: Arc<dyn Store>) {
     the_dictionary_is_seeded_versioned_and_audited(store.as_ref()).await;
     drift_and_observed_schemas_add_up(store.as_ref()).await;
     pigeon_counts_add_up_per_bucket(store.as_ref()).await;
+    receipts_are_sampled_and_totalled(store.as_ref()).await;
     pigeons_are_listed_in_byte_order(store.as_ref()).await;
     hostile_dead_letters_are_stored_bounded(store.as_ref()).await;
 }
@@ -90,6 +91,56 @@ async fn pigeons_are_listed_in_byte_order(store: &dyn Store) {
         .filter(|id| id.starts_with('z'))
         .collect();
     assert_eq!(ids, ["z-1", "z.1", "z_1", "za", "zb"]);
+}
+
+/// Receipts: the kept ones come back by letter id, oldest first; keepers' totals of one bucket
+/// add up (counts and sums) and keep the longest duration; old ones are pruned.
+async fn receipts_are_sampled_and_totalled(store: &dyn Store) {
+    use pigeon_bus::store::ReceiptTotal;
+    use pigeon_sdk::receipt::{Outcome, Receipt};
+    let receipt = |letter: &str, module: &str, at_ms: i64, outcome: Outcome| Receipt {
+        letter_id: letter.into(),
+        module: module.into(),
+        instance: format!("{module}-1"),
+        capability: "chest.drop".into(),
+        outcome,
+        duration_us: 1_500,
+        attempts: if outcome == Outcome::Failed { 3 } else { 1 },
+        at_ms,
+        pigeon: Some("full-chest".into()),
+        error: (outcome == Outcome::Failed).then(|| "no chest today".to_owned()),
+    };
+    let total = |bucket: i64, outcome: Outcome, receipts: u64, max: u64| ReceiptTotal {
+        bucket,
+        module: "act-toy".into(),
+        capability: "chest.drop".into(),
+        outcome,
+        receipts,
+        duration_us_sum: receipts * 100,
+        duration_us_max: max,
+    };
+    let kept = [receipt("l-1", "act-toy", 2_000, Outcome::Handled), receipt("l-1", "act-rank", 1_000, Outcome::Failed)];
+    store.record_receipts(&kept, &[total(60_000, Outcome::Handled, 2, 300)]).await.unwrap();
+    store
+        .record_receipts(&[], &[total(60_000, Outcome::Handled, 3, 200), total(60_000, Outcome::Failed, 1, 50)])
+        .await
+        .unwrap();
+    store.record_receipts(&[], &[]).await.unwrap();
+    let of = store.receipts_of("l-1").await.unwrap();
+    assert_eq!(of, [kept[1].clone(), kept[0].clone()], "oldest first, every field back");
+    assert!(store.receipts_of("l-2").await.unwrap().is_empty());
+    let totals = store.receipt_totals_since(0).await.unwrap();
+    assert_eq!(
+        totals,
+        [
+            total(60_000, Outcome::Failed, 1, 50),
+            ReceiptTotal { duration_us_sum: 500, ..total(60_000, Outcome::Handled, 5, 300) },
+        ],
+        "two keepers' counts of one bucket add up; the longest stays"
+    );
+    assert_eq!(store.prune_receipts(1_500, 60_001, 100).await.unwrap(), 1, "the older receipt goes");
+    assert_eq!(store.receipts_of("l-1").await.unwrap(), [kept[0].clone()]);
+    assert!(store.receipt_totals_since(0).await.unwrap().is_empty(), "totals before 60,001 go");
 }
 
 async fn pigeon_counts_add_up_per_bucket(store: &dyn Store) {
