@@ -920,6 +920,7 @@ async function pageArchive(root) {
       detail.replaceChildren(h('section', { class: 'panel' }, h('div', { class: 'spread' }, h('h2', { tabindex: '-1', text: `Letter ${l.letter_id}` }),
         h('button', { type: 'button', class: 'quiet small', onclick: () => detail.replaceChildren() }, 'Close')),
         h('dl', { class: 'facts' }, h('dt', { text: 'Where' }), h('dd', { class: 'mono', text: `${l.topic} [${l.partition}] @ ${l.offset}` }), h('dt', { text: 'Key' }), h('dd', { class: 'mono', text: l.key || '—' })),
+        h('p', {}, h('a', { href: `#/trace/${encodeURIComponent(l.letter_id)}`, text: 'Trace this letter' })),
         h('h3', { text: 'Payload' }), h('pre', { text: l.payload !== null && l.payload !== undefined ? pretty(l.payload) : (l.payload_text || '') }),
         h('h3', { text: 'Headers' }), h('pre', { text: headerLines(l.headers) })));
       detail.querySelector('h2').focus();
@@ -992,6 +993,62 @@ async function pageArchive(root) {
   keepFresh(jobs, loadJobs, h('span'));
 }
 
+// --- Letter trace -------------------------------------------------------------------------------
+
+const FOUND_BY = { archive: 'in the archive', kafka: 'on Kafka, by its id’s time', dead_letter: 'by its dead letter' };
+
+async function pageTrace(root, letterId) {
+  const input = h('input', { type: 'text', id: 't-id', class: 'mono', size: 44, value: letterId || '', placeholder: 'letter id (ce_id)' });
+  const slot = h('div', { 'aria-live': 'assertive' });
+  const out = h('div', { id: 'trace-result' });
+  const hop = (title, ...body) => h('li', { class: 'hop' }, h('div', { class: 'hop-title', text: title }), ...body);
+  const tries = (n) => `${n} ${n === 1 ? 'try' : 'tries'}`;
+  root.replaceChildren(h('h1', { text: 'Letter trace' }),
+    h('p', { class: 'lede', text: 'Follow one letter: where the router read it, the pigeons that took it and their outputs, dead letters, the archive, replays and each module’s receipt.' }),
+    h('form', { class: 'panel', 'aria-label': 'Trace a letter', onsubmit: (e) => { e.preventDefault(); location.hash = `#/trace/${encodeURIComponent(input.value.trim())}`; } },
+      h('div', { class: 'inline' }, h('div', {}, field('Letter id', input)), h('button', { type: 'submit', text: 'Trace' })), slot),
+    out);
+  if (!letterId) return;
+  try {
+    const t = await api('GET', `/letters/${encodeURIComponent(letterId)}/trace`);
+    const s = t.source;
+    const hops = [hop('Read', s
+      ? h('div', {}, h('span', { class: 'mono', text: `${s.topic} [${s.partition}] @ ${s.offset}` }), h('div', { class: 'hint', text: `${fmtTime(s.time_ms)} · tag ${s.tag || '?'} · found ${FOUND_BY[s.found_by] || s.found_by}` }))
+      : h('div', { class: 'muted', text: 'not found' }))];
+    hops.push(hop('Router', t.acknowledged === true ? badge('acknowledged', 'ok') : t.acknowledged === false ? badge('not yet committed', 'warn') : badge('unknown', ''),
+      h('div', { class: 'hint', text: t.acknowledged === true ? 'its consumer group committed past the letter' : 'whether its group committed past the letter' })));
+    for (const p of t.pigeons) {
+      hops.push(hop(`Pigeon ${p.id} · v${p.version} · ${p.action}`, h('ul', { class: 'outputs' }, p.outputs.map((o) => h('li', {},
+        h('span', { class: 'mono', text: `→ ${o.topic} · ${o.tag || '?'}` }), ' ',
+        badge(o.status.replace('_', ' '), o.status === 'acknowledged' ? 'ok' : o.status === 'dead_letter' ? 'bad' : 'warn'),
+        o.dead_letter ? h('span', { class: 'hint', text: ` dead letter #${o.dead_letter}` }) : null)))));
+    }
+    for (const d of t.dead_letters) {
+      hops.push(hop(`Dead letter #${d.id}`, badge(d.status, d.status === 'delivered' ? 'ok' : 'bad'),
+        h('div', { class: 'hint', text: `${d.kind} · to ${d.dest_topic || '(no destination)'} · ${d.attempts} attempt(s) · ${fmtTime(d.created_at)}` }),
+        h('div', { class: 'mono small', text: d.error })));
+    }
+    if (t.archive) {
+      hops.push(hop('Archived', h('div', { class: 'hint', text: `by ${t.archive.pigeon_id} at ${fmtTime(t.archive.archived_at)}` }),
+        h('div', { class: 'mono', text: Object.entries(t.archive.keys).map(([k, v]) => `${k}=${v}`).join(' ') || '—' })));
+    }
+    for (const r of t.replays) {
+      hops.push(hop(`Replay #${r.job}`, badge(r.status, r.status === 'done' ? 'ok' : ''), h('div', { class: 'mono small', text: `as ${r.replay_id} · ${r.receipts.length} receipt(s)` })));
+    }
+    for (const r of t.receipts) {
+      hops.push(hop(`Handled by ${r.module}`, badge(r.outcome, r.outcome === 'handled' ? 'ok' : 'bad'),
+        h('span', { class: 'mono', text: ` ${r.capability} on ${r.instance}` }),
+        h('div', { class: 'hint', text: `${(r.duration_us / 1000).toFixed(2)} ms · ${tries(r.attempts)} · ${fmtTime(r.at_ms)}` }),
+        r.error ? h('div', { class: 'mono small', text: r.error }) : null));
+    }
+    out.replaceChildren(h('section', { class: 'panel', 'aria-labelledby': 'trace-h' },
+      h('h2', { id: 'trace-h', class: 'mono', text: t.letter_id }),
+      t.id_time_ms ? h('p', { class: 'hint', text: `made ${fmtTime(t.id_time_ms)}` }) : null,
+      h('ol', { class: 'trace', 'aria-label': 'The letter’s path' }, hops),
+      t.notes.length ? h('ul', { class: 'notes' }, t.notes.map((n) => h('li', { class: 'muted', text: n }))) : null));
+  } catch (e) { setError(slot, e); }
+}
+
 // --- Audit --------------------------------------------------------------------------------------
 
 async function pageAudit(root) {
@@ -1032,6 +1089,7 @@ const PAGES = [
   [/^#\/dictionary$/, pageDictionary],
   [/^#\/dead-letters(?:\?(.*))?$/, (root, m) => pageDeadLetters(root, new URLSearchParams(m[1] || ''))],
   [/^#\/archive$/, pageArchive],
+  [/^#\/trace(?:\/([^/?]+))?$/, (root, m) => pageTrace(root, m[1] ? decodeURIComponent(m[1]) : '')],
   [/^#\/audit$/, pageAudit],
 ];
 

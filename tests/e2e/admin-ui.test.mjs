@@ -280,6 +280,27 @@ async function main() {
     await page.locator('#replay-result').getByText(/letter\(s\) would be replayed/).waitFor();
     await shot(page, 'archive-replay');
 
+    begin('tracing an archived demo gift to its handler');
+    // A demo gift, archived and forwarded to act-toy, whose handler's receipt the bus keeps.
+    const now = Date.now();
+    const archived = await api('/archive/search', { method: 'POST', body: JSON.stringify({ query: { since: now - 3600_000, until: now + 60_000, tag: 'gift.sent' }, limit: 5 }) });
+    assert.ok(archived.items.length > 0, 'demo gifts are archived');
+    const gift = archived.items[0].letter_id;
+    await page.goto(`${bus.url}/ui/#/trace/${gift}`);
+    await until('the gift\'s trace to show its handler\'s receipt', async () => {
+      if (await page.locator('#trace-result .hop-title', { hasText: 'Handled by act-toy' }).count()) return true;
+      await page.reload();
+      await page.locator('#trace-result, #main .error').first().waitFor();
+      return false;
+    });
+    const hops = await page.locator('#trace-result .hop-title').allInnerTexts();
+    assert.equal(hops[0], 'Read');
+    assert.ok(hops.includes('Pigeon demo-gift-progress · v1 · forward'), hops.join(' | '));
+    assert.ok(hops.includes('Archived'), hops.join(' | '));
+    assert.match(await page.locator('#trace-result').innerText(), /found in the archive/);
+    await page.locator('#trace-result .badge', { hasText: 'acknowledged' }).first().waitFor();
+    await shot(page, 'trace');
+
     assert.deepEqual(problems, [], 'the browser reported no errors');
     log('passed');
   } catch (e) {

@@ -119,10 +119,16 @@ async fn receipts_are_sampled_and_totalled(store: &dyn Store) {
         duration_us_sum: receipts * 100,
         duration_us_max: max,
     };
-    let kept = [receipt("l-1", "act-toy", 2_000, Outcome::Handled), receipt("l-1", "act-rank", 1_000, Outcome::Failed)];
+    let kept = [
+        receipt("l-1", "act-toy", 2_000, Outcome::Handled),
+        receipt("l-1", "act-rank", 1_000, Outcome::Failed),
+    ];
     store.record_receipts(&kept, &[total(60_000, Outcome::Handled, 2, 300)]).await.unwrap();
     store
-        .record_receipts(&[], &[total(60_000, Outcome::Handled, 3, 200), total(60_000, Outcome::Failed, 1, 50)])
+        .record_receipts(
+            &[],
+            &[total(60_000, Outcome::Handled, 3, 200), total(60_000, Outcome::Failed, 1, 50)],
+        )
         .await
         .unwrap();
     store.record_receipts(&[], &[]).await.unwrap();

@@ -100,8 +100,10 @@ pub struct DevOptions {
     pub demo_traffic: bool,
 }
 
-/// Settings that fit a single-machine bus: quick group joins on restart.
+/// Settings that fit a single-machine bus: quick group joins on restart, and every module
+/// receipt kept (a demo's few letters each show their handlers in their trace).
 pub fn dev_config(mut config: BusConfig, bootstrap: &str, options: &DevOptions) -> BusConfig {
+    config.receipts.sample_ratio = 1.0;
     config.kafka.brokers = bootstrap.to_owned();
     config.kafka.consumer.entry("session.timeout.ms".into()).or_insert_with(|| "6000".into());
     config.kafka.consumer.entry("heartbeat.interval.ms".into()).or_insert_with(|| "500".into());
