@@ -422,15 +422,7 @@ fn message_of(letter: &ArchivedLetter) -> OwnedMessage {
         .fold(rdkafka::message::OwnedHeaders::new_with_capacity(letter.headers.len()), |headers, h| {
             pigeon_headers::add(headers, h.name_bytes(), h.value())
         });
-    OwnedMessage::new(
-        letter.payload.clone(),
-        letter.key.clone(),
-        letter.position.topic.clone(),
-        rdkafka::Timestamp::CreateTime(letter.position.time),
-        letter.position.partition,
-        letter.position.offset,
-        Some(headers),
-    )
+    crate::archive::as_message(letter, headers)
 }
 
 fn output_header(output: &OwnedOutput, name: &str) -> Option<String> {

@@ -38,7 +38,9 @@ fn bad_header(message: &rdkafka::message::OwnedMessage) -> Option<Vec<u8>> {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_header_name_that_is_not_utf8_is_forwarded_untouched_and_nothing_stops() {
     let kafka = Kafka::new(1);
-    for topic in ["live.gift", "pigeon.ingress", MODULE_TOPIC, "pigeon.registry", "pigeon.failed", "pigeon.receipts"] {
+    for topic in
+        ["live.gift", "pigeon.ingress", MODULE_TOPIC, "pigeon.registry", "pigeon.failed", "pigeon.receipts"]
+    {
         kafka.topic(topic, 2);
     }
     let db = Db::with_pigeons(&[

@@ -9,3 +9,19 @@ pub mod archiver;
 pub mod replay;
 
 pub use pigeon_core::archive::*;
+
+/// An archived letter as the Kafka message it was read as, with `headers`.
+pub fn as_message(
+    letter: &ArchivedLetter,
+    headers: rdkafka::message::OwnedHeaders,
+) -> rdkafka::message::OwnedMessage {
+    rdkafka::message::OwnedMessage::new(
+        letter.payload.clone(),
+        letter.key.clone(),
+        letter.position.topic.clone(),
+        rdkafka::Timestamp::CreateTime(letter.position.time),
+        letter.position.partition,
+        letter.position.offset,
+        Some(headers),
+    )
+}

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pigeon_headers::RawHeaders;
-use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
+use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::producer::FutureProducer;
 use rdkafka::types::RDKafkaErrorCode;
 use tokio::time::Instant;
@@ -305,15 +305,7 @@ pub fn plan(
     let Some(table) = table else {
         return Err("the job names no topic and runs through no pigeons".into());
     };
-    let message = OwnedMessage::new(
-        letter.payload.clone(),
-        letter.key.clone(),
-        letter.position.topic.clone(),
-        rdkafka::Timestamp::CreateTime(letter.position.time),
-        letter.position.partition,
-        letter.position.offset,
-        Some(original()),
-    );
+    let message = super::as_message(letter, original());
     let (tag, routes) = reroute(table, &message, letter.position.time)?;
     let routes: Vec<_> = routes.iter().collect();
     let Planned { outputs, mut refused } =

@@ -56,3 +56,14 @@ fn describe_error(status: StatusCode, body: &[u8]) -> String {
     }
     text
 }
+
+/// `text` as one URL path segment or query value: every byte but the unreserved ones
+/// percent-encoded.
+pub fn urlencode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

@@ -6,7 +6,7 @@ use std::path::Path;
 use anyhow::{bail, Context};
 use reqwest::Method;
 
-use super::client::Client;
+use super::client::{urlencode, Client};
 use pigeon_admin::deadletters::{Changed, DeadLetterDetail, DeadLetterView};
 use pigeon_admin::Page;
 use pigeon_bus::deadletter::DeadLetterFilter;
@@ -171,15 +171,6 @@ fn one_line(text: &str, max: usize) -> String {
         Some((cut, _)) => format!("{}…", &line[..cut]),
         None => line,
     }
-}
-
-fn urlencode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use reqwest::Method;
 
-use super::client::Client;
+use super::client::{urlencode, Client};
 use pigeon_admin::letters::TraceRequest;
 use pigeon_bus::archive::ArchiveQuery;
 use pigeon_bus::trace::LetterTrace;
@@ -13,7 +13,7 @@ use pigeon_sdk::letter::format_time_ms;
 
 /// One letter's path; JSON when `json`.
 pub async fn one(client: &Client, letter_id: &str, json: bool) -> anyhow::Result<String> {
-    let path = format!("/letters/{}/trace", urlencoding(letter_id));
+    let path = format!("/letters/{}/trace", urlencode(letter_id));
     let trace: LetterTrace = client.call(Method::GET, &path, None::<&()>).await?;
     if json {
         return Ok(format!("{}\n", serde_json::to_string_pretty(&trace)?));
@@ -32,16 +32,6 @@ pub async fn many(client: &Client, query: ArchiveQuery, limit: u32, json: bool) 
         return Ok("no archived letter matches\n".into());
     }
     Ok(traces.iter().map(render).collect::<Vec<_>>().join("\n"))
-}
-
-/// A letter id as one path segment.
-fn urlencoding(id: &str) -> String {
-    id.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// The trace as an operator reads it, hop after hop.
@@ -198,6 +188,6 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("receipt  act-toy/host-1 progress.add handled in 1.25 ms (1 try)"), "{text}");
-        assert_eq!(urlencoding("a b/c"), "a%20b%2Fc");
+        assert_eq!(urlencode("a b/c"), "a%20b%2Fc");
     }
 }
