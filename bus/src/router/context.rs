@@ -14,7 +14,6 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::deadletter::CaptureMessage;
 use crate::deadletter::{ErrorKind, Job, NewDeadLetter};
 use crate::route::Route;
 
@@ -74,22 +73,13 @@ where
     M: Message,
     M::Headers: RawHeaders,
 {
-    let mut dead = NewDeadLetter::from_message(output, ErrorKind::Produce, error);
-    let header = |name: &str| {
-        pigeon_headers::of(output)
-            .find(|h| h.is(name))
-            .and_then(|h| h.value)
-            .map(|v| String::from_utf8_lossy(v).into_owned())
-    };
-    dead.letter_id = header(pigeon_sdk::header::ID).unwrap_or_default();
-    dead.dest_topic = Some(output.topic().to_owned());
-    dead.dest_tag = header(pigeon_sdk::header::TYPE);
+    let route = &delivery.route;
+    let pigeon = (&*route.id, route.version);
+    let mut dead =
+        super::output::dead_output(output, pigeon, ErrorKind::Produce, error, route.retry.after(1));
     dead.source_topic = delivery.ledger.topic.to_string();
     dead.source_partition = delivery.ledger.partition;
     dead.source_offset = delivery.offset;
-    dead.pigeon_id = Some(delivery.route.id.to_string());
-    dead.pigeon_version = Some(delivery.route.version);
-    dead.first_retry = delivery.route.retry.after(1);
     dead
 }
 

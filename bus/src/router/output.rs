@@ -120,6 +120,35 @@ pub fn letter_ref<'a, 'h: 'a, M: Message>(
     LetterRef { seen, payload, time_ms }
 }
 
+/// The dead letter of an output `pigeon` (id, version) made and could not deliver: the output
+/// kept whole (its id and tag from its headers), retried first after `first_retry`.
+pub fn dead_output<M>(
+    output: &M,
+    pigeon: (&str, i64),
+    kind: ErrorKind,
+    error: String,
+    first_retry: Option<std::time::Duration>,
+) -> NewDeadLetter
+where
+    M: Message,
+    M::Headers: RawHeaders,
+{
+    let header = |name: &str| {
+        pigeon_headers::of(output)
+            .find(|h| h.is(name))
+            .and_then(|h| h.value)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+    };
+    let mut dead = NewDeadLetter::from_message(output, kind, error);
+    dead.letter_id = header(header::ID).unwrap_or_default();
+    dead.dest_topic = Some(output.topic().to_owned());
+    dead.dest_tag = header(header::TYPE);
+    dead.pigeon_id = Some(pigeon.0.to_owned());
+    dead.pigeon_version = Some(pigeon.1);
+    dead.first_retry = first_retry;
+    dead
+}
+
 /// The dead letter of a letter `route` refuses (it does not fit the pigeon's dictionary, or
 /// its script failed): the source letter kept whole, for that pigeon alone. One that does not
 /// fit is parked for an operator; a script's failure is retried on the default schedule.
@@ -323,14 +352,7 @@ impl OwnedOutput {
             -1,
             Some(self.headers.clone()),
         );
-        let mut dead = NewDeadLetter::from_message(&message, kind, error);
-        dead.letter_id = self.header(header::ID).unwrap_or_default();
-        dead.dest_topic = Some(self.topic.clone());
-        dead.dest_tag = self.header(header::TYPE);
-        dead.pigeon_id = Some(pigeon.0.to_owned());
-        dead.pigeon_version = Some(pigeon.1);
-        dead.first_retry = first_retry;
-        dead
+        dead_output(&message, pigeon, kind, error, first_retry)
     }
 
     /// The record that sends it.
