@@ -107,7 +107,7 @@ fn pigeon(id: &str, owner: &str) -> Value {
 }
 
 /// The role each operation needs. Must list exactly the documented operations.
-const ROLES: [(&str, &str, Role); 38] = [
+const ROLES: [(&str, &str, Role); 40] = [
     ("GET", "/api/v1/pigeons", Role::Viewer),
     ("POST", "/api/v1/pigeons", Role::Operator),
     ("POST", "/api/v1/pigeons/validate", Role::Viewer),
@@ -138,6 +138,8 @@ const ROLES: [(&str, &str, Role); 38] = [
     ("GET", "/api/v1/schemas", Role::Viewer),
     ("POST", "/api/v1/archive/search", Role::Viewer),
     ("GET", "/api/v1/archive/{letter_id}", Role::Viewer),
+    ("GET", "/api/v1/letters/{letter_id}/trace", Role::Viewer),
+    ("POST", "/api/v1/letters/trace", Role::Viewer),
     ("GET", "/api/v1/replays", Role::Viewer),
     ("POST", "/api/v1/replays", Role::Operator),
     ("POST", "/api/v1/replays/dry-run", Role::Viewer),
