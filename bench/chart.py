@@ -42,7 +42,11 @@ def main(source, target):
             ax.bar_label(bars, fmt="%.1f" if col == 0 else "%.0f", fontsize=8, padding=2)
             ax.margins(x=0.18)
             ax.tick_params(labelsize=8)
-    fig.suptitle("Pigeon against the limit and the peer (%s)" % report["machine"], fontsize=11)
+    title = "Pigeon against the limit and the peer (%s)" % report["machine"]
+    for kept in report.get("kept", []):
+        # Figures kept from an earlier run were measured elsewhere: the title says so.
+        title += "\nkept: " + kept.replace("`", "")
+    fig.suptitle(title, fontsize=11 if not report.get("kept") else 9)
     fig.tight_layout()
     fig.savefig(target, dpi=110)
 

@@ -89,7 +89,16 @@ impl Report {
             kept.push("the slow-destination run".into());
         }
         if !kept.is_empty() {
-            self.kept.push(format!("{} (revision `{}`)", kept.join(", "), earlier.revision));
+            self.kept.push(format!(
+                "{} (revision `{}`, {}; {})",
+                kept.join(", "),
+                earlier.revision,
+                earlier.machine,
+                match earlier.repeats {
+                    1 => "each run tried once".to_owned(),
+                    n => format!("each run tried {n} times, in rounds"),
+                }
+            ));
         }
         // What the earlier run had kept stays said.
         self.kept.extend(earlier.kept);
@@ -386,13 +395,13 @@ fn ratio(ours: &Figures, theirs: &Figures, figure: fn(&Try) -> f64) -> Paired {
 /// A ratio as `1.19×`, with the rounds' range when there were rounds.
 fn times(r: &Paired, digits: usize) -> String {
     let range =
-        (r.rounds > 0).then(|| format!(" ({:.digits$}–{:.digits$}× in {} rounds)", r.low, r.high, r.rounds));
+        (r.rounds > 1).then(|| format!(" ({:.digits$}–{:.digits$}× in {} rounds)", r.low, r.high, r.rounds));
     format!("{:.digits$}×{}", r.median, range.unwrap_or_default())
 }
 
 /// A ratio as `82%`, with the rounds' range when there were rounds.
 fn percent(r: &Paired) -> String {
-    let range = (r.rounds > 0)
+    let range = (r.rounds > 1)
         .then(|| format!(" ({:.0}–{:.0}% in {} rounds)", 100.0 * r.low, 100.0 * r.high, r.rounds));
     format!("{:.0}%{}", 100.0 * r.median, range.unwrap_or_default())
 }
@@ -538,7 +547,7 @@ mod tests {
         assert!(page.contains("| tansu: forward ≤ 1.5× the tuned limit's CPU | 1.33× | yes |"), "{page}");
         assert!(page.contains("| kafka: forward ≤ 1.5× the tuned limit's CPU | 2.00× | **no** |"), "{page}");
         assert!(
-            page.contains("Kept from earlier runs of `scripts/bench`: the tansu runs (revision `a64b29a`)."),
+            page.contains("Kept from earlier runs of `scripts/bench`: the tansu runs (revision `a64b29a`, "),
             "{page}"
         );
         assert_eq!(now.runs.iter().filter(|f| f.broker == "tansu").count(), 2);
