@@ -3,8 +3,10 @@
 //! `cargo bench -p pigeon-bus --bench per_letter`.
 //!
 //! The step is the router's per-letter work up to the producer call: read the tag and id, look
-//! the pigeons up, count the letter, plan its outputs (`pigeon_core::plan::forwards`, as the
-//! router does) and build each output's headers (one pigeon matches, with two destinations). The other pigeons wait on other tags of the same topic (exact tags), on 100
+//! the pigeons up, count the letter (the pigeon's book and its Prometheus series, in the
+//! recorder the bus installs), plan its outputs (`pigeon_core::plan::forwards`, as the
+//! router does), build each output's headers and count it as its delivery report does (one
+//! pigeon matches, with two destinations). The other pigeons wait on other tags of the same topic (exact tags), on 100
 //! other topics, and one in ten on a tag pattern, as a busy bus would have them.
 //!
 //! Allocations come from a counting global allocator (`stats_alloc`). Instructions come from callgrind
