@@ -8,8 +8,6 @@
 
 use metrics::{Counter, Histogram};
 
-use crate::route::Destination;
-
 /// Letters a pigeon took (matched, inside its live window). Labels: `pigeon`.
 pub const LETTERS_IN: &str = "pigeon_letters_in_total";
 /// Outputs Kafka acknowledged. Labels: `pigeon`, `destination`.
@@ -82,20 +80,21 @@ impl Default for RouteMetrics {
 }
 
 impl RouteMetrics {
-    /// Resolves the handles of pigeon `id` sending to `destinations` in the installed recorder.
-    pub fn of(id: &str, destinations: &[Destination], script: bool) -> Self {
+    /// Resolves the handles of pigeon `id` (a script pigeon's with `script`) sending to the
+    /// destination topics `topics` in the installed recorder.
+    pub fn of<'a>(id: &str, topics: impl IntoIterator<Item = &'a str>, script: bool) -> Self {
         let pigeon = id.to_owned();
-        let mut resolved: Vec<DestinationMetrics> = Vec::with_capacity(destinations.len());
-        for d in destinations {
+        let mut resolved: Vec<DestinationMetrics> = Vec::new();
+        for topic in topics {
             // Two destinations on one topic (other tags) share its series.
-            if resolved.iter().any(|r| r.topic == d.topic) {
+            if resolved.iter().any(|r| r.topic == topic) {
                 continue;
             }
             resolved.push(DestinationMetrics {
-                topic: d.topic.clone(),
-                out: metrics::counter!(LETTERS_OUT, PIGEON => pigeon.clone(), DESTINATION => d.topic.clone()),
-                failed: metrics::counter!(LETTERS_FAILED, PIGEON => pigeon.clone(), DESTINATION => d.topic.clone()),
-                produce_seconds: metrics::histogram!(PRODUCE_SECONDS, DESTINATION => d.topic.clone()),
+                topic: topic.to_owned(),
+                out: metrics::counter!(LETTERS_OUT, PIGEON => pigeon.clone(), DESTINATION => topic.to_owned()),
+                failed: metrics::counter!(LETTERS_FAILED, PIGEON => pigeon.clone(), DESTINATION => topic.to_owned()),
+                produce_seconds: metrics::histogram!(PRODUCE_SECONDS, DESTINATION => topic.to_owned()),
             });
         }
         let script = script.then(|| ScriptMetrics {
@@ -184,8 +183,7 @@ mod tests {
 
     #[test]
     fn one_series_per_destination_topic_and_unknown_topics_count_on_the_pigeon() {
-        let d = |topic: &str, tag: &str| Destination { topic: topic.into(), tag: tag.into() };
-        let m = RouteMetrics::of("p", &[d("a", "x"), d("b", "y"), d("a", "z")], false);
+        let m = RouteMetrics::of("p", ["a", "b", "a"], false);
         assert_eq!(m.destinations.len(), 2);
         assert_eq!(m.destination("b"), Some(1));
         assert_eq!(m.destination("c"), None);

@@ -168,6 +168,16 @@ pub fn add(headers: OwnedHeaders, name: &[u8], value: Option<&[u8]>) -> OwnedHea
     headers
 }
 
+/// How long a delivered message took from the producer call to Kafka's acknowledgement, as
+/// librdkafka timed it (`None` when it has no time for it). Read in a delivery report, it
+/// costs no clock read of our own per output.
+pub fn produce_latency(message: &rdkafka::message::BorrowedMessage<'_>) -> Option<std::time::Duration> {
+    // SAFETY: `ptr` is the message librdkafka handed to the delivery callback, valid while
+    // `message` is borrowed; rd_kafka_message_latency only reads its enqueue time.
+    let micros = unsafe { rd::rd_kafka_message_latency(message.ptr()) };
+    u64::try_from(micros).ok().map(std::time::Duration::from_micros)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -205,14 +215,4 @@ mod tests {
         assert_eq!(names, [&b"a"[..], &b"b"[..]]);
         assert_eq!(of(&message).nth(1).and_then(|h| h.value), Some(&b""[..]));
     }
-}
-
-/// How long a delivered message took from the producer call to Kafka's acknowledgement, as
-/// librdkafka timed it (`None` when it has no time for it). Read in a delivery report, it
-/// costs no clock read of our own per output.
-pub fn produce_latency(message: &rdkafka::message::BorrowedMessage<'_>) -> Option<std::time::Duration> {
-    // SAFETY: `ptr` is the message librdkafka handed to the delivery callback, valid while
-    // `message` is borrowed; rd_kafka_message_latency only reads its enqueue time.
-    let micros = unsafe { rd::rd_kafka_message_latency(message.ptr()) };
-    u64::try_from(micros).ok().map(std::time::Duration::from_micros)
 }

@@ -390,8 +390,11 @@ impl RouteTable {
                 built.phases.insert(pigeon.spec.id.clone(), Phase::Live);
             }
             // Only pigeons a table holds get series: a pigeon that is only checked has none.
-            route.metrics =
-                crate::series::RouteMetrics::of(&route.id, &route.destinations, route.script.is_some());
+            route.metrics = crate::series::RouteMetrics::of(
+                &route.id,
+                route.destinations.iter().map(|d| d.topic.as_str()),
+                route.script.is_some(),
+            );
             let route = Arc::new(route);
             table.by_id.insert(Arc::clone(&route.id), Arc::clone(&route));
             let topic = &pigeon.spec.matcher.topic;
