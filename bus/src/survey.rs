@@ -129,7 +129,10 @@ pub async fn measure(name: &str, client: &Arc<BaseConsumer>, table: &RouteTable)
                     }
                 });
             if let Some(high) = high {
-                lags.insert((name.clone(), e.topic().to_owned(), e.partition()), (high - done).max(0));
+                lags.insert(
+                    (name.clone(), e.topic().to_owned(), e.partition()),
+                    high.saturating_sub(done).max(0),
+                );
             }
         }
         Ok(lags)
