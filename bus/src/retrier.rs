@@ -207,6 +207,13 @@ impl Retrier {
         let Some((error, _)) = failure else {
             if let Some(id) = letter.letter.pigeon_id.as_deref() {
                 crate::counters::book().of(id).delivered_many(outputs.len() as u64);
+                // The pigeon's series, when today's table still holds it (no latency: the
+                // retrier waits for each acknowledgement itself).
+                if let Some(route) = table.route(id) {
+                    for output in &outputs {
+                        route.metrics.delivered(route.metrics.destination(&output.topic), 0, || None);
+                    }
+                }
             }
             let topics: Vec<&str> = outputs.iter().map(|o| o.topic.as_str()).collect();
             let mut message = match topics.is_empty() {

@@ -556,6 +556,7 @@ where
         })
     })?;
     pigeon.counts.took();
+    pigeon.metrics.letters_in.increment(1);
     let headers = input.iter().map(StoredHeader::raw).collect();
     Some(ArchivedLetter {
         letter_id: id,
