@@ -89,7 +89,13 @@ impl ScriptPool {
                         let breaker = {
                             let mut map = breakers.lock().unwrap_or_else(|p| p.into_inner());
                             let key = (Arc::clone(&job.route.id), job.route.version);
-                            Arc::clone(map.entry(key).or_default())
+                            Arc::clone(map.entry(key).or_insert_with(|| {
+                                // A new version starts closed, whatever its last one's said.
+                                if let Some(m) = &job.route.metrics.script {
+                                    m.breaker_open.set(0.0);
+                                }
+                                Arc::default()
+                            }))
                         };
                         // The script's run contains its own panics; one anywhere else in the
                         // job still leaves the worker to take the next.
