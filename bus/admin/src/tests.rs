@@ -590,7 +590,7 @@ async fn metrics_show_the_router_counters() {
     api.state.stats.letters_read.increment(7);
     api.state.stats.in_flight_peak.fetch_max(3, Ordering::Relaxed);
     api.state.stats.publish();
-    api.state.stats.dead_lettered(pigeon_bus::deadletter::ErrorKind::Script);
+    api.state.stats.dead_lettered(pigeon_bus::deadletter::ErrorKind::Internal);
     let response = app(api.state.clone(), true)
         .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
         .await
@@ -605,7 +605,7 @@ async fn metrics_show_the_router_counters() {
     };
     assert!(value("pigeon_router_letters_read_total") >= 7.0, "{text}");
     assert!(value("pigeon_in_flight_peak") >= 3.0, "{text}");
-    assert!(value("pigeon_dead_letters_total{kind=\"script\"}") >= 1.0, "{text}");
+    assert!(value("pigeon_dead_letters_total{kind=\"internal\"}") >= 1.0, "{text}");
     assert!(text.contains("# TYPE pigeon_in_flight_peak gauge\n"), "{text}");
     assert!(
         text.contains("# HELP pigeon_router_letters_read_total Source letters the router read.\n"),

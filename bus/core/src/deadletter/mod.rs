@@ -32,16 +32,6 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
-    /// Every kind.
-    pub const ALL: [ErrorKind; 6] = [
-        ErrorKind::Produce,
-        ErrorKind::Malformed,
-        ErrorKind::Script,
-        ErrorKind::Handler,
-        ErrorKind::Dictionary,
-        ErrorKind::Internal,
-    ];
-
     /// Whether a later attempt may succeed; the others are parked for an operator at once.
     pub fn retriable(self) -> bool {
         matches!(self, ErrorKind::Produce | ErrorKind::Handler)
