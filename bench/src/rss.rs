@@ -101,7 +101,7 @@ pub fn run(
         peak_rss = peak_rss.max(router.rss());
         std::thread::sleep(Duration::from_millis(100));
     }
-    let letters_in = crate::archive::counter(&metrics, "pigeon_letters_in_total").unwrap_or(0);
+    let letters_in = crate::archive::counter(&metrics, "pigeon_router_letters_read_total").unwrap_or(0);
     let in_flight_peak = crate::archive::counter(&metrics, "pigeon_in_flight_peak").unwrap_or(0);
     let delivered_while_slow = live.backlog_outputs();
     let peak_rss_mib = router.peak_rss().max(peak_rss) as f64 / (1024.0 * 1024.0);

@@ -46,6 +46,15 @@ pub fn assigned_consumer_config(kafka: &KafkaConfig, name: &str) -> ClientConfig
     config
 }
 
+/// A client that reads group `group`'s committed offsets and the watermarks for the lag, and
+/// never joins the group nor commits (it never subscribes).
+pub fn lag_reader_config(kafka: &KafkaConfig, group: &str) -> ClientConfig {
+    let mut config = base(kafka);
+    apply(&mut config, &kafka.consumer);
+    config.set("group.id", group).set("enable.auto.commit", "false").set("enable.auto.offset.store", "false");
+    config
+}
+
 /// Every group consumer refreshes metadata every 10 s (librdkafka's default is 5 minutes):
 /// partitions added to a topic it reads, a topic created after its pigeon and a topic matching
 /// a pattern are found soon, and read from their start.

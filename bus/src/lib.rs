@@ -19,6 +19,8 @@ pub mod retrier;
 pub mod router;
 pub mod source;
 pub mod supervise;
+pub mod survey;
+pub mod telemetry;
 pub mod topics;
 pub mod trace;
 

@@ -11,7 +11,6 @@
 //! retried by an operator; it is then redriven through the *current* version of its pigeon (or
 //! of every pigeon of its source topic).
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,22 +28,8 @@ use crate::source;
 use crate::store::{now_ms, Store};
 use pigeon_sdk::{header, LetterId};
 
-/// Counters of what the retrier did.
-#[derive(Debug, Default)]
-pub struct RetrierStats {
-    /// Dead letters claimed.
-    pub claimed: AtomicU64,
-    /// Redelivered.
-    pub delivered: AtomicU64,
-    /// Failed again, waiting for the next step.
-    pub failed: AtomicU64,
-    /// Parked for an operator.
-    pub parked: AtomicU64,
-    /// Taken over from a claim whose lease ran out (possibly sent twice).
-    pub taken_over: AtomicU64,
-    /// Attempts whose claim was lost before the report (possibly sent twice).
-    pub lost_claims: AtomicU64,
-}
+/// The retrier's series.
+pub type RetrierStats = crate::telemetry::RetrierMetrics;
 
 /// How long a sweep waits for the watcher to read the store; after that it redelivers through
 /// the tables it has.
@@ -110,7 +95,7 @@ impl Retrier {
         let claimed = self.parts.store.claim_dead_letters(&token, lease_until, config.batch).await?;
         let stats = Arc::clone(&self.parts.stats);
         if claimed.taken_over > 0 {
-            stats.taken_over.fetch_add(claimed.taken_over, Ordering::Relaxed);
+            stats.taken_over.increment(claimed.taken_over);
             tracing::warn!(
                 count = claimed.taken_over,
                 "took over dead letters whose claim ran out (a retrier died?); they may be delivered twice"
@@ -120,7 +105,7 @@ impl Retrier {
         if count == 0 {
             return Ok(0);
         }
-        stats.claimed.fetch_add(count as u64, Ordering::Relaxed);
+        stats.claimed.increment(count as u64);
         let table = self.table().await;
         let attempts = claimed.letters.iter().map(|letter| self.attempt(letter, &table));
         let reports = futures::future::join_all(attempts).await;
@@ -130,7 +115,7 @@ impl Retrier {
                 Outcome::Failed => &stats.failed,
                 Outcome::Parked | Outcome::TakenOver => &stats.parked,
             };
-            counter.fetch_add(1, Ordering::Relaxed);
+            counter.increment(1);
             tracing::info!(
                 dead_letter = letter.id,
                 letter = %letter.letter.letter_id,
@@ -156,7 +141,7 @@ impl Retrier {
                 Ok(recorded) => {
                     let lost = recorded.iter().filter(|r| !**r).count();
                     if lost > 0 {
-                        stats.lost_claims.fetch_add(lost as u64, Ordering::Relaxed);
+                        stats.lost_claims.increment(lost as u64);
                         tracing::warn!(lost, "claims lost before the report; another retrier took them over");
                     }
                     return;
@@ -167,7 +152,7 @@ impl Retrier {
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
                 Err(e) => {
-                    stats.lost_claims.fetch_add(reports.len() as u64, Ordering::Relaxed);
+                    stats.lost_claims.increment(reports.len() as u64);
                     tracing::error!(
                         error = %e,
                         count = reports.len(),
@@ -222,6 +207,13 @@ impl Retrier {
         let Some((error, _)) = failure else {
             if let Some(id) = letter.letter.pigeon_id.as_deref() {
                 crate::counters::book().of(id).delivered_many(outputs.len() as u64);
+                // The pigeon's series, when today's table still holds it (no latency: the
+                // retrier waits for each acknowledgement itself).
+                if let Some(route) = table.route(id) {
+                    for output in &outputs {
+                        route.metrics.delivered(route.metrics.destination(&output.topic), 0, || None);
+                    }
+                }
             }
             let topics: Vec<&str> = outputs.iter().map(|o| o.topic.as_str()).collect();
             let mut message = match topics.is_empty() {

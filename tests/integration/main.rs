@@ -12,6 +12,7 @@ mod faults;
 mod forward;
 mod hostile;
 mod lifecycle;
+mod metrics;
 mod plan;
 mod retry;
 mod scripts;

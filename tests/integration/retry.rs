@@ -149,13 +149,13 @@ async fn an_open_destination_breaker_pauses_the_source_until_the_destination_is_
         "destination down {:.1}s under {LETTERS} letters: {} read by the router and {} dead-lettered \
          while it was down ({dead} in all), {} duplicates",
         outage.as_secs_f64(),
-        during["pigeon_letters_in_total"],
+        during["pigeon_router_letters_read_total"],
         during["pigeon_dead_letters_total"],
         got.len() - seen.len()
     );
     assert!(bus.log().contains("destination circuit breaker open"), "the breaker opened");
     assert!(
-        during["pigeon_letters_in_total"] < LETTERS / 2,
+        during["pigeon_router_letters_read_total"] < LETTERS / 2,
         "the router kept reading a source whose destination was down"
     );
     assert!(dead < LETTERS / 2, "{dead} dead letters: the breaker did not hold the source back");

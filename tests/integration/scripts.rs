@@ -100,7 +100,7 @@ async fn a_script_cleanses_letters_in_key_order_and_dead_letters_its_failures() 
     assert!(dead.iter().any(|d| d.letter.error_message.contains("payload is not JSON")));
     assert!(dead.iter().all(|d| d.letter.pigeon_id.as_deref() == Some("gift-progress")));
     let metrics = bus.metrics();
-    assert_eq!(metrics["pigeon_scripts_run_total"], LETTERS + 2);
+    assert_eq!(metrics["pigeon_script_runs_total"], LETTERS + 2);
     bus.stop();
 }
 

@@ -689,7 +689,7 @@ pub async fn soak_on(seed: u64, db: Db) {
         let router_dead =
             dead.iter().filter(|d| matches!(d.letter.source_topic.as_str(), SOURCE | INGRESS)).count();
         let reports = dead.iter().filter(|d| d.letter.source_topic == FAILED).count();
-        if metrics["pigeon_letters_in_total"] == router_sent
+        if metrics["pigeon_router_letters_read_total"] == router_sent
             && router_dead as u64 == dead_lettered(&metrics)
             && reports == failed_sent
         {
@@ -697,7 +697,7 @@ pub async fn soak_on(seed: u64, db: Db) {
             tokio::time::sleep(Duration::from_millis(500)).await;
             let router = |m: &HashMap<String, u64>| {
                 [
-                    "pigeon_letters_in_total",
+                    "pigeon_router_letters_read_total",
                     "pigeon_letters_out_total",
                     "pigeon_dead_letters_total",
                     "pigeon_script_failures_total",
@@ -712,7 +712,7 @@ pub async fn soak_on(seed: u64, db: Db) {
         assert!(
             Instant::now() < deadline,
             "the bus never settled: read {} of {router_sent}, {router_dead} router dead letters stored of {} counted, {reports} of {failed_sent} failure reports stored\n{}",
-            metrics["pigeon_letters_in_total"],
+            metrics["pigeon_router_letters_read_total"],
             dead_lettered(&metrics),
             bus.log()
         );
@@ -805,8 +805,11 @@ pub async fn soak_on(seed: u64, db: Db) {
 
     // The router's counters add up: letters in = outputs + dead letters + letters no pigeon took
     // (one pigeon per letter, one destination per pigeon).
-    let (read, out, dead_counted) =
-        (metrics["pigeon_letters_in_total"], metrics["pigeon_letters_out_total"], dead_lettered(&metrics));
+    let (read, out, dead_counted) = (
+        metrics["pigeon_router_letters_read_total"],
+        metrics["pigeon_letters_out_total"],
+        dead_lettered(&metrics),
+    );
     let forwarded = outputs.values().map(Vec::len).sum::<usize>() as u64;
     if out != forwarded {
         problems.push(format!("/metrics counts {out} outputs, {forwarded} arrived"));

@@ -639,6 +639,14 @@ async fn dead_letters_keep_everything(store: &dyn Store) {
     let id1 = store.insert_dead_letter(&produce).await.unwrap();
     let id2 = store.insert_dead_letter(&malformed).await.unwrap();
     assert!(id2 > id1);
+    // What the admin role's pigeon_dead_letters_stored shows.
+    let mut tally = store.dead_letter_tally().await.unwrap();
+    tally.sort_by_key(|(status, kind, _)| (status.as_str(), kind.as_str()));
+    assert_eq!(
+        tally,
+        [(Status::Parked, ErrorKind::Malformed, 1), (Status::Pending, ErrorKind::Produce, 1)],
+        "waiting dead letters by status and kind"
+    );
 
     let all = store.dead_letters(&DeadLetterFilter::default(), None, 100).await.unwrap();
     assert_eq!(all.iter().map(|d| d.id).collect::<Vec<_>>(), [id2, id1], "newest first");

@@ -410,14 +410,25 @@ impl Bus {
         }
     }
 
-    /// The router's counters from `/metrics`.
+    /// Every metric of `/metrics` by name, its series (label sets) summed: a pigeon's or a
+    /// kind's series add up to the instance's total.
     pub fn metrics(&self) -> HashMap<String, u64> {
-        let (_, body) = http_get(&self.admin, "/metrics").expect("metrics");
-        body.lines()
-            .filter(|l| !l.starts_with('#'))
-            .filter_map(|l| l.split_once(' '))
-            .map(|(k, v)| (k.to_owned(), v.trim().parse().unwrap()))
-            .collect()
+        let mut sums: HashMap<String, f64> = HashMap::new();
+        for (series, value) in self.series() {
+            let name = series.split_once('{').map_or(series.as_str(), |(name, _)| name);
+            *sums.entry(name.to_owned()).or_default() += value;
+        }
+        sums.into_iter().map(|(name, value)| (name, value as u64)).collect()
+    }
+
+    /// Every series of `/metrics` as written (`name{label="value",…}`), with its value.
+    pub fn series(&self) -> HashMap<String, f64> {
+        parse_metrics(&self.scrape())
+    }
+
+    /// The text of `/metrics`.
+    pub fn scrape(&self) -> String {
+        http_get(&self.admin, "/metrics").expect("metrics").1
     }
 
     pub fn signal(&self, signal: nix::sys::signal::Signal) {
@@ -571,4 +582,14 @@ impl TcpProxy {
     pub fn restore(&self) {
         self.open.store(true, std::sync::atomic::Ordering::SeqCst);
     }
+}
+
+/// The series of a Prometheus text page and their values (the labels' values hold no spaces
+/// in what the bus writes).
+pub fn parse_metrics(text: &str) -> HashMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| l.rsplit_once(' '))
+        .map(|(k, v)| (k.to_owned(), v.trim().parse().unwrap_or(f64::NAN)))
+        .collect()
 }

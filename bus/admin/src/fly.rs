@@ -122,6 +122,13 @@ pub async fn fly(
     route.counts.took();
     route.counts.delivered_many(receipt.delivered.len() as u64);
     route.counts.failed_many(receipt.dead_lettered.len() as u64);
+    route.metrics.letters_in.increment(1);
+    for delivered in &receipt.delivered {
+        route.metrics.delivered(route.metrics.destination(&delivered.topic), 0, || None);
+    }
+    for _ in &receipt.dead_lettered {
+        route.metrics.failed.increment(1);
+    }
     tracing::info!(
         pigeon = %receipt.pigeon, letter = %receipt.letter_id, by = %caller.name,
         delivered = receipt.delivered.len(), dead_lettered = receipt.dead_lettered.len(), "letter flown"

@@ -249,89 +249,11 @@ async fn not_found(uri: axum::http::Uri) -> ApiError {
     ApiError::not_found(format!("route {}", uri.path()))
 }
 
-/// Router, retrier, archiver and replay counters in the Prometheus text format.
-async fn metrics(State(state): State<AppState>) -> String {
-    let stats = &state.stats;
-    let retrier = &state.retrier;
-    let archiver = &state.archiver;
-    let mut out = String::new();
-    for (name, help, value) in [
-        ("pigeon_letters_in_total", "Source letters read by the router.", &stats.letters_in),
-        ("pigeon_letters_out_total", "Outputs handed to the producer.", &stats.letters_out),
-        (
-            "pigeon_dead_letters_total",
-            "Letters and outputs the router dead-lettered (a script's failures count in pigeon_script_failures_total).",
-            &stats.dead_lettered,
-        ),
-        ("pigeon_in_flight_peak", "Most letters one partition had in flight at once.", &stats.in_flight_peak),
-        ("pigeon_scripts_run_total", "Letters script pigeons ran on.", &stats.scripts_run),
-        (
-            "pigeon_script_failures_total",
-            "Letters a script failed on (dead-lettered).",
-            &stats.script_failures,
-        ),
-        ("pigeon_retry_claimed_total", "Dead letters the retrier claimed.", &retrier.claimed),
-        ("pigeon_retry_delivered_total", "Dead letters the retrier redelivered.", &retrier.delivered),
-        ("pigeon_retry_failed_total", "Retries that failed and wait for the next step.", &retrier.failed),
-        ("pigeon_retry_parked_total", "Dead letters parked for an operator by the retrier.", &retrier.parked),
-        (
-            "pigeon_retry_taken_over_total",
-            "Dead letters taken over from a claim whose lease ran out (possibly sent twice).",
-            &retrier.taken_over,
-        ),
-        (
-            "pigeon_retry_lost_claims_total",
-            "Retries whose claim ran out before the outcome was recorded (possibly sent twice).",
-            &retrier.lost_claims,
-        ),
-        ("pigeon_archive_read_total", "Messages the archiver read.", &archiver.read),
-        ("pigeon_archive_letters_total", "Letters newly written to the archive.", &archiver.archived),
-        (
-            "pigeon_archive_duplicates_total",
-            "Letters chosen again that the archive already held (redeliveries).",
-            &archiver.duplicates,
-        ),
-        ("pigeon_archive_batches_total", "Batches written to the archive.", &archiver.batches),
-        (
-            "pigeon_archive_write_failures_total",
-            "Batch writes that failed and were tried again.",
-            &archiver.write_failures,
-        ),
-        (
-            "pigeon_archive_filter_errors_total",
-            "Letters kept although their archive pigeon's filter failed on them.",
-            &archiver.filter_errors,
-        ),
-        ("pigeon_archive_expired_total", "Letters the retention job deleted.", &archiver.expired),
-        (
-            "pigeon_archive_paused",
-            "1 while the archiver waits for its database with its partitions paused.",
-            &archiver.paused,
-        ),
-        ("pigeon_replay_letters_total", "Archived letters replayed.", &state.replays.letters),
-        ("pigeon_replay_jobs_ended_total", "Replay jobs that ended here.", &state.replays.jobs_ended),
-    ] {
-        let kind = if name.ends_with("_total") { "counter" } else { "gauge" };
-        let value = value.load(Ordering::Relaxed);
-        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"));
-    }
-    // What the watcher built last (nothing yet while this instance has no tables).
-    let routes = state.tables.as_ref().map(|t| t.current());
-    let (reloads, live, quarantined) =
-        routes.map_or((0, 0, 0), |r| (r.generation, r.table.len() as u64, r.quarantined.len() as u64));
-    for (name, help, value) in [
-        (
-            "pigeon_route_reloads_total",
-            "Route tables the watcher built: the first and every change.",
-            reloads,
-        ),
-        ("pigeon_pigeons_live", "Pigeons in the router's live route table.", live),
-        ("pigeon_pigeons_quarantined", "Pigeons left out because they do not compile.", quarantined),
-    ] {
-        let kind = if name.ends_with("_total") { "counter" } else { "gauge" };
-        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"));
-    }
-    out
+/// Prometheus text from the process's recorder (`pigeon_bus::telemetry`): every role's series
+/// and the pigeons'. Help text, types and units come with the series.
+async fn metrics() -> ([(axum::http::header::HeaderName, &'static str); 1], String) {
+    let body = pigeon_bus::telemetry::handle().render();
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body)
 }
 
 /// 200 `live` while the process serves HTTP (a liveness probe: restart it when this fails).

@@ -62,6 +62,7 @@ pub fn spec(id: String, topic: &str, tag: &str, destinations: Vec<DestinationSpe
 /// `n` pigeons: the one that takes gifts (two destinations), and `n - 1` that do not; with
 /// `patterns`, one in ten of those has a tag pattern.
 pub fn table(n: usize, patterns: bool) -> RouteTable {
+    pigeon_bus::telemetry::install();
     let mut pigeons = vec![spec(
         "gift-points".into(),
         "live.gift",
@@ -84,7 +85,8 @@ pub fn table(n: usize, patterns: bool) -> RouteTable {
     RouteTable::compile(&pigeons, &BTreeMap::new()).expect("the pigeons compile")
 }
 
-/// The per-letter step; returns the header count of the outputs built.
+/// The per-letter step, counting into the Prometheus recorder the bus installs (installed by
+/// [`table`], before the table resolves its series); returns the header count of the outputs built.
 pub fn forward(table: &RouteTable, m: &OwnedMessage) -> usize {
     let routes = table.topic(m.topic()).expect("gifts have pigeons");
     let input = source::LetterHeaders::of(m);
@@ -94,9 +96,13 @@ pub fn forward(table: &RouteTable, m: &OwnedMessage) -> usize {
     let mut n = 0;
     for route in routes.matching(tag) {
         route.counts.took();
+        route.metrics.letters_in.increment(1);
         for planned in plan::forwards(route, id, m.key(), m.payload(), None, table.contracts()) {
+            let destination = route.metrics.destination(planned.topic);
             let headers = output_headers(m, &input, &planned.id, &planned.tag, &route.id, planned.rewritten);
             n += std::hint::black_box(headers).count();
+            // What the delivery report adds per output (the router counts it there).
+            route.metrics.delivered(destination, m.offset(), || Some(Duration::from_micros(700)));
         }
     }
     n

@@ -17,6 +17,7 @@ pub mod plan;
 pub mod redact;
 pub mod route;
 pub mod script;
+pub mod series;
 pub mod tag;
 pub mod token;
 pub mod wiring;

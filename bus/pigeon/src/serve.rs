@@ -32,6 +32,10 @@ pub async fn run(
     cancel: CancellationToken,
     on_listening: impl FnOnce(&str),
 ) -> anyhow::Result<()> {
+    // Before any table is built or any role's counters made: handles resolved earlier count
+    // nowhere.
+    pigeon_bus::telemetry::install();
+    pigeon_bus::telemetry::start_upkeep();
     let ready = Arc::new(AtomicBool::new(false));
     let health = Arc::new(Health::default());
     let stats = Arc::new(RouterStats::default());
@@ -98,6 +102,28 @@ pub async fn run(
     // Counts are flushed until every role has drained, so the last letters count too.
     let counting_stop = CancellationToken::new();
     let counting = tokio::spawn(pigeon_bus::counters::run(Arc::clone(&store), counting_stop.clone()));
+    if config.roles.contains(&Role::Admin) {
+        // The groups' lag, the registry's instances and the stored dead letters, measured
+        // here so they show while the roles that would see them are down.
+        use pigeon_bus::survey::{Group, Reads};
+        let groups = vec![
+            Group {
+                name: config.kafka.router_group.clone(),
+                client: kafka::lag_reader_config(&config.kafka, &config.kafka.router_group),
+                reads: Reads::Router,
+            },
+            Group {
+                name: config.archiver.group.clone(),
+                client: kafka::lag_reader_config(&config.kafka, &config.archiver.group),
+                reads: Reads::Archiver,
+            },
+        ];
+        let survey = pigeon_bus::survey::run(groups, tables.clone(), Arc::clone(&store), cancel.clone());
+        roles.spawn(async move {
+            survey.await;
+            Ok(())
+        });
+    }
     if config.roles.contains(&Role::Registry) {
         let registry = kafka::consumer_config(&config.kafka, pigeon_bus::registry::GROUP);
         let (registry_store, stop) = (Arc::clone(&store), cancel.clone());

@@ -10,7 +10,6 @@
 //! nothing.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,26 +32,8 @@ use crate::source::LetterHeaders;
 use crate::store::{now_ms, Store};
 use pigeon_core::fault;
 
-/// The archiver's counters, exported on `/metrics`.
-#[derive(Debug, Default)]
-pub struct ArchiverStats {
-    /// Messages read from archive pigeons' topics.
-    pub read: AtomicU64,
-    /// Letters newly written to the archive.
-    pub archived: AtomicU64,
-    /// Letters chosen again that the archive already held (redeliveries).
-    pub duplicates: AtomicU64,
-    /// Batches written.
-    pub batches: AtomicU64,
-    /// Batch writes that failed (each is tried again).
-    pub write_failures: AtomicU64,
-    /// Letters kept although their pigeon's filter failed on them.
-    pub filter_errors: AtomicU64,
-    /// Letters deleted by the retention job.
-    pub expired: AtomicU64,
-    /// 1 while the archiver waits for the database with its partitions paused.
-    pub paused: AtomicU64,
-}
+/// The archiver's series.
+pub type ArchiverStats = crate::telemetry::ArchiverMetrics;
 
 /// Everything the archiver runs with.
 #[derive(Clone)]
@@ -242,17 +223,17 @@ pub async fn run(parts: ArchiverParts, cancel: CancellationToken) -> anyhow::Res
                     Ok(()) => {
                         settle(&ledger, &consumer, &done);
                         if outage.take().is_some() {
-                            stats.paused.store(0, Ordering::Relaxed);
+                            stats.paused.set(0.0);
                             set_paused(&consumer, false);
                             tracing::info!("the archive's database is back; archiving again");
                         }
                     }
                     Err(e) => {
-                        stats.write_failures.fetch_add(1, Ordering::Relaxed);
+                        stats.write_failures.increment(1);
                         let wait = match outage {
                             None => {
                                 tracing::warn!(error = %e, letters = done.len(), "cannot write to the archive; partitions paused, nothing committed, trying again");
-                                stats.paused.store(1, Ordering::Relaxed);
+                                stats.paused.set(1.0);
                                 Duration::from_millis(config.retry_ms)
                             }
                             Some((_, wait)) => {
@@ -357,7 +338,7 @@ fn take(
     names: &KeyNames,
     stats: &ArchiverStats,
 ) {
-    stats.read.fetch_add(1, Ordering::Relaxed);
+    stats.read.increment(1);
     batch.started.get_or_insert_with(Instant::now);
     let partition = ledger.partition(message.topic(), message.partition());
     partition.begin(message.offset(), 1);
@@ -448,6 +429,8 @@ async fn write(
     if letters.is_empty() {
         return Ok(());
     }
+    stats.batch_letters.record(letters.len() as f64);
+    let started = std::time::Instant::now();
     let new = match store.archive().archive_letters(letters).await {
         Ok(new) => new,
         Err(e) if !e.is_transient() => archive_one_by_one(store.as_ref(), letters, &e).await?,
@@ -461,9 +444,10 @@ async fn write(
     for (pigeon, n) in kept {
         crate::counters::book().of(pigeon).delivered_many(n);
     }
-    stats.batches.fetch_add(1, Ordering::Relaxed);
-    stats.archived.fetch_add(new, Ordering::Relaxed);
-    stats.duplicates.fetch_add((letters.len() as u64).saturating_sub(new), Ordering::Relaxed);
+    stats.write_seconds.record(started.elapsed().as_secs_f64());
+    stats.batches.increment(1);
+    stats.archived.increment(new);
+    stats.duplicates.increment((letters.len() as u64).saturating_sub(new));
     Ok(())
 }
 
@@ -566,12 +550,13 @@ where
             payload: message.payload().unwrap_or(b"null"),
         };
         script::default_engine().test(filter, &letter).unwrap_or_else(|e| {
-            stats.filter_errors.fetch_add(1, Ordering::Relaxed);
+            stats.filter_errors.increment(1);
             tracing::debug!(pigeon = %route.id, letter = %id, error = %e, "archive filter failed; the letter is kept");
             true
         })
     })?;
     pigeon.counts.took();
+    pigeon.metrics.letters_in.increment(1);
     let headers = input.iter().map(StoredHeader::raw).collect();
     Some(ArchivedLetter {
         letter_id: id,
@@ -648,7 +633,7 @@ async fn retention(
         let before = now_ms() - age.as_millis() as i64;
         match expire(store.as_ref(), before, config.retention_chunk, &cancel).await {
             Ok(deleted) => {
-                stats.expired.fetch_add(deleted, Ordering::Relaxed);
+                stats.expired.increment(deleted);
                 tracing::info!(deleted, before, "archive retention");
             }
             Err(e) => tracing::warn!(error = %e, "archive retention stopped; it runs again at its next time"),

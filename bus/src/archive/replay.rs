@@ -13,7 +13,6 @@
 //! id, so a module that drops duplicates still takes it, and the same each time the job sends
 //! it) and `ce_replayof` naming the original.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,14 +31,8 @@ use crate::store::archive::ReplayProgress;
 use crate::store::{now_ms, Store};
 use pigeon_sdk::{header, LetterId};
 
-/// The runners' counters, exported on `/metrics`.
-#[derive(Debug, Default)]
-pub struct ReplayStats {
-    /// Archived letters sent again.
-    pub letters: AtomicU64,
-    /// Jobs that ended (done, failed or cancelled).
-    pub jobs_ended: AtomicU64,
-}
+/// The replay runner's series.
+pub type ReplayStats = crate::telemetry::ReplayMetrics;
 
 /// Everything a runner needs.
 #[derive(Clone)]
@@ -96,7 +89,7 @@ pub async fn run(parts: ReplayParts, cancel: CancellationToken) -> anyhow::Resul
                 Ok(Ended::Done { skipped, dead }) => (ReplayStatus::Done, done_message(skipped, dead)),
                 Ok(Ended::Lost) => {
                     tracing::info!(job = id, "replay job cancelled or taken over; this runner lets it go");
-                    parts.stats.jobs_ended.fetch_add(1, Ordering::Relaxed);
+                    parts.stats.jobs_ended.increment(1);
                     continue;
                 }
                 Ok(Ended::Interrupted) => {
@@ -111,7 +104,7 @@ pub async fn run(parts: ReplayParts, cancel: CancellationToken) -> anyhow::Resul
                 }
                 Err(e) => (ReplayStatus::Failed, format!("{e:#}")),
             };
-            parts.stats.jobs_ended.fetch_add(1, Ordering::Relaxed);
+            parts.stats.jobs_ended.increment(1);
             tracing::info!(job = id, status = status.as_str(), message, "replay job ended");
             if let Err(e) = parts.store.archive().finish_replay(id, &parts.owner, status, &message).await {
                 tracing::warn!(job = id, error = %e, "cannot record the end of a replay job; another runner finishes it");
@@ -222,7 +215,7 @@ async fn run_job(parts: &ReplayParts, job: ReplayJob, cancel: &CancellationToken
                 Err(_) => anyhow::bail!("the producer closed while replaying"),
             }
         }
-        parts.stats.letters.fetch_add(page.len() as u64, Ordering::Relaxed);
+        parts.stats.letters.increment(page.len() as u64);
         checkpoint = page.last().map(|l| l.position.clone());
         let sent = page.len() as i64;
         if cancel.is_cancelled() {

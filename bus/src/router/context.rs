@@ -26,6 +26,8 @@ pub struct Delivery {
     pub offset: i64,
     /// The pigeon that sent it.
     pub route: Arc<Route>,
+    /// The index of its destination's series in the route's (`RouteMetrics::destination`).
+    pub destination: Option<u16>,
 }
 
 /// Producer callbacks.
@@ -48,12 +50,16 @@ impl ProducerContext for RouterProducerContext {
             Ok(message) => {
                 self.breakers.succeeded(message.topic());
                 delivery.route.counts.delivered();
+                delivery.route.metrics.delivered(delivery.destination, delivery.offset, || {
+                    pigeon_headers::produce_latency(message)
+                });
                 delivery.ledger.settle(delivery.offset);
             }
             Err((error, message)) => {
                 self.breakers.failed(message.topic());
-                self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                self.stats.dead_lettered(ErrorKind::Produce);
                 delivery.route.counts.failed();
+                delivery.route.metrics.output_failed(delivery.destination);
                 let dead_letter = output_dead_letter(message, &delivery, error.to_string());
                 // Without a writer (shutting down) the letter stays unsettled: its offset is
                 // not committed and it is read again after the restart.

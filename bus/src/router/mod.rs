@@ -14,7 +14,7 @@ mod scripts;
 
 use std::collections::{HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -44,22 +44,8 @@ use crate::store::Store;
 use pigeon_core::fault;
 use pigeon_core::plan::{self, Refusal};
 
-/// Counters of what the router did, readable while it runs.
-#[derive(Debug, Default)]
-pub struct RouterStats {
-    /// Source letters read.
-    pub letters_in: AtomicU64,
-    /// Outputs handed to the producer.
-    pub letters_out: AtomicU64,
-    /// Letters or outputs dead-lettered by the router itself.
-    pub dead_lettered: AtomicU64,
-    /// The most letters one partition had in flight at once.
-    pub in_flight_peak: AtomicU64,
-    /// Letters script pigeons ran on.
-    pub scripts_run: AtomicU64,
-    /// Letters a script failed on (dead-lettered).
-    pub script_failures: AtomicU64,
-}
+/// The router's own series (the pigeons' are their routes').
+pub type RouterStats = crate::telemetry::RouterMetrics;
 
 /// Subscriptions (topics or topic patterns) that gained their first live pigeon while this
 /// router ran: their partitions start where the pigeons went live, not at an old offset. Kept
@@ -212,6 +198,7 @@ pub async fn run(parts: RouterParts, cancel: CancellationToken) -> anyhow::Resul
     drift_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut probe_tick = tokio::time::interval(Duration::from_millis(500));
     probe_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut in_flight = crate::telemetry::InFlight::default();
     let mut store_tick = tokio::time::interval(Duration::from_millis(config.offset_store_interval_ms));
     store_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
@@ -230,6 +217,8 @@ pub async fn run(parts: RouterParts, cancel: CancellationToken) -> anyhow::Resul
             }
             _ = store_tick.tick() => {
                 ledger.store_offsets(&consumer);
+                in_flight.publish(&ledger);
+                router.stats.publish();
             }
             _ = drift_tick.tick() => {
                 tokio::spawn(flush_reports(Arc::clone(&drift_store), Arc::clone(&drift), Arc::clone(&observed)));
@@ -517,7 +506,7 @@ impl Forwarder<'_> {
     }
 
     async fn forward(&self, message: &BorrowedMessage<'_>, progress: &Progress) -> Admission {
-        self.stats.letters_in.fetch_add(1, Ordering::Relaxed);
+        self.stats.letters_read.increment(1);
         let topic = message.topic();
         let ledger = self.ledger.partition(topic, message.partition());
         let offset = message.offset();
@@ -583,6 +572,7 @@ impl Forwarder<'_> {
                     // A flown letter names its pigeon: say why it did not fly rather than drop it.
                     Lookup::Flown(_) | Lookup::Nothing => {
                         first.counts.failed();
+                        first.metrics.failed.increment(1);
                         self.dead_letter(
                             message,
                             &ledger,
@@ -634,6 +624,7 @@ impl Forwarder<'_> {
         let mut taken = taken.into_iter();
         for route in matched {
             route.counts.took();
+            route.metrics.letters_in.increment(1);
             let normalized = match taken.next().unwrap_or(Ok(None)) {
                 Ok(normalized) => normalized,
                 Err(refusal) => {
@@ -673,7 +664,9 @@ impl Forwarder<'_> {
             let payload = normalized.map_or(message.payload(), |n| Some(&n.payload));
             for mut planned in plan::forwards(route, id, message.key(), payload, normalized, contracts) {
                 let unfit = planned.unfit.take();
-                let delivery = Delivery { ledger: Arc::clone(&ledger), offset, route: Arc::clone(route) };
+                let destination = route.metrics.destination(planned.topic);
+                let delivery =
+                    Delivery { ledger: Arc::clone(&ledger), offset, route: Arc::clone(route), destination };
                 let record = output::record(message, &input, &planned, delivery);
                 match unfit {
                     Some(reason) => self.outputs.park(&record, reason),
@@ -716,7 +709,7 @@ impl Forwarder<'_> {
         dead_letter.letter_id = dead_letter
             .header_text(pigeon_sdk::header::ID)
             .map_or_else(|| derived_id_of(message), str::to_owned);
-        self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+        self.stats.dead_lettered(ErrorKind::Internal);
         let _ = self.dead_letters.send(Job { dead_letter, ledger, offset });
         if progress.pause.load(Ordering::Relaxed) {
             Admission::Pause
@@ -734,9 +727,10 @@ impl Forwarder<'_> {
         ledger: &Arc<PartitionLedger>,
         refusal: Refusal,
     ) {
+        self.stats.dead_lettered(refusal.kind);
         let dead_letter = output::refused(message, id, route, refusal);
-        self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
         route.counts.failed();
+        route.metrics.failed.increment(1);
         let offset = message.offset();
         let _ = self.dead_letters.send(Job { dead_letter, ledger: Arc::clone(ledger), offset });
     }
@@ -761,9 +755,10 @@ impl Forwarder<'_> {
                 LetterHeaders::of(message).text(pigeon_sdk::header::PIGEON).map(str::to_owned);
             if let Some(route) = dead_letter.pigeon_id.as_deref().and_then(|id| self.table.route(id)) {
                 route.counts.failed();
+                route.metrics.failed.increment(1);
             }
         }
-        self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+        self.stats.dead_lettered(ErrorKind::Malformed);
         let _ = self.dead_letters.send(Job { dead_letter, ledger: Arc::clone(ledger), offset });
         admission
     }

@@ -1,7 +1,6 @@
 //! Sending outputs: headers of an output letter, and the producer call shared by the forward
 //! path and the script workers (a refused record becomes a dead letter at once).
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use pigeon_headers::RawHeaders;
@@ -38,18 +37,16 @@ impl Outputs {
     /// a moment); a record the producer refuses outright is dead-lettered.
     pub fn try_send<'a>(&self, record: OutputRecord<'a>) -> Result<(), OutputRecord<'a>> {
         match self.producer.send(record) {
-            Ok(()) => {
-                self.stats.letters_out.fetch_add(1, Ordering::Relaxed);
-                Ok(())
-            }
+            Ok(()) => Ok(()),
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => Err(back),
             Err((error, back)) => {
                 // Refused before it left (too large, unknown topic...).
                 let output = owned(&back);
                 let delivery = back.delivery_opaque;
                 let dead_letter = output_dead_letter(&output, &delivery, error.to_string());
-                self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                self.stats.dead_lettered(ErrorKind::Produce);
                 delivery.route.counts.failed();
+                delivery.route.metrics.output_failed(delivery.destination);
                 let _ = self.dead_letters.send(Job {
                     dead_letter,
                     ledger: delivery.ledger,
@@ -69,9 +66,10 @@ impl Outputs {
         let mut dead_letter = output_dead_letter(&owned(record), &record.delivery_opaque, reason);
         dead_letter.error_kind = ErrorKind::Dictionary;
         dead_letter.first_retry = None;
-        self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+        self.stats.dead_lettered(ErrorKind::Dictionary);
         let delivery = &record.delivery_opaque;
         delivery.route.counts.failed();
+        delivery.route.metrics.output_failed(delivery.destination);
         let _ = self.dead_letters.send(Job {
             dead_letter,
             ledger: Arc::clone(&delivery.ledger),

@@ -89,7 +89,13 @@ impl ScriptPool {
                         let breaker = {
                             let mut map = breakers.lock().unwrap_or_else(|p| p.into_inner());
                             let key = (Arc::clone(&job.route.id), job.route.version);
-                            Arc::clone(map.entry(key).or_default())
+                            Arc::clone(map.entry(key).or_insert_with(|| {
+                                // A new version starts closed, whatever its last one's said.
+                                if let Some(m) = &job.route.metrics.script {
+                                    m.breaker_open.set(0.0);
+                                }
+                                Arc::default()
+                            }))
                         };
                         // The script's run contains its own panics; one anywhere else in the
                         // job still leaves the worker to take the next.
@@ -143,10 +149,17 @@ fn run(job: ScriptJob, outputs: &Outputs, breaker: &Breaker) {
     let input = LetterHeaders::of(job.message.as_ref());
     let time_ms = job.message.timestamp().to_millis().unwrap_or(0);
     let letter = output::letter_ref(job.message.as_ref(), &input, &job.id, &job.tag, time_ms);
-    outputs.stats.scripts_run.fetch_add(1, Ordering::Relaxed);
+    let script = route.metrics.script.as_ref();
+    if let Some(m) = script {
+        m.runs.increment(1);
+    }
+    let started = std::time::Instant::now();
     // A panic in the script's run (a bug of ours or of the engine's) parks the letter for this
     // pigeon as `internal`; it does not count against the script's breaker.
     let planned = std::panic::catch_unwind(AssertUnwindSafe(|| plan::script(route, &letter, &job.contracts)));
+    if let Some(m) = script {
+        m.seconds.record(started.elapsed().as_secs_f64());
+    }
     let planned = match planned {
         Ok(Ok(planned)) => planned,
         Err(panic) => {
@@ -160,6 +173,9 @@ fn run(job: ScriptJob, outputs: &Outputs, breaker: &Breaker) {
         Ok(Err(refusal)) => {
             let failures = breaker.failures.fetch_add(1, Ordering::Relaxed) + 1;
             if failures >= BREAKER_AFTER && !breaker.open.swap(true, Ordering::Relaxed) {
+                if let Some(m) = script {
+                    m.breaker_open.set(1.0);
+                }
                 tracing::error!(pigeon = %route.id, version = route.version, failures, "script circuit breaker open");
             }
             return fail(&job, outputs, refusal);
@@ -167,13 +183,18 @@ fn run(job: ScriptJob, outputs: &Outputs, breaker: &Breaker) {
     };
     breaker.failures.store(0, Ordering::Relaxed);
     if breaker.open.swap(false, Ordering::Relaxed) {
+        if let Some(m) = script {
+            m.breaker_open.set(0.0);
+        }
         tracing::info!(pigeon = %route.id, version = route.version, "script circuit breaker closed");
     }
     // The step keeps the letter pending while its outputs are added, then settles itself.
     job.ledger.add(offset, planned.len() as u32);
     for mut planned in planned {
         let unfit = planned.unfit.take();
-        let delivery = Delivery { ledger: Arc::clone(&job.ledger), offset, route: Arc::clone(route) };
+        let destination = route.metrics.destination(planned.topic);
+        let delivery =
+            Delivery { ledger: Arc::clone(&job.ledger), offset, route: Arc::clone(route), destination };
         let mut record = output::record(job.message.as_ref(), &input, &planned, delivery);
         if let Some(reason) = unfit {
             outputs.park(&record, reason);
@@ -189,8 +210,11 @@ fn run(job: ScriptJob, outputs: &Outputs, breaker: &Breaker) {
 
 /// Dead-letters the letter for this pigeon; the store write settles the job.
 fn fail(job: &ScriptJob, outputs: &Outputs, refusal: Refusal) {
-    outputs.stats.script_failures.fetch_add(1, Ordering::Relaxed);
+    if let Some(m) = &job.route.metrics.script {
+        m.failures.increment(1);
+    }
     job.route.counts.failed();
+    job.route.metrics.failed.increment(1);
     let dead_letter = output::refused(job.message.as_ref(), &job.id, &job.route, refusal);
     let offset = job.message.offset();
     let _ = outputs.dead_letters.send(Job { dead_letter, ledger: Arc::clone(&job.ledger), offset });

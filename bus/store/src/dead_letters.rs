@@ -91,6 +91,9 @@ pub trait DeadLetterStore: Send + Sync {
     /// How many dead letters wait in each status: pending, retrying, parked (statuses with
     /// none are left out). The status index answers it without reading the history.
     async fn dead_letter_backlog(&self) -> Result<Vec<(Status, u64)>, StoreError>;
+
+    /// How many dead letters wait (pending, retrying or parked), by status and error kind.
+    async fn dead_letter_tally(&self) -> Result<Vec<(Status, ErrorKind, u64)>, StoreError>;
 }
 
 #[derive(sqlx::FromRow)]
@@ -478,6 +481,26 @@ impl<DB: Dialect> DeadLetterStore for SqlStore<DB> {
                     .parse::<Status>()
                     .map_err(|e| StoreError::Corrupt(format!("dead letter status {status:?}: {e}")))?;
                 Ok((status, count.max(0) as u64))
+            })
+            .collect()
+    }
+
+    async fn dead_letter_tally(&self) -> Result<Vec<(Status, ErrorKind, u64)>, StoreError> {
+        let rows: Vec<(String, String, i64)> = sqlx::query_as(
+            "SELECT status, error_kind, COUNT(*) FROM dead_letters \
+             WHERE status IN ('pending', 'retrying', 'parked') GROUP BY status, error_kind",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(status, kind, count)| {
+                let status = status
+                    .parse::<Status>()
+                    .map_err(|e| StoreError::Corrupt(format!("dead letter status {status:?}: {e}")))?;
+                let kind = kind
+                    .parse::<ErrorKind>()
+                    .map_err(|e| StoreError::Corrupt(format!("dead letter kind {kind:?}: {e}")))?;
+                Ok((status, kind, count.max(0) as u64))
             })
             .collect()
     }

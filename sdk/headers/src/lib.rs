@@ -4,7 +4,8 @@
 //! `Headers::get` and `try_get` unwrap the name's `to_str()`, so one such message panics whoever
 //! reads its headers, and a consumer that dies before committing reads it again after every
 //! restart. Everything in Pigeon that reads or copies headers of a message it did not write goes
-//! through [`RawHeaders`] instead, and copies names untouched with [`add`].
+//! through [`RawHeaders`] instead, and copies names untouched with [`add`]. It also reads a
+//! delivered message's produce latency ([`produce_latency`]), which rdkafka does not expose.
 //!
 //! This is the only crate of the workspace allowed `unsafe`, in the few calls into librdkafka
 //! below.
@@ -165,6 +166,16 @@ pub fn add(headers: OwnedHeaders, name: &[u8], value: Option<&[u8]>) -> OwnedHea
     // fails: the error is only for headers of a message being produced).
     unsafe { rd::rd_kafka_header_add(native, name.as_ptr().cast(), name_len, value_ptr, value_len) };
     headers
+}
+
+/// How long a delivered message took from the producer call to Kafka's acknowledgement, as
+/// librdkafka timed it (`None` when it has no time for it). Read in a delivery report, it
+/// costs no clock read of our own per output.
+pub fn produce_latency(message: &rdkafka::message::BorrowedMessage<'_>) -> Option<std::time::Duration> {
+    // SAFETY: `ptr` is the message librdkafka handed to the delivery callback, valid while
+    // `message` is borrowed; rd_kafka_message_latency only reads its enqueue time.
+    let micros = unsafe { rd::rd_kafka_message_latency(message.ptr()) };
+    u64::try_from(micros).ok().map(std::time::Duration::from_micros)
 }
 
 #[cfg(test)]

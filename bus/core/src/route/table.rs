@@ -49,6 +49,8 @@ pub struct Route {
     pub live_since: i64,
     /// What the pigeon did, shared by its every version in this process.
     pub counts: Arc<crate::counters::Counts>,
+    /// Its Prometheus series, resolved when a table holding it is built.
+    pub metrics: crate::series::RouteMetrics,
 }
 
 impl Route {
@@ -363,7 +365,7 @@ impl RouteTable {
                 });
                 continue;
             }
-            let (route, pattern) = match compile_one(pigeon) {
+            let (mut route, pattern) = match compile_one(pigeon) {
                 Ok(compiled) => compiled,
                 Err(problems) => {
                     built.quarantined.push(Quarantined {
@@ -387,6 +389,13 @@ impl RouteTable {
             } else {
                 built.phases.insert(pigeon.spec.id.clone(), Phase::Live);
             }
+            // Only pigeons a table holds get series: a pigeon that is only checked has none.
+            route.metrics = crate::series::RouteMetrics::of(
+                &route.id,
+                route.destinations.iter().map(|d| d.topic.as_str()),
+                route.script.is_some(),
+            );
+            let route = Arc::new(route);
             table.by_id.insert(Arc::clone(&route.id), Arc::clone(&route));
             let topic = &pigeon.spec.matcher.topic;
             if topic == INGRESS && paths == Paths::Deliver {
@@ -575,7 +584,7 @@ fn validate_source(topic: &str) -> Result<Option<Regex>, String> {
     Ok(Some(regex))
 }
 
-fn compile_one(pigeon: &VersionedPigeon) -> Result<(Arc<Route>, TagPattern), Vec<String>> {
+fn compile_one(pigeon: &VersionedPigeon) -> Result<(Route, TagPattern), Vec<String>> {
     let spec = &pigeon.spec;
     let mut errors = Vec::new();
     let mut error = |what: String| errors.push(format!("pigeon {:?}: {what}", spec.id));
@@ -684,8 +693,9 @@ fn compile_one(pigeon: &VersionedPigeon) -> Result<(Arc<Route>, TagPattern), Vec
     let live_since = window.map_or(pigeon.saved_at, |w| w.start.max(pigeon.saved_at));
     match pattern {
         Ok(pattern) if errors.is_empty() => Ok((
-            Arc::new(Route {
+            Route {
                 counts: crate::counters::book().of(&spec.id),
+                metrics: Default::default(),
                 id: Arc::from(spec.id.as_str()),
                 version: pigeon.version,
                 action: spec.action,
@@ -696,7 +706,7 @@ fn compile_one(pigeon: &VersionedPigeon) -> Result<(Arc<Route>, TagPattern), Vec
                 retry,
                 window,
                 live_since,
-            }),
+            },
             pattern,
         )),
         _ => Err(errors),
