@@ -18,6 +18,7 @@ pub mod retrier;
 pub mod router;
 pub mod source;
 pub mod supervise;
+pub mod telemetry;
 pub mod topics;
 
 pub use pigeon_core::{clock, dictionary, dryrun, route, script, tag, token, wiring};

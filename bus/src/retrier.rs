@@ -270,7 +270,17 @@ fn plan(letter: &DeadLetter, table: &RouteTable, attempt: i32) -> Result<Planned
         let output = Output {
             topic: topic.clone(),
             key: dead.key.clone(),
-            headers: with_attempt(&stored_headers(), attempt),
+            headers: crate::telemetry::retrace(
+                "retry",
+                with_attempt(&stored_headers(), attempt),
+                crate::telemetry::At {
+                    pigeon: dead.pigeon_id.as_deref().unwrap_or_default(),
+                    topic: &dead.source_topic,
+                    partition: dead.source_partition,
+                    offset: dead.source_offset,
+                    letter_id: &dead.letter_id,
+                },
+            ),
             payload: dead.payload.clone(),
             unfit: None,
         };
@@ -313,7 +323,7 @@ fn plan(letter: &DeadLetter, table: &RouteTable, attempt: i32) -> Result<Planned
     } else {
         dead.letter_id.clone()
     };
-    let planned = owned_outputs(&message, &id, &tag, time_ms, &matched, attempt, table.contracts());
+    let planned = owned_outputs("retry", &message, &id, &tag, time_ms, &matched, attempt, table.contracts());
     if planned.outputs.is_empty() && planned.refused.len() == matched.len() {
         let reasons: Vec<&str> = planned.refused.iter().map(|d| d.error_message.as_str()).collect();
         return Err(reasons.join("; "));

@@ -20,6 +20,7 @@ use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::capability::Handler;
 use crate::capability::Retry;
@@ -171,6 +172,12 @@ async fn handle(message: &OwnedMessage, shared: &Shared) -> Result<(), String> {
             known.join(", ")
         ));
     };
+    let span = crate::trace::handle_span(&shared.module, message, &letter);
+    attempts(handler.as_ref(), &letter, shared).instrument(span).await
+}
+
+/// Calls the handler until it succeeds or the retry policy gives up.
+async fn attempts(handler: &dyn Handler, letter: &Letter, shared: &Shared) -> Result<(), String> {
     let mut attempt = 1;
     loop {
         let run = AssertUnwindSafe(handler.call(letter.clone(), shared.context.clone())).catch_unwind();

@@ -296,7 +296,17 @@ pub fn plan(
         let output = OwnedOutput {
             topic: topic.clone(),
             key: letter.key.clone(),
-            headers: marked(&original()),
+            headers: crate::telemetry::retrace(
+                "replay",
+                marked(&original()),
+                crate::telemetry::At {
+                    pigeon: "",
+                    topic: &letter.position.topic,
+                    partition: letter.position.partition,
+                    offset: letter.position.offset,
+                    letter_id: &replay_id,
+                },
+            ),
             payload: letter.payload.clone(),
             unfit: None,
         };
@@ -316,8 +326,16 @@ pub fn plan(
     );
     let (tag, routes) = reroute(table, &message, letter.position.time)?;
     let routes: Vec<_> = routes.iter().collect();
-    let Planned { outputs, mut refused } =
-        owned_outputs(&message, &replay_id, &tag, letter.position.time, &routes, 1, table.contracts());
+    let Planned { outputs, mut refused } = owned_outputs(
+        "replay",
+        &message,
+        &replay_id,
+        &tag,
+        letter.position.time,
+        &routes,
+        1,
+        table.contracts(),
+    );
     for failed in &mut refused {
         failed.letter_id.clone_from(&letter.letter_id);
         failed.error_message = format!("replay job {job}: {}", failed.error_message);

@@ -41,6 +41,7 @@ use crate::dictionary::{DriftTally, Normalized, ObservedTally};
 use crate::route::{Lookup, Route, RouteTable, INGRESS};
 use crate::source::{self, LetterHeaders};
 use crate::store::Store;
+use crate::telemetry;
 use pigeon_core::fault;
 use pigeon_core::plan::{self, Refusal};
 
@@ -629,6 +630,9 @@ impl Forwarder<'_> {
         };
         let tag = meta.tag.as_deref().unwrap_or_default();
         let admission = self.breaker_admission(&matched, &ledger, admission);
+        // A sampled letter's span; the others cost the look at their headers only.
+        let span = telemetry::sampled(&input).and_then(|sampled| route_span(sampled, &matched, message, id));
+        let trace = span.as_ref().map(|s| &s.traceparent);
         let (mut detached, mut detached_normalized) = (None, None);
         // Without a dictionary, every pigeon takes the letter as it came.
         let mut taken = taken.into_iter();
@@ -664,6 +668,7 @@ impl Forwarder<'_> {
                     tag: tag.to_owned(),
                     ledger: Arc::clone(&ledger),
                     contracts: table.contracts_arc(),
+                    trace: trace.copied(),
                 };
                 self.scripts.submit(job).await;
                 progress.handed();
@@ -674,7 +679,7 @@ impl Forwarder<'_> {
             for mut planned in plan::forwards(route, id, message.key(), payload, normalized, contracts) {
                 let unfit = planned.unfit.take();
                 let delivery = Delivery { ledger: Arc::clone(&ledger), offset, route: Arc::clone(route) };
-                let record = output::record(message, &input, &planned, delivery);
+                let record = output::record(message, &input, &planned, delivery, trace);
                 match unfit {
                     Some(reason) => self.outputs.park(&record, reason),
                     None => self.send(record).await,
@@ -771,6 +776,24 @@ impl Forwarder<'_> {
 
 /// The id of a letter that carries none: derived from its place in Kafka and its time, the
 /// same each time the letter is read.
+/// The router's span of a sampled letter: the pigeons that took it, where it was read.
+fn route_span(
+    sampled: telemetry::Sampled,
+    matched: &[&Arc<Route>],
+    message: &BorrowedMessage<'_>,
+    id: &str,
+) -> Option<telemetry::LetterSpan> {
+    let pigeons = matched.iter().map(|r| &*r.id).collect::<Vec<_>>().join(",");
+    let at = telemetry::At {
+        pigeon: &pigeons,
+        topic: message.topic(),
+        partition: message.partition(),
+        offset: message.offset(),
+        letter_id: id,
+    };
+    telemetry::LetterSpan::start("route", sampled, at)
+}
+
 fn derived_id_of(message: &BorrowedMessage<'_>) -> String {
     let ms = u64::try_from(message.timestamp().to_millis().unwrap_or(0)).unwrap_or(0);
     pigeon_sdk::LetterId::derived(message.topic(), message.partition(), message.offset(), ms).to_string()

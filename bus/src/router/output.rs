@@ -16,6 +16,7 @@ use crate::deadletter::CaptureMessage;
 use crate::deadletter::{ErrorKind, Job, NewDeadLetter};
 use crate::route::{Contracts, Route};
 use crate::source::LetterHeaders;
+use crate::telemetry::{self, LetterSpan, TraceParent};
 use pigeon_core::fault;
 use pigeon_core::plan::{self, LetterRef, Output, Refusal};
 use pigeon_sdk::header;
@@ -80,15 +81,17 @@ impl Outputs {
     }
 }
 
-/// The record that sends a planned output of `message` (whose headers are `input`).
+/// The record that sends a planned output of `message` (whose headers are `input`); `trace`,
+/// the `ce_traceparent` of a sampled letter's outputs.
 pub fn record<'a, M: Message>(
     message: &M,
     input: &LetterHeaders<'_>,
     output: &'a Output<'a>,
     delivery: Delivery,
+    trace: Option<&TraceParent>,
 ) -> OutputRecord<'a> {
     let headers =
-        output_headers(message, input, &output.id, &output.tag, &delivery.route.id, output.rewritten);
+        output_headers(message, input, &output.id, &output.tag, &delivery.route.id, output.rewritten, trace);
     let mut record = BaseRecord::with_opaque_to(output.topic, Box::new(delivery)).headers(headers);
     if let Some(key) = &output.key {
         record = record.key(key.as_ref());
@@ -140,7 +143,8 @@ where
 
 /// The output's headers: the input's (`input`, read once per letter), with the output's id and
 /// tag, the pigeon, attempt 1, and the CloudEvents attributes a foreign letter lacks. `json`
-/// marks a payload the bus wrote.
+/// marks a payload the bus wrote. `trace` replaces `ce_traceparent` (a sampled letter's
+/// span); without it the input's is copied as it came.
 pub fn output_headers<M: Message>(
     message: &M,
     input: &LetterHeaders<'_>,
@@ -148,6 +152,7 @@ pub fn output_headers<M: Message>(
     tag: &str,
     pigeon: &str,
     json: bool,
+    trace: Option<&TraceParent>,
 ) -> OwnedHeaders {
     let mut headers = OwnedHeaders::new_with_capacity(input.len() + 9);
     let (mut has_spec, mut has_source, mut has_time) = (false, false, false);
@@ -166,6 +171,7 @@ pub fn output_headers<M: Message>(
             || is(name, header::ATTEMPT)
             || is(name, header::ID)
             || (json && is(name, header::CONTENT_TYPE))
+            || (trace.is_some() && is(name, header::TRACEPARENT))
         {
             continue;
         }
@@ -184,6 +190,10 @@ pub fn output_headers<M: Message>(
         .insert(Header { key: header::HOPS, value: Some(decimal(hops.saturating_add(1), &mut digits)) });
     if json {
         headers = headers.insert(text(header::CONTENT_TYPE, pigeon_sdk::letter::JSON));
+    }
+    if let Some(trace) = trace {
+        let encoded = trace.encode();
+        headers = headers.insert(Header { key: header::TRACEPARENT, value: Some(encoded.as_bytes()) });
     }
     if !has_spec {
         headers = headers.insert(text(header::SPECVERSION, pigeon_sdk::letter::SPEC_VERSION));
@@ -280,8 +290,10 @@ impl OwnedOutput {
         output: Output<'_>,
         route: &Route,
         attempt: i32,
+        trace: Option<&TraceParent>,
     ) -> Self {
-        let headers = output_headers(message, input, &output.id, &output.tag, &route.id, output.rewritten);
+        let headers =
+            output_headers(message, input, &output.id, &output.tag, &route.id, output.rewritten, trace);
         Self {
             topic: output.topic.to_owned(),
             key: output.key.map(std::borrow::Cow::into_owned),
@@ -364,8 +376,11 @@ pub struct Planned {
 
 /// The outputs each of `routes` makes of a letter read again (a redriven dead letter, a
 /// replayed or flown one), owned, with `ce_attempt` set to `attempt`: the [`plan`] the router
-/// follows, pigeon by pigeon. `id`, `tag` and `time_ms` are the letter's.
+/// follows, pigeon by pigeon. `id`, `tag` and `time_ms` are the letter's. A sampled letter is
+/// planned in a `stage` span, its outputs that span's children.
+#[allow(clippy::too_many_arguments)]
 pub fn owned_outputs(
+    stage: &'static str,
     message: &OwnedMessage,
     id: &str,
     tag: &str,
@@ -375,6 +390,18 @@ pub fn owned_outputs(
     contracts: &Contracts,
 ) -> Planned {
     let input = LetterHeaders::of(message);
+    let span = telemetry::sampled(&input).and_then(|sampled| {
+        let pigeons = routes.iter().map(|r| &*r.id).collect::<Vec<_>>().join(",");
+        let at = telemetry::At {
+            pigeon: &pigeons,
+            topic: message.topic(),
+            partition: message.partition(),
+            offset: message.offset(),
+            letter_id: id,
+        };
+        LetterSpan::start(stage, sampled, at)
+    });
+    let trace = span.as_ref().map(|s| &s.traceparent);
     let letter = letter_ref(message, &input, id, tag, time_ms);
     let checked = plan::check(routes.iter().map(|r| r.as_ref()), contracts, letter.payload);
     let mut planned = Planned::default();
@@ -396,7 +423,7 @@ pub fn owned_outputs(
             Ok(outputs) => planned.outputs.extend(
                 outputs
                     .into_iter()
-                    .map(|output| OwnedOutput::planned(message, &input, output, route, attempt)),
+                    .map(|output| OwnedOutput::planned(message, &input, output, route, attempt, trace)),
             ),
             Err(refusal) => planned.refused.push(refused(message, id, route, refusal)),
         }

@@ -4,8 +4,10 @@
 
 mod id;
 pub mod registry;
+pub mod trace;
 
 pub use id::LetterId;
+pub use trace::TraceParent;
 
 /// Header names of the binary binding, and the extensions Pigeon adds.
 pub mod header {
