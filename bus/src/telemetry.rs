@@ -256,6 +256,42 @@ fn provider(endpoint: &str, service: &str) -> Result<SdkTracerProvider, String> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rdkafka::message::{Header, OwnedHeaders};
+
+    fn headers(traceparent: Option<&str>) -> OwnedHeaders {
+        let headers = OwnedHeaders::new().insert(Header { key: header::ID, value: Some("id") });
+        match traceparent {
+            Some(tp) => headers.insert(Header { key: header::TRACEPARENT, value: Some(tp) }),
+            None => headers,
+        }
+    }
+
+    #[test]
+    fn a_letter_is_sampled_when_its_context_says_so_or_the_ratio_draws_it() {
+        // The other tests of this crate start no span recorder: the switch changes no output.
+        const SAMPLED: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        const UNSAMPLED: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00";
+        let judge = |tp: Option<&str>| sampled(&LetterHeaders::of_headers(&headers(tp)));
+        let parent = TraceParent::parse(SAMPLED.as_bytes());
+        sample(0.0);
+        assert_eq!(judge(Some(SAMPLED)), Some(Sampled(parent)));
+        assert_eq!(judge(Some(UNSAMPLED)), None);
+        assert_eq!(judge(None), None);
+        assert_eq!(judge(Some("00-garbage-01")), None, "a malformed context is none");
+        sample(1.0);
+        assert_eq!(judge(None), Some(Sampled(None)), "a new trace");
+        assert_eq!(judge(Some("\u{1}\u{2}")), Some(Sampled(None)));
+        assert!(judge(Some(UNSAMPLED)).is_some_and(|s| s.0.is_some_and(|p| !p.sampled())));
+        stop_sampling();
+        assert_eq!(judge(Some(SAMPLED)), None, "off: nothing is looked at");
+        // Without a span recorder, a sampled letter's span is none and its headers stay.
+        assert!(LetterSpan::start(
+            "route",
+            Sampled(parent),
+            At { pigeon: "p", topic: "t", partition: 0, offset: 0, letter_id: "id" }
+        )
+        .is_none());
+    }
 
     #[test]
     fn the_ratio_draws_about_its_share() {

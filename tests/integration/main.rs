@@ -19,3 +19,4 @@ mod sdk;
 mod soak;
 mod store;
 mod support;
+mod traces;

@@ -479,6 +479,59 @@ pub fn with_attempt(headers: &OwnedHeaders, attempt: i32) -> OwnedHeaders {
 mod tests {
     use super::*;
 
+    const INCOMING: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00";
+
+    fn traced_message(traceparent: &[u8]) -> OwnedMessage {
+        let headers = OwnedHeaders::new()
+            .insert(Header { key: header::ID, value: Some("id-1") })
+            .insert(Header { key: header::TRACEPARENT, value: Some(traceparent) })
+            .insert(Header { key: "x-other", value: Some("kept") });
+        OwnedMessage::new(
+            Some(b"{}".to_vec()),
+            None,
+            "t".into(),
+            rdkafka::Timestamp::NotAvailable,
+            0,
+            0,
+            Some(headers),
+        )
+    }
+
+    fn traceparents(headers: &OwnedHeaders) -> Vec<Vec<u8>> {
+        headers
+            .raw()
+            .filter(|h| h.is(header::TRACEPARENT))
+            .filter_map(|h| h.value.map(<[u8]>::to_vec))
+            .collect()
+    }
+
+    #[test]
+    fn an_unsampled_letters_outputs_keep_its_traceparent_as_it_came() {
+        for incoming in [INCOMING.as_bytes(), b"not a trace context", b"\xff\xfe"] {
+            let m = traced_message(incoming);
+            let input = LetterHeaders::of(&m);
+            let out = output_headers(&m, &input, "out-1", "tag", "p", false, None);
+            assert_eq!(traceparents(&out), vec![incoming.to_vec()]);
+        }
+    }
+
+    #[test]
+    fn a_sampled_letters_outputs_carry_the_span_that_sent_them_in_the_same_trace() {
+        let m = traced_message(INCOMING.as_bytes());
+        let input = LetterHeaders::of(&m);
+        let parent = TraceParent::parse(INCOMING.as_bytes()).unwrap();
+        let span = parent.child([9, 8, 7, 6, 5, 4, 3, 2]);
+        let out = output_headers(&m, &input, "out-1", "tag", "p", false, Some(&span));
+        assert_eq!(
+            traceparents(&out),
+            vec![b"00-0af7651916cd43dd8448eb211c80319c-0908070605040302-01".to_vec()]
+        );
+        assert!(out.raw().any(|h| h.is("x-other")), "the other headers are kept");
+        let again = telemetry::with_traceparent(&out, &span);
+        assert_eq!(traceparents(&again), traceparents(&out));
+        assert_eq!(again.count(), out.count());
+    }
+
     #[test]
     fn hops_count_up_in_decimal_and_anything_else_counts_as_none() {
         let mut buf = [0u8; 10];
