@@ -522,6 +522,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn tracing_and_log_settings_are_read_and_checked() {
+        let config = BusConfig::parse(
+            "[tracing]\nsample_ratio = 1.0\notlp_endpoint = \"http://c:4318\"\n[log]\nformat = \"json\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.tracing.otlp_endpoint.as_deref(), Some("http://c:4318"));
+        assert_eq!(config.log.format, LogFormat::Json);
+        let bad = BusConfig::parse(
+            "[tracing]\nsample_ratio = 2.0\notlp_endpoint = \"ftp://u:secret@c\"\n[log]\nformat = \"xml\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(bad.contains("format"), "{bad}");
+        let bad = BusConfig::parse("[tracing]\nsample_ratio = 2.0\notlp_endpoint = \"ftp://u:secret@c\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(bad.contains("sample_ratio") && bad.contains("otlp_endpoint"), "{bad}");
+        assert!(!bad.contains("secret"), "the password is redacted: {bad}");
+    }
+
+    #[test]
     fn an_empty_file_gives_the_defaults() {
         let config = BusConfig::parse("").unwrap();
         assert_eq!(config.kafka.router_group, "pigeon-router");
@@ -546,6 +567,12 @@ mod tests {
         assert_eq!(example.router.window_grace_ms, defaults.router.window_grace_ms);
         assert_eq!(example.router.schema_sample_every, defaults.router.schema_sample_every);
         assert_eq!(example.admin.listen, defaults.admin.listen);
+        let (t, d) = (&example.tracing, &defaults.tracing);
+        assert_eq!(
+            (t.sample_ratio, &t.otlp_endpoint, &t.service_name),
+            (d.sample_ratio, &d.otlp_endpoint, &d.service_name)
+        );
+        assert_eq!(example.log.format, defaults.log.format);
         assert_eq!(example.topics.partitions, defaults.topics.partitions);
         assert_eq!(example.topics.replication, defaults.topics.replication);
         assert_eq!(example.roles, defaults.roles);

@@ -182,7 +182,7 @@ mod tests {
             b"".to_vec(),
             b"00".to_vec(),
             b"garbage".to_vec(),
-            GOOD[..54].as_bytes().to_vec(),
+            GOOD.as_bytes()[..54].to_vec(),
             format!("{GOOD}-").into_bytes(), // version 00 is exactly 55 bytes
             GOOD.replace("00-0a", "ff-0a").into_bytes(), // version ff is invalid
             GOOD.to_uppercase().into_bytes(),
