@@ -4,6 +4,7 @@
 //! router's, in one trace.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -11,7 +12,7 @@ use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::{Protocol, WithExportConfig};
 use pigeon_bus::route::DestinationSpec;
 use pigeon_sdk::trace::TraceParent;
-use pigeon_sdk::{Capability, Context, Letter, Module};
+use pigeon_sdk::{Capability, Context, Letter, Module, Retry};
 use tokio::sync::mpsc;
 use tracing_subscriber::layer::SubscriberExt;
 
@@ -125,6 +126,10 @@ fn the_handlers_span_descends_from_the_fly_through_the_router_in_one_trace() {
         .with_batch_exporter(exporter)
         .with_resource(opentelemetry_sdk::Resource::builder().with_service_name("traced-module").build())
         .build();
+    // With one dispatcher alive, tracing judges a span site by the subscriber of the thread
+    // that first reaches it: another test's thread (none) would switch the SDK's spans off
+    // for this test too. A second one, kept alive, makes it ask every subscriber.
+    let _second = tracing::Dispatch::new(tracing_subscriber::registry());
     let dispatch = tracing::Dispatch::new(
         tracing_subscriber::registry()
             .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test"))),
@@ -142,12 +147,14 @@ fn the_handlers_span_descends_from_the_fly_through_the_router_in_one_trace() {
     for topic in ["pigeon.registry", "pigeon.ingress", "pigeon.failed", MODULE_TOPIC] {
         kafka.topic(topic, 2);
     }
-    let db = runtime.block_on(Db::with_pigeons(&[pigeon(
+    let mut traced = pigeon(
         "traced",
         "pigeon.ingress",
         "progress.full",
         vec![DestinationSpec::topic(MODULE_TOPIC, "chest.drop")],
-    )]));
+    );
+    traced.retry = Some(vec!["1s".into()]);
+    let db = runtime.block_on(Db::with_pigeons(&[traced]));
     let config = db.path("bus.toml");
     std::fs::write(
         &config,
@@ -159,16 +166,23 @@ fn the_handlers_span_descends_from_the_fly_through_the_router_in_one_trace() {
     let config = config.display().to_string();
     let bus = Bus::start_with_env(&kafka, &db, &["--config", &config], &[("OTEL_BSP_SCHEDULE_DELAY", "100")]);
 
-    let (id, carried) = runtime.block_on(async {
+    let (id, carried, retried) = runtime.block_on(async {
         let (seen_tx, mut seen) = mpsc::unbounded_channel::<Letter>();
+        // The letter for room r-retry fails once: reported, stored, sent again by the retrier.
+        let failed_once = Arc::new(AtomicBool::new(false));
         let module = Module::builder("traced")
             .brokers(&kafka.bootstrap)
             .kafka_property("session.timeout.ms", "6000")
             .kafka_property("heartbeat.interval.ms", "500")
             .drain_timeout(Duration::from_secs(10))
+            .retry(Retry::new(1, Duration::from_millis(10)))
             .capability(Capability::new("chest.drop", move |letter: Letter, _cx: Context| {
                 let seen = seen_tx.clone();
+                let fail = letter.room_id() == Some("r-retry") && !failed_once.swap(true, Ordering::SeqCst);
                 async move {
+                    if fail {
+                        return Err("not this time".into());
+                    }
                     let _ = seen.send(letter);
                     Ok(())
                 }
@@ -197,8 +211,13 @@ fn the_handlers_span_descends_from_the_fly_through_the_router_in_one_trace() {
         let fresh = fresh.expect("a sampled letter without a usable context starts a trace");
         assert_ne!(fresh.trace_id, carried.trace_id);
 
+        let again = module.letter("progress.full").room_id("r-retry").finish();
+        let retried = module.fly("traced", again).await.expect("fly");
+        let got = tokio::time::timeout(DEADLINE, seen.recv()).await.expect("the retried letter").unwrap();
+        assert_eq!((got.id, got.attempt), (retried, 2));
+
         module.shutdown().await;
-        (id, carried)
+        (id, carried, retried)
     });
     provider.force_flush().expect("the module's spans are sent");
     let letter_id = id.to_string();
@@ -222,6 +241,33 @@ fn the_handlers_span_descends_from_the_fly_through_the_router_in_one_trace() {
     assert_eq!(route.attributes.get("topic").map(String::as_str), Some("pigeon.ingress"));
     assert_eq!(route.attributes.get("letter_id"), Some(&letter_id));
     assert!(route.attributes.contains_key("partition") && route.attributes.contains_key("offset"));
+
+    // A retried delivery: the retrier's span is the router's child, the second try's the
+    // retrier's.
+    let retried = retried.to_string();
+    // The module's spans are all in: its provider was flushed.
+    let handled: Vec<Received> = {
+        let all = spans.lock().unwrap();
+        all.iter()
+            .filter(|s| s.name == "handle" && s.attributes.get("letter_id") == Some(&retried))
+            .cloned()
+            .collect()
+    };
+    let retry = wait_for(&spans, "the retrier's span", |s| {
+        s.name == "retry" && s.attributes.get("letter_id") == Some(&retried)
+    });
+    let first_route = wait_for(&spans, "the retried letter's route span", |s| {
+        s.name == "route" && s.attributes.get("letter_id") == Some(&retried)
+    });
+    assert_eq!(handled.len(), 2, "{handled:#?}");
+    assert!(handled.iter().all(|h| h.trace_id == first_route.trace_id), "one trace: {handled:#?}");
+    assert!(handled.iter().any(|h| h.parent_id == first_route.span_id), "the first try under the router");
+    assert!(handled.iter().any(|h| h.parent_id == retry.span_id), "the second under the retrier");
+    assert_eq!(
+        (retry.trace_id.as_str(), retry.parent_id.as_str()),
+        (first_route.trace_id.as_str(), first_route.span_id.as_str())
+    );
+    assert_eq!(retry.service, "pigeon-test");
 
     let log = bus.stop();
     // `[log] format = "json"`: every line is a JSON object.
