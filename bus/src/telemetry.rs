@@ -9,7 +9,7 @@
 //! `ce_traceparent` as it came.
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::{Protocol, WithExportConfig};
@@ -29,7 +29,7 @@ static THRESHOLD: AtomicU64 = AtomicU64::new(0);
 /// `u64::MAX` + 1 as a float: the scale of [`THRESHOLD`].
 const SCALE: f64 = 18_446_744_073_709_551_616.0;
 /// Whether spans are recorded at all (an exporter runs).
-static ON: AtomicU64 = AtomicU64::new(0);
+static ON: AtomicBool = AtomicBool::new(false);
 
 /// Turns letter traces on, sampling `ratio` of the letters that do not say sampled themselves.
 pub fn sample(ratio: f64) {
@@ -42,12 +42,12 @@ pub fn sample(ratio: f64) {
         0
     };
     THRESHOLD.store(threshold, Ordering::Relaxed);
-    ON.store(1, Ordering::Relaxed);
+    ON.store(true, Ordering::Relaxed);
 }
 
 /// Turns letter traces off (nothing is sampled).
 pub fn stop_sampling() {
-    ON.store(0, Ordering::Relaxed);
+    ON.store(false, Ordering::Relaxed);
     THRESHOLD.store(0, Ordering::Relaxed);
 }
 
@@ -59,7 +59,7 @@ pub struct Sampled(pub Option<TraceParent>);
 /// or the ratio draws it. A malformed `ce_traceparent` counts as none.
 #[inline]
 pub fn sampled(input: &LetterHeaders<'_>) -> Option<Sampled> {
-    if ON.load(Ordering::Relaxed) == 0 {
+    if !ON.load(Ordering::Relaxed) {
         return None;
     }
     let value = input.iter().find(|h| h.is(header::TRACEPARENT)).and_then(|h| h.value);
