@@ -774,8 +774,6 @@ impl Forwarder<'_> {
     }
 }
 
-/// The id of a letter that carries none: derived from its place in Kafka and its time, the
-/// same each time the letter is read.
 /// The router's span of a sampled letter: the pigeons that took it, where it was read.
 fn route_span(
     sampled: telemetry::Sampled,
@@ -794,6 +792,8 @@ fn route_span(
     telemetry::LetterSpan::start("route", sampled, at)
 }
 
+/// The id of a letter that carries none: derived from its place in Kafka and its time, the
+/// same each time the letter is read.
 fn derived_id_of(message: &BorrowedMessage<'_>) -> String {
     let ms = u64::try_from(message.timestamp().to_millis().unwrap_or(0)).unwrap_or(0);
     pigeon_sdk::LetterId::derived(message.topic(), message.partition(), message.offset(), ms).to_string()
