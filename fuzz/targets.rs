@@ -340,7 +340,7 @@ pub fn check_source_message(input: &SourceMessage) {
         expected.sort_unstable();
         assert_eq!(ids, expected, "reroute takes what the router takes");
     }
-    let planned = output::owned_outputs(&message, id, tag, time_ms, &routes, 2, table.contracts());
+    let planned = output::owned_outputs("retry", &message, id, tag, time_ms, &routes, 2, table.contracts());
     for out in &planned.outputs {
         let one = |name: &str| out.headers_named(name);
         for name in [header::ID, header::TYPE, header::PIGEON, header::ATTEMPT, header::HOPS] {

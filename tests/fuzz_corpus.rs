@@ -146,7 +146,7 @@ fn outputs_count_hops_on_from_the_header_the_router_judged() {
     let input = LetterHeaders::of(&message);
     let judged = output::hops_in(&input);
     assert_eq!(judged, 15);
-    let headers = output::output_headers(&message, &input, "id", "gift.copy", "gift-copy", false);
+    let headers = output::output_headers(&message, &input, "id", "gift.copy", "gift-copy", false, None);
     let written = pigeon_headers::text(&headers, "ce_hops").map(str::to_owned);
     assert_eq!(written, Some((judged + 1).to_string()));
 }

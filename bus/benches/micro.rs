@@ -138,7 +138,7 @@ fn scripting(c: &mut Criterion) {
                 for (i, out) in outputs.into_iter().enumerate() {
                     let out_id =
                         LetterId::derived_output(id, route.version, i, 1_700_000_000_000).to_string();
-                    let headers = output_headers(m, &input, &out_id, &out.tag, &route.id, true);
+                    let headers = output_headers(m, &input, &out_id, &out.tag, &route.id, true, None);
                     n += std::hint::black_box((headers, out.payload)).0.count();
                 }
             }

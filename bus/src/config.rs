@@ -36,6 +36,10 @@ pub struct BusConfig {
     pub topics: TopicsConfig,
     /// Source topics written by systems that do not use the SDK, by topic name.
     pub sources: BTreeMap<String, SourceConfig>,
+    /// Traces of sampled letters.
+    pub tracing: TracingConfig,
+    /// Log lines.
+    pub log: LogConfig,
 }
 
 impl Default for BusConfig {
@@ -52,8 +56,49 @@ impl Default for BusConfig {
             admin: AdminConfig::default(),
             topics: TopicsConfig::default(),
             sources: BTreeMap::new(),
+            tracing: TracingConfig::default(),
+            log: LogConfig::default(),
         }
     }
+}
+
+/// Traces: a span per stage for sampled letters, exported over OTLP/HTTP.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default)]
+pub struct TracingConfig {
+    /// The share of letters traced (0 to 1), besides every letter whose `ce_traceparent` says
+    /// sampled. Only with `otlp_endpoint`.
+    pub sample_ratio: f64,
+    /// An OTLP/HTTP receiver (a collector's `http://host:4318`; `/v1/traces` is added). None:
+    /// no spans, and letters keep the trace context they came with.
+    pub otlp_endpoint: Option<String>,
+    /// The `service.name` the spans carry.
+    pub service_name: String,
+}
+
+impl Default for TracingConfig {
+    fn default() -> Self {
+        Self { sample_ratio: 0.01, otlp_endpoint: None, service_name: "pigeon".into() }
+    }
+}
+
+/// Log lines on standard error.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct LogConfig {
+    /// `text` (the default) or `json`, one object a line (`--log-format` overrides).
+    pub format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object a line.
+    Json,
 }
 
 /// Kafka connection; any librdkafka property can be passed through.
@@ -455,6 +500,19 @@ impl BusConfig {
         if self.router.offset_store_interval_ms == 0 {
             errors.push("router.offset_store_interval_ms must be at least 1".into());
         }
+        let tracing = &self.tracing;
+        if !(0.0..=1.0).contains(&tracing.sample_ratio) {
+            errors
+                .push(format!("tracing.sample_ratio must be between 0 and 1, got {}", tracing.sample_ratio));
+        }
+        if let Some(endpoint) = &tracing.otlp_endpoint {
+            if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+                errors.push(format!(
+                    "tracing.otlp_endpoint must be an http:// or https:// URL, got {}",
+                    redact_url(endpoint)
+                ));
+            }
+        }
         let archiver = &self.archiver;
         if archiver.group.trim().is_empty() {
             errors.push("archiver.group is empty".into());
@@ -514,6 +572,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn tracing_and_log_settings_are_read_and_checked() {
+        let config = BusConfig::parse(
+            "[tracing]\nsample_ratio = 1.0\notlp_endpoint = \"http://c:4318\"\n[log]\nformat = \"json\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.tracing.otlp_endpoint.as_deref(), Some("http://c:4318"));
+        assert_eq!(config.log.format, LogFormat::Json);
+        let bad = BusConfig::parse(
+            "[tracing]\nsample_ratio = 2.0\notlp_endpoint = \"ftp://u:secret@c\"\n[log]\nformat = \"xml\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(bad.contains("format"), "{bad}");
+        let bad = BusConfig::parse("[tracing]\nsample_ratio = 2.0\notlp_endpoint = \"ftp://u:secret@c\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(bad.contains("sample_ratio") && bad.contains("otlp_endpoint"), "{bad}");
+        assert!(!bad.contains("secret"), "the password is redacted: {bad}");
+    }
+
+    #[test]
     fn an_empty_file_gives_the_defaults() {
         let config = BusConfig::parse("").unwrap();
         assert_eq!(config.kafka.router_group, "pigeon-router");
@@ -538,6 +617,12 @@ mod tests {
         assert_eq!(example.router.window_grace_ms, defaults.router.window_grace_ms);
         assert_eq!(example.router.schema_sample_every, defaults.router.schema_sample_every);
         assert_eq!(example.admin.listen, defaults.admin.listen);
+        let (t, d) = (&example.tracing, &defaults.tracing);
+        assert_eq!(
+            (t.sample_ratio, &t.otlp_endpoint, &t.service_name),
+            (d.sample_ratio, &d.otlp_endpoint, &d.service_name)
+        );
+        assert_eq!(example.log.format, defaults.log.format);
         assert_eq!(example.topics.partitions, defaults.topics.partitions);
         assert_eq!(example.topics.replication, defaults.topics.replication);
         assert_eq!(example.roles, defaults.roles);

@@ -160,9 +160,9 @@ impl Watcher {
         self.quarantined = now_quarantined;
         self.next_change = table.next_change().into_iter().chain(archive.table.next_change()).min();
         self.generation += 1;
-        metrics::counter!(crate::telemetry::ROUTE_RELOADS).increment(1);
-        metrics::gauge!(crate::telemetry::PIGEONS_LIVE).set(table.len() as f64);
-        metrics::gauge!(crate::telemetry::PIGEONS_QUARANTINED).set(quarantined.len() as f64);
+        metrics::counter!(crate::prometheus::ROUTE_RELOADS).increment(1);
+        metrics::gauge!(crate::prometheus::PIGEONS_LIVE).set(table.len() as f64);
+        metrics::gauge!(crate::prometheus::PIGEONS_QUARANTINED).set(quarantined.len() as f64);
         Routes {
             table: Arc::new(table),
             redeliver: Arc::new(redeliver.table),

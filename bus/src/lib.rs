@@ -13,6 +13,7 @@ pub mod counters;
 pub mod deadletter;
 pub mod failures;
 pub mod kafka;
+pub mod prometheus;
 pub mod receipts;
 pub mod registry;
 pub mod retrier;

@@ -29,7 +29,7 @@ use crate::store::{now_ms, Store};
 use pigeon_sdk::{header, LetterId};
 
 /// The retrier's series.
-pub type RetrierStats = crate::telemetry::RetrierMetrics;
+pub type RetrierStats = crate::prometheus::RetrierMetrics;
 
 /// How long a sweep waits for the watcher to read the store; after that it redelivers through
 /// the tables it has.
@@ -262,7 +262,17 @@ fn plan(letter: &DeadLetter, table: &RouteTable, attempt: i32) -> Result<Planned
         let output = Output {
             topic: topic.clone(),
             key: dead.key.clone(),
-            headers: with_attempt(&stored_headers(), attempt),
+            headers: crate::telemetry::retrace(
+                "retry",
+                with_attempt(&stored_headers(), attempt),
+                crate::telemetry::At {
+                    pigeon: dead.pigeon_id.as_deref().unwrap_or_default(),
+                    topic: &dead.source_topic,
+                    partition: dead.source_partition,
+                    offset: dead.source_offset,
+                    letter_id: &dead.letter_id,
+                },
+            ),
             payload: dead.payload.clone(),
             unfit: None,
         };
@@ -305,7 +315,7 @@ fn plan(letter: &DeadLetter, table: &RouteTable, attempt: i32) -> Result<Planned
     } else {
         dead.letter_id.clone()
     };
-    let planned = owned_outputs(&message, &id, &tag, time_ms, &matched, attempt, table.contracts());
+    let planned = owned_outputs("retry", &message, &id, &tag, time_ms, &matched, attempt, table.contracts());
     if planned.outputs.is_empty() && planned.refused.len() == matched.len() {
         let reasons: Vec<&str> = planned.refused.iter().map(|d| d.error_message.as_str()).collect();
         return Err(reasons.join("; "));

@@ -42,6 +42,11 @@ impl<'a> LetterHeaders<'a> {
         Self { list: pigeon_headers::of(message).collect() }
     }
 
+    /// Headers not in a message (yet): an output's, a stored letter's.
+    pub fn of_headers<H: RawHeaders>(headers: &'a H) -> Self {
+        Self { list: headers.raw().collect() }
+    }
+
     /// Every header, name and value, in the message's order.
     pub fn iter(&self) -> impl Iterator<Item = RawHeader<'a>> + '_ {
         self.list.iter().copied()

@@ -15,9 +15,9 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 use crate::control::Tables;
+use crate::prometheus::{CONSUMER_LAG, DEAD_LETTERS_STORED, REGISTRY_INSTANCES};
 use crate::route::RouteTable;
 use crate::store::{now_ms, Store};
-use crate::telemetry::{CONSUMER_LAG, DEAD_LETTERS_STORED, REGISTRY_INSTANCES};
 
 /// How often a round runs.
 pub const EVERY: Duration = Duration::from_secs(15);

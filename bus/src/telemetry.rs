@@ -1,331 +1,304 @@
-//! The process's Prometheus recorder (`metrics-exporter-prometheus`) and the series the roles
-//! keep beside the routes' (`pigeon_core::series`): names, help text, and handles resolved
-//! once, when a role starts or a partition is assigned, never per letter.
+//! Logs and traces.
 //!
-//! [`install`] must run before any table is built or any role's counters are made: handles
-//! resolved earlier count nowhere. The admin server renders [`handle`] at `/metrics`.
+//! Log lines go to standard error, as text or JSON. Traces follow letters: a letter is sampled
+//! when its `ce_traceparent` says sampled or by `tracing.sample_ratio`, and only while spans
+//! are exported (`tracing.otlp_endpoint`). A sampled letter gets a span per stage (the
+//! router's, a retry's, a replay's) as the child of the trace context it came with, and its
+//! outputs carry a `ce_traceparent` naming that span. An unsampled letter costs one look at its
+//! headers and one random number: no span, no allocation, and its outputs keep its
+//! `ce_traceparent` as it came.
 
-use std::sync::OnceLock;
-use std::time::Duration;
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use metrics::{describe_counter, describe_gauge, describe_histogram, Counter, Gauge, Unit};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::{Protocol, WithExportConfig};
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+use tracing::Span;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer, Registry};
 
-use crate::deadletter::ErrorKind;
+use crate::config::{redact_url, LogFormat, TracingConfig};
+use crate::source::LetterHeaders;
+use pigeon_sdk::header;
+pub use pigeon_sdk::trace::{TraceParent, TARGET};
 
-pub use pigeon_core::series::{DESTINATION, PIGEON, SCRIPT_FAILURES, SCRIPT_RUNS};
+/// Letters whose random draw is below this are sampled; 0 while traces are off.
+static THRESHOLD: AtomicU64 = AtomicU64::new(0);
+/// `u64::MAX` + 1 as a float: the scale of [`THRESHOLD`].
+const SCALE: f64 = 18_446_744_073_709_551_616.0;
+/// Whether spans are recorded at all (an exporter runs).
+static ON: AtomicBool = AtomicBool::new(false);
 
-/// Source letters the router read. No labels.
-pub const ROUTER_LETTERS_READ: &str = "pigeon_router_letters_read_total";
-/// Dead letters the router wrote (a script's failures count in [`SCRIPT_FAILURES`]). Labels:
-/// `kind`.
-pub const DEAD_LETTERS: &str = "pigeon_dead_letters_total";
-/// Dead letters in the store not settled yet. Labels: `status`, `kind`.
-pub const DEAD_LETTERS_STORED: &str = "pigeon_dead_letters_stored";
-/// The most letters one partition had in flight at once. No labels.
-pub const IN_FLIGHT_PEAK: &str = "pigeon_in_flight_peak";
-/// Letters in flight (read, not settled). Labels: `topic`, `partition`.
-pub const IN_FLIGHT: &str = "pigeon_in_flight";
-/// 1 while a destination's breaker is open (its sources paused). Labels: `destination`.
-pub const BREAKER_OPEN: &str = "pigeon_breaker_open";
-/// Letters behind in a consumer group: the high watermark less the committed offset. Labels:
-/// `group`, `topic`, `partition`.
-pub const CONSUMER_LAG: &str = "pigeon_consumer_group_lag";
-/// Module instances the registry knows. Labels: `state` (`live`, `stale`, `left`).
-pub const REGISTRY_INSTANCES: &str = "pigeon_registry_instances";
-/// Route tables the watcher built. No labels.
-pub const ROUTE_RELOADS: &str = "pigeon_route_reloads_total";
-/// Pigeons in the router's live table. No labels.
-pub const PIGEONS_LIVE: &str = "pigeon_pigeons_live";
-/// Pigeons left out because they do not compile. No labels.
-pub const PIGEONS_QUARANTINED: &str = "pigeon_pigeons_quarantined";
-/// Letters per archive batch. No labels.
-pub const ARCHIVE_BATCH_LETTERS: &str = "pigeon_archive_batch_letters";
-/// How long an archive batch write took. No labels.
-pub const ARCHIVE_WRITE_SECONDS: &str = "pigeon_archive_write_seconds";
+/// Turns letter traces on, sampling `ratio` of the letters that do not say sampled themselves.
+pub fn sample(ratio: f64) {
+    let threshold = if ratio >= 1.0 {
+        u64::MAX
+    } else if ratio > 0.0 {
+        // In range: 0 < ratio < 1.
+        (ratio * SCALE) as u64
+    } else {
+        0
+    };
+    THRESHOLD.store(threshold, Ordering::Relaxed);
+    ON.store(true, Ordering::Relaxed);
+}
 
-/// Buckets of the latency histograms (seconds): 0.5 ms to 10 s.
-const SECONDS_BUCKETS: &[f64] =
-    &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
-/// Buckets of the archive's batch sizes (letters).
-const BATCH_BUCKETS: &[f64] = &[1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0];
+/// Turns letter traces off (nothing is sampled).
+pub fn stop_sampling() {
+    ON.store(false, Ordering::Relaxed);
+    THRESHOLD.store(0, Ordering::Relaxed);
+}
 
-static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+/// A letter chosen to be traced, and the trace context it came with (`None`: a new trace).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sampled(pub Option<TraceParent>);
 
-/// Installs the Prometheus recorder as the process's (once; later calls return the same
-/// handle) and describes every series. A process that has another recorder already gets a
-/// handle that renders nothing of it.
-pub fn install() -> &'static PrometheusHandle {
-    HANDLE.get_or_init(|| {
-        let builder = PrometheusBuilder::new()
-            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)
-            .and_then(|b| {
-                b.set_buckets_for_metric(Matcher::Full(ARCHIVE_BATCH_LETTERS.into()), BATCH_BUCKETS)
-            });
-        let recorder = match builder {
-            Ok(builder) => builder.build_recorder(),
-            // Only empty bucket lists are refused, and ours are not empty.
-            Err(e) => {
-                tracing::error!(error = %e, "metric buckets refused; histograms are summaries");
-                PrometheusBuilder::new().build_recorder()
-            }
-        };
-        let handle = recorder.handle();
-        if let Err(e) = metrics::set_global_recorder(recorder) {
-            tracing::error!(error = %e, "another metrics recorder is installed; /metrics shows none of it");
+/// Whether to trace the letter whose headers are `input`: its `ce_traceparent` says sampled,
+/// or the ratio draws it. A malformed `ce_traceparent` counts as none.
+#[inline]
+pub fn sampled(input: &LetterHeaders<'_>) -> Option<Sampled> {
+    if !ON.load(Ordering::Relaxed) {
+        return None;
+    }
+    let value = input.iter().find(|h| h.is(header::TRACEPARENT)).and_then(|h| h.value);
+    let parent_says = value.is_some_and(pigeon_sdk::trace::says_sampled);
+    if !parent_says && !drawn(THRESHOLD.load(Ordering::Relaxed)) {
+        return None;
+    }
+    Some(Sampled(value.and_then(TraceParent::parse)))
+}
+
+/// One draw of a per-thread xorshift generator against `threshold`.
+fn drawn(threshold: u64) -> bool {
+    if threshold == 0 {
+        return false;
+    }
+    if threshold == u64::MAX {
+        return true;
+    }
+    thread_local! {
+        static STATE: Cell<u64> = const { Cell::new(0) };
+    }
+    STATE.with(|state| {
+        let mut x = state.get();
+        if x == 0 {
+            use std::hash::{BuildHasher, Hasher};
+            // A per-thread seed; never zero (xorshift would stay at zero).
+            x = std::collections::hash_map::RandomState::new().build_hasher().finish() | 1;
         }
-        describe();
-        handle
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        state.set(x);
+        x < threshold
     })
 }
 
-/// The installed recorder's handle (installing it if nothing did).
-pub fn handle() -> &'static PrometheusHandle {
-    install()
+/// Where a letter is, for its span.
+#[derive(Clone, Copy, Debug)]
+pub struct At<'a> {
+    /// The pigeon (or pigeons, comma-separated) taking it.
+    pub pigeon: &'a str,
+    /// The topic it was read from.
+    pub topic: &'a str,
+    /// Its partition (-1 for a letter not read from Kafka).
+    pub partition: i32,
+    /// Its offset (-1 likewise).
+    pub offset: i64,
+    /// The letter id.
+    pub letter_id: &'a str,
 }
 
-/// Runs the recorder's upkeep (drains histogram samples) every few seconds, in a thread of
-/// its own: it needs no runtime and never blocks one.
-pub fn start_upkeep() {
-    static STARTED: OnceLock<()> = OnceLock::new();
-    STARTED.get_or_init(|| {
-        let handle = install().clone();
-        let spawned = std::thread::Builder::new().name("pigeon-metrics-upkeep".into()).spawn(move || loop {
-            std::thread::sleep(Duration::from_secs(5));
-            handle.run_upkeep();
-        });
-        if let Err(e) = spawned {
-            tracing::warn!(error = %e, "cannot start the metrics upkeep; histograms are drained at scrapes only");
-        }
-    });
-}
-
-fn describe() {
-    pigeon_core::series::describe();
-    describe_counter!(ROUTER_LETTERS_READ, "Source letters the router read.");
-    describe_counter!(
-        DEAD_LETTERS,
-        "Letters and outputs the router dead-lettered, by kind (a script's failures count in pigeon_script_failures_total)."
-    );
-    describe_gauge!(DEAD_LETTERS_STORED, "Dead letters in the store not settled yet, by status and kind.");
-    describe_gauge!(IN_FLIGHT_PEAK, "Most letters one partition had in flight at once.");
-    describe_gauge!(IN_FLIGHT, "Letters read and not settled yet, per partition the router holds.");
-    describe_gauge!(
-        BREAKER_OPEN,
-        "1 while a destination's circuit breaker is open (its sources are paused)."
-    );
-    describe_gauge!(
-        CONSUMER_LAG,
-        "Letters behind per partition: the high watermark less the group's committed offset (computed by the admin role)."
-    );
-    describe_gauge!(REGISTRY_INSTANCES, "Module instances the registry knows, by state.");
-    describe_counter!(ROUTE_RELOADS, "Route tables the watcher built: the first and every change.");
-    describe_gauge!(PIGEONS_LIVE, "Pigeons in the router's live route table.");
-    describe_gauge!(PIGEONS_QUARANTINED, "Pigeons left out because they do not compile.");
-    describe_histogram!(ARCHIVE_BATCH_LETTERS, "Letters per batch written to the archive.");
-    describe_histogram!(ARCHIVE_WRITE_SECONDS, Unit::Seconds, "How long each archive batch write took.");
-    for (name, help) in RETRIER {
-        describe_counter!(*name, *help);
-    }
-    for (name, help) in ARCHIVER {
-        describe_counter!(*name, *help);
-    }
-    describe_gauge!(
-        ARCHIVE_PAUSED,
-        "1 while the archiver waits for its database with its partitions paused."
-    );
-    describe_counter!(REPLAY_LETTERS, "Archived letters replayed.");
-    describe_counter!(REPLAY_JOBS_ENDED, "Replay jobs that ended here.");
-}
-
-/// The kinds of dead letter the router writes itself (a script's failures are counted per
-/// pigeon, handlers' by the failures reader).
-const ROUTER_KINDS: [ErrorKind; 4] =
-    [ErrorKind::Produce, ErrorKind::Malformed, ErrorKind::Dictionary, ErrorKind::Internal];
-
-/// The router's own series (the pigeons' are their routes').
+/// The span of one stage of a sampled letter, and the trace context its outputs carry.
 #[derive(Debug)]
-pub struct RouterMetrics {
-    /// Source letters read.
-    pub letters_read: Counter,
-    /// Dead letters by kind, in the order of [`ROUTER_KINDS`].
-    dead_letters: [Counter; ROUTER_KINDS.len()],
-    /// The most letters one partition had in flight, published by [`RouterMetrics::publish`].
-    pub in_flight_peak: std::sync::atomic::AtomicU64,
-    peak: Gauge,
+pub struct LetterSpan {
+    span: Span,
+    /// `ce_traceparent` of the letters sent in this span: the same trace, this span the parent.
+    pub traceparent: TraceParent,
 }
 
-impl Default for RouterMetrics {
-    fn default() -> Self {
-        Self {
-            letters_read: metrics::counter!(ROUTER_LETTERS_READ),
-            dead_letters: ROUTER_KINDS.map(|kind| metrics::counter!(DEAD_LETTERS, "kind" => kind.as_str())),
-            in_flight_peak: Default::default(),
-            peak: metrics::gauge!(IN_FLIGHT_PEAK),
+impl LetterSpan {
+    /// Starts the `stage` span of a sampled letter, the child of the context it came with.
+    /// `None` when no exporter records it (its outputs then keep the letter's context).
+    pub fn start(stage: &'static str, sampled: Sampled, at: At<'_>) -> Option<Self> {
+        let span = tracing::info_span!(
+            target: TARGET,
+            "letter",
+            otel.name = stage,
+            pigeon = at.pigeon,
+            topic = at.topic,
+            partition = at.partition,
+            offset = at.offset,
+            letter_id = at.letter_id,
+        );
+        if span.is_disabled() {
+            return None;
         }
+        pigeon_sdk::trace::set_parent(&span, sampled.0);
+        let traceparent = pigeon_sdk::trace::traceparent_of(&span)?;
+        Some(Self { span, traceparent: TraceParent { flags: TraceParent::SAMPLED, ..traceparent } })
+    }
+
+    /// The span.
+    pub fn span(&self) -> &Span {
+        &self.span
     }
 }
 
-impl RouterMetrics {
-    /// Publishes the in-flight peak (on the router's timer, not per letter).
-    pub fn publish(&self) {
-        self.peak.set(self.in_flight_peak.load(std::sync::atomic::Ordering::Relaxed) as f64);
-    }
-
-    /// Counts one dead letter of `kind`.
-    pub fn dead_lettered(&self, kind: ErrorKind) {
-        if let Some(counter) =
-            ROUTER_KINDS.iter().position(|k| *k == kind).and_then(|i| self.dead_letters.get(i))
-        {
-            counter.increment(1);
-        }
+/// `headers` of a letter a stage sends again as it was (a retry, a replay to a topic): when the
+/// letter is sampled, with the `stage` span's `ce_traceparent`; as they were otherwise.
+pub fn retrace(
+    stage: &'static str,
+    headers: rdkafka::message::OwnedHeaders,
+    at: At<'_>,
+) -> rdkafka::message::OwnedHeaders {
+    let span = sampled(&LetterHeaders::of_headers(&headers)).and_then(|s| LetterSpan::start(stage, s, at));
+    match span {
+        Some(span) => with_traceparent(&headers, &span.traceparent),
+        None => headers,
     }
 }
 
-/// The in-flight gauges of the partitions a router holds, set on its timer from its ledger:
-/// a partition's gauge is resolved when it first appears (it was assigned), and set to 0 once
-/// the partition is gone.
+/// `headers` with `ce_traceparent` set to `traceparent` (every other header as it was).
+pub fn with_traceparent(
+    headers: &rdkafka::message::OwnedHeaders,
+    traceparent: &TraceParent,
+) -> rdkafka::message::OwnedHeaders {
+    use pigeon_headers::RawHeaders;
+    use rdkafka::message::Headers;
+    let encoded = traceparent.encode();
+    let mut out = rdkafka::message::OwnedHeaders::new_with_capacity(headers.count() + 1);
+    for h in headers.raw().filter(|h| !h.is(header::TRACEPARENT)) {
+        out = pigeon_headers::add(out, h.name, h.value);
+    }
+    out.insert(rdkafka::message::Header { key: header::TRACEPARENT, value: Some(encoded.as_bytes()) })
+}
+
+/// What runs until the process ends: the span exporter, flushed and stopped on drop.
 #[derive(Debug, Default)]
-pub struct InFlight {
-    gauges: std::collections::HashMap<(std::sync::Arc<str>, i32), Gauge>,
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
 }
 
-impl InFlight {
-    /// Sets each partition's gauge to its letters in flight.
-    pub fn publish(&mut self, ledger: &pigeon_sdk::ledger::Ledger) {
-        let held = ledger.partitions();
-        self.gauges.retain(|(topic, partition), gauge| {
-            let still = held.iter().any(|p| p.partition == *partition && p.topic == *topic);
-            if !still {
-                gauge.set(0.0);
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        if let Some(provider) = self.provider.take() {
+            stop_sampling();
+            if let Err(e) = provider.shutdown() {
+                eprintln!("traces: the exporter did not stop cleanly: {e}");
             }
-            still
-        });
-        for p in held {
-            let gauge = self.gauges.entry((std::sync::Arc::clone(&p.topic), p.partition)).or_insert_with(|| {
-                metrics::gauge!(IN_FLIGHT, "topic" => p.topic.to_string(), "partition" => p.partition.to_string())
-            });
-            gauge.set(p.in_flight() as f64);
         }
     }
 }
 
-/// A destination breaker's gauge (looked up when it opens or closes, not per letter).
-pub fn breaker_open(topic: &str) -> Gauge {
-    metrics::gauge!(BREAKER_OPEN, DESTINATION => topic.to_owned())
-}
-
-const RETRIER: &[(&str, &str)] = &[
-    ("pigeon_retry_claimed_total", "Dead letters the retrier claimed."),
-    ("pigeon_retry_delivered_total", "Dead letters the retrier redelivered."),
-    ("pigeon_retry_failed_total", "Retries that failed and wait for the next step."),
-    ("pigeon_retry_parked_total", "Dead letters parked for an operator by the retrier."),
-    (
-        "pigeon_retry_taken_over_total",
-        "Dead letters taken over from a claim whose lease ran out (possibly sent twice).",
-    ),
-    (
-        "pigeon_retry_lost_claims_total",
-        "Retries whose claim ran out before the outcome was recorded (possibly sent twice).",
-    ),
-];
-
-/// The retrier's series.
-#[derive(Debug)]
-pub struct RetrierMetrics {
-    /// Dead letters claimed.
-    pub claimed: Counter,
-    /// Redelivered.
-    pub delivered: Counter,
-    /// Failed again, waiting for the next step.
-    pub failed: Counter,
-    /// Parked for an operator.
-    pub parked: Counter,
-    /// Taken over from a claim whose lease ran out (possibly sent twice).
-    pub taken_over: Counter,
-    /// Attempts whose claim was lost before the report (possibly sent twice).
-    pub lost_claims: Counter,
-}
-
-impl Default for RetrierMetrics {
-    fn default() -> Self {
-        let [claimed, delivered, failed, parked, taken_over, lost_claims] =
-            [0, 1, 2, 3, 4, 5].map(|i| metrics::counter!(RETRIER[i].0));
-        Self { claimed, delivered, failed, parked, taken_over, lost_claims }
+/// Installs the process's logging (`format`, filtered by `RUST_LOG`, `info` by default) and,
+/// when `export` and the configuration name an OTLP endpoint, the span exporter.
+pub fn init(format: LogFormat, tracing: &TracingConfig, export: bool) -> Result<Telemetry, String> {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let logs: Box<dyn Layer<Registry> + Send + Sync> = match format {
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            // Colours only on a terminal: log files and collectors get plain text.
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_filter(filter)
+            .boxed(),
+        LogFormat::Json => {
+            tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr).with_filter(filter).boxed()
+        }
+    };
+    let mut layers = vec![logs];
+    let mut telemetry = Telemetry::default();
+    if let (true, Some(endpoint)) = (export, &tracing.otlp_endpoint) {
+        let provider = provider(endpoint, &tracing.service_name)?;
+        let tracer = provider.tracer("pigeon");
+        layers.push(
+            tracing_opentelemetry::layer()
+                .with_tracer(tracer)
+                .with_filter(tracing_subscriber::filter::filter_fn(|meta| meta.target() == TARGET))
+                .boxed(),
+        );
+        telemetry.provider = Some(provider);
     }
+    tracing_subscriber::registry().with(layers).try_init().map_err(|e| e.to_string())?;
+    if let Some(endpoint) = tracing.otlp_endpoint.as_deref().filter(|_| telemetry.provider.is_some()) {
+        sample(tracing.sample_ratio);
+        tracing::info!(
+            endpoint = %redact_url(endpoint),
+            sample_ratio = tracing.sample_ratio,
+            service = %tracing.service_name,
+            "exporting traces"
+        );
+    }
+    Ok(telemetry)
 }
 
-const ARCHIVER: &[(&str, &str)] = &[
-    ("pigeon_archive_read_total", "Messages the archiver read."),
-    ("pigeon_archive_letters_total", "Letters newly written to the archive."),
-    ("pigeon_archive_duplicates_total", "Letters chosen again that the archive already held (redeliveries)."),
-    ("pigeon_archive_batches_total", "Batches written to the archive."),
-    ("pigeon_archive_write_failures_total", "Batch writes that failed and were tried again."),
-    (
-        "pigeon_archive_filter_errors_total",
-        "Letters kept although their archive pigeon's filter failed on them.",
-    ),
-    ("pigeon_archive_expired_total", "Letters the retention job deleted."),
-];
-const ARCHIVE_PAUSED: &str = "pigeon_archive_paused";
-const REPLAY_LETTERS: &str = "pigeon_replay_letters_total";
-const REPLAY_JOBS_ENDED: &str = "pigeon_replay_jobs_ended_total";
-
-/// The archiver's series.
-#[derive(Debug)]
-pub struct ArchiverMetrics {
-    /// Messages read from archive pigeons' topics.
-    pub read: Counter,
-    /// Letters newly written to the archive.
-    pub archived: Counter,
-    /// Letters chosen again that the archive already held (redeliveries).
-    pub duplicates: Counter,
-    /// Batches written.
-    pub batches: Counter,
-    /// Batch writes that failed (each is tried again).
-    pub write_failures: Counter,
-    /// Letters kept although their pigeon's filter failed on them.
-    pub filter_errors: Counter,
-    /// Letters deleted by the retention job.
-    pub expired: Counter,
-    /// 1 while the archiver waits for the database with its partitions paused.
-    pub paused: Gauge,
-    /// Letters per batch.
-    pub batch_letters: metrics::Histogram,
-    /// Batch write time.
-    pub write_seconds: metrics::Histogram,
+/// The OTLP/HTTP (JSON) exporter's provider for `endpoint` (`/v1/traces` added).
+fn provider(endpoint: &str, service: &str) -> Result<SdkTracerProvider, String> {
+    let endpoint = endpoint.trim_end_matches('/');
+    let url =
+        if endpoint.ends_with("/v1/traces") { endpoint.to_owned() } else { format!("{endpoint}/v1/traces") };
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_protocol(Protocol::HttpJson)
+        .with_endpoint(url)
+        .build()
+        .map_err(|e| format!("tracing.otlp_endpoint {}: {e}", redact_url(endpoint)))?;
+    Ok(SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        // The bus chose the letters already (`sample`): every span it starts is kept.
+        .with_sampler(Sampler::AlwaysOn)
+        .with_resource(opentelemetry_sdk::Resource::builder().with_service_name(service.to_owned()).build())
+        .build())
 }
 
-impl Default for ArchiverMetrics {
-    fn default() -> Self {
-        let [read, archived, duplicates, batches, write_failures, filter_errors, expired] =
-            [0, 1, 2, 3, 4, 5, 6].map(|i| metrics::counter!(ARCHIVER[i].0));
-        Self {
-            read,
-            archived,
-            duplicates,
-            batches,
-            write_failures,
-            filter_errors,
-            expired,
-            paused: metrics::gauge!(ARCHIVE_PAUSED),
-            batch_letters: metrics::histogram!(ARCHIVE_BATCH_LETTERS),
-            write_seconds: metrics::histogram!(ARCHIVE_WRITE_SECONDS),
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::message::{Header, OwnedHeaders};
+
+    fn headers(traceparent: Option<&str>) -> OwnedHeaders {
+        let headers = OwnedHeaders::new().insert(Header { key: header::ID, value: Some("id") });
+        match traceparent {
+            Some(tp) => headers.insert(Header { key: header::TRACEPARENT, value: Some(tp) }),
+            None => headers,
         }
     }
-}
 
-/// The replay runner's series.
-#[derive(Debug)]
-pub struct ReplayMetrics {
-    /// Archived letters sent again.
-    pub letters: Counter,
-    /// Jobs that ended (done, failed or cancelled).
-    pub jobs_ended: Counter,
-}
+    #[test]
+    fn a_letter_is_sampled_when_its_context_says_so_or_the_ratio_draws_it() {
+        // The other tests of this crate start no span recorder: the switch changes no output.
+        const SAMPLED: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        const UNSAMPLED: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00";
+        let judge = |tp: Option<&str>| sampled(&LetterHeaders::of_headers(&headers(tp)));
+        let parent = TraceParent::parse(SAMPLED.as_bytes());
+        sample(0.0);
+        assert_eq!(judge(Some(SAMPLED)), Some(Sampled(parent)));
+        assert_eq!(judge(Some(UNSAMPLED)), None);
+        assert_eq!(judge(None), None);
+        assert_eq!(judge(Some("00-garbage-01")), None, "a malformed context is none");
+        sample(1.0);
+        assert_eq!(judge(None), Some(Sampled(None)), "a new trace");
+        assert_eq!(judge(Some("\u{1}\u{2}")), Some(Sampled(None)));
+        assert!(judge(Some(UNSAMPLED)).is_some_and(|s| s.0.is_some_and(|p| !p.sampled())));
+        stop_sampling();
+        assert_eq!(judge(Some(SAMPLED)), None, "off: nothing is looked at");
+        // Without a span recorder, a sampled letter's span is none and its headers stay.
+        assert!(LetterSpan::start(
+            "route",
+            Sampled(parent),
+            At { pigeon: "p", topic: "t", partition: 0, offset: 0, letter_id: "id" }
+        )
+        .is_none());
+    }
 
-impl Default for ReplayMetrics {
-    fn default() -> Self {
-        Self { letters: metrics::counter!(REPLAY_LETTERS), jobs_ended: metrics::counter!(REPLAY_JOBS_ENDED) }
+    #[test]
+    fn the_ratio_draws_about_its_share() {
+        assert!(!drawn(0));
+        assert!(drawn(u64::MAX));
+        let threshold = (0.25 * SCALE) as u64;
+        let hits = (0..100_000).filter(|_| drawn(threshold)).count();
+        assert!((20_000..30_000).contains(&hits), "{hits}");
     }
 }

@@ -318,7 +318,8 @@ pub async fn trace(
             match reroute(&routes.table, m, time) {
                 Ok((tag, matched)) => {
                     let refs: Vec<_> = matched.iter().collect();
-                    let planned = owned_outputs(m, letter_id, &tag, time, &refs, 1, routes.table.contracts());
+                    let planned =
+                        owned_outputs("trace", m, letter_id, &tag, time, &refs, 1, routes.table.contracts());
                     for route in &matched {
                         let outputs = planned
                             .outputs

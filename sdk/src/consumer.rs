@@ -20,6 +20,7 @@ use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::capability::Handler;
 use crate::capability::Retry;
@@ -189,17 +190,25 @@ async fn handle(message: &OwnedMessage, shared: &Shared) -> (Option<Letter>, u32
         );
         return (Some(letter), 0, Err(error));
     };
+    let span = crate::trace::handle_span(&shared.module, message, &letter);
+    let (tries, handled) = attempts(handler.as_ref(), &letter, shared).instrument(span).await;
+    (Some(letter), tries, handled)
+}
+
+/// Calls the handler until it succeeds or the retry policy gives up: the tries made, and the
+/// last error if it never succeeded.
+async fn attempts(handler: &dyn Handler, letter: &Letter, shared: &Shared) -> (u32, Result<(), String>) {
     let mut attempt = 1;
     loop {
         let run = AssertUnwindSafe(handler.call(letter.clone(), shared.context.clone())).catch_unwind();
         let error = match run.await {
-            Ok(Ok(())) => return (Some(letter), attempt, Ok(())),
+            Ok(Ok(())) => return (attempt, Ok(())),
             Ok(Err(e)) => e.to_string(),
             Err(panic) => format!("handler panicked: {}", panic_text(&panic)),
         };
         tracing::debug!(module = %shared.module, tag = %letter.tag, attempt, error = %error, "handler failed");
         if attempt >= shared.retry.attempts || shared.cancel.is_cancelled() {
-            return (Some(letter), attempt, Err(format!("{error} (after {attempt} tries)")));
+            return (attempt, Err(format!("{error} (after {attempt} tries)")));
         }
         tokio::time::sleep(shared.retry.delay_after(attempt)).await;
         attempt += 1;

@@ -7,6 +7,7 @@ use std::time::Duration;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::{Deserialize, Serialize};
+use tracing::Instrument;
 
 use crate::fields::LetterBuilder;
 use crate::letter::{format_time, Letter, LetterId};
@@ -155,6 +156,11 @@ pub(crate) struct Bus {
 impl Flyer {
     async fn fly(&self, pigeon: &str, mut letter: Letter) -> Result<LetterId, FlyError> {
         self.prepare(pigeon, &mut letter)?;
+        let span = crate::trace::fly_span(pigeon, &mut letter);
+        self.send(letter).instrument(span).await
+    }
+
+    async fn send(&self, letter: Letter) -> Result<LetterId, FlyError> {
         let payload = letter.payload_bytes();
         let mut record = FutureRecord::to(INGRESS).payload(&payload).headers(letter.headers());
         if let Some(key) = &letter.key {
@@ -167,6 +173,11 @@ impl Flyer {
     async fn fly_sync(&self, pigeon: &str, mut letter: Letter) -> Result<Receipt, FlyError> {
         let bus = self.bus.as_ref().ok_or(FlyError::NoBus)?;
         self.prepare(pigeon, &mut letter)?;
+        let span = crate::trace::fly_span(pigeon, &mut letter);
+        self.send_sync(bus, pigeon, letter).instrument(span).await
+    }
+
+    async fn send_sync(&self, bus: &Bus, pigeon: &str, letter: Letter) -> Result<Receipt, FlyError> {
         let body = FlyRequest { pigeon: pigeon.to_owned(), letter: FlyLetter::of(&letter) };
         let response = bus
             .http

@@ -7,6 +7,7 @@ mod fly;
 pub mod ledger;
 pub mod letter;
 mod module;
+pub mod trace;
 pub use pigeon_wire::{receipt, registry};
 
 pub use capability::{Capability, HandlerError, HandlerResult, Retry};

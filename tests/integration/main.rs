@@ -20,3 +20,4 @@ mod sdk;
 mod soak;
 mod store;
 mod support;
+mod traces;

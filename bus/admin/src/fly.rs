@@ -71,7 +71,7 @@ pub async fn fly(
         let (id, tag, route) = (id.clone(), letter.tag.clone(), Arc::clone(&route));
         let work = move || {
             let table = &routes.redeliver;
-            Ok(owned_outputs(&message, &id, &tag, time_ms, &[&route], 1, table.contracts()))
+            Ok(owned_outputs("fly", &message, &id, &tag, time_ms, &[&route], 1, table.contracts()))
         };
         state.scripts.run(&mut state.scripts.budget(), work).await?
     };

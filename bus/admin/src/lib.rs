@@ -249,10 +249,10 @@ async fn not_found(uri: axum::http::Uri) -> ApiError {
     ApiError::not_found(format!("route {}", uri.path()))
 }
 
-/// Prometheus text from the process's recorder (`pigeon_bus::telemetry`): every role's series
+/// Prometheus text from the process's recorder (`pigeon_bus::prometheus`): every role's series
 /// and the pigeons'. Help text, types and units come with the series.
 async fn metrics() -> ([(axum::http::header::HeaderName, &'static str); 1], String) {
-    let body = pigeon_bus::telemetry::handle().render();
+    let body = pigeon_bus::prometheus::handle().render();
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body)
 }
 

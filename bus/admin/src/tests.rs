@@ -24,7 +24,7 @@ struct Api {
 impl Api {
     async fn new() -> Self {
         // The recorder first: counters made before it count nowhere.
-        pigeon_bus::telemetry::install();
+        pigeon_bus::prometheus::install();
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("api.db").display());
         let store = pigeon_bus::store::open(&url).await.unwrap();

@@ -8,6 +8,7 @@ use std::time::Duration;
 use pigeon_bus::route::{DestinationSpec, MatchSpec, PigeonSpec, RouteTable, VersionedPigeon};
 use pigeon_bus::router::output::output_headers;
 use pigeon_bus::source;
+use pigeon_bus::telemetry;
 use pigeon_core::plan;
 use rdkafka::message::{Headers, Message, OwnedMessage};
 use rdkafka::Timestamp;
@@ -62,7 +63,7 @@ pub fn spec(id: String, topic: &str, tag: &str, destinations: Vec<DestinationSpe
 /// `n` pigeons: the one that takes gifts (two destinations), and `n - 1` that do not; with
 /// `patterns`, one in ten of those has a tag pattern.
 pub fn table(n: usize, patterns: bool) -> RouteTable {
-    pigeon_bus::telemetry::install();
+    pigeon_bus::prometheus::install();
     let mut pigeons = vec![spec(
         "gift-points".into(),
         "live.gift",
@@ -94,12 +95,25 @@ pub fn forward(table: &RouteTable, m: &OwnedMessage) -> usize {
     let tag = meta.tag.as_deref().expect("tagged");
     let id = meta.id.expect("with an id");
     let mut n = 0;
+    // As the router: the sampling decision, and a span for a sampled letter.
+    let span = telemetry::sampled(&input).and_then(|sampled| {
+        let at = telemetry::At {
+            pigeon: "gift-points",
+            topic: m.topic(),
+            partition: m.partition(),
+            offset: m.offset(),
+            letter_id: id,
+        };
+        telemetry::LetterSpan::start("route", sampled, at)
+    });
+    let trace = span.as_ref().map(|s| &s.traceparent);
     for route in routes.matching(tag) {
         route.counts.took();
         route.metrics.letters_in.increment(1);
         for planned in plan::forwards(route, id, m.key(), m.payload(), None, table.contracts()) {
             let destination = route.metrics.destination(planned.topic);
-            let headers = output_headers(m, &input, &planned.id, &planned.tag, &route.id, planned.rewritten);
+            let headers =
+                output_headers(m, &input, &planned.id, &planned.tag, &route.id, planned.rewritten, trace);
             n += std::hint::black_box(headers).count();
             // What the delivery report adds per output (the router counts it there).
             route.metrics.delivered(destination, m.offset(), || Some(Duration::from_micros(700)));

@@ -9,7 +9,7 @@ use pigeon::cli::deadletters;
 use pigeon::cli::{self, client::Client, dictionary, routes};
 use pigeon::dev::{self, DevOptions};
 use pigeon::serve;
-use pigeon_bus::config::{BusConfig, Role};
+use pigeon_bus::config::{BusConfig, LogFormat, Role};
 use pigeon_bus::deadletter::DeadLetterFilter;
 use pigeon_bus::dryrun::{dry_run, SampleLetter};
 use pigeon_bus::route::{DestinationSpec, RouteTable};
@@ -25,6 +25,9 @@ struct Cli {
     /// Configuration file (TOML); flags override it.
     #[arg(long, short = 'c', global = true, env = "PIGEON_CONFIG")]
     config: Option<PathBuf>,
+    /// Log lines as `text` or `json` (one object a line); overrides `[log] format`.
+    #[arg(long, global = true, value_enum, env = "PIGEON_LOG_FORMAT")]
+    log_format: Option<LogFormat>,
     #[command(subcommand)]
     command: Command,
 }
@@ -482,15 +485,6 @@ impl Connect {
 static ALLOC: pigeon_alloc::Counting = pigeon_alloc::Counting;
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        // Colours only on a terminal: log files and collectors get plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -505,6 +499,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Some(path) => BusConfig::load(path)?,
         None => BusConfig::default(),
     };
+    if let Some(format) = cli.log_format {
+        config.log.format = format;
+    }
+    // Spans are exported by the roles only (`serve`, `dev`), never by a tool's run. Declared
+    // before the runtime, so the exporter flushes after the roles stopped.
+    let roles = matches!(cli.command, Command::Serve { .. } | Command::Dev { .. });
+    let _telemetry =
+        pigeon_bus::telemetry::init(config.log.format, &config.tracing, roles).map_err(anyhow::Error::msg)?;
     // Scripts also run on the runtime's threads (archive filters, the API's tests and dry
     // runs): each gets the stack a script's deepest value needs.
     let runtime = tokio::runtime::Builder::new_multi_thread()

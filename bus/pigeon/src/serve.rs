@@ -34,8 +34,8 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     // Before any table is built or any role's counters made: handles resolved earlier count
     // nowhere.
-    pigeon_bus::telemetry::install();
-    pigeon_bus::telemetry::start_upkeep();
+    pigeon_bus::prometheus::install();
+    pigeon_bus::prometheus::start_upkeep();
     let ready = Arc::new(AtomicBool::new(false));
     let health = Arc::new(Health::default());
     let stats = Arc::new(RouterStats::default());

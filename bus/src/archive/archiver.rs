@@ -33,7 +33,7 @@ use crate::store::{now_ms, Store};
 use pigeon_core::fault;
 
 /// The archiver's series.
-pub type ArchiverStats = crate::telemetry::ArchiverMetrics;
+pub type ArchiverStats = crate::prometheus::ArchiverMetrics;
 
 /// Everything the archiver runs with.
 #[derive(Clone)]

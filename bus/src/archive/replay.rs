@@ -32,7 +32,7 @@ use crate::store::{now_ms, Store};
 use pigeon_sdk::{header, LetterId};
 
 /// The replay runner's series.
-pub type ReplayStats = crate::telemetry::ReplayMetrics;
+pub type ReplayStats = crate::prometheus::ReplayMetrics;
 
 /// Everything a runner needs.
 #[derive(Clone)]
@@ -289,7 +289,17 @@ pub fn plan(
         let output = OwnedOutput {
             topic: topic.clone(),
             key: letter.key.clone(),
-            headers: marked(&original()),
+            headers: crate::telemetry::retrace(
+                "replay",
+                marked(&original()),
+                crate::telemetry::At {
+                    pigeon: "",
+                    topic: &letter.position.topic,
+                    partition: letter.position.partition,
+                    offset: letter.position.offset,
+                    letter_id: &replay_id,
+                },
+            ),
             payload: letter.payload.clone(),
             unfit: None,
         };
@@ -301,8 +311,16 @@ pub fn plan(
     let message = super::as_message(letter, original());
     let (tag, routes) = reroute(table, &message, letter.position.time)?;
     let routes: Vec<_> = routes.iter().collect();
-    let Planned { outputs, mut refused } =
-        owned_outputs(&message, &replay_id, &tag, letter.position.time, &routes, 1, table.contracts());
+    let Planned { outputs, mut refused } = owned_outputs(
+        "replay",
+        &message,
+        &replay_id,
+        &tag,
+        letter.position.time,
+        &routes,
+        1,
+        table.contracts(),
+    );
     for failed in &mut refused {
         failed.letter_id.clone_from(&letter.letter_id);
         failed.error_message = format!("replay job {job}: {}", failed.error_message);

@@ -75,7 +75,7 @@ impl Breakers {
         self.any_failing.store(!states.is_empty(), Ordering::Relaxed);
         if was_tripped {
             tracing::info!(topic, "destination circuit breaker closed: deliveries work again");
-            crate::telemetry::breaker_open(topic).set(0.0);
+            crate::prometheus::breaker_open(topic).set(0.0);
             let _ = self.changes.send(Change::Closed(topic.to_owned()));
         }
     }
@@ -100,7 +100,7 @@ impl Breakers {
                 probe_in = ?self.probe_after,
                 "destination circuit breaker open: pausing the source partitions that feed it"
             );
-            crate::telemetry::breaker_open(topic).set(1.0);
+            crate::prometheus::breaker_open(topic).set(1.0);
             let _ = self.changes.send(Change::Opened(topic.to_owned()));
         }
     }

@@ -41,11 +41,12 @@ use crate::dictionary::{DriftTally, Normalized, ObservedTally};
 use crate::route::{Lookup, Route, RouteTable, INGRESS};
 use crate::source::{self, LetterHeaders};
 use crate::store::Store;
+use crate::telemetry;
 use pigeon_core::fault;
 use pigeon_core::plan::{self, Refusal};
 
 /// The router's own series (the pigeons' are their routes').
-pub type RouterStats = crate::telemetry::RouterMetrics;
+pub type RouterStats = crate::prometheus::RouterMetrics;
 
 /// Subscriptions (topics or topic patterns) that gained their first live pigeon while this
 /// router ran: their partitions start where the pigeons went live, not at an old offset. Kept
@@ -198,7 +199,7 @@ pub async fn run(parts: RouterParts, cancel: CancellationToken) -> anyhow::Resul
     drift_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut probe_tick = tokio::time::interval(Duration::from_millis(500));
     probe_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut in_flight = crate::telemetry::InFlight::default();
+    let mut in_flight = crate::prometheus::InFlight::default();
     let mut store_tick = tokio::time::interval(Duration::from_millis(config.offset_store_interval_ms));
     store_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
@@ -619,6 +620,9 @@ impl Forwarder<'_> {
         };
         let tag = meta.tag.as_deref().unwrap_or_default();
         let admission = self.breaker_admission(&matched, &ledger, admission);
+        // A sampled letter's span; the others cost the look at their headers only.
+        let span = telemetry::sampled(&input).and_then(|sampled| route_span(sampled, &matched, message, id));
+        let trace = span.as_ref().map(|s| &s.traceparent);
         let (mut detached, mut detached_normalized) = (None, None);
         // Without a dictionary, every pigeon takes the letter as it came.
         let mut taken = taken.into_iter();
@@ -655,6 +659,7 @@ impl Forwarder<'_> {
                     tag: tag.to_owned(),
                     ledger: Arc::clone(&ledger),
                     contracts: table.contracts_arc(),
+                    trace: trace.copied(),
                 };
                 self.scripts.submit(job).await;
                 progress.handed();
@@ -667,7 +672,7 @@ impl Forwarder<'_> {
                 let destination = route.metrics.destination(planned.topic);
                 let delivery =
                     Delivery { ledger: Arc::clone(&ledger), offset, route: Arc::clone(route), destination };
-                let record = output::record(message, &input, &planned, delivery);
+                let record = output::record(message, &input, &planned, delivery, trace);
                 match unfit {
                     Some(reason) => self.outputs.park(&record, reason),
                     None => self.send(record).await,
@@ -762,6 +767,24 @@ impl Forwarder<'_> {
         let _ = self.dead_letters.send(Job { dead_letter, ledger: Arc::clone(ledger), offset });
         admission
     }
+}
+
+/// The router's span of a sampled letter: the pigeons that took it, where it was read.
+fn route_span(
+    sampled: telemetry::Sampled,
+    matched: &[&Arc<Route>],
+    message: &BorrowedMessage<'_>,
+    id: &str,
+) -> Option<telemetry::LetterSpan> {
+    let pigeons = matched.iter().map(|r| &*r.id).collect::<Vec<_>>().join(",");
+    let at = telemetry::At {
+        pigeon: &pigeons,
+        topic: message.topic(),
+        partition: message.partition(),
+        offset: message.offset(),
+        letter_id: id,
+    };
+    telemetry::LetterSpan::start("route", sampled, at)
 }
 
 /// The id of a letter that carries none: derived from its place in Kafka and its time, the

@@ -15,6 +15,7 @@ use crate::deadletter::CaptureMessage;
 use crate::deadletter::{ErrorKind, Job, NewDeadLetter};
 use crate::route::{Contracts, Route};
 use crate::source::LetterHeaders;
+use crate::telemetry::{self, LetterSpan, TraceParent};
 use pigeon_core::fault;
 use pigeon_core::plan::{self, LetterRef, Output, Refusal};
 use pigeon_sdk::header;
@@ -78,15 +79,17 @@ impl Outputs {
     }
 }
 
-/// The record that sends a planned output of `message` (whose headers are `input`).
+/// The record that sends a planned output of `message` (whose headers are `input`); `trace`,
+/// the `ce_traceparent` of a sampled letter's outputs.
 pub fn record<'a, M: Message>(
     message: &M,
     input: &LetterHeaders<'_>,
     output: &'a Output<'a>,
     delivery: Delivery,
+    trace: Option<&TraceParent>,
 ) -> OutputRecord<'a> {
     let headers =
-        output_headers(message, input, &output.id, &output.tag, &delivery.route.id, output.rewritten);
+        output_headers(message, input, &output.id, &output.tag, &delivery.route.id, output.rewritten, trace);
     let mut record = BaseRecord::with_opaque_to(output.topic, Box::new(delivery)).headers(headers);
     if let Some(key) = &output.key {
         record = record.key(key.as_ref());
@@ -167,7 +170,8 @@ where
 
 /// The output's headers: the input's (`input`, read once per letter), with the output's id and
 /// tag, the pigeon, attempt 1, and the CloudEvents attributes a foreign letter lacks. `json`
-/// marks a payload the bus wrote.
+/// marks a payload the bus wrote. `trace` replaces `ce_traceparent` (a sampled letter's
+/// span); without it the input's is copied as it came.
 pub fn output_headers<M: Message>(
     message: &M,
     input: &LetterHeaders<'_>,
@@ -175,6 +179,7 @@ pub fn output_headers<M: Message>(
     tag: &str,
     pigeon: &str,
     json: bool,
+    trace: Option<&TraceParent>,
 ) -> OwnedHeaders {
     let mut headers = OwnedHeaders::new_with_capacity(input.len() + 9);
     let (mut has_spec, mut has_source, mut has_time) = (false, false, false);
@@ -193,6 +198,7 @@ pub fn output_headers<M: Message>(
             || is(name, header::ATTEMPT)
             || is(name, header::ID)
             || (json && is(name, header::CONTENT_TYPE))
+            || (trace.is_some() && is(name, header::TRACEPARENT))
         {
             continue;
         }
@@ -211,6 +217,10 @@ pub fn output_headers<M: Message>(
         .insert(Header { key: header::HOPS, value: Some(decimal(hops.saturating_add(1), &mut digits)) });
     if json {
         headers = headers.insert(text(header::CONTENT_TYPE, pigeon_sdk::letter::JSON));
+    }
+    if let Some(trace) = trace {
+        let encoded = trace.encode();
+        headers = headers.insert(Header { key: header::TRACEPARENT, value: Some(encoded.as_bytes()) });
     }
     if !has_spec {
         headers = headers.insert(text(header::SPECVERSION, pigeon_sdk::letter::SPEC_VERSION));
@@ -307,8 +317,10 @@ impl OwnedOutput {
         output: Output<'_>,
         route: &Route,
         attempt: i32,
+        trace: Option<&TraceParent>,
     ) -> Self {
-        let headers = output_headers(message, input, &output.id, &output.tag, &route.id, output.rewritten);
+        let headers =
+            output_headers(message, input, &output.id, &output.tag, &route.id, output.rewritten, trace);
         Self {
             topic: output.topic.to_owned(),
             key: output.key.map(std::borrow::Cow::into_owned),
@@ -384,8 +396,11 @@ pub struct Planned {
 
 /// The outputs each of `routes` makes of a letter read again (a redriven dead letter, a
 /// replayed or flown one), owned, with `ce_attempt` set to `attempt`: the [`plan`] the router
-/// follows, pigeon by pigeon. `id`, `tag` and `time_ms` are the letter's.
+/// follows, pigeon by pigeon. `id`, `tag` and `time_ms` are the letter's. A sampled letter is
+/// planned in a `stage` span, its outputs that span's children.
+#[allow(clippy::too_many_arguments)]
 pub fn owned_outputs(
+    stage: &'static str,
     message: &OwnedMessage,
     id: &str,
     tag: &str,
@@ -395,6 +410,18 @@ pub fn owned_outputs(
     contracts: &Contracts,
 ) -> Planned {
     let input = LetterHeaders::of(message);
+    let span = telemetry::sampled(&input).and_then(|sampled| {
+        let pigeons = routes.iter().map(|r| &*r.id).collect::<Vec<_>>().join(",");
+        let at = telemetry::At {
+            pigeon: &pigeons,
+            topic: message.topic(),
+            partition: message.partition(),
+            offset: message.offset(),
+            letter_id: id,
+        };
+        LetterSpan::start(stage, sampled, at)
+    });
+    let trace = span.as_ref().map(|s| &s.traceparent);
     let letter = letter_ref(message, &input, id, tag, time_ms);
     let checked = plan::check(routes.iter().map(|r| r.as_ref()), contracts, letter.payload);
     let mut planned = Planned::default();
@@ -416,7 +443,7 @@ pub fn owned_outputs(
             Ok(outputs) => planned.outputs.extend(
                 outputs
                     .into_iter()
-                    .map(|output| OwnedOutput::planned(message, &input, output, route, attempt)),
+                    .map(|output| OwnedOutput::planned(message, &input, output, route, attempt, trace)),
             ),
             Err(refusal) => planned.refused.push(refused(message, id, route, refusal)),
         }
@@ -471,6 +498,59 @@ pub fn with_attempt(headers: &OwnedHeaders, attempt: i32) -> OwnedHeaders {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const INCOMING: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00";
+
+    fn traced_message(traceparent: &[u8]) -> OwnedMessage {
+        let headers = OwnedHeaders::new()
+            .insert(Header { key: header::ID, value: Some("id-1") })
+            .insert(Header { key: header::TRACEPARENT, value: Some(traceparent) })
+            .insert(Header { key: "x-other", value: Some("kept") });
+        OwnedMessage::new(
+            Some(b"{}".to_vec()),
+            None,
+            "t".into(),
+            rdkafka::Timestamp::NotAvailable,
+            0,
+            0,
+            Some(headers),
+        )
+    }
+
+    fn traceparents(headers: &OwnedHeaders) -> Vec<Vec<u8>> {
+        headers
+            .raw()
+            .filter(|h| h.is(header::TRACEPARENT))
+            .filter_map(|h| h.value.map(<[u8]>::to_vec))
+            .collect()
+    }
+
+    #[test]
+    fn an_unsampled_letters_outputs_keep_its_traceparent_as_it_came() {
+        for incoming in [INCOMING.as_bytes(), b"not a trace context", b"\xff\xfe"] {
+            let m = traced_message(incoming);
+            let input = LetterHeaders::of(&m);
+            let out = output_headers(&m, &input, "out-1", "tag", "p", false, None);
+            assert_eq!(traceparents(&out), vec![incoming.to_vec()]);
+        }
+    }
+
+    #[test]
+    fn a_sampled_letters_outputs_carry_the_span_that_sent_them_in_the_same_trace() {
+        let m = traced_message(INCOMING.as_bytes());
+        let input = LetterHeaders::of(&m);
+        let parent = TraceParent::parse(INCOMING.as_bytes()).unwrap();
+        let span = parent.child([9, 8, 7, 6, 5, 4, 3, 2]);
+        let out = output_headers(&m, &input, "out-1", "tag", "p", false, Some(&span));
+        assert_eq!(
+            traceparents(&out),
+            vec![b"00-0af7651916cd43dd8448eb211c80319c-0908070605040302-01".to_vec()]
+        );
+        assert!(out.raw().any(|h| h.is("x-other")), "the other headers are kept");
+        let again = telemetry::with_traceparent(&out, &span);
+        assert_eq!(traceparents(&again), traceparents(&out));
+        assert_eq!(again.count(), out.count());
+    }
 
     #[test]
     fn hops_count_up_in_decimal_and_anything_else_counts_as_none() {

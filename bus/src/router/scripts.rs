@@ -22,6 +22,7 @@ use super::output::{self, Outputs};
 use crate::deadletter::{ErrorKind, Job};
 use crate::route::{Contracts, Route};
 use crate::source::LetterHeaders;
+use crate::telemetry::{self, LetterSpan, Sampled, TraceParent};
 use pigeon_core::fault;
 use pigeon_core::plan::{self, Refusal};
 use pigeon_sdk::ledger::PartitionLedger;
@@ -47,6 +48,8 @@ pub struct ScriptJob {
     pub ledger: Arc<PartitionLedger>,
     /// The dictionary and the capabilities' required fields, for a pigeon in `enforce` mode.
     pub contracts: Arc<Contracts>,
+    /// A sampled letter's trace context: the router's span, the parent of the script's.
+    pub trace: Option<TraceParent>,
 }
 
 /// A pigeon's breaker state, by pigeon id and version.
@@ -147,6 +150,18 @@ fn run(job: ScriptJob, outputs: &Outputs, breaker: &Breaker) {
         return fail(&job, outputs, Refusal { kind: ErrorKind::Script, reason });
     }
     let input = LetterHeaders::of(job.message.as_ref());
+    let span = job.trace.and_then(|parent| {
+        let at = telemetry::At {
+            pigeon: &route.id,
+            topic: job.message.topic(),
+            partition: job.message.partition(),
+            offset,
+            letter_id: &job.id,
+        };
+        LetterSpan::start("script", Sampled(Some(parent)), at)
+    });
+    let _entered = span.as_ref().map(|s| s.span().enter());
+    let trace = span.as_ref().map(|s| &s.traceparent);
     let time_ms = job.message.timestamp().to_millis().unwrap_or(0);
     let letter = output::letter_ref(job.message.as_ref(), &input, &job.id, &job.tag, time_ms);
     let script = route.metrics.script.as_ref();
@@ -195,7 +210,7 @@ fn run(job: ScriptJob, outputs: &Outputs, breaker: &Breaker) {
         let destination = route.metrics.destination(planned.topic);
         let delivery =
             Delivery { ledger: Arc::clone(&job.ledger), offset, route: Arc::clone(route), destination };
-        let mut record = output::record(job.message.as_ref(), &input, &planned, delivery);
+        let mut record = output::record(job.message.as_ref(), &input, &planned, delivery, trace);
         if let Some(reason) = unfit {
             outputs.park(&record, reason);
             continue;

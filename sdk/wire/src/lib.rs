@@ -5,8 +5,10 @@
 mod id;
 pub mod receipt;
 pub mod registry;
+pub mod trace;
 
 pub use id::LetterId;
+pub use trace::TraceParent;
 
 /// Header names of the binary binding, and the extensions Pigeon adds.
 pub mod header {
