@@ -7,6 +7,7 @@
 mod archive;
 mod archive_store;
 mod cli;
+mod dashboard;
 mod dictionary;
 mod faults;
 mod forward;
