@@ -16,9 +16,11 @@ use crate::support::{http_get, pigeon, Bus, Db, Kafka, Outgoing, DEADLINE};
 fn dashboard_metrics() -> BTreeSet<String> {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/grafana/pigeon.json");
     let dashboard: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(path).expect("deploy/grafana/pigeon.json")).expect("JSON");
+        serde_json::from_str(&std::fs::read_to_string(path).expect("deploy/grafana/pigeon.json"))
+            .expect("JSON");
     let mut exprs = Vec::new();
-    let mut panels: Vec<&serde_json::Value> = dashboard["panels"].as_array().expect("panels").iter().collect();
+    let mut panels: Vec<&serde_json::Value> =
+        dashboard["panels"].as_array().expect("panels").iter().collect();
     while let Some(panel) = panels.pop() {
         panels.extend(panel["panels"].as_array().into_iter().flatten());
         for target in panel["targets"].as_array().into_iter().flatten() {
@@ -56,11 +58,20 @@ fn scraped(body: &str) -> BTreeSet<String> {
 async fn every_metric_the_dashboard_reads_appears_in_a_scrape() {
     let wanted = dashboard_metrics();
     let kafka = Kafka::new(1);
-    for topic in ["live.gift", "lane.a", "pigeon.ingress", "pigeon.registry", "pigeon.failed", "pigeon.receipts", "pigeon.control"] {
+    for topic in [
+        "live.gift",
+        "lane.a",
+        "pigeon.ingress",
+        "pigeon.registry",
+        "pigeon.failed",
+        "pigeon.receipts",
+        "pigeon.control",
+    ] {
         kafka.topic(topic, 2);
     }
     let forward = pigeon("gifts", "live.gift", "gift.sent", vec![DestinationSpec::topic("lane.a", "gift")]);
-    let mut scored = pigeon("scored", "live.gift", "gift.sent", vec![DestinationSpec::topic("lane.a", "scored")]);
+    let mut scored =
+        pigeon("scored", "live.gift", "gift.sent", vec![DestinationSpec::topic("lane.a", "scored")]);
     scored.action = Action::Script;
     scored.script = Some(r#"[#{ tag: "scored", payload: #{ userId: payload.userId } }]"#.into());
     let mut keep = pigeon("keep", "live.gift", "**", Vec::new());
@@ -69,7 +80,12 @@ async fn every_metric_the_dashboard_reads_appears_in_a_scrape() {
     let config = db.path("pigeon.toml");
     std::fs::write(&config, "[router]\nbreaker_failures = 1\n").unwrap();
     let letters: Vec<Outgoing> = (0..256)
-        .map(|n| Outgoing::from(&Letter::new("tests", "gift.sent", json!({ "userId": n })).with_key(format!("room-{}", n % 8))))
+        .map(|n| {
+            Outgoing::from(
+                &Letter::new("tests", "gift.sent", json!({ "userId": n }))
+                    .with_key(format!("room-{}", n % 8)),
+            )
+        })
         .collect();
     kafka.produce("live.gift", letters);
     // The letters wait in the source: the router's first produce requests are refused for good,
@@ -88,7 +104,10 @@ async fn every_metric_the_dashboard_reads_appears_in_a_scrape() {
         if missing.is_empty() {
             break;
         }
-        assert!(Instant::now() < deadline, "the dashboard reads metrics no scrape shows: {missing:?}\n{body}");
+        assert!(
+            Instant::now() < deadline,
+            "the dashboard reads metrics no scrape shows: {missing:?}\n{body}"
+        );
         std::thread::sleep(Duration::from_millis(500));
     }
     bus.stop();
