@@ -621,7 +621,8 @@ impl Forwarder<'_> {
         let tag = meta.tag.as_deref().unwrap_or_default();
         let admission = self.breaker_admission(&matched, &ledger, admission);
         // A sampled letter's span; the others cost the look at their headers only.
-        let span = telemetry::sampled(&input).and_then(|sampled| route_span(sampled, &matched, message, id));
+        let span = telemetry::sampled(&input)
+            .and_then(|sampled| output::route_span("route", sampled, &matched, message, id));
         let trace = span.as_ref().map(|s| &s.traceparent);
         let (mut detached, mut detached_normalized) = (None, None);
         // Without a dictionary, every pigeon takes the letter as it came.
@@ -767,24 +768,6 @@ impl Forwarder<'_> {
         let _ = self.dead_letters.send(Job { dead_letter, ledger: Arc::clone(ledger), offset });
         admission
     }
-}
-
-/// The router's span of a sampled letter: the pigeons that took it, where it was read.
-fn route_span(
-    sampled: telemetry::Sampled,
-    matched: &[&Arc<Route>],
-    message: &BorrowedMessage<'_>,
-    id: &str,
-) -> Option<telemetry::LetterSpan> {
-    let pigeons = matched.iter().map(|r| &*r.id).collect::<Vec<_>>().join(",");
-    let at = telemetry::At {
-        pigeon: &pigeons,
-        topic: message.topic(),
-        partition: message.partition(),
-        offset: message.offset(),
-        letter_id: id,
-    };
-    telemetry::LetterSpan::start("route", sampled, at)
 }
 
 /// The id of a letter that carries none: derived from its place in Kafka and its time, the

@@ -394,6 +394,25 @@ pub struct Planned {
     pub refused: Vec<NewDeadLetter>,
 }
 
+/// The `stage` span of a sampled letter: the pigeons that took it, where it was read.
+pub(crate) fn route_span<M: Message>(
+    stage: &'static str,
+    sampled: telemetry::Sampled,
+    routes: &[&Arc<Route>],
+    message: &M,
+    id: &str,
+) -> Option<LetterSpan> {
+    let pigeons = routes.iter().map(|r| &*r.id).collect::<Vec<_>>().join(",");
+    let at = telemetry::At {
+        pigeon: &pigeons,
+        topic: message.topic(),
+        partition: message.partition(),
+        offset: message.offset(),
+        letter_id: id,
+    };
+    LetterSpan::start(stage, sampled, at)
+}
+
 /// The outputs each of `routes` makes of a letter read again (a redriven dead letter, a
 /// replayed or flown one), owned, with `ce_attempt` set to `attempt`: the [`plan`] the router
 /// follows, pigeon by pigeon. `id`, `tag` and `time_ms` are the letter's. A sampled letter is
@@ -410,17 +429,7 @@ pub fn owned_outputs(
     contracts: &Contracts,
 ) -> Planned {
     let input = LetterHeaders::of(message);
-    let span = telemetry::sampled(&input).and_then(|sampled| {
-        let pigeons = routes.iter().map(|r| &*r.id).collect::<Vec<_>>().join(",");
-        let at = telemetry::At {
-            pigeon: &pigeons,
-            topic: message.topic(),
-            partition: message.partition(),
-            offset: message.offset(),
-            letter_id: id,
-        };
-        LetterSpan::start(stage, sampled, at)
-    });
+    let span = telemetry::sampled(&input).and_then(|sampled| route_span(stage, sampled, routes, message, id));
     let trace = span.as_ref().map(|s| &s.traceparent);
     let letter = letter_ref(message, &input, id, tag, time_ms);
     let checked = plan::check(routes.iter().map(|r| r.as_ref()), contracts, letter.payload);
