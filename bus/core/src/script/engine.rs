@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use rhai::{Dynamic, Engine, Map, Scope};
 
+use super::json;
 use super::{CompiledScript, ScriptDestination, ScriptError, ScriptLetter, ScriptOutput};
 
 /// Resource limits of every script run.
@@ -240,8 +241,7 @@ impl ScriptEngine {
         // What the run holds, from its input on; the value it returns is converted (and
         // dropped) after, and is bounded by the per-value limits.
         let _counted = pigeon_alloc::count();
-        let payload: Dynamic =
-            serde_json::from_slice(letter.payload).map_err(|e| ScriptError::Payload(e.to_string()))?;
+        let payload = json::read(letter.payload).map_err(|e| ScriptError::Payload(e.to_string()))?;
         let key_text = letter.key.map(|k| String::from_utf8_lossy(k).into_owned());
         let mut scope = Scope::new();
         scope.push("payload", payload);
@@ -397,8 +397,8 @@ fn nests_deeper(json: &[u8], max: usize) -> bool {
 }
 
 fn to_json(value: Dynamic, what: &str, max_depth: usize) -> Result<Vec<u8>, ScriptError> {
-    let json =
-        serde_json::to_vec(&value).map_err(|e| ScriptError::Output(format!("{what} is not JSON: {e}")))?;
+    let json = serde_json::to_vec(&json::Exact(&value))
+        .map_err(|e| ScriptError::Output(format!("{what} is not JSON: {e}")))?;
     if nests_deeper(&json, max_depth) {
         return Err(ScriptError::Output(format!(
             "{what} nests deeper than {max_depth} levels, the most a letter's payload may"

@@ -20,6 +20,7 @@
 //! destinations). See `docs/scripts.md`.
 
 mod engine;
+mod json;
 #[cfg(test)]
 mod tests;
 

@@ -272,6 +272,25 @@ fn a_returned_value_deeper_than_a_letter_may_be_is_an_error() {
     assert!(error.contains("nests deeper than 128 levels"), "{error}");
 }
 
+/// An integer past i64's range (up to u64's) comes back from a script as the same integer: Rhai
+/// would have made it a float (found by the script fuzz target, 18106511857580896776 came back
+/// as 1.8106511857580896e19). The script sees a u64, compares it and does arithmetic with other u64s.
+#[test]
+fn an_integer_past_i64_comes_back_from_a_script_as_it_was() {
+    let payload = br#"{"mtaskId":18106511857580896776,"n":7}"#;
+    let outputs = run_raw("payload", payload).unwrap();
+    assert_eq!(outputs[0].payload, payload.to_vec(), "passed on untouched");
+    let script = r#"#{ kind: type_of(payload.mtaskId), same: payload.mtaskId == payload.mtaskId,
+        less: payload.mtaskId - payload.big, n: payload.n + 1, float: payload.big.to_float() }"#;
+    let outputs = run_raw(script, br#"{"mtaskId":18106511857580896776,"big":9223372036854775808,"n":7}"#);
+    assert_eq!(
+        outputs.unwrap()[0].payload_json(),
+        json!({"kind": "u64", "same": true, "less": 8_883_139_820_726_120_968u64, "n": 8, "float": 9.223_372_036_854_776e18}),
+    );
+    let error = run_raw("payload.mtaskId + 1", payload).unwrap_err().to_string();
+    assert!(error.contains("u64"), "adding an i64 to a u64 is an error that names them: {error}");
+}
+
 /// Work given a budget compiles and runs that many scripts, and fails past it, even when it
 /// made light of a script's failure.
 #[test]
