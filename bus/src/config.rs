@@ -639,19 +639,18 @@ mod tests {
     }
 
     /// The configurations the deploy files carry start a bus: the image's own file and the
-    /// Kubernetes ConfigMap's `pigeon.toml` (its block scalar, unindented).
+    /// Kubernetes ConfigMap's `pigeon.toml`.
     #[test]
     fn the_deploy_files_configurations_are_valid() {
         let image = BusConfig::parse(include_str!("../../deploy/pigeon.container.toml")).unwrap();
         assert_eq!(image.admin.listen, "0.0.0.0:7800");
 
         let manifest = include_str!("../../deploy/k8s/10-config.yaml");
-        let (_, block) = manifest.split_once("  pigeon.toml: |\n").expect("the ConfigMap's pigeon.toml");
-        let toml: String = block
-            .lines()
-            .take_while(|line| line.is_empty() || line.starts_with("    "))
-            .map(|line| format!("{}\n", line.get(4..).unwrap_or("")))
-            .collect();
+        let toml = serde_yaml::Deserializer::from_str(manifest)
+            .map(|doc| serde_yaml::Value::deserialize(doc).expect("10-config.yaml is YAML"))
+            .find(|doc| doc["kind"] == "ConfigMap")
+            .and_then(|map| map["data"]["pigeon.toml"].as_str().map(str::to_owned))
+            .expect("a ConfigMap with data pigeon.toml");
         let k8s = BusConfig::parse(&toml).unwrap_or_else(|e| panic!("{e}\n{toml}"));
         assert_eq!(k8s.admin.listen, "0.0.0.0:7800");
         assert_eq!(k8s.kafka.brokers, "kafka-0.kafka:9092,kafka-1.kafka:9092,kafka-2.kafka:9092");
