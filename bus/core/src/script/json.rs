@@ -98,7 +98,7 @@ impl<'de> Visitor<'de> for ValueVisitor {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Dynamic, A::Error> {
-        let mut array = Array::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+        let mut array = Array::new();
         while let Some(Value(item)) = seq.next_element()? {
             array.push(item);
         }
